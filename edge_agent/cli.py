@@ -1,0 +1,200 @@
+"""``edge-agent``: run the daemon, check its config, and talk to a running agent.
+
+``install``, ``status`` and ``batch`` speak to a running agent over its gRPC AgentService;
+``install --offline`` installs straight into the data folder when no agent runs (the next start
+serves it). Errors print one line on stderr and exit 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge_agent import __version__
+from edge_agent.config import AgentSettings, load_settings
+
+
+def _settings(args: argparse.Namespace) -> AgentSettings:
+    return load_settings(Path(args.config) if args.config else None)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from edge_agent.app import Agent
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    asyncio.run(Agent(settings).run_until_signal())
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(settings.model_dump_json(indent=2))
+    if not settings.trusted_keys:
+        print("warning: no trusted_keys: the agent will refuse every package", file=sys.stderr)
+    return 0
+
+
+def _address(args: argparse.Namespace) -> str:
+    if args.address:
+        return str(args.address)
+    s = _settings(args)
+    host = "127.0.0.1" if s.grpc_host in ("0.0.0.0", "::") else s.grpc_host
+    return f"{host}:{s.grpc_port}"
+
+
+def _stub(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import grpc
+
+    from protos.gen import agent_pb2_grpc
+
+    channel = grpc.insecure_channel(_address(args), options=[("grpc.max_send_message_length", -1)])
+    return agent_pb2_grpc.AgentServiceStub(channel)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    pkg = Path(args.package).resolve()
+    if args.offline:
+        return _install_offline(args, pkg)
+    from google.protobuf.json_format import MessageToDict
+
+    from protos.gen import agent_pb2
+
+    stub = _stub(args)
+    req = agent_pb2.InstallPackageRequest(path=str(pkg), activate=not args.no_activate)
+    if args.upload:
+        req = agent_pb2.InstallPackageRequest(
+            archive=pkg.read_bytes(), activate=not args.no_activate
+        )
+    resp = stub.InstallPackage(req, timeout=args.timeout)
+    print(json.dumps(MessageToDict(resp), indent=2))
+    return 0
+
+
+def _install_offline(args: argparse.Namespace, pkg: Path) -> int:
+    from edge_agent.app import Agent
+
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+
+    async def go() -> int:
+        agent = Agent(settings)
+        await agent.installer.recover()
+        outcome, _ = await agent.installer.install(pkg, not args.no_activate)
+        print(json.dumps(outcome.to_json(), indent=2))
+        return 0 if outcome.outcome == "COMMITTED" else 1
+
+    return asyncio.run(go())
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from protos.gen import agent_pb2
+
+    print(json.dumps(MessageToDict(_stub(args).GetStatus(agent_pb2.GetStatusRequest())), indent=2))
+    return 0
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from protos.gen import agent_pb2
+
+    stub = _stub(args)
+    if args.batch_command == "submit":
+        req = agent_pb2.SubmitBatchJobRequest(
+            model_name=args.model, model_version=args.model_version, output_path=args.output or ""
+        )
+        if args.manifest:
+            req.manifest_path = str(Path(args.manifest).resolve())
+        else:
+            req.input_dir = str(Path(args.input_dir).resolve())
+        job = stub.SubmitBatchJob(req)
+    else:
+        job = stub.GetBatchJob(agent_pb2.GetBatchJobRequest(job_id=args.job_id))
+    print(json.dumps(MessageToDict(job), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
+    p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, address: bool = False) -> None:
+        sp.add_argument("--config", help="YAML settings file (env EDGE_AGENT_* overrides it)")
+        if address:
+            sp.add_argument("--address", help="host:port of the agent (default: from config)")
+
+    r = sub.add_parser("run", help="run the agent")
+    common(r)
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate-config", help="print the effective settings or the error")
+    common(v)
+    v.set_defaults(func=_cmd_validate)
+
+    i = sub.add_parser("install", help="install a signed package")
+    common(i, address=True)
+    i.add_argument("package")
+    i.add_argument("--no-activate", action="store_true", help="install but keep the active version")
+    i.add_argument("--offline", action="store_true", help="install into the data folder directly")
+    i.add_argument("--upload", action="store_true", help="send the bytes instead of the path")
+    i.add_argument("--timeout", type=float, default=300.0)
+    i.set_defaults(func=_cmd_install)
+
+    s = sub.add_parser("status", help="show a running agent's status")
+    common(s, address=True)
+    s.set_defaults(func=_cmd_status)
+
+    b = sub.add_parser("batch", help="batch prediction jobs")
+    common(b, address=True)
+    bsub = b.add_subparsers(dest="batch_command", required=True)
+    bs = bsub.add_parser("submit")
+    bs.add_argument("--model", required=True)
+    bs.add_argument("--model-version", default="")
+    src = bs.add_mutually_exclusive_group(required=True)
+    src.add_argument("--manifest", help='JSONL file of {"source": "x.npy"} lines')
+    src.add_argument("--input-dir", help="folder of .npy files")
+    bs.add_argument("--output", help="results JSONL path")
+    bg = bsub.add_parser("get")
+    bg.add_argument("job_id")
+    b.set_defaults(func=_cmd_batch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

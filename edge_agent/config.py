@@ -1,0 +1,143 @@
+"""Agent settings: one pydantic-settings class, read from a YAML file then overridden by env.
+
+Environment variables use the ``EDGE_AGENT_`` prefix and ``__`` for nesting, e.g.
+``EDGE_AGENT_GRPC_PORT=9001`` or ``EDGE_AGENT_MODELS__mlp__MAX_BATCH_SIZE=16``. Every field is
+described here and in ``edge_agent/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+
+class ModelSettings(BaseModel):
+    """Serving options for one model name (all versions)."""
+
+    max_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="Largest batch the dynamic batcher forms; 0 or 1 disables batching. Only "
+        "models whose inputs all have a dynamic first dimension are batched.",
+    )
+    max_queue_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        description="How long a batch may wait for more requests once the runtime is free. 0 "
+        "batches greedily: whatever queued while the previous batch ran goes together, so a lone "
+        "request never waits.",
+    )
+    max_queue_size: int = Field(
+        default=1024, ge=1, description="Requests waiting per model; beyond it RESOURCE_EXHAUSTED."
+    )
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    device_id: str = Field(default="local", description="Name of this device in reports.")
+    data_dir: Path = Field(
+        default=Path("./var/edge-agent"),
+        description="Where packages, the committed state, install journals and batch jobs live.",
+    )
+    grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(default=8001, ge=0, description="gRPC port; 0 picks a free one.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint.")
+    metrics_port: int = Field(
+        default=8002, ge=-1, description="Prometheus HTTP port; 0 picks a free one, -1 disables."
+    )
+    port_file: Path | None = Field(
+        default=None,
+        description="If set, the agent writes its bound ports here as JSON once it serves "
+        "(useful with port 0).",
+    )
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="Ed25519 public key files (PEM), or folders of *.pub / *.pem, whose "
+        "package signatures the agent accepts. Nothing installs without one.",
+    )
+    intra_op_threads: int = Field(default=0, ge=0, description="Runtime threads per inference.")
+    inter_op_threads: int = Field(default=0, ge=0, description="Runtime parallel operators.")
+    inference_workers: int = Field(
+        default=2, ge=1, description="Threads that run inferences off the gRPC event loop."
+    )
+    inline_threshold_ms: float = Field(
+        default=0.3,
+        ge=0,
+        description="Models whose self-test inference took less than this run on the event "
+        "loop itself (a thread hop would cost more than the inference).",
+    )
+    variant_preference: list[str] = Field(
+        default_factory=lambda: ["onnx", "tflite"],
+        description="Variant or runtime names in order of preference; the agent loads the first "
+        "that this machine can run and that passes its golden vectors.",
+    )
+    max_versions_per_model: int = Field(
+        default=2, ge=1, description="Versions kept loaded per model; older ones are unloaded."
+    )
+    max_message_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="Largest gRPC request or response."
+    )
+    max_inflight_requests: int = Field(
+        default=512, ge=1, description="Concurrent inference requests; beyond, RESOURCE_EXHAUSTED."
+    )
+    batch_job_workers: int = Field(default=1, ge=1, description="Batch jobs run at once.")
+    models: dict[str, ModelSettings] = Field(
+        default_factory=dict, description="Per-model serving options by model name."
+    )
+    default_model: ModelSettings = Field(
+        default_factory=ModelSettings, description="Options for models not named in `models`."
+    )
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    def for_model(self, name: str) -> ModelSettings:
+        return self.models.get(name, self.default_model)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments > environment > YAML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_file = _YAML_FILE.get("path")
+        if yaml_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def packages_dir(self) -> Path:
+        return self.data_dir / "packages"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+
+_YAML_FILE: dict[str, Path] = {}
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Settings from an optional YAML file, the environment, then explicit overrides."""
+    if config_file is not None:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file} does not exist")
+        _YAML_FILE["path"] = Path(config_file)
+    try:
+        return AgentSettings(**overrides)
+    finally:
+        _YAML_FILE.pop("path", None)

@@ -1,0 +1,166 @@
+"""The transport-neutral inference API. gRPC servicers (and any future REST route) call this.
+
+It owns request validation, so every transport rejects bad tensors with the same precise errors,
+and it bounds the number of requests in flight so overload turns into a fast
+``RESOURCE_EXHAUSTED`` instead of an unbounded queue.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent import __version__
+from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
+from edge_agent.repository import ModelRepository
+from edge_agent.serving import ServedModel
+from model_packager.tensors import TensorSpec
+
+SERVER_NAME = "edge-agent"
+EXTENSIONS = ["model_repository", "batch_jobs", "health", "metrics"]
+
+
+@dataclass(slots=True)
+class InputTensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    model_name: str
+    model_version: str
+    id: str
+    inputs: list[InputTensor]
+    outputs: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    name: str
+    datatype: str
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: list[OutputTensor]
+
+
+@dataclass(slots=True)
+class ModelMetadata:
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    variant: str
+
+
+class DataPlane:
+    def __init__(self, repo: ModelRepository, max_inflight: int) -> None:
+        self.repo = repo
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.ready = False
+
+    # health and metadata
+    def live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return self.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repo.get(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, EXTENSIONS
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        served = self.repo.get(name, version)
+        return ModelMetadata(
+            name=served.name,
+            versions=[m.version for m in self.repo.versions(name)],
+            platform=served.platform,
+            inputs=served.inputs,
+            outputs=served.outputs,
+            variant=served.variant,
+        )
+
+    # inference
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        if self.inflight >= self.max_inflight:
+            raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
+        served = self.repo.get(request.model_name, request.model_version)
+        inputs = _validate_inputs(served, request.inputs)
+        wanted = _validate_outputs(served, request.outputs)
+        self.inflight += 1
+        try:
+            results = await served.infer(inputs, wanted)
+        finally:
+            self.inflight -= 1
+        order = wanted or [o.name for o in served.outputs]
+        by_name = {o.name: o for o in served.outputs}
+        return InferenceResponse(
+            model_name=served.name,
+            model_version=served.version,
+            id=request.id,
+            outputs=[OutputTensor(n, by_name[n].datatype, results[n]) for n in order],
+        )
+
+
+def _validate_inputs(served: ServedModel, tensors: list[InputTensor]) -> dict[str, np.ndarray]:
+    specs = served.input_by_name
+    out: dict[str, np.ndarray] = {}
+    for t in tensors:
+        spec = specs.get(t.name)
+        if spec is None:
+            raise InvalidInput(
+                f"model {served.name!r} has no input {t.name!r} (inputs: {', '.join(specs)})"
+            )
+        if t.name in out:
+            raise InvalidInput(f"input {t.name!r} is given twice")
+        if t.datatype != spec.datatype:
+            raise InvalidInput(f"input {t.name!r} must be {spec.datatype}, got {t.datatype}")
+        if not spec.accepts(t.shape):
+            raise InvalidInput(
+                f"input {t.name!r} has shape {list(t.shape)}, model expects {list(spec.shape)} "
+                "(-1 = any size)"
+            )
+        if math.prod(t.shape) == 0:
+            raise InvalidInput(f"input {t.name!r} is empty (shape {list(t.shape)})")
+        out[t.name] = t.data
+    missing = [n for n in specs if n not in out]
+    if missing:
+        raise InvalidInput(f"missing input(s) {', '.join(missing)} for model {served.name!r}")
+    if served.batcher is not None and len(out) > 1:
+        rows = {a.shape[0] for a in out.values()}
+        if len(rows) > 1:
+            raise InvalidInput("all inputs must have the same batch size")
+    return out
+
+
+def _validate_outputs(served: ServedModel, names: list[str]) -> list[str] | None:
+    if not names:
+        return None
+    for n in names:
+        if n not in served.output_names:
+            raise InvalidInput(
+                f"model {served.name!r} has no output {n!r} "
+                f"(outputs: {', '.join(o.name for o in served.outputs)})"
+            )
+    if len(set(names)) != len(names):
+        raise InvalidInput("an output is requested twice")
+    return list(names)

@@ -1,0 +1,1 @@
+"""gRPC transport: converters, servicers and server assembly. Translation only, no logic."""

@@ -1,0 +1,281 @@
+"""Install packages as a state machine: verify -> stage -> load -> self_test -> activate -> commit.
+
+Every step is idempotent and recorded in a journal before the next begins. Until ``commit``
+atomically rewrites ``state.json``, the committed state still names the previous version, so a
+crash anywhere (tests kill the process with SIGKILL at each named point) restarts into the old
+version, and ``recover`` clears the leftovers; after ``commit`` it restarts into the new one. A
+failure at any step leaves the previous version serving and records which step failed and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from edge_agent.config import AgentSettings
+from edge_agent.errors import InstallFailed
+from edge_agent.loader import load_served_model
+from edge_agent.metrics import METRICS
+from edge_agent.repository import ModelRepository, close_later
+from edge_agent.serving import ServedModel
+from edge_agent.store import CommittedState, ModelEntry, ModelStore
+from model_packager.archive import extract_package, verify_package
+from model_packager.errors import PackageError
+from model_packager.signing import TrustStore
+
+log = logging.getLogger(__name__)
+
+STEPS = ("verify", "stage", "load", "self_test", "activate", "commit")
+#: Where a test may ask the agent to SIGKILL itself (``EDGE_AGENT_CRASH_AT``).
+CRASH_POINTS = (
+    *(f"before_{s}" for s in STEPS),
+    "after_verify",
+    "after_stage",
+    "after_load",
+    "after_self_test",
+    "after_activate",
+    "after_state_write",
+    "after_commit",
+)
+
+
+@dataclass
+class InstallOutcome:
+    package_digest: str
+    name: str
+    version: str
+    outcome: str  # COMMITTED | FAILED
+    failed_step: str = ""
+    reason: str = ""
+    finished_at: float = 0.0
+    variant: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _crash_point() -> str | None:
+    return os.environ.get("EDGE_AGENT_CRASH_AT") or None
+
+
+class Installer:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: ModelStore,
+        repo: ModelRepository,
+        executor: Executor,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.repo = repo
+        self.executor = executor
+        self._lock = asyncio.Lock()
+        self._crash_at = _crash_point()
+        self.trust = TrustStore.from_paths(settings.trusted_keys)
+
+    def _checkpoint(self, point: str) -> None:
+        if self._crash_at == point:
+            log.warning("crash point %s reached: killing the agent", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # startup
+    async def recover(self) -> None:
+        """Resolve interrupted installs and load every committed version."""
+        state = self.store.load_state()
+        for journal in self.store.read_journals():
+            digest, name, version = (
+                journal["digest"],
+                journal.get("name", ""),
+                journal.get("version", ""),
+            )
+            entry = state.models.get(name)
+            if entry is not None and entry.versions.get(version) == digest:
+                outcome = InstallOutcome(
+                    digest, name, version, "COMMITTED", finished_at=time.time()
+                )
+            else:
+                step = journal.get("step", "verify")
+                outcome = InstallOutcome(
+                    digest,
+                    name,
+                    version,
+                    "FAILED",
+                    step,
+                    f"interrupted during {step} (agent restarted); previous version kept",
+                    time.time(),
+                )
+            self.store.save_last_install(outcome.to_json())
+            self.store.clear_journal(digest)
+        removed = self.store.remove_unreferenced(state.digests())
+        if removed:
+            log.info("removed %d unreferenced package folders", len(removed))
+        for p in self.store.incoming.iterdir():
+            p.unlink(missing_ok=True)
+        await self._load_committed(state)
+
+    async def _load_committed(self, state: CommittedState) -> None:
+        for name, entry in state.models.items():
+            # Active version first so the device serves as soon as possible.
+            ordered = sorted(entry.versions.items(), key=lambda kv: kv[0] != entry.active)
+            for version, digest in ordered:
+                try:
+                    served = await asyncio.to_thread(
+                        load_served_model,
+                        self.store.package_dir(digest),
+                        digest,
+                        self.settings,
+                        self.executor,
+                    )
+                except InstallFailed as exc:
+                    log.error("committed %s:%s does not load: %s", name, version, exc)
+                    continue
+                self.repo.add(served)
+                if version == entry.active:
+                    self.repo.set_active(name, version)
+
+    # install
+    async def install(
+        self, archive: Path, activate: bool = True
+    ) -> tuple[InstallOutcome, ServedModel | None]:
+        async with self._lock:
+            outcome, served = await self._install(Path(archive), activate)
+            self.store.save_last_install(outcome.to_json())
+            METRICS.installs.labels(outcome.outcome).inc()
+            return outcome, served
+
+    async def _install(
+        self, archive: Path, activate: bool
+    ) -> tuple[InstallOutcome, ServedModel | None]:
+        digest, name, version, step = "", "", "", "verify"
+        try:
+            self._checkpoint("before_verify")
+            try:
+                reader, _kid = await asyncio.to_thread(verify_package, archive, self.trust)
+            except PackageError as exc:
+                raise InstallFailed("verify", str(exc)) from exc
+            digest = reader.digest
+            name, version = reader.manifest.name, reader.manifest.version
+            state = self.store.load_state()
+            committed = state.models.get(name, ModelEntry()).versions.get(version)
+            if committed is not None and committed != digest:
+                raise InstallFailed(
+                    "verify",
+                    f"{name}:{version} is already installed from package {committed[:12]}; "
+                    "versions are immutable, give the new package a new version",
+                )
+            journal = {
+                "digest": digest,
+                "name": name,
+                "version": version,
+                "step": "verify",
+                "activate": activate,
+                "started_at": time.time(),
+            }
+            self.store.write_journal(digest, journal)
+            self._checkpoint("after_verify")
+
+            step = "stage"
+            self._checkpoint("before_stage")
+            journal["step"] = step
+            self.store.write_journal(digest, journal)
+            pkg_dir = self.store.package_dir(digest)
+            if not pkg_dir.exists():
+                try:
+                    await asyncio.to_thread(extract_package, reader, pkg_dir)
+                except (PackageError, OSError) as exc:
+                    raise InstallFailed("stage", str(exc)) from exc
+            self._checkpoint("after_stage")
+
+            step = "load"
+            self._checkpoint("before_load")
+            journal["step"] = step
+            self.store.write_journal(digest, journal)
+            if self.repo.has(name, version) and self.repo.get(name, version).digest == digest:
+                served = self.repo.get(name, version)
+            else:
+                served = await asyncio.to_thread(
+                    load_served_model,
+                    pkg_dir,
+                    digest,
+                    self.settings,
+                    self.executor,
+                    self._checkpoint,
+                )
+            step = "activate"
+            self._checkpoint("before_activate")
+            journal["step"] = step
+            self.store.write_journal(digest, journal)
+            replaced = self.repo.add(served)
+            previous = self.repo.active_version(name)
+            if activate or previous is None:
+                self.repo.set_active(name, version)
+            self._checkpoint("after_activate")
+
+            step = "commit"
+            self._checkpoint("before_commit")
+            journal["step"] = step
+            self.store.write_journal(digest, journal)
+            state = self.store.load_state()
+            entry = state.models.setdefault(name, ModelEntry())
+            entry.versions[version] = digest
+            evicted = self.repo.evict_extra(name)
+            if replaced is not None:
+                evicted.append(replaced)
+            for old in evicted:
+                if entry.versions.get(old.version) == old.digest and old.version != version:
+                    del entry.versions[old.version]
+            if activate or entry.active is None:
+                entry.active = version
+            self.store.save_state(state)
+            self._checkpoint("after_state_write")
+            self.store.clear_journal(digest)
+            self.store.remove_unreferenced(state.digests())
+            self._checkpoint("after_commit")
+            asyncio.get_running_loop().create_task(close_later(evicted))
+            log.info("installed %s:%s (%s) from %s", name, version, served.variant, digest[:12])
+            return InstallOutcome(
+                digest, name, version, "COMMITTED", finished_at=time.time(), variant=served.variant
+            ), served
+        except InstallFailed as exc:
+            log.warning("install of %s failed at %s: %s", archive.name, exc.step, exc.reason)
+            self._rollback(digest, name, version)
+            return InstallOutcome(
+                digest, name, version, "FAILED", exc.step, exc.reason, time.time()
+            ), None
+        except Exception as exc:  # never let an install take the agent down
+            log.exception("install of %s failed unexpectedly at %s", archive.name, step)
+            self._rollback(digest, name, version)
+            return InstallOutcome(
+                digest, name, version, "FAILED", step, repr(exc), time.time()
+            ), None
+
+    def _rollback(self, digest: str, name: str, version: str) -> None:
+        """Undo a failed install: forget what it staged unless a committed version uses it."""
+        if not digest:
+            return
+        state = self.store.load_state()
+        committed = state.models.get(name, ModelEntry()).versions.get(version) == digest
+        if not committed:
+            if self.repo.has(name, version) and self.repo.get(name, version).digest == digest:
+                served = self.repo.remove(name, version)
+                prev = [
+                    v
+                    for v in state.models.get(name, ModelEntry()).versions
+                    if self.repo.has(name, v)
+                ]
+                entry = state.models.get(name)
+                if entry and entry.active and self.repo.has(name, entry.active):
+                    self.repo.set_active(name, entry.active)
+                elif prev:
+                    self.repo.set_active(name, prev[-1])
+                if served is not None:
+                    asyncio.get_running_loop().create_task(close_later([served]))
+            self.store.remove_unreferenced(state.digests())
+        self.store.clear_journal(digest)

@@ -1,0 +1,111 @@
+"""The models the agent serves: every loaded version and which one is active per model.
+
+Swapping the active version is one dict assignment on the event loop, so a request either sees
+the old version or the new one; a request already holding the old version finishes on it, and old
+versions are closed only after ``max_versions_per_model`` newer ones exist. That is what makes a
+hot swap lose no request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+from edge_agent.errors import ModelNotFound
+from edge_agent.metrics import METRICS
+from edge_agent.serving import ServedModel
+
+log = logging.getLogger(__name__)
+
+_DRAIN_GRACE_S = 5.0
+
+
+class ModelRepository:
+    def __init__(self, max_versions_per_model: int = 2) -> None:
+        self._versions: dict[str, dict[str, ServedModel]] = {}
+        self._active: dict[str, str] = {}
+        self._order: dict[str, list[str]] = {}  # versions in the order they were added
+        self.max_versions = max_versions_per_model
+
+    def get(self, name: str, version: str = "") -> ServedModel:
+        versions = self._versions.get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not installed")
+        if not version:
+            version = self._active.get(name, "")
+            if not version:
+                raise ModelNotFound(f"model {name!r} has no active version")
+        served = versions.get(version)
+        if served is None:
+            have = ", ".join(sorted(versions)) or "none"
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (loaded: {have})")
+        return served
+
+    def has(self, name: str, version: str) -> bool:
+        return version in self._versions.get(name, {})
+
+    def active_version(self, name: str) -> str | None:
+        return self._active.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._versions)
+
+    def versions(self, name: str) -> list[ServedModel]:
+        return [self._versions[name][v] for v in self._order.get(name, [])]
+
+    def __iter__(self) -> Iterator[ServedModel]:
+        for name in self.names():
+            yield from self.versions(name)
+
+    def add(self, served: ServedModel) -> ServedModel | None:
+        """Add a loaded version (not yet active); returns the object it replaced, if any."""
+        by_version = self._versions.setdefault(served.name, {})
+        old = by_version.get(served.version)
+        by_version[served.version] = served
+        order = self._order.setdefault(served.name, [])
+        if served.version in order:
+            order.remove(served.version)
+        order.append(served.version)
+        METRICS.models_ready.set(sum(len(v) for v in self._versions.values()))
+        return old if old is not served else None
+
+    def evict_extra(self, name: str) -> list[ServedModel]:
+        """Drop the oldest inactive versions beyond the cap; the caller closes them later."""
+        order = self._order.get(name, [])
+        evicted = []
+        while len(order) > self.max_versions:
+            victim = next((v for v in order if v != self._active.get(name)), None)
+            if victim is None:
+                break
+            evicted.append(self.remove(name, victim))
+        return [e for e in evicted if e is not None]
+
+    def set_active(self, name: str, version: str) -> None:
+        if not self.has(name, version):
+            raise ModelNotFound(f"model {name!r} has no loaded version {version!r}")
+        self._active[name] = version
+
+    def remove(self, name: str, version: str) -> ServedModel | None:
+        served = self._versions.get(name, {}).pop(version, None)
+        if served is not None:
+            self._order[name].remove(version)
+            if self._active.get(name) == version:
+                del self._active[name]
+            if not self._versions[name]:
+                del self._versions[name]
+                del self._order[name]
+        METRICS.models_ready.set(sum(len(v) for v in self._versions.values()))
+        return served
+
+
+async def close_later(models: list[ServedModel], grace_s: float = _DRAIN_GRACE_S) -> None:
+    """Close evicted versions after in-flight requests on them had time to finish."""
+    if not models:
+        return
+    await asyncio.sleep(grace_s)
+    for m in models:
+        try:
+            await m.close()
+        except Exception:  # closing must never take the agent down
+            log.exception("closing %s:%s failed", m.name, m.version)

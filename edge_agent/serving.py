@@ -1,0 +1,97 @@
+"""A loaded model version as the data plane sees it: validated inputs in, outputs out.
+
+It decides *where* an inference runs: on the event loop for models faster than a thread hop, in
+the inference thread pool otherwise, and through the dynamic batcher when the model allows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.batching import DynamicBatcher, Tensors
+from edge_agent.config import ModelSettings
+from edge_agent.errors import InferenceFailed
+from edge_agent.metrics import METRICS
+from model_packager.errors import PackageError
+from model_packager.manifest import Manifest
+from model_packager.runtimes import LoadedModel
+from model_packager.tensors import TensorSpec
+
+
+@dataclass
+class ServedModel:
+    name: str
+    version: str
+    digest: str
+    manifest: Manifest
+    variant: str
+    runtime: str
+    model: LoadedModel
+    inline: bool
+    executor: Executor
+    settings: ModelSettings
+    batcher: DynamicBatcher | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.inputs: list[TensorSpec] = self.manifest.input_specs()
+        self.outputs: list[TensorSpec] = self.manifest.output_specs()
+        self.input_by_name = {s.name: s for s in self.inputs}
+        self.output_names = {s.name for s in self.outputs}
+        batchable = all(s.has_batch_dim for s in self.inputs) and all(
+            s.has_batch_dim for s in self.outputs
+        )
+        if batchable and self.settings.max_batch_size > 1:
+            hist = METRICS.batch_size.labels(self.name)
+            self.batcher = DynamicBatcher(
+                self._run,
+                self.settings.max_batch_size,
+                self.settings.max_queue_delay_ms / 1000.0,
+                self.settings.max_queue_size,
+                on_batch=hist.observe,
+            )
+
+    @property
+    def platform(self) -> str:
+        return "onnxruntime_onnx" if self.runtime == "onnx" else "tensorflow_lite"
+
+    def infer_sync(self, inputs: Tensors, outputs: list[str] | None = None) -> Tensors:
+        try:
+            return self.model.infer(inputs, outputs)
+        except PackageError as exc:
+            raise InferenceFailed(str(exc)) from exc
+
+    async def _run(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+        if self.inline:
+            return self.infer_sync(inputs, outputs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.infer_sync, inputs, outputs)
+
+    async def infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+        if self.batcher is not None:
+            rows = next(iter(inputs.values())).shape[0]
+            if rows < self.settings.max_batch_size:
+                return await self.batcher.submit(inputs, outputs)
+        return await self._run(inputs, outputs)
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.model.close()
+
+
+def measure_latency_ms(
+    model: LoadedModel, inputs: dict[str, np.ndarray], repeats: int = 5
+) -> float:
+    """Median single-inference time, used to decide inline versus thread-pool execution."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model.infer(inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return times[len(times) // 2]

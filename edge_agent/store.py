@@ -1,0 +1,106 @@
+"""The on-disk model store.
+
+Layout under ``data_dir``::
+
+    packages/<sha256>/      extracted, verified package (manifest.json, signature.json, files)
+    incoming/               package archives received over gRPC, before verification
+    state.json              the committed state: per model, installed versions and the active one
+    journal/<sha256>.json   an install in progress (deleted at commit)
+    last_install.json       outcome of the most recent install, for status reports
+
+``state.json`` is the single source of truth after a restart: whatever it names is what the agent
+serves. It changes only through ``commit``, an atomic rename, so a crash leaves it old or new.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.fsutil import atomic_write_json, read_json
+
+
+@dataclass
+class ModelEntry:
+    active: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)  # version -> package digest
+
+
+@dataclass
+class CommittedState:
+    models: dict[str, ModelEntry] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "models": {
+                n: {"active": e.active, "versions": dict(e.versions)}
+                for n, e in self.models.items()
+            }
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> CommittedState:
+        state = cls()
+        for name, e in (doc or {}).get("models", {}).items():
+            state.models[name] = ModelEntry(active=e.get("active"), versions=dict(e["versions"]))
+        return state
+
+    def digests(self) -> set[str]:
+        return {d for e in self.models.values() for d in e.versions.values()}
+
+
+class ModelStore:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir)
+        self.packages = self.root / "packages"
+        self.incoming = self.root / "incoming"
+        self.journal_dir = self.root / "journal"
+        for d in (self.packages, self.incoming, self.journal_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._state_path = self.root / "state.json"
+        self._last_install_path = self.root / "last_install.json"
+
+    # committed state
+    def load_state(self) -> CommittedState:
+        return CommittedState.from_json(read_json(self._state_path))
+
+    def save_state(self, state: CommittedState) -> None:
+        atomic_write_json(self._state_path, state.to_json())
+
+    # packages
+    def package_dir(self, digest: str) -> Path:
+        return self.packages / digest
+
+    def remove_unreferenced(self, keep: set[str]) -> list[str]:
+        """Delete extracted packages and partial extractions no committed version refers to."""
+        removed = []
+        for p in self.packages.iterdir():
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p.name)
+        return removed
+
+    # install journal
+    def write_journal(self, digest: str, doc: dict[str, Any]) -> None:
+        atomic_write_json(self.journal_dir / f"{digest}.json", doc)
+
+    def read_journals(self) -> list[dict[str, Any]]:
+        out = []
+        for p in sorted(self.journal_dir.glob("*.json")):
+            doc = read_json(p)
+            if isinstance(doc, dict):
+                out.append(doc)
+        return out
+
+    def clear_journal(self, digest: str) -> None:
+        (self.journal_dir / f"{digest}.json").unlink(missing_ok=True)
+
+    # last install outcome
+    def save_last_install(self, doc: dict[str, Any]) -> None:
+        atomic_write_json(self._last_install_path, doc)
+
+    def last_install(self) -> dict[str, Any] | None:
+        doc = read_json(self._last_install_path)
+        return doc if isinstance(doc, dict) else None
