@@ -1,0 +1,66 @@
+"""FastAPI application assembly and lifespan.
+
+Startup order: database migrations, the embedded broker (only when no broker URL is configured),
+the fleet service. Shutdown reverses it. ``create_app`` takes a ``Settings`` so tests and the CLI
+build independent apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from control_plane.api import errors
+from control_plane.api.deps import require_token
+from control_plane.api.routes import deployments, devices, health, packages
+from control_plane.context import AppContext
+from control_plane.db.engine import upgrade
+from control_plane.fleet.embedded_broker import EmbeddedBroker
+from control_plane.fleet.service import FleetService
+from control_plane.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = AppContext.from_settings(settings)
+        upgrade(ctx.engine)
+        broker: EmbeddedBroker | None = None
+        if not settings.mqtt_url:
+            broker = EmbeddedBroker(port=settings.embedded_broker_port)
+            broker.start()
+            ctx.broker_url = broker.url
+        fleet = FleetService(ctx, ctx.broker_url)
+        ctx.publisher = fleet
+        ctx.registry_changed()
+        fleet.start()
+        app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
+        try:
+            yield
+        finally:
+            fleet.stop()
+            if broker is not None:
+                broker.stop()
+            ctx.close()
+
+    app = FastAPI(
+        title="Edge inference control plane",
+        version="0.1.0",
+        description="Devices, signed model packages and deployments to an MQTT fleet.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    api.include_router(devices.router)
+    api.include_router(packages.router)
+    api.include_router(deployments.router)
+    app.include_router(api)
+    return app

@@ -1,0 +1,106 @@
+"""`control-plane` command line: serve, broker-config, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from control_plane.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"control-plane: invalid settings:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(_args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from control_plane.api.app import create_app
+
+    settings = _settings()
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
+    return 0
+
+
+def cmd_broker_config(args: argparse.Namespace) -> int:
+    from control_plane.context import AppContext
+    from control_plane.db.engine import upgrade
+    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
+
+    ctx = AppContext.from_settings(_settings())
+    upgrade(ctx.engine)
+    options = ListenerOptions(
+        port=args.port,
+        bind=args.bind,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        persistence=not args.no_persistence,
+        run_as_user=args.run_as_user,
+    )
+    with ctx.sessions() as session:
+        conf = write_broker_config(ctx.settings, session, args.out, options)
+    ctx.close()
+    print(f"wrote {conf} (+ passwd, acl); run: mosquitto -c {conf}")
+    return 0
+
+
+def cmd_migrate(_args: argparse.Namespace) -> int:
+    from control_plane.context import AppContext
+    from control_plane.db.engine import upgrade
+
+    ctx = AppContext.from_settings(_settings())
+    upgrade(ctx.engine)
+    ctx.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="control-plane", description="Edge fleet control plane (settings: CONTROL_PLANE_*)."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("serve", help="run the REST API and the fleet channel").set_defaults(
+        func=cmd_serve
+    )
+
+    bc = sub.add_parser(
+        "broker-config", help="write mosquitto.conf, passwd and acl from the device registry"
+    )
+    bc.add_argument("--out", type=Path, required=True, help="folder to write into")
+    bc.add_argument("--port", type=int, default=1883)
+    bc.add_argument("--bind", default="0.0.0.0")
+    bc.add_argument("--tls-cert", type=Path, help="server certificate (PEM): enables TLS")
+    bc.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    bc.add_argument("--tls-ca", type=Path, help="CA file for client certificates (optional)")
+    bc.add_argument("--no-persistence", action="store_true", help="keep retained state in memory")
+    bc.add_argument("--run-as-user", help="user Mosquitto drops to when started as root")
+    bc.set_defaults(func=cmd_broker_config)
+
+    sub.add_parser("migrate", help="apply database migrations and exit").set_defaults(
+        func=cmd_migrate
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

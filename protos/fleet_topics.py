@@ -1,0 +1,81 @@
+"""Topic names of the fleet channel (protos/fleet.proto), shared by the control plane and the agent.
+
+Everything for device ``D`` lives under ``<root>/<D>/`` (root ``edge`` by default), so one broker
+ACL rule per device confines it to its own subtree. This module is plain Python with no
+dependencies so both sides build topic names the same way; it sits next to the .proto because
+the topic layout is as much a part of the wire contract as the messages.
+
+| topic                        | direction      | retained | QoS | payload          |
+| ---------------------------- | -------------- | -------- | --- | ---------------- |
+| ``<root>/<D>/desired``       | cloud -> dev   | yes      | 1   | ``DesiredState`` |
+| ``<root>/<D>/reported``      | dev -> cloud   | yes      | 1   | ``ReportedState``|
+| ``<root>/<D>/status``        | dev -> cloud   | yes (LWT)| 1   | ``DeviceStatus`` |
+| ``<root>/<D>/chunks/req``    | dev -> cloud   | no       | 1   | ``ChunkRequest`` |
+| ``<root>/<D>/chunks/data``   | cloud -> dev   | no       | 1   | ``ChunkData``    |
+| ``<root>/<D>/telemetry``     | dev -> cloud   | no       | 1   | ``TelemetryBatch``|
+| ``<root>/<D>/events``        | dev -> cloud   | no       | 1   | reserved         |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+DEFAULT_ROOT = "edge"
+
+DESIRED = "desired"
+REPORTED = "reported"
+STATUS = "status"
+CHUNKS_REQUEST = "chunks/req"
+CHUNKS_DATA = "chunks/data"
+TELEMETRY = "telemetry"
+EVENTS = "events"
+
+#: Leaves a device publishes to (it may also read back its own retained ``reported``/``status``).
+DEVICE_PUBLISHES = (REPORTED, STATUS, CHUNKS_REQUEST, TELEMETRY, EVENTS)
+#: Leaves a device subscribes to. Subscribe to these exact topics, not ``<root>/<D>/#``: the
+#: production ACL grants a device read access only where it needs it.
+DEVICE_SUBSCRIBES = (DESIRED, CHUNKS_DATA)
+#: Leaves the control plane subscribes to for every device (with ``+`` in place of the id).
+CONTROL_PLANE_SUBSCRIBES = (REPORTED, STATUS, CHUNKS_REQUEST, TELEMETRY)
+
+MAX_CHUNK_INDEXES_PER_REQUEST = 64
+
+# Device ids become topic levels and broker user names: no wildcards, separators or spaces.
+_DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def valid_device_id(device_id: str) -> bool:
+    """True when ``device_id`` is safe as a topic level and a broker user name."""
+    return bool(_DEVICE_ID_RE.match(device_id))
+
+
+def device_prefix(device_id: str, root: str = DEFAULT_ROOT) -> str:
+    """``<root>/<device_id>``: the subtree a device owns (the config bundle's ``topic_prefix``)."""
+    if not valid_device_id(device_id):
+        raise ValueError(f"invalid device id {device_id!r}")
+    return f"{root}/{device_id}"
+
+
+def device_topic(device_id: str, leaf: str, root: str = DEFAULT_ROOT) -> str:
+    """The topic for one leaf (``DESIRED``, ``REPORTED``, ...) of one device."""
+    return f"{device_prefix(device_id, root)}/{leaf}"
+
+
+def all_devices_filter(leaf: str, root: str = DEFAULT_ROOT) -> str:
+    """Subscription filter for one leaf across every device, e.g. ``edge/+/reported``."""
+    return f"{root}/+/{leaf}"
+
+
+@dataclass(frozen=True)
+class ParsedTopic:
+    device_id: str
+    leaf: str
+
+
+def parse_topic(topic: str, root: str = DEFAULT_ROOT) -> ParsedTopic | None:
+    """Split ``<root>/<D>/<leaf>`` into device id and leaf; None for anything else."""
+    parts = topic.split("/", 2)
+    if len(parts) != 3 or parts[0] != root or not valid_device_id(parts[1]):
+        return None
+    return ParsedTopic(device_id=parts[1], leaf=parts[2])
