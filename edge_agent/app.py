@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +36,9 @@ from edge_agent.serving import ServedModel
 from edge_agent.store import ModelStore
 from model_packager.runtimes import available_runtimes
 from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from edge_agent.fleet import FleetClient
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class Agent:
         self.metrics_port = 0
         self._metrics_server = None
         self._stopped = asyncio.Event()
+        self.fleet: FleetClient | None = None
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
@@ -117,8 +122,16 @@ class Agent:
                 {"grpc": self.grpc_port, "metrics": self.metrics_port, "pid": os.getpid()},
             )
         log.info("ready: %d model versions loaded", len(list(self.repo)))
+        if s.fleet is not None:
+            # After serving starts and never awaited on the network: offline first.
+            from edge_agent.fleet import FleetClient
+
+            self.fleet = FleetClient(s, self.store, self.repo, self.installer, self.version)
+            await self.fleet.start()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
         self.dataplane.ready = False
         await self.health.enter_graceful_shutdown()
         if self.server is not None:

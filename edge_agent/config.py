@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,95 @@ class ModelSettings(BaseModel):
     )
     max_queue_size: int = Field(
         default=1024, ge=1, description="Requests waiting per model; beyond it RESOURCE_EXHAUSTED."
+    )
+
+
+class FleetSettings(BaseModel):
+    """How the agent joins the fleet channel (MQTT). Absent: the agent runs stand-alone.
+
+    The first five fields have the names of the ``mqtt`` object in the config bundle the control
+    plane returns when a device is registered, so ``fleet: <bundle.mqtt>`` is a valid section
+    (``edge-agent join`` writes the whole YAML file from a bundle).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        description="Broker URL: mqtt://host[:1883] or mqtts://host[:8883] (TLS, see ca_file)."
+    )
+    client_id: str | None = Field(
+        default=None, description="MQTT client id. Default: the device id."
+    )
+    username: str | None = Field(
+        default=None, description="Broker user name (the device's credentials from the bundle)."
+    )
+    password: SecretStr | None = Field(default=None, description="Broker password.")
+    topic_prefix: str | None = Field(
+        default=None,
+        description="The device's topic subtree. Default: edge/<device_id>.",
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signs the broker's certificate (mqtts://). Default: the "
+        "system's trust store.",
+    )
+    keepalive_s: int = Field(
+        default=30,
+        ge=5,
+        description="MQTT keepalive; the broker publishes the Last Will "
+        "(OFFLINE) after 1.5x this without traffic.",
+    )
+    reconnect_min_s: float = Field(
+        default=0.5, gt=0, description="First delay before reconnecting (jittered exponential)."
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, description="Longest delay between reconnection attempts."
+    )
+    chunk_window: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Chunk requests in flight at once while pulling a package.",
+    )
+    chunks_per_request: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Chunk indexes per request (the protocol allows at most 64).",
+    )
+    chunk_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A request with chunks still unanswered after this is sent again for them.",
+    )
+    max_chunk_rejects: int = Field(
+        default=3,
+        ge=1,
+        description="Times one chunk may fail its sha256 check (or the control plane may refuse "
+        "a request) before the deployment is reported FAILED.",
+    )
+    max_install_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Install attempts per deployment; an agent restarted in the middle of an "
+        "install retries it, up to this many times, then reports FAILED.",
+    )
+    progress_interval_s: float = Field(
+        default=1.0, ge=0, description="Least time between two download progress reports."
+    )
+    telemetry_interval_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="Period of metric snapshots written to the telemetry outbox; 0 disables them.",
+    )
+    outbox_max_records: int = Field(
+        default=10000,
+        ge=1,
+        description="Telemetry records kept on disk while undelivered; when full the oldest are "
+        "dropped and counted.",
+    )
+    outbox_batch_size: int = Field(
+        default=100, ge=1, description="Telemetry records per TelemetryBatch message."
     )
 
 
@@ -99,6 +188,11 @@ class AgentSettings(BaseSettings):
         default_factory=ModelSettings, description="Options for models not named in `models`."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    fleet: FleetSettings | None = Field(
+        default=None,
+        description="Fleet channel (MQTT) settings; absent: no fleet connection. See "
+        "`fleet.*` below.",
+    )
 
     def for_model(self, name: str) -> ModelSettings:
         return self.models.get(name, self.default_model)

@@ -1,0 +1,554 @@
+"""``FleetClient``: reconcile the device against its retained desired state, on the agent's loop.
+
+Flow for each DesiredState (retained on ``<prefix>/desired``):
+
+1. Ignore it when its generation is lower than the one acted on (``state.FleetState``), else
+   persist the new generation.
+2. For each DesiredModel: already committed (``name:version`` -> digest in ``state.json``)? Report
+   INSTALLED. Already final for this ``deployment_id:digest``? Report it again, do nothing.
+   Otherwise pull the package (``downloads.ChunkDownload``: a window of ChunkRequests in flight,
+   each chunk checked against ``chunk_sha256`` and written atomically, unanswered indexes asked
+   again after ``chunk_timeout_s``), check the assembled file against ``package_digest``, and hand
+   it to ``Installer.install`` (signature, digests, golden self-test, atomic commit).
+3. Record and report INSTALLED or FAILED with the step and the reason. The installer leaves the
+   previous version serving on any failure.
+
+A newer DesiredState supersedes the one being worked on between chunks (what was downloaded
+stays on disk); an install in progress is never interrupted. Reported state is published retained
+at start, after every change and after every reconnect; telemetry goes through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edge_agent.config import AgentSettings
+from edge_agent.fleet import codec
+from edge_agent.fleet.codec import Desired, DesiredModel, Reported, Result
+from edge_agent.fleet.crash import checkpoint
+from edge_agent.fleet.downloads import ChunkDownload, DownloadError, remove_stale
+from edge_agent.fleet.link import (
+    Connected,
+    Disconnected,
+    LinkEvent,
+    Message,
+    MqttLink,
+    PubAck,
+    new_request_id,
+)
+from edge_agent.fleet.outbox import Outbox
+from edge_agent.fleet.state import FleetState
+from edge_agent.installer import Installer
+from edge_agent.metrics import METRICS
+from edge_agent.repository import ModelRepository
+from edge_agent.store import ModelStore
+from protos import fleet_topics as topics
+
+log = logging.getLogger(__name__)
+
+_ACK_TIMEOUT_S = 30.0
+
+
+class _Superseded(Exception):
+    """A newer DesiredState arrived; drop the current one between two chunks."""
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, reason: str) -> None:
+        super().__init__(f"{step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+class FleetClient:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: ModelStore,
+        repo: ModelRepository,
+        installer: Installer,
+        agent_version: str,
+    ) -> None:
+        if settings.fleet is None:
+            raise ValueError("FleetClient needs fleet settings")
+        self.fs = settings.fleet
+        self.device_id = settings.device_id
+        self.store, self.repo, self.installer = store, repo, installer
+        self.agent_version = agent_version
+        prefix = self.fs.topic_prefix or topics.device_prefix(self.device_id)
+        self.topic = {
+            leaf: f"{prefix}/{leaf}"
+            for leaf in (
+                topics.DESIRED,
+                topics.REPORTED,
+                topics.STATUS,
+                topics.CHUNKS_REQUEST,
+                topics.CHUNKS_DATA,
+                topics.TELEMETRY,
+            )
+        }
+        root = Path(settings.data_dir) / "fleet"
+        root.mkdir(parents=True, exist_ok=True)
+        self.downloads_root = root / "downloads"
+        self.state = FleetState(root / "state.json")
+        self.outbox = Outbox(root / "outbox.sqlite3", self.fs.outbox_max_records)
+        self.link: MqttLink | None = None
+        self._connected = asyncio.Event()
+        self._desired: Desired | None = None
+        self._desired_changed = asyncio.Event()
+        self._reconciled_generation = -1
+        self._chunks: asyncio.Queue[codec.ChunkAnswer] = asyncio.Queue()
+        self._active_digest = ""
+        self._acks: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._outbox_wakeup = asyncio.Event()
+        self._last_progress = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting in the background; returns at once (offline first)."""
+        self.link = MqttLink(
+            self.fs,
+            client_id=self.fs.client_id or self.device_id,
+            subscriptions=[self.topic[topics.DESIRED], self.topic[topics.CHUNKS_DATA]],
+            status_topic=self.topic[topics.STATUS],
+            online_payload=codec.status_to_proto(True, self.agent_version),
+            offline_payload=codec.status_to_proto(False, self.agent_version),
+            loop=asyncio.get_running_loop(),
+            on_event=self._on_event,
+        )
+        self.link.start()
+        for coro in (self._reconcile_loop(), self._outbox_loop(), self._snapshot_loop()):
+            self._tasks.append(asyncio.create_task(coro))
+        if self.outbox:
+            self._outbox_wakeup.set()
+        log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic[topics.STATUS])
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.link is not None:
+            await asyncio.to_thread(self.link.stop)
+        self.outbox.close()
+
+    # --- events from the link (event loop thread) -------------------------------------------
+
+    def _on_event(self, event: LinkEvent) -> None:
+        if isinstance(event, Connected):
+            self._connected.set()
+            self._publish_reported()
+            self._outbox_wakeup.set()
+        elif isinstance(event, Disconnected):
+            self._connected.clear()
+            for key in [k for k in self._acks if k[0] == event.epoch]:
+                fut = self._acks.pop(key)
+                if not fut.done():
+                    fut.set_exception(ConnectionError(event.reason))
+        elif isinstance(event, PubAck):
+            fut = self._acks.pop((event.epoch, event.mid), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        elif isinstance(event, Message):
+            try:
+                self._on_message(event.topic, event.payload)
+            except ValueError as exc:
+                log.warning("bad payload on %s: %s", event.topic, exc)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.topic[topics.CHUNKS_DATA]:
+            answer = codec.chunk_from_proto(payload)
+            if answer.package_digest == self._active_digest:
+                self._chunks.put_nowait(answer)
+        elif topic == self.topic[topics.DESIRED] and payload:
+            # (an empty payload is a cleared retained message: the device was deleted)
+            self._offer_desired(codec.desired_from_proto(payload))
+
+    def _offer_desired(self, desired: Desired) -> None:
+        if desired.device_id and desired.device_id != self.device_id:
+            log.warning("desired state for %s on my topic ignored", desired.device_id)
+            return
+        if desired.generation < self.state.acted_generation:
+            log.info(
+                "ignoring desired generation %d (already acted on %d)",
+                desired.generation,
+                self.state.acted_generation,
+            )
+            return
+        current = self._desired
+        if current is not None and desired.generation <= current.generation:
+            return  # a repeat (retained message after a reconnect): already in hand
+        if desired.generation == self._reconciled_generation:
+            return
+        self._desired = desired
+        self._desired_changed.set()
+
+    def _publish_acked(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
+        assert self.link is not None
+        sent = self.link.publish(topic, payload)
+        if sent is None:
+            return None
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks[sent] = fut
+        return fut
+
+    # --- reported state ---------------------------------------------------------------------
+
+    def reported(self) -> Reported:
+        models = []
+        state = self.store.load_state()
+        for name, entry in sorted(state.models.items()):
+            for version, digest in sorted(entry.versions.items()):
+                variant = (
+                    self.repo.get(name, version).variant if self.repo.has(name, version) else ""
+                )
+                models.append(
+                    codec.ModelReport(name, version, variant, digest, entry.active == version)
+                )
+        return Reported(
+            self.device_id,
+            self.agent_version,
+            models,
+            self.state.last_result,
+            self.state.acted_generation,
+        )
+
+    def _publish_reported(self) -> None:
+        if self.link is not None and self._connected.is_set():
+            payload = codec.reported_to_proto(self.reported())
+            self.link.publish(self.topic[topics.REPORTED], payload, retain=True)
+
+    def _progress(self, key: str, result: Result, force: bool = False) -> None:
+        """Record an IN_PROGRESS result; published at most every ``progress_interval_s``."""
+        self.state.set_result(key, result)
+        now = time.monotonic()
+        if force or now - self._last_progress >= self.fs.progress_interval_s:
+            self._last_progress = now
+            self._publish_reported()
+
+    def _finish(self, key: str, m: DesiredModel, result: Result) -> None:
+        self.state.set_result(key, result)
+        self.state.save()
+        checkpoint("after_result_write")
+        log_fn = log.info if result.outcome == "INSTALLED" else log.warning
+        log_fn(
+            "deployment %s of %s:%s: %s %s %s",
+            m.deployment_id,
+            m.name,
+            m.version,
+            result.outcome,
+            result.step,
+            result.reason,
+        )
+        self._event(m, result)
+        self._publish_reported()
+
+    # --- telemetry --------------------------------------------------------------------------
+
+    def record(self, kind: str, payload: dict[str, Any]) -> int:
+        """Append a telemetry record to the outbox; it is sent when the broker is reachable."""
+        seq = self.outbox.append(kind, payload)
+        self._outbox_wakeup.set()
+        return seq
+
+    def _event(self, m: DesiredModel, result: Result) -> None:
+        self.record(
+            "deployment_event",
+            {
+                "deployment_id": m.deployment_id,
+                "package_digest": m.package_digest,
+                "name": m.name,
+                "version": m.version,
+                "outcome": result.outcome,
+                "step": result.step,
+                "reason": result.reason,
+            },
+        )
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            await self._outbox_wakeup.wait()
+            self._outbox_wakeup.clear()
+            while self._connected.is_set():
+                records = self.outbox.oldest(self.fs.outbox_batch_size)
+                if not records:
+                    break
+                batch = codec.TelemetryOut(self.device_id, records, self.outbox.dropped)
+                ack = self._publish_acked(
+                    self.topic[topics.TELEMETRY], codec.telemetry_to_proto(batch)
+                )
+                if ack is None:
+                    break
+                try:
+                    await asyncio.wait_for(ack, _ACK_TIMEOUT_S)
+                except (TimeoutError, ConnectionError):
+                    break  # sent again after the next Connected
+                self.outbox.acknowledge(records[-1].seq)
+
+    async def _snapshot_loop(self) -> None:
+        if self.fs.telemetry_interval_s <= 0:
+            return
+        while True:
+            await asyncio.sleep(self.fs.telemetry_interval_s)
+            self.record("metrics", metrics_snapshot())
+
+    # --- reconciliation ---------------------------------------------------------------------
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await self._desired_changed.wait()
+            self._desired_changed.clear()
+            desired = self._desired
+            if desired is None:
+                continue
+            try:
+                await self._reconcile(desired)
+                self._reconciled_generation = desired.generation
+            except _Superseded:
+                log.info("desired generation %d superseded", desired.generation)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconciling generation %d failed", desired.generation)
+
+    def _check_current(self, desired: Desired) -> None:
+        if self._desired is not desired:
+            raise _Superseded
+
+    async def _reconcile(self, desired: Desired) -> None:
+        if desired.generation > self.state.acted_generation:
+            self.state.acted_generation = desired.generation
+            self.state.save()
+            checkpoint("after_generation_write")
+        log.info(
+            "reconciling desired generation %d (%d models)", desired.generation, len(desired.models)
+        )
+        self.state.prune({m.key for m in desired.models})
+        remove_stale(self.downloads_root, {m.package_digest for m in desired.models})
+        self._publish_reported()
+        for m in desired.models:
+            self._check_current(desired)
+            await self._deploy(desired, m)
+        self.state.save()
+        self._publish_reported()
+
+    def _committed(self, m: DesiredModel) -> bool:
+        entry = self.store.load_state().models.get(m.name)
+        return entry is not None and entry.versions.get(m.version) == m.package_digest
+
+    async def _deploy(self, desired: Desired, m: DesiredModel) -> None:
+        key = m.key
+        total = m.chunk_count
+        if self._committed(m):
+            previous = self.state.results.get(key)
+            if previous is None or previous.outcome != "INSTALLED":
+                done = Result(
+                    m.deployment_id, "INSTALLED", "commit", "", total, total, m.package_digest
+                )
+                self._finish(key, m, done)
+            ChunkDownload.discard(self.downloads_root, m.package_digest)
+            return
+        previous = self.state.results.get(key)
+        if previous is not None and previous.final:
+            return  # repeated desired state: the outcome stands and is already reported
+        try:
+            path = await self._download(desired, m)
+            attempts = self.state.attempts.get(key, 0)
+            if attempts >= self.fs.max_install_attempts:
+                raise _StepFailed(
+                    "install", f"the agent stopped during {attempts} install attempts; giving up"
+                )
+            self.state.attempts[key] = attempts + 1
+            self._progress(
+                key,
+                Result(
+                    m.deployment_id, "IN_PROGRESS", "install", "", total, total, m.package_digest
+                ),
+                force=True,
+            )
+            self.state.save()
+            checkpoint("before_install")
+            outcome, _ = await self.installer.install(path, activate=True)
+            checkpoint("after_install")
+            if outcome.outcome == "COMMITTED":
+                result = Result(
+                    m.deployment_id, "INSTALLED", "commit", "", total, total, m.package_digest
+                )
+            else:
+                result = Result(
+                    m.deployment_id,
+                    "FAILED",
+                    outcome.failed_step,
+                    outcome.reason,
+                    total,
+                    total,
+                    m.package_digest,
+                )
+        except DownloadError as exc:
+            done = self._done_chunks(m)
+            result = Result(
+                m.deployment_id, "FAILED", "download", str(exc), done, total, m.package_digest
+            )
+        except _StepFailed as exc:
+            result = Result(
+                m.deployment_id, "FAILED", exc.step, exc.reason, total, total, m.package_digest
+            )
+        self._finish(key, m, result)
+        ChunkDownload.discard(self.downloads_root, m.package_digest)
+
+    def _done_chunks(self, m: DesiredModel) -> int:
+        chunks = self.downloads_root / m.package_digest / "chunks"
+        return len(list(chunks.glob("*.chunk"))) if chunks.exists() else 0
+
+    async def _download(self, desired: Desired, m: DesiredModel) -> Path:
+        dl = ChunkDownload(self.downloads_root, m)
+        key, total = m.key, m.chunk_count
+        assembled = dl.assembled()
+        if assembled is not None:
+            return assembled
+        self._progress(
+            key,
+            Result(
+                m.deployment_id, "IN_PROGRESS", "download", "", dl.done, total, m.package_digest
+            ),
+            force=True,
+        )
+        if self.state.results.get(key) is not None and dl.done == 0:
+            self._event(m, self.state.results[key])
+        loop = asyncio.get_running_loop()
+        window, per, timeout = (
+            self.fs.chunk_window,
+            self.fs.chunks_per_request,
+            self.fs.chunk_timeout_s,
+        )
+        outstanding: dict[str, tuple[set[int], float]] = {}
+        rejects: Counter[int] = Counter()
+        stats = Counter[str]()
+        errors = 0
+        resumed_with = dl.done
+        while not self._chunks.empty():
+            self._chunks.get_nowait()
+        self._active_digest = m.package_digest
+        try:
+            while not dl.complete():
+                self._check_current(desired)
+                if not self._connected.is_set():
+                    outstanding.clear()  # those answers are lost with the session
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._connected.wait(), 0.5)
+                    continue
+                asked = set().union(*(s for s, _ in outstanding.values()))
+                todo = [i for i in dl.missing() if i not in asked]
+                while len(outstanding) < window and todo:
+                    batch, todo = todo[:per], todo[per:]
+                    rid = new_request_id()
+                    assert self.link is not None
+                    payload = codec.chunk_request_to_proto(m.package_digest, batch, rid)
+                    if self.link.publish(self.topic[topics.CHUNKS_REQUEST], payload) is None:
+                        break
+                    outstanding[rid] = (set(batch), loop.time() + timeout)
+                    stats["requested"] += len(batch)
+                wake = min((d for _, d in outstanding.values()), default=loop.time() + 0.5)
+                try:
+                    answer = await asyncio.wait_for(
+                        self._chunks.get(), max(0.01, wake - loop.time())
+                    )
+                except TimeoutError:
+                    now = loop.time()
+                    for rid, (idx, due) in list(outstanding.items()):
+                        if due <= now:
+                            del outstanding[rid]
+                            stats["timeouts"] += 1
+                            log.info(
+                                "%d chunk(s) of %s unanswered; asking again",
+                                len(idx),
+                                m.package_digest[:12],
+                            )
+                    continue
+                if answer.error:
+                    outstanding.pop(answer.request_id, None)
+                    errors += 1
+                    log.warning("control plane refused a chunk request: %s", answer.error)
+                    if errors >= self.fs.max_chunk_rejects:
+                        raise DownloadError(
+                            f"the control plane refused the chunk requests: {answer.error}"
+                        )
+                    await asyncio.sleep(min(timeout, 1.0) * errors)
+                    continue
+                i = answer.index
+                if i >= total:
+                    continue
+                if dl.has(i):
+                    stats["duplicates"] += 1
+                    continue
+                if not dl.verify_chunk(i, answer.data):
+                    rejects[i] += 1
+                    stats["rejected"] += 1
+                    for idx, _ in outstanding.values():
+                        idx.discard(i)  # ask for it again
+                    log.warning(
+                        "chunk %d of %s failed its sha256 check (%d of %d allowed)",
+                        i,
+                        m.package_digest[:12],
+                        rejects[i],
+                        self.fs.max_chunk_rejects,
+                    )
+                    if rejects[i] >= self.fs.max_chunk_rejects:
+                        raise DownloadError(
+                            f"chunk {i} failed its sha256 check {rejects[i]} times "
+                            "(tampered or corrupted in transit)"
+                        )
+                    continue
+                await asyncio.to_thread(dl.write_chunk, i, answer.data)
+                stats["fetched"] += 1
+                checkpoint("after_chunk_write")
+                for rid, (idx, _) in list(outstanding.items()):
+                    idx.discard(i)
+                    if not idx:
+                        del outstanding[rid]
+                self._progress(
+                    key,
+                    Result(
+                        m.deployment_id,
+                        "IN_PROGRESS",
+                        "download",
+                        "",
+                        dl.done,
+                        total,
+                        m.package_digest,
+                    ),
+                )
+        finally:
+            self._active_digest = ""
+        log.info(
+            "download of %s complete: %d chunks, %d on disk before, %d fetched now, "
+            "%d duplicate answers, %d rejected, %d timeouts",
+            m.package_digest[:12],
+            total,
+            resumed_with,
+            stats["fetched"],
+            stats["duplicates"],
+            stats["rejected"],
+            stats["timeouts"],
+        )
+        checkpoint("before_assemble")
+        path = await asyncio.to_thread(dl.assemble)
+        checkpoint("after_assemble")
+        return path
+
+
+def metrics_snapshot() -> dict[str, float]:
+    """Counters and gauges of the agent's registry, summed over labels (a compact snapshot)."""
+    out: dict[str, float] = {}
+    for family in METRICS.registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created") or sample.name.endswith("_bucket"):
+                continue
+            out[sample.name] = out.get(sample.name, 0.0) + float(sample.value)
+    return out

@@ -1,0 +1,159 @@
+"""A package being pulled over the fleet channel, kept on disk so a break never costs a chunk.
+
+Layout, per package digest, under ``data_dir/fleet/downloads/<digest>/``::
+
+    meta.json          the DesiredModel's geometry and chunk digests (to check a resumed folder)
+    chunks/<i>.chunk   one verified chunk each, written atomically (temp file, fsync, rename)
+    <digest>.edgepkg   the assembled package, renamed into place after its sha256 matched
+
+A chunk file exists only once its bytes matched ``chunk_sha256[i]`` (and is re-checked when a
+folder is reopened), so the set of chunk files is exactly the set of chunks not to fetch again,
+whatever killed the agent. Downloads live outside ``incoming/``, which the installer empties at
+start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from edge_agent.fleet.codec import DesiredModel
+from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, fsync_dir, read_json
+
+log = logging.getLogger(__name__)
+
+_COPY = 1 << 20
+
+
+class DownloadError(Exception):
+    """The download cannot succeed as described (reported FAILED at step ``download``)."""
+
+
+def check_geometry(m: DesiredModel) -> None:
+    """Refuse a DesiredModel whose sizes and digests do not describe one file consistently."""
+    if len(m.package_digest) != 64:
+        raise DownloadError(f"package digest {m.package_digest!r} is not a sha256")
+    if m.chunk_size <= 0 or m.chunk_count != len(m.chunk_sha256):
+        raise DownloadError("desired state lists a chunk count that does not match its digests")
+    expected = -(-m.package_size // m.chunk_size) if m.package_size else 0
+    if expected != m.chunk_count or any(len(h) != 32 for h in m.chunk_sha256):
+        raise DownloadError("desired state's package size, chunk size and count disagree")
+
+
+class ChunkDownload:
+    def __init__(self, root: Path, model: DesiredModel) -> None:
+        check_geometry(model)
+        self.model = model
+        self.dir = root / model.package_digest
+        self.chunks_dir = self.dir / "chunks"
+        self.package_path = self.dir / f"{model.package_digest}.edgepkg"
+        self._have: set[int] = set()
+        self._open()
+
+    def _meta(self) -> dict[str, object]:
+        m = self.model
+        return {
+            "package_digest": m.package_digest,
+            "package_size": m.package_size,
+            "chunk_size": m.chunk_size,
+            "chunk_sha256": [h.hex() for h in m.chunk_sha256],
+        }
+
+    def _open(self) -> None:
+        meta = self._meta()
+        if read_json(self.dir / "meta.json") != meta:
+            # New, or described differently than before (another chunk size): start over.
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.chunks_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.dir / "meta.json", meta)
+            return
+        self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        for p in self.chunks_dir.iterdir():
+            index = _index_of(p)
+            if index is None or index >= self.model.chunk_count:
+                p.unlink(missing_ok=True)  # a temp file of an interrupted write, or junk
+                continue
+            if hashlib.sha256(p.read_bytes()).digest() == self.model.chunk_sha256[index]:
+                self._have.add(index)
+            else:
+                log.warning("discarding damaged chunk %d of %s", index, self.model.package_digest)
+                p.unlink(missing_ok=True)
+        if self._have:
+            log.info(
+                "resuming %s: %d of %d chunks already on disk",
+                self.model.package_digest[:12],
+                len(self._have),
+                self.model.chunk_count,
+            )
+
+    @property
+    def done(self) -> int:
+        return len(self._have)
+
+    def has(self, index: int) -> bool:
+        return index in self._have
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.model.chunk_count) if i not in self._have]
+
+    def complete(self) -> bool:
+        return len(self._have) == self.model.chunk_count
+
+    def verify_chunk(self, index: int, data: bytes) -> bool:
+        return hashlib.sha256(data).digest() == self.model.chunk_sha256[index]
+
+    def write_chunk(self, index: int, data: bytes) -> None:
+        """Persist one chunk the caller has verified; atomic, so it is all there or not at all."""
+        atomic_write_bytes(self.chunks_dir / f"{index:08d}.chunk", data)
+        self._have.add(index)
+
+    def assembled(self) -> Path | None:
+        """The assembled package when a previous run already produced and checked it."""
+        return self.package_path if self.package_path.exists() else None
+
+    def assemble(self) -> Path:
+        """Concatenate the chunks, check the whole file's sha256, rename it into place."""
+        if not self.complete():
+            raise DownloadError(f"{len(self.missing())} chunks still missing")
+        part = self.dir / f"{self.model.package_digest}.part"
+        h = hashlib.sha256()
+        with open(part, "wb") as out:
+            for i in range(self.model.chunk_count):
+                data = (self.chunks_dir / f"{i:08d}.chunk").read_bytes()
+                h.update(data)
+                out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != self.model.package_digest:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise DownloadError(
+                f"assembled package has sha256 {h.hexdigest()[:16]}..., expected "
+                f"{self.model.package_digest[:16]}..."
+            )
+        part.replace(self.package_path)
+        fsync_dir(self.dir)
+        return self.package_path
+
+    @staticmethod
+    def discard(root: Path, digest: str) -> None:
+        """Remove a package's download folder (after its install, whatever the outcome)."""
+        shutil.rmtree(root / digest, ignore_errors=True)
+
+
+def _index_of(path: Path) -> int | None:
+    if path.suffix != ".chunk" or not path.stem.isdigit():
+        return None
+    return int(path.stem)
+
+
+def remove_stale(root: Path, keep: set[str]) -> None:
+    """Delete download folders of packages no longer desired."""
+    if not root.exists():
+        return
+    for p in root.iterdir():
+        if p.name not in keep:
+            log.info("removing stale download %s", p.name[:12])
+            shutil.rmtree(p, ignore_errors=True)
