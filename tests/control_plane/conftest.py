@@ -82,11 +82,15 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def build_test_package(model: Path, out_dir: Path, keys: Keys, version: str, name: str) -> Path:
+def build_test_package(
+    model: Path, out_dir: Path, keys: Keys, version: str, name: str, description: str = ""
+) -> Path:
     from model_packager.build import ArtifactInput, BuildSpec, build_package
     from model_packager.signing import load_private_key
 
-    spec = BuildSpec(name=name, version=version, artifacts=[ArtifactInput(path=model)])
+    spec = BuildSpec(
+        name=name, version=version, artifacts=[ArtifactInput(path=model)], description=description
+    )
     return build_package(spec, out_dir, load_private_key(keys.private))
 
 

@@ -24,6 +24,7 @@ class MqttProbe:
         self.port = port
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connack = threading.Event()
+        self.disconnected = threading.Event()
         self._subacks: dict[int, threading.Event] = {}
         self._granted: dict[int, list[int]] = {}
         self.reason: mqtt.ReasonCode | None = None
@@ -37,10 +38,14 @@ class MqttProbe:
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
+        self.client.on_disconnect = self._on_disconnect
 
     def _on_connect(self, _c, _u, _f, rc, _p) -> None:  # type: ignore[no-untyped-def]
         self.reason = rc
         self._connack.set()
+
+    def _on_disconnect(self, _c, _u, _f, _rc, _p) -> None:  # type: ignore[no-untyped-def]
+        self.disconnected.set()
 
     def _on_message(self, _c, _u, msg) -> None:  # type: ignore[no-untyped-def]
         self.messages.put(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
