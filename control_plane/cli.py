@@ -20,6 +20,10 @@ def _settings():  # type: ignore[no-untyped-def]
         raise SystemExit(2) from None
 
 
+# Libraries that log every internal step at INFO.
+_NOISY_LOGGERS = ("transitions", "amqtt", "alembic.runtime.plugins")
+
+
 def cmd_serve(_args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -99,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        for noisy in _NOISY_LOGGERS:
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     return int(args.func(args))
 
 
