@@ -221,15 +221,19 @@ def verify_package(
     """Check the signature by a trusted key and every pinned digest; returns reader and key id."""
     reader = open_package(path, limits)
     kid = verify_manifest(reader.manifest_bytes, reader.signature_bytes, trust)
-    with tarfile.open(reader.path, mode="r:") as tar:
-        for ref in reader.manifest.files():
-            f = tar.extractfile(reader.members[ref.path])
-            assert f is not None
-            h = hashlib.sha256()
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-            if h.hexdigest() != ref.sha256:
-                raise DigestMismatch(f"{ref.path}: sha256 does not match the manifest")
+    try:
+        with tarfile.open(reader.path, mode="r:") as tar:
+            for ref in reader.manifest.files():
+                f = tar.extractfile(reader.members[ref.path])
+                assert f is not None
+                h = hashlib.sha256()
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                if h.hexdigest() != ref.sha256:
+                    raise DigestMismatch(f"{ref.path}: sha256 does not match the manifest")
+    except (tarfile.TarError, EOFError) as exc:
+        # The file changed (e.g. was truncated) after open_package read it.
+        raise InvalidPackage(f"{reader.path.name}: archive became unreadable ({exc})") from exc
     return reader, kid
 
 
@@ -237,31 +241,21 @@ def extract_package(reader: PackageReader, dest: Path) -> Path:
     """Extract every pinned file into ``dest`` (which must not exist), verifying digests.
 
     All or nothing: files go to a temporary sibling folder that is renamed to ``dest`` only when
-    every digest matched. The manifest and signature are written beside the files.
+    every digest matched. The manifest and signature are written beside the files. Missing parent
+    folders of ``dest`` are created, and removed again if the extraction fails.
     """
     dest = Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", suffix=".partial", dir=dest.parent))
+    created = _make_parents(dest.parent)
+    tmp: Path | None = None
     try:
-        with tarfile.open(reader.path, mode="r:") as tar:
-            for ref in reader.manifest.files():
-                target = tmp / ref.path
-                if not target.resolve().is_relative_to(tmp.resolve()):
-                    raise UnsafeArchive(f"{ref.path!r} escapes the package folder")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tar.extractfile(reader.members[ref.path])
-                assert src is not None
-                h = hashlib.sha256()
-                with open(target, "wb") as out:
-                    while chunk := src.read(_CHUNK):
-                        h.update(chunk)
-                        out.write(chunk)
-                    out.flush()
-                    os.fsync(out.fileno())
-                if h.hexdigest() != ref.sha256:
-                    raise DigestMismatch(f"{ref.path}: sha256 does not match the manifest")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", suffix=".partial", dir=dest.parent))
+        try:
+            _extract_files(reader, tmp)
+        except (tarfile.TarError, EOFError) as exc:
+            # The file changed (e.g. was truncated) after open_package read it.
+            raise InvalidPackage(f"{reader.path.name}: archive became unreadable ({exc})") from exc
         (tmp / MANIFEST_NAME).write_bytes(reader.manifest_bytes)
         if reader.signature_bytes is not None:
             (tmp / SIGNATURE_NAME).write_bytes(reader.signature_bytes)
@@ -269,8 +263,53 @@ def extract_package(reader: PackageReader, dest: Path) -> Path:
         _fsync_dir(dest.parent)
         return dest
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        # Folders this call created for ``dest`` go too: a failed extraction leaves nothing.
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing ancestors; returns the ones created, outermost first."""
+    missing: list[Path] = []
+    while not folder.exists():
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    created: list[Path] = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue  # made by someone else meanwhile: not ours to remove
+        created.append(p)
+    return created
+
+
+def _extract_files(reader: PackageReader, tmp: Path) -> None:
+    with tarfile.open(reader.path, mode="r:") as tar:
+        for ref in reader.manifest.files():
+            target = tmp / ref.path
+            if not target.resolve().is_relative_to(tmp.resolve()):
+                raise UnsafeArchive(f"{ref.path!r} escapes the package folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = tar.extractfile(reader.members[ref.path])
+            assert src is not None
+            h = hashlib.sha256()
+            with open(target, "wb") as out:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if h.hexdigest() != ref.sha256:
+                raise DigestMismatch(f"{ref.path}: sha256 does not match the manifest")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -8,6 +8,7 @@ variant, and writes the archive. Nothing is written when any step fails.
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,11 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 
 from model_packager import __version__, golden
 from model_packager.archive import open_package, sha256_bytes, sha256_file, write_archive
-from model_packager.errors import BuildError, PackageError
-from model_packager.manifest import FileRef, Manifest, Parity, Provenance, TensorModel, Variant
+from model_packager.errors import BuildError, DigestMismatch, InvalidPackage, PackageError
+from model_packager.manifest import (
+    FileRef,
+    Manifest,
+    Parity,
+    Provenance,
+    TensorModel,
+    Variant,
+    first_error,
+)
 from model_packager.runtimes import LoadedModel, RuntimeOptions, get_runtime
 from model_packager.signing import sign_manifest
 from model_packager.tensors import TensorSpec
@@ -93,7 +103,7 @@ def _name_mapping(
             else own[i]
         )
         assert other is not None
-        if other.datatype != spec.datatype or len(other.shape) != len(spec.shape):
+        if not other.compatible(spec):
             raise BuildError(
                 f"{label} {kind} {other.name!r} is {other.datatype}{list(other.shape)}, the first "
                 f"variant's {spec.name!r} is {spec.datatype}{list(spec.shape)}"
@@ -115,18 +125,37 @@ def build_package(
     names = [a.variant_name for a in spec.artifacts]
     if len(set(names)) != len(names):
         raise BuildError(f"variant names must differ, got {names}")
+    if spec.golden_count < 1:
+        raise BuildError(f"golden_count must be at least 1, got {spec.golden_count}")
 
     loaded: list[tuple[ArtifactInput, LoadedModel]] = []
-    for art in spec.artifacts:
-        if not art.path.is_file():
-            raise BuildError(f"{art.path}: no such file")
-        progress(f"loading {art.path.name} with {art.runtime}")
+    try:
+        for art in spec.artifacts:
+            if not art.path.is_file():
+                raise BuildError(f"{art.path}: no such file")
+            progress(f"loading {art.path.name} with {art.runtime}")
+            try:
+                model = get_runtime(art.runtime).load(art.path, RuntimeOptions())
+            except PackageError as exc:
+                raise BuildError(str(exc)) from exc
+            loaded.append((art, model))
         try:
-            model = get_runtime(art.runtime).load(art.path, RuntimeOptions())
-        except PackageError as exc:
-            raise BuildError(str(exc)) from exc
-        loaded.append((art, model))
+            return _build(spec, loaded, Path(out_dir), signing_key, progress)
+        except ValidationError as exc:
+            # Names and versions are checked by the manifest model; say so as a build error.
+            raise BuildError(f"invalid package metadata: {first_error(exc)}") from exc
+    finally:
+        for _, model in loaded:
+            model.close()
 
+
+def _build(
+    spec: BuildSpec,
+    loaded: list[tuple[ArtifactInput, LoadedModel]],
+    out_dir: Path,
+    signing_key: Ed25519PrivateKey | None,
+    progress: Progress,
+) -> Path:
     base_in, base_out = loaded[0][1].inputs, loaded[0][1].outputs
     if (
         spec.labels is not None
@@ -180,7 +209,6 @@ def build_package(
                 tensor_names=mapping,
             )
         )
-        model.close()
 
     first = spec.artifacts[0].path
     manifest = Manifest(
@@ -205,23 +233,30 @@ def build_package(
     manifest_bytes = manifest.to_bytes()
     signature = sign_manifest(manifest_bytes, signing_key) if signing_key else None
     progress("writing package" + (" (signed)" if signature else " (unsigned)"))
-    return write_archive(Path(out_dir), manifest_bytes, files, signature)
+    return write_archive(out_dir, manifest_bytes, files, signature)
 
 
 def sign_package(path: Path, signing_key: Ed25519PrivateKey, out_dir: Path | None = None) -> Path:
     """Write a signed copy of a package (its digest changes, so it gets a new name)."""
     reader = open_package(path)
     signature = sign_manifest(reader.manifest_bytes, signing_key)
-    with tempfile.TemporaryDirectory() as tmp, tarfile.open(reader.path, "r:") as tar:
+    with tempfile.TemporaryDirectory() as tmp:
         files: dict[str, Path | bytes] = {}
-        for ref in reader.manifest.files():
-            src = tar.extractfile(reader.members[ref.path])
-            assert src is not None
-            target = Path(tmp) / ref.path.replace("/", "__")
-            target.write_bytes(src.read())
-            if sha256_file(target) != ref.sha256:
-                raise BuildError(f"{ref.path}: digest does not match the manifest; not signing")
-            files[ref.path] = target
+        try:
+            with tarfile.open(reader.path, "r:") as tar:
+                for i, ref in enumerate(reader.manifest.files()):
+                    src = tar.extractfile(reader.members[ref.path])
+                    assert src is not None
+                    target = Path(tmp) / str(i)
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                    if sha256_file(target) != ref.sha256:
+                        raise DigestMismatch(
+                            f"{ref.path}: sha256 does not match the manifest; not signing"
+                        )
+                    files[ref.path] = target
+        except (tarfile.TarError, EOFError) as exc:
+            raise InvalidPackage(f"{reader.path.name}: archive became unreadable ({exc})") from exc
         return write_archive(
             Path(out_dir or Path(path).parent), reader.manifest_bytes, files, signature
         )

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (PackageError, FileExistsError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        # One line, whatever the message: runtimes' own errors can span several.
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
 
 

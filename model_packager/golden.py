@@ -8,6 +8,7 @@ before any request reaches it.
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def decode(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as data:
             inputs = {k[len(_IN) :]: data[k] for k in data.files if k.startswith(_IN)}
             outputs = {k[len(_OUT) :]: data[k] for k in data.files if k.startswith(_OUT)}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise InvalidPackage(f"golden vectors {Path(path).name} are unreadable: {exc}") from exc
     if not inputs or not outputs:
         raise InvalidPackage(f"golden vectors {Path(path).name} hold no inputs or outputs")

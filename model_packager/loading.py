@@ -45,7 +45,7 @@ def _check_signature(model: LoadedModel, manifest: Manifest, variant: Variant) -
             got = by_name.get(own)
             if got is None:
                 raise ModelLoadError(f"variant {variant.name}: artifact has no {kind} {own!r}")
-            if got.datatype != spec.datatype or len(got.shape) != len(spec.shape):
+            if not got.compatible(spec):
                 raise ModelLoadError(
                     f"variant {variant.name}: {kind} {own!r} is {got.datatype}{list(got.shape)}, "
                     f"manifest says {spec.datatype}{list(spec.shape)}"
@@ -61,7 +61,11 @@ def load_variant(
     """Load one variant and check its artifact against the manifest's signature."""
     runtime = get_runtime(variant.runtime)
     model = runtime.load(Path(package_dir) / variant.artifact.path, options)
-    _check_signature(model, manifest, variant)
+    try:
+        _check_signature(model, manifest, variant)
+    except BaseException:
+        model.close()
+        raise
     if variant.tensor_names:
         return RenamedModel(model, variant.tensor_names, manifest)
     return model

@@ -140,13 +140,22 @@ class Manifest(_Strict):
             raise ValueError(f"{v!r} must be 1-128 characters of letters, digits, '.', '_', '-'")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_version(cls, data: Any) -> Any:
+        # Checked before the fields: a newer format may add fields, and "unknown field" would hide
+        # the real reason this reader refuses the manifest.
+        if isinstance(data, dict):
+            version = data.get("format_version", FORMAT_VERSION)
+            if version != FORMAT_VERSION or isinstance(version, bool):
+                raise ValueError(
+                    f"manifest format version {version!r} is not supported "
+                    f"(this reader knows {FORMAT_VERSION})"
+                )
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
-        if self.format_version != FORMAT_VERSION:
-            raise ValueError(
-                f"manifest format version {self.format_version} is not supported "
-                f"(this reader knows {FORMAT_VERSION})"
-            )
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names):
             raise ValueError("variant names must be unique")
@@ -155,6 +164,10 @@ class Manifest(_Strict):
             raise ValueError("two manifest entries point at the same file")
         if {MANIFEST_NAME, SIGNATURE_NAME} & set(paths):
             raise ValueError("artifacts may not be named like the manifest or signature")
+        folders = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+        clash = sorted(folders & {*paths, MANIFEST_NAME, SIGNATURE_NAME})
+        if clash:
+            raise ValueError(f"{clash[0]!r} is both a file and the folder of another file")
         return self
 
     def files(self) -> list[FileRef]:
@@ -192,14 +205,16 @@ class Manifest(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise InvalidPackage(f"manifest is invalid: {_first_error(exc)}") from exc
+            raise InvalidPackage(f"manifest is invalid: {first_error(exc)}") from exc
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
+    """The first validation problem as one readable line: ``where: what``."""
     errs = exc.errors()
     if not errs:
         return str(exc)
     e = errs[0]
     loc = ".".join(str(p) for p in e.get("loc", ()))
     more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{loc}: {e.get('msg')}{more}"
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"

@@ -121,7 +121,10 @@ def verify_manifest(manifest_bytes: bytes, signature_bytes: bytes | None, trust:
         raise SignatureError("package is not signed")
     try:
         doc = json.loads(signature_bytes)
-        algorithm, kid, sig = doc["algorithm"], doc["key_id"], base64.b64decode(doc["signature"])
+        algorithm, kid = doc["algorithm"], doc["key_id"]
+        sig = base64.b64decode(doc["signature"], validate=True)
+        if not isinstance(kid, str) or not isinstance(algorithm, str):
+            raise TypeError("algorithm and key_id must be strings")
     except (ValueError, KeyError, TypeError) as exc:
         raise SignatureError(f"signature file is malformed: {exc}") from exc
     if algorithm != ALGORITHM:

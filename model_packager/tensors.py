@@ -75,6 +75,13 @@ class TensorSpec:
             return False
         return all(want == -1 or want == got for want, got in zip(self.shape, shape, strict=True))
 
+    def compatible(self, other: TensorSpec) -> bool:
+        """Same datatype and rank, and every dimension fixed in both is equal (names ignored)."""
+        if self.datatype != other.datatype or len(self.shape) != len(other.shape):
+            return False
+        pairs = zip(self.shape, other.shape, strict=True)
+        return all(a == -1 or b == -1 or a == b for a, b in pairs)
+
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 

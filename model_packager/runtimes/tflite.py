@@ -83,6 +83,9 @@ class TFLiteModel(LoadedModel):
     ) -> dict[str, np.ndarray]:
         interp = slot.interpreter
         resized = False
+        missing = [d["name"] for d in slot.inputs if d["name"] not in inputs]
+        if missing:
+            raise InferenceError(f"LiteRT model needs inputs {missing}, got {sorted(inputs)}")
         for d in slot.inputs:
             arr = inputs[d["name"]]
             if slot.shapes[d["index"]] != arr.shape:

@@ -1,0 +1,240 @@
+"""The ``model-packager`` command, run as a real subprocess: exit codes, stdout, stderr."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from model_packager.archive import open_package, sha256_file
+from model_packager.build import sign_package
+from model_packager.signing import generate_keypair, load_private_key
+
+EXE = Path(sys.executable).parent / "model-packager"
+
+
+def run(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run(
+        [str(EXE), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+def run_many(*commands: list[object]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent commands at once: each process mostly waits on imports."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda c: run(*c), commands))
+
+
+def assert_error(res: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Exit 1, exactly one ``error:`` line (the last), no traceback, nothing on stdout."""
+    assert res.returncode == 1, res
+    lines = res.stderr.splitlines()
+    assert lines and lines[-1].startswith("error: "), res.stderr
+    assert sum(ln.startswith("error:") for ln in lines) == 1, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout == ""
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
+@pytest.fixture(scope="module")
+def cli_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli-keys")
+    res = run("keygen", "--out-dir", out, "--name", "release")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("key id ") and "release.key" in res.stdout
+    return out
+
+
+@pytest.fixture(scope="module")
+def cli_unsigned(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli-build")
+    res = run("build", onnx_model, "--name", "mnist", "--version", "1.2.3", "--out-dir", out)
+    assert res.returncode == 0, res.stderr
+    path = Path(res.stdout.strip())
+    assert path.parent == out and path.is_file()
+    assert "loading mlp.onnx" in res.stderr and "(unsigned)" in res.stderr
+    return path
+
+
+def test_version_and_help() -> None:
+    res = run("--version")
+    assert res.returncode == 0 and res.stdout.startswith("model-packager ")
+    res = run("--help")
+    assert res.returncode == 0
+    for cmd in ("keygen", "build", "sign", "verify", "inspect"):
+        assert cmd in res.stdout
+
+
+USAGE_ERRORS = [
+    [],
+    ["frobnicate"],
+    ["build", "m.onnx", "--version", "1"],  # --name missing
+    ["build", "--name", "m", "--version", "1"],  # no model
+    ["verify", "x.edgepkg"],  # --trusted missing
+    ["sign", "x.edgepkg"],  # --key missing
+    ["build", "m.onnx", "--name", "m", "--version", "1", "--golden-count", "two"],
+    ["inspect"],
+]
+
+
+def test_usage_errors_exit_2() -> None:
+    for args, res in zip(USAGE_ERRORS, run_many(*USAGE_ERRORS), strict=True):
+        assert res.returncode == 2, (args, res)
+        assert "usage: model-packager" in res.stderr, args
+        assert "Traceback" not in res.stderr, args
+
+
+def test_keygen_refuses_to_overwrite(cli_keys: Path) -> None:
+    kid = (cli_keys / "release.key").read_bytes()
+    res = run("keygen", "--out-dir", cli_keys, "--name", "release")
+    assert_error(res, "already exists")
+    assert (cli_keys / "release.key").read_bytes() == kid
+
+
+def test_inspect(cli_unsigned: Path) -> None:
+    res = run("inspect", cli_unsigned)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.startswith(f"mnist 1.2.3  (format 1, sha256 {sha256_file(cli_unsigned)})")
+    assert "signed: no" in out
+    assert "input  input: FP32 [-1, 784]" in out
+    assert "output logits: FP32 [-1, 10]" in out
+    assert "variant onnx-fp32: onnx fp32" in out
+
+
+def test_inspect_json(cli_unsigned: Path) -> None:
+    res = run("inspect", "--json", cli_unsigned)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["package_sha256"] == cli_unsigned.name.removesuffix(".edgepkg")
+    assert doc["signed"] is False
+    assert doc["name"] == "mnist" and doc["version"] == "1.2.3"
+    assert [v["name"] for v in doc["variants"]] == ["onnx-fp32"]
+
+
+def test_sign_then_verify(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> None:
+    key, pub = cli_keys / "release.key", cli_keys / "release.pub"
+    res = run("verify", cli_unsigned, "--trusted", pub)
+    assert_error(res, "not signed")
+
+    res = run("sign", cli_unsigned, "--key", key, "--out-dir", tmp_path)
+    assert res.returncode == 0, res.stderr
+    signed = Path(res.stdout.strip())
+    assert signed.parent == tmp_path and signed != cli_unsigned
+    assert signed.name == f"{sha256_file(signed)}.edgepkg"
+
+    for trusted in (pub, cli_keys):  # a key file, or a folder of keys
+        res = run("verify", signed, "--trusted", trusted)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.startswith("OK mnist 1.2.3: signed by key ")
+        assert "2 files verified" in res.stdout
+        assert res.stderr == ""
+
+    res = run("inspect", signed)
+    assert "signed: yes" in res.stdout
+
+    # A renamed copy verifies but warns that its name is not its digest.
+    renamed = tmp_path / ("0" * 64 + ".edgepkg")
+    renamed.write_bytes(signed.read_bytes())
+    res = run("verify", renamed, "--trusted", pub)
+    assert res.returncode == 0 and "does not match its sha256" in res.stderr
+
+
+def test_verify_failures(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> None:
+    key, pub = cli_keys / "release.key", cli_keys / "release.pub"
+    signed = sign_package(cli_unsigned, load_private_key(key), tmp_path)
+    generate_keypair(tmp_path / "x.key", tmp_path / "x.pub")
+    art = open_package(signed).members["artifacts/onnx-fp32.onnx"]
+    data = bytearray(signed.read_bytes())
+    data[art.offset_data + art.size // 2] ^= 0xFF
+    tampered = tmp_path / "tampered.edgepkg"
+    tampered.write_bytes(bytes(data))
+    junk = tmp_path / "junk.edgepkg"
+    junk.write_text("hello")
+
+    cases: list[tuple[list[object], str]] = [
+        (["verify", signed, "--trusted", tmp_path / "x.pub"], "not trusted"),
+        (["verify", signed, "--trusted", tmp_path / "nope.pub"], "nope.pub"),
+        (["verify", tampered, "--trusted", pub], "sha256 does not match"),
+        (["verify", tmp_path / "missing.edgepkg", "--trusted", pub], "missing.edgepkg"),
+        (["inspect", junk], "not a readable package archive"),
+        (["sign", junk, "--key", key], "not a readable"),
+        (["sign", signed, "--key", pub], "cannot read private key"),
+    ]
+    for (_, needle), res in zip(cases, run_many(*(c for c, _ in cases)), strict=True):
+        assert_error(res, needle)
+
+
+def test_build_signed_two_variants_with_labels(
+    onnx_model: Path, tflite_model: Path, cli_keys: Path, tmp_path: Path
+) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(f"class {i}" for i in range(10)) + "\n\n")
+    res = run(
+        "build",
+        f"reference={onnx_model}",
+        f"lite={tflite_model}",
+        "--name",
+        "mnist",
+        "--version",
+        "2",
+        "--labels",
+        labels,
+        "--key",
+        cli_keys / "release.key",
+        "--golden-count",
+        "4",
+        "--out-dir",
+        tmp_path / "out",
+    )
+    assert res.returncode == 0, res.stderr
+    pkg = Path(res.stdout.strip())
+    m = open_package(pkg).manifest
+    assert [v.name for v in m.variants] == ["reference", "lite"]
+    assert m.labels == [f"class {i}" for i in range(10)]
+    assert set(m.variant("lite").tensor_names) == {"input", "logits"}
+    res = run("verify", pkg, "--trusted", cli_keys / "release.pub")
+    assert res.returncode == 0, res.stderr
+    assert "4 files verified" in res.stdout
+    res = run("inspect", pkg)
+    assert "labels: 10 (class 0, class 1, class 2, class 3, class 4, ...)" in res.stdout
+
+
+def test_build_errors(onnx_model: Path, tmp_path: Path, cli_keys: Path) -> None:
+    out = tmp_path / "out"
+    base = ["--version", "1", "--out-dir", out]
+    pb = tmp_path / "model.pb"
+    pb.write_bytes(b"x")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"not a model\nwith\nlines")
+    cases: list[tuple[list[object], str]] = [
+        (["build", onnx_model, "--name", "my model", *base], "my model"),
+        (["build", tmp_path / "none.onnx", "--name", "m", *base], "no such file"),
+        (["build", f"x={pb}", "--name", "m", *base], "unknown model type"),
+        (["build", onnx_model, "--name", "m", "--labels", labels, *base], "2 labels"),
+        (["build", onnx_model, "--name", "m", "--labels", tmp_path / "nope", *base], "nope"),
+        (
+            ["build", onnx_model, "--name", "m", "--key", cli_keys / "release.pub", *base],
+            "private key",
+        ),
+        (["build", onnx_model, "--name", "m", "--golden-count", "0", *base], "golden"),
+        (["build", fake, "--name", "m", *base], "fake.onnx"),
+    ]
+    for (_, needle), res in zip(cases, run_many(*(c for c, _ in cases)), strict=True):
+        assert_error(res, needle)
+    assert not out.exists() or not any(out.iterdir())
