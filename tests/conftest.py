@@ -1,0 +1,63 @@
+"""Suite-wide fixtures.
+
+``models_dir`` gives every test the small real models of ``scripts/gen_test_models.py``. They are
+generated on first use (and again whenever the generator's version changes) rather than by
+``scripts/test``, so a bare ``pytest`` or an IDE run behaves exactly like the script.
+
+The generator runs in a subprocess: it imports TensorFlow to build ``mlp.tflite``, and TensorFlow
+must never be imported into the test process, where tests prove the agent stays free of it.
+Only the generator's cheap "what is missing" query runs in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GENERATOR = REPO_ROOT / "scripts" / "gen_test_models.py"
+MODELS_DIR = REPO_ROOT / "tests" / ".models"
+
+
+def load_generator() -> ModuleType:
+    """Import scripts/gen_test_models.py (scripts/ is not a package); only numpy comes with it."""
+    name = "gen_test_models"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, GENERATOR)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """tests/.models/ with mlp.onnx, mlp_v2.onnx, add_int.onnx, multi_dtype.onnx, mlp.tflite.
+
+    Generates what is missing or stale (a few seconds, once); cnn.onnx is not included, see
+    ``scripts/gen-test-models --with-cnn``.
+    """
+    generator = load_generator()
+    if generator.missing(MODELS_DIR):
+        result = subprocess.run(
+            [sys.executable, str(GENERATOR), "--out", str(MODELS_DIR)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"scripts/gen_test_models.py failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr[-4000:]}",
+                pytrace=False,
+            )
+        still_missing = generator.missing(MODELS_DIR)
+        assert not still_missing, f"generator did not write {still_missing}"
+    return MODELS_DIR
