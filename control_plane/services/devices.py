@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 STATUSES = ("online", "offline", "unknown")
 # Deployment outcomes a device reports, mapped to a target's state.
 OUTCOME_STATES = {"IN_PROGRESS": "in_progress", "INSTALLED": "installed", "FAILED": "failed"}
+# A late IN_PROGRESS report never moves a target out of these.
+FINAL_STATES = ("installed", "failed")
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class DeviceService:
         """Store the device's reported state and fold its last deployment result into progress.
 
         Idempotent: the same report twice leaves the same state. A result for a deployment that
-        was superseded for this device does not resurrect it.
+        was superseded for this device does not resurrect it, and a late IN_PROGRESS does not undo
+        a final INSTALLED or FAILED.
         """
         device = self.session.get(Device, report.device_id)
         if device is None:
@@ -133,7 +136,11 @@ class DeviceService:
                 logger.info(
                     "device %s reports unknown deployment %s", device.id, result.deployment_id
                 )
-            elif target.state != "superseded":
+            elif target.state == "superseded" or (
+                target.state in FINAL_STATES and result.outcome == "IN_PROGRESS"
+            ):
+                logger.debug("stale result for %s on %s ignored", target.deployment_id, device.id)
+            else:
                 target.state = OUTCOME_STATES[result.outcome]
                 target.reason = result.reason
                 target.step = result.step

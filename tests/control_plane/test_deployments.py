@@ -129,6 +129,15 @@ def test_reported_results_update_progress_and_new_deployment_supersedes(
     assert (t["step"], t["chunks_done"], t["chunks_total"]) == ("download", 3, 9)
     report(first["id"], fleet_pb2.DeploymentResult.INSTALLED, step="commit")
     wait_for(lambda: target(first["id"])["state"] == "installed")
+    # A replayed IN_PROGRESS (processed: it is the device's stored report) does not undo it.
+    report(first["id"], fleet_pb2.DeploymentResult.IN_PROGRESS, step="replay")
+    device_url = f"/api/v1/devices/{device_id}"
+    wait_for(
+        lambda: (
+            control_plane.api.get(device_url).json()["reported"]["last_result"]["step"] == "replay"
+        )
+    )
+    assert target(first["id"])["state"] == "installed"
 
     second = _deploy(control_plane, package_digest=d2, device_id=device_id)
     assert target(first["id"])["state"] == "superseded"
