@@ -14,6 +14,7 @@ import numpy as np
 
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
+from edge_agent.metrics import METRICS
 from edge_agent.repository import ModelRepository
 from edge_agent.serving import ServedModel
 from model_packager.tensors import TensorSpec
@@ -107,10 +108,12 @@ class DataPlane:
         inputs = _validate_inputs(served, request.inputs)
         wanted = _validate_outputs(served, request.outputs)
         self.inflight += 1
+        METRICS.inflight.inc()
         try:
             results = await served.infer(inputs, wanted)
         finally:
             self.inflight -= 1
+            METRICS.inflight.dec()
         order = wanted or [o.name for o in served.outputs]
         by_name = {o.name: o for o in served.outputs}
         return InferenceResponse(
