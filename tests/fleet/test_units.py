@@ -1,0 +1,91 @@
+"""In-process checks of the fleet building blocks that need no broker."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from edge_agent.fleet.backoff import Backoff
+from edge_agent.fleet.codec import DesiredModel
+from edge_agent.fleet.downloads import ChunkDownload, DownloadError
+from edge_agent.fleet.outbox import Outbox
+
+
+def test_outbox_bounded_ordered_and_persistent(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    box = Outbox(path, max_records=5)
+    seqs = [box.append("metrics", {"n": i}) for i in range(8)]
+    assert seqs == list(range(1, 9))
+    assert [r.seq for r in box.oldest(10)] == [4, 5, 6, 7, 8]  # oldest dropped first
+    assert box.dropped == 3
+    box.acknowledge(5)
+    assert [r.seq for r in box.oldest(10)] == [6, 7, 8]
+    box.close()
+    again = Outbox(path, max_records=5)  # seq and drop count survive a restart
+    assert again.append("metrics", {}) == 9
+    assert again.dropped == 3
+    assert len(again) == 4
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    b = Backoff(0.5, 4.0, random.Random(1))
+    delays = [b.next() for _ in range(10)]
+    assert all(0.5 <= d <= 4.0 for d in delays)
+    assert len(set(delays)) == len(delays)
+    b.reset()
+    assert b.next() == 0.5  # the first window is [min, min]
+
+
+def _model(blob: bytes, size: int = 10) -> DesiredModel:
+    pieces = [blob[i : i + size] for i in range(0, len(blob), size)]
+    return DesiredModel(
+        "dep",
+        "m",
+        "1",
+        hashlib.sha256(blob).hexdigest(),
+        len(blob),
+        size,
+        len(pieces),
+        tuple(hashlib.sha256(p).digest() for p in pieces),
+    )
+
+
+def test_download_resumes_and_checks_the_whole_file(tmp_path: Path) -> None:
+    blob = bytes(range(256)) * 2
+    m = _model(blob)
+    dl = ChunkDownload(tmp_path, m)
+    for i in range(0, m.chunk_count, 2):
+        assert dl.verify_chunk(i, blob[i * 10 : i * 10 + 10])
+        dl.write_chunk(i, blob[i * 10 : i * 10 + 10])
+    assert not dl.verify_chunk(1, b"x" * 10)
+    (dl.chunks_dir / "00000002.chunk").write_bytes(b"damaged!!!")  # caught on reopen
+    resumed = ChunkDownload(tmp_path, m)
+    assert resumed.missing() == [i for i in range(m.chunk_count) if i % 2 or i == 2]
+    for i in resumed.missing():
+        resumed.write_chunk(i, blob[i * 10 : i * 10 + 10])
+    assert resumed.assemble().read_bytes() == blob
+    assert ChunkDownload(tmp_path, m).assembled() is not None
+
+
+def test_download_refuses_inconsistent_geometry(tmp_path: Path) -> None:
+    m = _model(b"a" * 100)
+    bad = DesiredModel(
+        *[getattr(m, f) for f in ("deployment_id", "name", "version")],
+        m.package_digest,
+        99999,
+        m.chunk_size,
+        m.chunk_count,
+        m.chunk_sha256,
+    )
+    with pytest.raises(DownloadError):
+        ChunkDownload(tmp_path, bad)
+
+
+def test_fleet_package_keeps_mqtt_out_of_other_agent_modules() -> None:
+    """paho is imported only by edge_agent/fleet/link.py."""
+    root = Path(__file__).resolve().parents[2] / "edge_agent"
+    users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "paho" in p.read_text())
+    assert users == ["fleet/link.py"] or users == ["fleet/__init__.py", "fleet/link.py"]
