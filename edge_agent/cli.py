@@ -100,6 +100,22 @@ def _install_offline(args: argparse.Namespace, pkg: Path) -> int:
     return asyncio.run(go())
 
 
+def _cmd_join(args: argparse.Namespace) -> int:
+    import yaml
+
+    from edge_agent.fleet.bundle import config_from_bundle
+
+    out = Path(args.out)
+    doc = json.loads(Path(args.bundle).read_text())
+    doc = doc.get("bundle", doc)  # the whole registration response works too
+    extra = {"data_dir": args.data_dir} if args.data_dir else {}
+    config = config_from_bundle(doc, out.parent / "trusted-keys", **extra)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
+    out.chmod(0o600)  # it holds the broker password
+    print(f"wrote {out}; run: edge-agent run --config {out}")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
@@ -156,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--upload", action="store_true", help="send the bytes instead of the path")
     i.add_argument("--timeout", type=float, default=300.0)
     i.set_defaults(func=_cmd_install)
+
+    j = sub.add_parser("join", help="write an agent config from a control plane device bundle")
+    j.add_argument("bundle", help="the JSON bundle returned when the device was registered")
+    j.add_argument("--out", required=True, help="YAML config file to write")
+    j.add_argument("--data-dir", help="data_dir to put in the config")
+    j.set_defaults(func=_cmd_join)
 
     s = sub.add_parser("status", help="show a running agent's status")
     common(s, address=True)

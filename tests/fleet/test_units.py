@@ -89,3 +89,34 @@ def test_fleet_package_keeps_mqtt_out_of_other_agent_modules() -> None:
     root = Path(__file__).resolve().parents[2] / "edge_agent"
     users = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "paho" in p.read_text())
     assert users == ["fleet/link.py"] or users == ["fleet/__init__.py", "fleet/link.py"]
+
+
+def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
+    """The bundle's ``mqtt`` object is the ``fleet`` section as is; keys become files."""
+    import yaml
+
+    from edge_agent.config import load_settings
+    from edge_agent.fleet.bundle import config_from_bundle
+
+    bundle = {
+        "device_id": "cam-1",
+        "mqtt": {
+            "url": "mqtt://broker:1883",
+            "client_id": "cam-1",
+            "username": "cam-1",
+            "password": "s3cret-s3cret-s3cret",
+            "topic_prefix": "edge/cam-1",
+        },
+        "trusted_keys_pem": ["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"],
+    }
+    config = config_from_bundle(bundle, tmp_path / "keys", data_dir=str(tmp_path / "data"))
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    settings = load_settings(path)
+    assert settings.device_id == "cam-1"
+    assert settings.fleet is not None
+    assert settings.fleet.url == "mqtt://broker:1883"
+    assert settings.fleet.password is not None
+    assert settings.fleet.password.get_secret_value() == "s3cret-s3cret-s3cret"
+    assert settings.fleet.topic_prefix == "edge/cam-1"
+    assert [p.read_text() for p in settings.trusted_keys] == bundle["trusted_keys_pem"]
