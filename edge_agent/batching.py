@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.errors import Overloaded
+from edge_agent.errors import ModelNotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ class DynamicBatcher:
         self._carry: _Item | None = None
         self._task: asyncio.Task[None] | None = None
         self._on_batch = on_batch
+        self._running: list[_Item] = []
 
     @property
     def queued(self) -> int:
@@ -71,14 +72,20 @@ class DynamicBatcher:
         return await fut
 
     async def close(self) -> None:
+        """Stop batching; every caller still waiting gets an error instead of waiting forever."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        waiting = [*self._running]
+        if self._carry is not None:
+            waiting.append(self._carry)
+            self._carry = None
         while not self._queue.empty():
-            item = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for item in waiting:
             if not item.future.done():
-                item.future.set_exception(Overloaded("model is being unloaded"))
+                item.future.set_exception(ModelNotReady("model version is being unloaded"))
 
     async def _next(self) -> _Item:
         if self._carry is not None:
@@ -118,6 +125,13 @@ class DynamicBatcher:
             await self._execute(batch)
 
     async def _execute(self, batch: list[_Item]) -> None:
+        self._running = batch
+        try:
+            await self._execute_batch(batch)
+        finally:
+            self._running = []
+
+    async def _execute_batch(self, batch: list[_Item]) -> None:
         if self._on_batch is not None:
             self._on_batch(sum(i.rows for i in batch))
         if len(batch) == 1:

@@ -60,7 +60,12 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             result = await self.dp.infer(request_from_proto(request))
         except AgentError as exc:
             code = status_for(exc)
-            METRICS.requests.labels(request.model_name, request.model_version, code.name).inc()
+            # Label by what the client asked for only when it exists, so that arbitrary
+            # names from clients cannot grow the metric without bound.
+            known = self.dp.model_ready(request.model_name, request.model_version)
+            model = request.model_name if known else "_unknown"
+            version = request.model_version if known else ""
+            METRICS.requests.labels(model, version, code.name).inc()
             await context.abort(code, str(exc))
         METRICS.latency.labels(result.model_name).observe(time.perf_counter() - t0)
         METRICS.requests.labels(result.model_name, result.model_version, "OK").inc()

@@ -41,6 +41,24 @@ def _spec(detail: dict[str, Any]) -> TensorSpec:
     )
 
 
+def _signature_names(interpreter: Any) -> dict[int, str]:
+    """Tensor index -> signature name, when the model has exactly one signature.
+
+    Converters give tensors internal names such as ``serving_default_input:0``; the signature
+    keeps the names the model's author chose (``input``), which is what clients should see.
+    """
+    try:
+        signatures = interpreter.get_signature_list()
+        if len(signatures) != 1:
+            return {}
+        runner = interpreter.get_signature_runner(next(iter(signatures)))
+        details = {**runner.get_input_details(), **runner.get_output_details()}
+    except (ValueError, RuntimeError, AttributeError):
+        return {}
+    names = {int(d["index"]): name for name, d in details.items()}
+    return names if len(set(names.values())) == len(names) else {}
+
+
 class _Slot:
     """One interpreter plus the input shapes it is currently allocated for."""
 
@@ -48,6 +66,9 @@ class _Slot:
         self.interpreter = interpreter
         self.inputs = interpreter.get_input_details()
         self.outputs = interpreter.get_output_details()
+        names = _signature_names(interpreter)
+        for d in (*self.inputs, *self.outputs):
+            d["name"] = names.get(int(d["index"]), d["name"])
         self.shapes = {d["index"]: tuple(d["shape"]) for d in self.inputs}
 
 
