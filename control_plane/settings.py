@@ -92,6 +92,37 @@ class Settings(BaseSettings):
         description="Chunk requests waiting to be served; requests beyond it are dropped "
         "(the device asks again after its timeout).",
     )
+    dataset_dir: Path | None = Field(
+        None,
+        description="Folder of dataset sample files (by sha256), thumbnails and published "
+        "versions. Default: <data_dir>/datasets.",
+    )
+    dataset_import_roots: list[Path] = Field(
+        default_factory=list,
+        description="Server-side folders that dataset imports may read from (the folder named "
+        "in a request must lie inside one). Empty: server-side import is disabled.",
+    )
+    dataset_max_upload_bytes: int = Field(
+        2 << 30, ge=1, description="Largest dataset upload request (files or archive), in bytes."
+    )
+    dataset_max_file_bytes: int = Field(
+        64 << 20, ge=1, description="Largest single sample file (uploaded, extracted, imported)."
+    )
+    dataset_max_archive_members: int = Field(
+        200_000, ge=1, description="Most members a dataset zip archive may hold."
+    )
+    dataset_max_archive_bytes: int = Field(
+        8 << 30,
+        ge=1,
+        description="Largest total uncompressed size of a dataset zip (declared sizes are checked "
+        "before reading and actual sizes while reading, so a zip bomb stops early).",
+    )
+    dataset_max_image_pixels: int = Field(
+        64_000_000, ge=1, description="Largest image (width x height) accepted as a sample."
+    )
+    dataset_thumbnail_size: int = Field(
+        128, ge=16, le=1024, description="Longest side of sample thumbnails, in pixels."
+    )
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
@@ -116,3 +147,7 @@ class Settings(BaseSettings):
     @property
     def staging_dir(self) -> Path:
         return self.data_dir / "staging"
+
+    @property
+    def resolved_dataset_dir(self) -> Path:
+        return self.dataset_dir or self.data_dir / "datasets"

@@ -15,7 +15,14 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from control_plane.api import errors
 from control_plane.api.deps import require_token
-from control_plane.api.routes import deployments, devices, health, packages
+from control_plane.api.routes import (
+    dataset_versions,
+    datasets,
+    deployments,
+    devices,
+    health,
+    packages,
+)
 from control_plane.context import AppContext
 from control_plane.db.engine import upgrade
 from control_plane.fleet.embedded_broker import EmbeddedBroker
@@ -62,5 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(devices.router)
     api.include_router(packages.router)
     api.include_router(deployments.router)
+    api.include_router(datasets.router)
+    api.include_router(dataset_versions.router)
     app.include_router(api)
     return app

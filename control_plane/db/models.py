@@ -122,3 +122,7 @@ class TelemetryRecord(Base):
     payload: Mapped[str] = mapped_column(Text)
     recorded_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+# Dataset tables live in their own module; imported here so Base.metadata holds every table.
+from control_plane.db import dataset_models as _dataset_models  # noqa: E402, F401

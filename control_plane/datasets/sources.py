@@ -1,0 +1,189 @@
+"""Where imported files come from: a server-side folder or a zip archive, behind one interface.
+
+Format parsers see only relative POSIX names and ``read(name)``, so the same COCO, VOC, YOLO,
+ImageFolder and manifest code serves folders and zips, and a zip is never extracted to disk.
+
+Safety is checked before anything is read:
+
+- folder: the folder must lie inside a configured import root; symlinks are not followed out of
+  it; special files are skipped.
+- zip: every member name is checked (no absolute paths, drive letters, backslashes, ``..``), no
+  symlinks or other non-regular members, member count and declared sizes under the limits; then
+  each read stops as soon as the actual bytes exceed the declared size or the limit (a forged
+  header cannot smuggle a zip bomb past the declared-size check).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO, Protocol
+
+from control_plane.errors import InvalidRequest, PayloadTooLarge
+
+_READ = 1 << 16
+
+
+class Source(Protocol):
+    """A tree of files addressed by relative POSIX names."""
+
+    def names(self) -> list[str]:
+        """Every regular file, sorted."""
+
+    def read(self, name: str) -> bytes:
+        """The file's bytes (``InvalidRequest`` naming it if missing or too large)."""
+
+    def exists(self, name: str) -> bool: ...
+
+
+def check_relative(name: str, what: str = "member") -> str:
+    """``name`` as a safe relative POSIX path, or ``InvalidRequest`` naming it."""
+    if not name or "\x00" in name:
+        raise InvalidRequest(f"{what} {name!r}: empty or NUL in name")
+    if "\\" in name:
+        raise InvalidRequest(f"{what} {name!r}: backslash in path")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise InvalidRequest(f"{what} {name!r}: absolute path")
+    parts = PurePosixPath(name).parts
+    if any(p == ".." for p in parts):
+        raise InvalidRequest(f"{what} {name!r}: '..' in path")
+    return PurePosixPath(*[p for p in parts if p != "."]).as_posix()
+
+
+def join(base: str, rel: str, what: str) -> str:
+    """``rel`` resolved against folder ``base`` of a source, never escaping the source."""
+    rel = check_relative(rel, what)
+    return (PurePosixPath(base) / rel).as_posix() if base not in ("", ".") else rel
+
+
+class FolderSource:
+    def __init__(self, root: Path, max_file_bytes: int) -> None:
+        self.root = root
+        self.max_file_bytes = max_file_bytes
+        self._names: list[str] | None = None
+
+    @classmethod
+    def open(cls, folder: Path, allowed_roots: list[Path], max_file_bytes: int) -> FolderSource:
+        if not allowed_roots:
+            raise InvalidRequest(
+                "server-side import is disabled (set CONTROL_PLANE_DATASET_IMPORT_ROOTS)"
+            )
+        real = Path(os.path.realpath(folder))
+        if not any(real.is_relative_to(os.path.realpath(r)) for r in allowed_roots):
+            raise InvalidRequest(f"folder {folder}: not inside an allowed import root")
+        if not real.is_dir():
+            raise InvalidRequest(f"folder {folder}: not a folder")
+        return cls(real, max_file_bytes)
+
+    def names(self) -> list[str]:
+        if self._names is None:
+            found: list[str] = []
+            for dirpath, dirnames, filenames in os.walk(self.root):  # never follows links
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+                for f in filenames:
+                    if f.startswith("."):
+                        continue
+                    st = os.lstat(os.path.join(dirpath, f))
+                    if stat.S_ISREG(st.st_mode):  # links and special files are skipped
+                        found.append(f if rel_dir == "." else f"{rel_dir}/{f}")
+            self._names = sorted(found)
+        return self._names
+
+    def exists(self, name: str) -> bool:
+        path = self.root / name
+        return path.is_file() and not path.is_symlink()
+
+    def read(self, name: str) -> bytes:
+        path = self.root / check_relative(name, "file")
+        try:
+            st = os.lstat(path)
+        except OSError:
+            raise InvalidRequest(f"{name}: file not found") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidRequest(f"{name}: not a regular file")
+        if st.st_size > self.max_file_bytes:
+            raise PayloadTooLarge(f"{name}: {st.st_size} bytes, limit {self.max_file_bytes}")
+        with open(path, "rb") as f:
+            return f.read()
+
+
+class ZipSource:
+    def __init__(
+        self,
+        stream: BinaryIO | Path,
+        *,
+        max_members: int,
+        max_total_bytes: int,
+        max_file_bytes: int,
+        what: str = "archive",
+    ) -> None:
+        try:
+            self.zf = zipfile.ZipFile(stream)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise InvalidRequest(f"{what}: not a valid zip archive ({exc})") from None
+        self.max_file_bytes = max_file_bytes
+        infos = self.zf.infolist()
+        if len(infos) > max_members:
+            raise PayloadTooLarge(f"{what}: {len(infos)} members, limit {max_members}")
+        self._infos: dict[str, zipfile.ZipInfo] = {}
+        total = 0
+        for info in infos:
+            name = check_relative(info.filename.rstrip("/") or info.filename, "member")
+            mode = (info.external_attr >> 16) & 0xFFFF
+            if info.is_dir():
+                continue
+            if mode and not stat.S_ISREG(mode):
+                kind = "symlink" if stat.S_ISLNK(mode) else "special file"
+                raise InvalidRequest(f"member {info.filename!r}: {kind} not allowed")
+            if info.flag_bits & 0x1:
+                raise InvalidRequest(f"member {info.filename!r}: encrypted")
+            if info.file_size > max_file_bytes:
+                raise PayloadTooLarge(
+                    f"member {info.filename!r}: {info.file_size} bytes, limit {max_file_bytes}"
+                )
+            total += info.file_size
+            if total > max_total_bytes:
+                raise PayloadTooLarge(
+                    f"{what}: uncompressed size exceeds the {max_total_bytes}-byte limit"
+                )
+            if name in self._infos:
+                raise InvalidRequest(f"member {info.filename!r}: appears twice")
+            base = PurePosixPath(name).name
+            if base.startswith(".") or name.startswith("__MACOSX/"):
+                continue
+            self._infos[name] = info
+        self._names = sorted(self._infos)
+        self._budget = max_total_bytes
+
+    def names(self) -> list[str]:
+        return self._names
+
+    def exists(self, name: str) -> bool:
+        return name in self._infos
+
+    def read(self, name: str) -> bytes:
+        info = self._infos.get(name)
+        if info is None:
+            raise InvalidRequest(f"{name}: not in the archive")
+        limit = min(info.file_size, self.max_file_bytes)
+        out = bytearray()
+        try:
+            with self.zf.open(info) as f:
+                while piece := f.read(_READ):
+                    out += piece
+                    if len(out) > limit:
+                        raise PayloadTooLarge(
+                            f"member {name!r}: inflates beyond its declared size {info.file_size}"
+                        )
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+            raise InvalidRequest(f"member {name!r}: corrupt ({exc})") from None
+        self._budget -= len(out)
+        if self._budget < 0:
+            raise PayloadTooLarge("archive: uncompressed size exceeds the limit")
+        return bytes(out)
+
+    def close(self) -> None:
+        self.zf.close()

@@ -1,0 +1,318 @@
+"""Bringing data into a dataset: every import format funnels into one pipeline.
+
+``import_items`` takes parsed ``ImportItem``s and a ``Source`` and, per item: reads the bytes,
+hashes them, skips duplicates (same sha256 already in the dataset or earlier in this import),
+probes the image, checks each annotation (label in the set, box inside the image, the dataset's
+label rules) and writes the file to the object store. An item that fails any step is reported
+with its name and reason and the rest carry on. The database rows of the whole import are written
+in one transaction at the end; if that fails, the files written for it are removed again, so an
+import is never half-recorded.
+
+Uploads (multipart) are spooled to disk by the web framework and read from there one at a time;
+archives are read member by member from the zip without extracting them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.api.dataset_schemas import (
+    DuplicateItem,
+    FolderImport,
+    ImportReport,
+    ItemError,
+)
+from control_plane.context import AppContext
+from control_plane.datasets import formats
+from control_plane.datasets.formats import ImportFormat, ImportItem, ItemAnnotation
+from control_plane.datasets.images import probe
+from control_plane.datasets.sources import FolderSource, Source, ZipSource
+from control_plane.db.dataset_models import Annotation, Dataset, Label, Sample
+from control_plane.errors import (
+    Conflict,
+    InvalidRequest,
+    PayloadTooLarge,
+)
+from control_plane.services.datasets import (
+    CLASSIFICATION,
+    DatasetService,
+    check_annotation,
+    check_label_name,
+    dataset_store,
+)
+
+logger = logging.getLogger(__name__)
+
+_COPY = 1 << 20
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    add_labels: bool = True
+    annotated_by: str = "import"
+
+
+class UploadSource:
+    """Uploaded files (already spooled to disk by the framework) as a ``Source``."""
+
+    def __init__(self, uploads: list[tuple[str, BinaryIO]], max_file_bytes: int) -> None:
+        self.max_file_bytes = max_file_bytes
+        self._files: dict[str, BinaryIO] = {}
+        for i, (filename, stream) in enumerate(uploads):
+            base = PurePosixPath((filename or f"file-{i}").replace("\\", "/")).name or f"file-{i}"
+            name = base if base not in self._files else f"{base}#{i}"
+            self._files[name] = stream
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def exists(self, name: str) -> bool:
+        return name in self._files
+
+    def read(self, name: str) -> bytes:
+        stream = self._files[name]
+        data = stream.read(self.max_file_bytes + 1)
+        if len(data) > self.max_file_bytes:
+            raise PayloadTooLarge(f"{name}: larger than the {self.max_file_bytes}-byte limit")
+        return data
+
+
+@dataclass
+class _Pending:
+    item: str
+    sample: Sample
+    new_object: bool
+
+
+@dataclass
+class _Report:
+    imported: int = 0
+    duplicates: list[DuplicateItem] = field(default_factory=list)
+    errors: list[ItemError] = field(default_factory=list)
+    labels_added: list[str] = field(default_factory=list)
+
+    def public(self) -> ImportReport:
+        return ImportReport(
+            imported=self.imported,
+            duplicates=self.duplicates,
+            errors=self.errors,
+            labels_added=self.labels_added,
+        )
+
+
+class ImportService:
+    def __init__(self, session: Session, ctx: AppContext) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.store = dataset_store(ctx)
+
+    # --- entry points ------------------------------------------------------------------------
+
+    def import_uploads(
+        self,
+        dataset_id: str,
+        uploads: list[tuple[str, BinaryIO]],
+        label: str | None,
+        options: ImportOptions,
+    ) -> ImportReport:
+        """Loose files; ``label`` (optional) is given to each of them (classification)."""
+        dataset = DatasetService(self.session, self.ctx).get(dataset_id)
+        if not uploads:
+            raise InvalidRequest("no files in the upload (multipart field 'files')")
+        source = UploadSource(uploads, self.settings.dataset_max_file_bytes)
+        items = [ImportItem(n, [ItemAnnotation(label)] if label else []) for n in source.names()]
+        return self.import_items(dataset, source, items, options)
+
+    def import_archive(
+        self,
+        dataset_id: str,
+        stream: BinaryIO,
+        fmt: ImportFormat,
+        annotation_file: str | None,
+        options: ImportOptions,
+    ) -> ImportReport:
+        """A zip archive in any import format; staged to disk, then read in place."""
+        dataset = DatasetService(self.session, self.ctx).get(dataset_id)
+        staged = self.store.staging_file(".zip")
+        try:
+            self._copy_limited(stream, staged, self.settings.dataset_max_upload_bytes)
+            s = self.settings
+            source = ZipSource(
+                staged,
+                max_members=s.dataset_max_archive_members,
+                max_total_bytes=s.dataset_max_archive_bytes,
+                max_file_bytes=s.dataset_max_file_bytes,
+            )
+            try:
+                items = formats.parse(source, fmt, annotation_file)
+                return self.import_items(dataset, source, items, options)
+            finally:
+                source.close()
+        finally:
+            staged.unlink(missing_ok=True)
+
+    def import_folder(self, dataset_id: str, spec: FolderImport) -> ImportReport:
+        dataset = DatasetService(self.session, self.ctx).get(dataset_id)
+        source = FolderSource.open(
+            Path(spec.path),
+            self.settings.dataset_import_roots,
+            self.settings.dataset_max_file_bytes,
+        )
+        items = formats.parse(source, spec.format, spec.annotation_file)
+        options = ImportOptions(add_labels=spec.add_labels, annotated_by=spec.annotated_by)
+        return self.import_items(dataset, source, items, options)
+
+    @staticmethod
+    def _copy_limited(stream: BinaryIO, target: Path, limit: int) -> None:
+        total = 0
+        with open(target, "wb") as out:
+            while piece := stream.read(_COPY):
+                total += len(piece)
+                if total > limit:
+                    raise PayloadTooLarge(f"upload exceeds the {limit}-byte limit")
+                out.write(piece)
+
+    # --- the pipeline ------------------------------------------------------------------------
+
+    def import_items(
+        self, dataset: Dataset, source: Source, items: Iterable[ImportItem], options: ImportOptions
+    ) -> ImportReport:
+        report = _Report()
+        labels: dict[str, Label] = {lb.name: lb for lb in dataset.labels}
+        known: dict[str, int] = dict(
+            self.session.execute(
+                select(Sample.digest, Sample.id).where(Sample.dataset_id == dataset.id)
+            ).all()
+        )
+        seen: dict[str, str] = {}
+        pending: list[_Pending] = []
+        max_pixels = self.settings.dataset_max_image_pixels
+        try:
+            for item in items:
+                if item.error:
+                    report.errors.append(ItemError(item=item.name, reason=item.error))
+                    continue
+                try:
+                    data = source.read(item.name)
+                    digest = hashlib.sha256(data).hexdigest()
+                    if digest in known:
+                        report.duplicates.append(
+                            DuplicateItem(item=item.name, sample_id=known[digest])
+                        )
+                        continue
+                    if digest in seen:
+                        report.duplicates.append(DuplicateItem(item=item.name, sample_id=None))
+                        continue
+                    info = probe(data, item.name, max_pixels)
+                    anns = self._annotations(
+                        dataset, labels, item, info.width, info.height, options, report
+                    )
+                except (InvalidRequest, PayloadTooLarge) as exc:
+                    report.errors.append(ItemError(item=item.name, reason=str(exc)))
+                    continue
+                new_object = self.store.put_bytes(digest, data)
+                seen[digest] = item.name
+                sample = Sample(
+                    dataset_id=dataset.id,
+                    digest=digest,
+                    source_name=item.name[:1000],
+                    media_type=info.media_type,
+                    size=len(data),
+                    width=info.width,
+                    height=info.height,
+                    split=item.split,
+                    annotations=anns,
+                )
+                pending.append(_Pending(item.name, sample, new_object))
+            self.session.add_all(p.sample for p in pending)
+            self.session.commit()
+        except BaseException as exc:
+            self.session.rollback()
+            for p in pending:
+                if p.new_object:
+                    self.store.delete(p.sample.digest)
+            if isinstance(exc, IntegrityError):
+                raise Conflict(
+                    f"dataset {dataset.name} changed during the import; nothing was imported"
+                ) from None
+            raise
+        report.imported = len(pending)
+        logger.info(
+            "dataset %s: imported %d, %d duplicates, %d errors",
+            dataset.name,
+            report.imported,
+            len(report.duplicates),
+            len(report.errors),
+        )
+        return report.public()
+
+    def _annotations(
+        self,
+        dataset: Dataset,
+        labels: dict[str, Label],
+        item: ImportItem,
+        width: int,
+        height: int,
+        options: ImportOptions,
+        report: _Report,
+    ) -> list[Annotation]:
+        """Checked annotations of one item; ``InvalidRequest`` naming the item if one is bad.
+
+        Labels missing from the set are created (``add_labels``) only once the whole item is
+        known to be good, so a rejected item never leaves a stray label behind.
+        """
+        out: list[Annotation] = []
+        missing: list[str] = []
+        for a in item.annotations:
+            box = a.box
+            if box is not None and a.normalized:
+                cx, cy, w, h = box
+                box = ((cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height)
+            check_annotation(dataset, width, height, a.label, box, item.name)
+            if a.label not in labels and a.label not in missing:
+                if not options.add_labels:
+                    raise InvalidRequest(f"{item.name}: label {a.label!r} is not in the label set")
+                missing.append(a.label)
+            x, y, w, h = box or (None, None, None, None)
+            out.append(
+                Annotation(
+                    x=x,
+                    y=y,
+                    w=w,
+                    h=h,
+                    source=a.source or "person",
+                    creator=a.creator if a.creator is not None else options.annotated_by,
+                    confidence=1.0 if a.confidence is None else max(0.0, min(1.0, a.confidence)),
+                )
+            )
+        if dataset.type == CLASSIFICATION:
+            names = [a.label for a in item.annotations]
+            if len(set(names)) > 1 and not dataset.multi_label:
+                raise InvalidRequest(
+                    f"{item.name}: {len(set(names))} labels for a single-label dataset"
+                )
+        for name in missing:
+            check_label_name(name)
+            label = Label(name=name, dataset=dataset)
+            labels[name] = label
+            report.labels_added.append(name)
+        seen: set[str] = set()
+        result = []
+        for ann, a in zip(out, item.annotations, strict=True):
+            if dataset.type == CLASSIFICATION:
+                if a.label in seen:
+                    continue
+                seen.add(a.label)
+            ann.label = labels[a.label]
+            result.append(ann)
+        return result
