@@ -1,4 +1,4 @@
-"""``model-packager``: keygen, build, sign, verify, inspect.
+"""``model-packager``: keygen, build, convert, sign, verify, inspect.
 
 Errors from the library print as one clear line on stderr with exit status 1; usage errors exit 2.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from model_packager import __version__
 from model_packager.archive import open_package, verify_package
 from model_packager.build import ArtifactInput, BuildSpec, build_package, sign_package
+from model_packager.convert.cli import add_parser as add_convert_parser
 from model_packager.errors import PackageError
 from model_packager.signing import TrustStore, generate_keypair, load_private_key
 
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("package")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_cmd_inspect)
+
+    # Lives in model_packager.convert; it imports no framework until a conversion runs.
+    add_convert_parser(sub)
     return p
 
 

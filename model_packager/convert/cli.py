@@ -1,0 +1,109 @@
+"""The ``model-packager convert`` subcommand (registered by ``model_packager.cli``).
+
+Progress goes to stderr line by line, the parity table and the package path to stdout. Exit 0 with
+a package, 1 with ``error: conversion failed at step '...': why`` and no package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from model_packager.convert.base import DEFAULT_TARGETS, TARGETS
+from model_packager.convert.pipeline import ConvertSpec, ParityGateFailed, convert
+from model_packager.signing import load_private_key
+
+
+def _progress(msg: str) -> None:
+    print(f"  - {msg}", file=sys.stderr, flush=True)
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, _, dims = text.partition("=")
+    if not name or not dims:
+        raise argparse.ArgumentTypeError(f"expected NAME=D1,D2,... got {text!r}")
+    try:
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dimensions must be integers in {text!r}") from None
+
+
+def _json_file(path: str | None) -> dict[str, object] | None:
+    return None if path is None else json.loads(Path(path).read_text())
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    labels = None
+    if args.labels:
+        labels = [ln.strip() for ln in Path(args.labels).read_text().splitlines() if ln.strip()]
+    spec = ConvertSpec(
+        source=Path(args.source),
+        name=args.name,
+        version=args.version,
+        targets=args.target or DEFAULT_TARGETS,
+        source_kind=args.source_kind,
+        samples=Path(args.samples) if args.samples else None,
+        calibration=Path(args.calibration) if args.calibration else None,
+        num_samples=args.num_samples,
+        on_parity_fail=args.on_parity_fail,
+        classifier=args.classifier,
+        input_shapes=dict(args.input_shape or []) or None,
+        labels=labels,
+        description=args.description,
+        preprocessing=_json_file(args.preprocessing),
+        postprocessing=_json_file(args.postprocessing),
+        mxnet_python=Path(args.mxnet_python) if args.mxnet_python else None,
+    )
+    key = load_private_key(Path(args.key)) if args.key else None
+    try:
+        report = convert(spec, Path(args.out_dir), key, progress=_progress)
+    except ParityGateFailed as exc:
+        print(exc.report.table())
+        raise
+    print(report.table())
+    print(report.package)
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser(
+        "convert",
+        help="convert a Keras/SavedModel/MXNet/ONNX model into a gated multi-variant package",
+    )
+    c.add_argument("source", help=".keras file, SavedModel folder, MXNet -symbol.json, .onnx")
+    c.add_argument("--name", required=True)
+    c.add_argument("--version", required=True)
+    c.add_argument(
+        "--target",
+        action="append",
+        choices=list(TARGETS),
+        help=f"variant to produce (repeat); default {' '.join(DEFAULT_TARGETS)}",
+    )
+    c.add_argument("--source-kind", choices=["keras", "savedmodel", "onnx", "mxnet"])
+    c.add_argument("--samples", help="parity samples: .npy, .npz (by input name), or folder")
+    c.add_argument("--calibration", help="int8 representative data (default: the samples)")
+    c.add_argument("--num-samples", type=int, default=64, help="samples generated / used")
+    c.add_argument("--on-parity-fail", choices=["drop", "fail"], default="drop")
+    c.add_argument(
+        "--classifier",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="judge int8 by top-1 agreement (default: guess from the output shape)",
+    )
+    c.add_argument(
+        "--input-shape",
+        action="append",
+        type=_shape,
+        metavar="NAME=D1,D2,...",
+        help="input shape, -1 for dynamic (required for MXNet)",
+    )
+    c.add_argument("--labels", help="text file, one label per line")
+    c.add_argument("--description", default="")
+    c.add_argument("--preprocessing", help="JSON file with the manifest's preprocessing")
+    c.add_argument("--postprocessing", help="JSON file with the manifest's postprocessing")
+    c.add_argument("--mxnet-python", help="python of the MXNet venv (default .venv-mxnet)")
+    c.add_argument("--key", help="private key to sign with (else the package is unsigned)")
+    c.add_argument("--out-dir", default=".")
+    c.set_defaults(func=_cmd_convert)
