@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -153,7 +153,9 @@ class BulkLabel(BaseModel):
 
     model_config = ConfigDict(allow_inf_nan=False)
 
-    sample_ids: list[int] = Field(min_length=1, max_length=100_000)
+    sample_ids: list[Annotated[int, Field(ge=1, le=2**53)]] = Field(
+        min_length=1, max_length=100_000
+    )
     op: Literal["set", "add", "remove", "clear"] = Field(
         description="set: make `label` the only label; add / remove `label`; clear: all labels."
     )

@@ -135,7 +135,7 @@ class ZipSource:
             mode = (info.external_attr >> 16) & 0xFFFF
             if info.is_dir():
                 continue
-            if mode and not stat.S_ISREG(mode):
+            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded (writestr)
                 kind = "symlink" if stat.S_ISLNK(mode) else "special file"
                 raise InvalidRequest(f"member {info.filename!r}: {kind} not allowed")
             if info.flag_bits & 0x1:

@@ -278,7 +278,7 @@ class ImportService:
             if box is not None and a.normalized:
                 cx, cy, w, h = box
                 box = ((cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height)
-            check_annotation(dataset, width, height, a.label, box, item.name)
+            box = check_annotation(dataset, width, height, a.label, box, item.name)
             if a.label not in labels and a.label not in missing:
                 if not options.add_labels:
                     raise InvalidRequest(f"{item.name}: label {a.label!r} is not in the label set")

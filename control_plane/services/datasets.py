@@ -69,8 +69,10 @@ class SampleFilter:
 
 def check_annotation(
     dataset: Dataset, width: int, height: int, label: str, box: Sequence[float] | None, where: str
-) -> None:
-    """Raise ``InvalidRequest`` naming ``where`` if the annotation breaks the dataset's rules."""
+) -> tuple[float, float, float, float] | None:
+    """The box clamped to the image, or ``InvalidRequest`` naming ``where`` if the annotation
+    breaks the dataset's rules. Overshoot within ``BOX_TOLERANCE`` (float rounding in other
+    tools' exports) is clamped rather than refused."""
     if dataset.type == CLASSIFICATION and box is not None:
         raise InvalidRequest(
             f"{where}: label {label!r} has a box; {dataset.name} is classification"
@@ -87,6 +89,9 @@ def check_annotation(
                 f"{where}: box {label!r} ({x:g}, {y:g}, {w:g}, {h:g}) is outside the "
                 f"{width}x{height} image"
             )
+        x, y = max(0.0, x), max(0.0, y)
+        return (x, y, min(w, width - x), min(h, height - y))
+    return None
 
 
 class DatasetService:
@@ -325,7 +330,7 @@ class DatasetService:
             if a.label not in labels:
                 raise InvalidRequest(f"{where}: label {a.label!r} is not in the label set")
             box = (a.box.x, a.box.y, a.box.w, a.box.h) if a.box else None
-            check_annotation(dataset, sample.width, sample.height, a.label, box, where)
+            box = check_annotation(dataset, sample.width, sample.height, a.label, box, where)
             x, y, w, h = box or (None, None, None, None)
             new.append(
                 Annotation(

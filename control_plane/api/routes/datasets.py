@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from starlette.types import Message
@@ -74,6 +74,9 @@ class UploadLimitRoute(APIRoute):
         return limited
 
 
+# Ids beyond 2**53 cannot name a row (and overflow SQLite's INTEGER): refused as 422.
+SampleId = Annotated[int, Path(ge=1, le=2**53)]
+
 router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute)
 
 
@@ -85,7 +88,7 @@ def dataset_public(service: DatasetService, d: Dataset) -> DatasetPublic:
         multi_label=d.multi_label,
         description=d.description,
         created_at=d.created_at,
-        labels=[lb.name for lb in d.labels],
+        labels=sorted(lb.name for lb in d.labels),
         sample_count=service.sample_count(d.id),
     )
 
@@ -266,14 +269,16 @@ def list_samples(
 
 @router.get("/{dataset_id}/samples/{sample_id}")
 def get_sample(
-    dataset_id: str, sample_id: int, request: Request, session: SessionDep, ctx: ContextDep
+    dataset_id: str, sample_id: SampleId, request: Request, session: SessionDep, ctx: ContextDep
 ) -> SamplePublic:
     sample = DatasetService(session, ctx).sample(dataset_id, sample_id)
     return sample_public(_base(request, dataset_id), sample)
 
 
 @router.delete("/{dataset_id}/samples/{sample_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_sample(dataset_id: str, sample_id: int, session: SessionDep, ctx: ContextDep) -> None:
+def delete_sample(
+    dataset_id: str, sample_id: SampleId, session: SessionDep, ctx: ContextDep
+) -> None:
     DatasetService(session, ctx).delete_sample(dataset_id, sample_id)
 
 
@@ -283,7 +288,7 @@ def delete_sample(dataset_id: str, sample_id: int, session: SessionDep, ctx: Con
     responses={200: {"content": {"image/*": {}}}},
 )
 def sample_content(
-    dataset_id: str, sample_id: int, session: SessionDep, ctx: ContextDep
+    dataset_id: str, sample_id: SampleId, session: SessionDep, ctx: ContextDep
 ) -> FileResponse:
     path, media_type = DatasetService(session, ctx).sample_file(dataset_id, sample_id)
     return FileResponse(path, media_type=media_type)
@@ -295,7 +300,7 @@ def sample_content(
     responses={200: {"content": {"image/png": {}}}},
 )
 def sample_thumbnail(
-    dataset_id: str, sample_id: int, session: SessionDep, ctx: ContextDep
+    dataset_id: str, sample_id: SampleId, session: SessionDep, ctx: ContextDep
 ) -> FileResponse:
     """A PNG thumbnail (longest side ``dataset_thumbnail_size``), made on first request."""
     return FileResponse(
@@ -306,7 +311,7 @@ def sample_thumbnail(
 @router.put("/{dataset_id}/samples/{sample_id}/annotations")
 def set_annotations(
     dataset_id: str,
-    sample_id: int,
+    sample_id: SampleId,
     spec: AnnotationsSet,
     request: Request,
     session: SessionDep,
@@ -320,7 +325,7 @@ def set_annotations(
 @router.put("/{dataset_id}/samples/{sample_id}/split")
 def set_split(
     dataset_id: str,
-    sample_id: int,
+    sample_id: SampleId,
     spec: SampleSplit,
     request: Request,
     session: SessionDep,
