@@ -17,6 +17,7 @@ from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
 from edge_agent.metrics import METRICS
 from edge_agent.repository import ModelRepository
 from edge_agent.serving import ServedModel
+from model_packager.processing import ProcessingError
 from model_packager.tensors import TensorSpec
 
 SERVER_NAME = "edge-agent"
@@ -135,6 +136,14 @@ def _validate_inputs(served: ServedModel, tensors: list[InputTensor]) -> dict[st
             )
         if t.name in out:
             raise InvalidInput(f"input {t.name!r} is given twice")
+        pre = served.preprocessing
+        if pre is not None and t.name == pre.input and t.datatype == "BYTES" != spec.datatype:
+            # Encoded images: the manifest's preprocessing turns them into the model's tensor.
+            try:
+                data = pre.apply(t.data)
+            except ProcessingError as exc:
+                raise InvalidInput(str(exc)) from exc
+            t = InputTensor(t.name, spec.datatype, data.shape, data)
         if t.datatype != spec.datatype:
             raise InvalidInput(f"input {t.name!r} must be {spec.datatype}, got {t.datatype}")
         if not spec.accepts(t.shape):

@@ -15,8 +15,9 @@ import numpy as np
 
 from edge_agent.batching import DynamicBatcher, Tensors
 from edge_agent.config import ModelSettings
-from edge_agent.errors import InferenceFailed
+from edge_agent.errors import InferenceFailed, InstallFailed
 from edge_agent.metrics import METRICS
+from model_packager import processing
 from model_packager.errors import PackageError
 from model_packager.manifest import Manifest
 from model_packager.runtimes import LoadedModel
@@ -36,10 +37,13 @@ class ServedModel:
     executor: Executor
     settings: ModelSettings
     batcher: DynamicBatcher | None = field(default=None, init=False)
+    preprocessing: processing.Preprocessing | None = field(default=None, init=False)
+    postprocessing: processing.Postprocessing | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.inputs: list[TensorSpec] = self.manifest.input_specs()
         self.outputs: list[TensorSpec] = self.manifest.output_specs()
+        self._declare_processing()
         self.input_by_name = {s.name: s for s in self.inputs}
         self.output_names = {s.name for s in self.outputs}
         batchable = all(s.has_batch_dim for s in self.inputs) and all(
@@ -71,7 +75,38 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.infer_sync, inputs, outputs)
 
+    def _declare_processing(self) -> None:
+        """Read the manifest's pre/post-processing; post-processing may add outputs (top-k)."""
+        try:
+            pre, post = processing.parse(self.manifest.preprocessing, self.manifest.postprocessing)
+            specs = {s.name: s for s in self.inputs}
+            if pre is not None:
+                if pre.input not in specs:
+                    raise ValueError(f"preprocessing feeds unknown input {pre.input!r}")
+                pre.check_against(specs[pre.input])
+            if post is not None and post.output not in {s.name for s in self.outputs}:
+                raise ValueError(f"postprocessing reads unknown output {post.output!r}")
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise InstallFailed("load", f"invalid pre/post-processing: {exc}") from exc
+        self.preprocessing = pre
+        self.postprocessing = post
+        if post is not None:
+            self.outputs = [*self.outputs, *post.extra_outputs()]
+
     async def infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+        """Run the model, then the manifest's post-processing (which may add outputs)."""
+        post = self.postprocessing
+        if post is None:
+            return await self._infer(inputs, outputs)
+        wanted = outputs
+        if outputs is not None:
+            wanted = list(dict.fromkeys(post.output if n == post.topk_name else n for n in outputs))
+        results = await self._infer(inputs, wanted)
+        if post.output in results:
+            results = post.apply(results, self.manifest.labels)
+        return results
+
+    async def _infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
         if self.batcher is not None:
             rows = next(iter(inputs.values())).shape[0]
             if rows < self.settings.max_batch_size:

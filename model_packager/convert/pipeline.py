@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from model_packager import processing
 from model_packager.archive import sha256_file
 from model_packager.build import ArtifactInput, BuildSpec, build_package
 from model_packager.convert import samples as sample_io
@@ -196,6 +197,21 @@ def _run_variant(
     return {k: got[v] for k, v in out_map.items()}
 
 
+def _check_processing(spec: ConvertSpec, source: Source) -> None:
+    """Refuse a pre/post-processing declaration the agent would refuse at install time."""
+    try:
+        pre, post = processing.parse(spec.preprocessing, spec.postprocessing)
+        if pre is not None:
+            specs = {s.name: s for s in source.inputs}
+            if pre.input not in specs:
+                raise ValueError(f"preprocessing feeds unknown input {pre.input!r}")
+            pre.check_against(specs[pre.input])
+        if post is not None and post.output not in source.output_names:
+            raise ValueError(f"postprocessing reads unknown output {post.output!r}")
+    except ValueError as exc:
+        raise ConversionError("processing", str(exc)) from exc
+
+
 def _versions() -> str:
     found = []
     for dist in ("tensorflow", "tf2onnx", "onnxruntime", "onnx"):
@@ -241,6 +257,7 @@ def _convert(
     signing_key: Ed25519PrivateKey | None,
     progress: Progress,
 ) -> ConversionReport:
+    _check_processing(spec, source)
     for t in targets:
         if not source.supports(t):
             raise ConversionError(t.name, f"{source.framework} sources cannot produce {t.name}")
