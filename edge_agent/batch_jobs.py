@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -149,6 +150,15 @@ class BatchJobManager:
         job_dir = self.dir / job_id
         job_dir.mkdir(parents=True)
         results = Path(output_path) if output_path else job_dir / "results.jsonl"
+        # Claim the results file now: a resumed job counts the lines already in it as done, so
+        # lines left by someone else (an old file, another job) would stand in for real results.
+        try:
+            results.parent.mkdir(parents=True, exist_ok=True)
+            results.open("xb").close()
+        except OSError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            why = "already exists" if isinstance(exc, FileExistsError) else str(exc)
+            raise InvalidInput(f"cannot write results to {results}: {why}") from None
         job = JobRecord(
             job_id=job_id,
             model_name=served.name,

@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent import __version__
-from edge_agent.config import AgentSettings, load_settings
+from edge_agent.config import AgentSettings, ConfigFileError, load_settings
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"error: invalid settings:\n{exc}", file=sys.stderr)
         return 1
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:

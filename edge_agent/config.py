@@ -225,11 +225,32 @@ class AgentSettings(BaseSettings):
 _YAML_FILE: dict[str, Path] = {}
 
 
+class ConfigFileError(ValueError):
+    """The settings file is not YAML, or not a mapping of settings."""
+
+
+def _check_yaml(path: Path) -> None:
+    """Fail with a readable message before pydantic-settings trips over a broken file."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"config file {path} is not valid YAML: {exc}") from None
+    if doc is not None and not isinstance(doc, dict):
+        raise ConfigFileError(
+            f"config file {path} must be a mapping of setting names to values, "
+            f"not a {type(doc).__name__}"
+        )
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from an optional YAML file, the environment, then explicit overrides."""
     if config_file is not None:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config file {config_file} does not exist")
+        _check_yaml(Path(config_file))
         _YAML_FILE["path"] = Path(config_file)
     try:
         return AgentSettings(**overrides)

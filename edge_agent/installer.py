@@ -197,6 +197,14 @@ class Installer:
             self._checkpoint("before_load")
             journal["step"] = step
             self.store.write_journal(digest, journal)
+
+            def checkpoint(point: str) -> None:
+                # The loader runs the self-test right after loading; journal it as its own step.
+                if point == "before_self_test":
+                    journal["step"] = "self_test"
+                    self.store.write_journal(digest, journal)
+                self._checkpoint(point)
+
             if self.repo.has(name, version) and self.repo.get(name, version).digest == digest:
                 served = self.repo.get(name, version)
             else:
@@ -206,7 +214,7 @@ class Installer:
                     digest,
                     self.settings,
                     self.executor,
-                    self._checkpoint,
+                    checkpoint,
                 )
             step = "activate"
             self._checkpoint("before_activate")
@@ -235,14 +243,17 @@ class Installer:
                 entry.active = version
             self.store.save_state(state)
             self._checkpoint("after_state_write")
+            outcome = InstallOutcome(
+                digest, name, version, "COMMITTED", finished_at=time.time(), variant=served.variant
+            )
+            # Recorded before the journal goes: once it is gone, recovery can no longer tell.
+            self.store.save_last_install(outcome.to_json())
             self.store.clear_journal(digest)
             self.store.remove_unreferenced(state.digests())
             self._checkpoint("after_commit")
             asyncio.get_running_loop().create_task(close_later(evicted))
             log.info("installed %s:%s (%s) from %s", name, version, served.variant, digest[:12])
-            return InstallOutcome(
-                digest, name, version, "COMMITTED", finished_at=time.time(), variant=served.variant
-            ), served
+            return outcome, served
         except InstallFailed as exc:
             log.warning("install of %s failed at %s: %s", archive.name, exc.step, exc.reason)
             self._rollback(digest, name, version)

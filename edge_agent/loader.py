@@ -60,6 +60,7 @@ def load_served_model(
             log.warning("variant %s of %s failed to load: %s", variant.name, manifest.name, exc)
             continue
         checkpoint("after_load")
+        checkpoint("before_self_test")
         try:
             golden_path = package_dir / variant.golden.path
             golden.check(model, golden_path, variant.rtol, variant.atol)
