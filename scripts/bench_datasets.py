@@ -1,0 +1,175 @@
+"""Dataset benchmark: import (folder, zip), publish and list, against a plain file copy.
+
+Every measured phase runs in its own child process, so its peak RSS (``ru_maxrss``) is its own.
+The imports and the publish go through the REST API of an in-process control plane (no broker),
+exactly as a client would call them. Targets (from issue 5): import <= 5x the copy, publish <= 3x
+the copy, and the p99 of listing a page of 100 samples with 10,000 present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+API = "/api/v1"
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _client(data: Path, roots: list[Path]) -> Any:
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    from control_plane.api.app import create_app
+    from control_plane.context import AppContext
+    from control_plane.db.engine import upgrade
+    from control_plane.settings import Settings
+
+    logging.disable(logging.INFO)
+    settings = Settings(
+        api_token=TOKEN,
+        mqtt_password="bench-mqtt-password-123",
+        data_dir=data,
+        dataset_import_roots=roots,
+    )
+    app = create_app(settings)
+    ctx = AppContext.from_settings(settings)
+    upgrade(ctx.engine)
+    app.state.ctx = ctx
+    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def _dataset(api: Any) -> str:
+    r = api.get(f"{API}/datasets")
+    if r.json():
+        return str(r.json()[0]["id"])
+    r = api.post(f"{API}/datasets", json={"name": "bench", "type": "image_classification"})
+    return str(r.json()["id"])
+
+
+def phase(name: str, work: Path, count: int) -> dict[str, Any]:
+    """One measured phase (runs in a child process)."""
+    src, data = work / "digits", work / "cp"
+    out: dict[str, Any] = {}
+    if name == "copy":
+        t = time.perf_counter()
+        shutil.copytree(src, work / "copy")
+        out["seconds"] = time.perf_counter() - t
+    elif name in ("import_folder", "import_zip"):
+        target = data if name == "import_folder" else work / "cp-zip"
+        api = _client(target, [work])
+        ds = _dataset(api)
+        t = time.perf_counter()
+        if name == "import_folder":
+            r = api.post(f"{API}/datasets/{ds}/imports", json={"path": str(src)})
+        else:
+            with open(work / "digits.zip", "rb") as f:
+                r = api.post(f"{API}/datasets/{ds}/archive", files={"file": ("d.zip", f)})
+        out["seconds"] = time.perf_counter() - t
+        out["imported"] = r.json()["imported"]
+    elif name == "publish":
+        api = _client(data, [work])
+        ds = _dataset(api)
+        t = time.perf_counter()
+        r = api.post(f"{API}/datasets/{ds}/versions", json={"train_ratio": 0.8, "seed": 1})
+        out["seconds"] = time.perf_counter() - t
+        out["samples"] = r.json()["sample_count"]
+    elif name == "list":
+        api = _client(data, [work])
+        ds = _dataset(api)
+        rng = random.Random(0)
+        lat = []
+        for i in range(300):
+            params: dict[str, Any] = {"offset": rng.randrange(0, count - 100), "limit": 100}
+            if i % 3 == 1:
+                params = {"label": str(rng.randrange(10)), "limit": 100}
+            t = time.perf_counter()
+            r = api.get(f"{API}/datasets/{ds}/samples", params=params)
+            lat.append(time.perf_counter() - t)
+            assert len(r.json()["items"]) == 100
+        lat.sort()
+        out["p50_ms"] = statistics.median(lat) * 1000
+        out["p99_ms"] = lat[int(len(lat) * 0.99) - 1] * 1000
+        out["seconds"] = sum(lat)
+    out["peak_rss_mb"] = _peak_mb()
+    return out
+
+
+def _run_child(name: str, work: Path, count: int) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--phase", name, "--work", str(work), "--count", str(count)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {name} failed:\n{proc.stderr[-3000:]}")
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--count", type=int, default=10_000, help="images (default 10,000)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.work, args.count)))
+        return
+
+    from tests.datasets.digits import write_digits
+
+    with tempfile.TemporaryDirectory(prefix="bench-datasets-") as tmp:
+        work = Path(tmp)
+        t = time.perf_counter()
+        write_digits(work / "digits", per_class=args.count // 10)
+        with zipfile.ZipFile(work / "digits.zip", "w") as zf:
+            for p in sorted((work / "digits").rglob("*.png")):
+                zf.write(p, p.relative_to(work / "digits").as_posix())
+        size = sum(p.stat().st_size for p in (work / "digits").rglob("*.png"))
+        print(
+            f"generated {args.count} PNGs ({size / 1e6:.1f} MB) in {time.perf_counter() - t:.1f}s"
+        )
+        results = {
+            n: _run_child(n, work, args.count)
+            for n in ("copy", "import_folder", "import_zip", "publish", "list")
+        }
+    copy = results["copy"]["seconds"]
+    print(f"\n{'phase':<16}{'seconds':>9}{'x copy':>8}{'peak RSS MB':>13}  target")
+    targets = {"import_folder": 5, "import_zip": 5, "publish": 3}
+    for n, r in results.items():
+        ratio = r["seconds"] / copy
+        target = (
+            f"<= {targets[n]}x {'ok' if ratio <= targets[n] else 'MISSED'}"
+            if (n in targets)
+            else ""
+        )
+        shown = "" if n in ("copy", "list") else f"{ratio:8.1f}"
+        print(f"{n:<16}{r['seconds']:9.2f}{shown:>8}{r['peak_rss_mb']:13.0f}  {target}")
+    lst = results["list"]
+    print(f"\nlist 100 of {args.count}: p50 {lst['p50_ms']:.1f} ms, p99 {lst['p99_ms']:.1f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
