@@ -25,7 +25,7 @@ from edge_agent.metrics import METRICS
 from edge_agent.repository import ModelRepository, close_later
 from edge_agent.serving import ServedModel
 from edge_agent.store import CommittedState, ModelEntry, ModelStore
-from model_packager.archive import extract_package, verify_package
+from model_packager.archive import extract_package, sha256_file, verify_package
 from model_packager.errors import PackageError
 from model_packager.signing import TrustStore
 
@@ -257,8 +257,11 @@ class Installer:
         except InstallFailed as exc:
             log.warning("install of %s failed at %s: %s", archive.name, exc.step, exc.reason)
             self._rollback(digest, name, version)
+            # A package rejected before its manifest was trusted is still named in the report,
+            # by the sha256 of the file that was offered, so an operator can tell which it was.
+            reported = digest or await asyncio.to_thread(_file_digest, archive)
             return InstallOutcome(
-                digest, name, version, "FAILED", exc.step, exc.reason, time.time()
+                reported, name, version, "FAILED", exc.step, exc.reason, time.time()
             ), None
         except Exception as exc:  # never let an install take the agent down
             log.exception("install of %s failed unexpectedly at %s", archive.name, step)
@@ -290,3 +293,10 @@ class Installer:
                     asyncio.get_running_loop().create_task(close_later([served]))
             self.store.remove_unreferenced(state.digests())
         self.store.clear_journal(digest)
+
+
+def _file_digest(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError:
+        return ""

@@ -61,6 +61,11 @@ class ModelStore:
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = self.root / "state.json"
         self._last_install_path = self.root / "last_install.json"
+        # A kill during an atomic write can leave its temporary file behind; it was never renamed
+        # into place, so it holds nothing anyone relies on.
+        for folder in (self.root, self.journal_dir):
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
 
     # committed state
     def load_state(self) -> CommittedState:
