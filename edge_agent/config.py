@@ -171,6 +171,12 @@ class AgentSettings(BaseSettings):
         description="Variant or runtime names in order of preference; the agent loads the first "
         "that this machine can run and that passes its golden vectors.",
     )
+    allow_python_handlers: bool = Field(
+        default=False,
+        description="Run Python pre/post-processing handlers that a package carries (ModelArts "
+        "customize_service.py). They are arbitrary code: off, such packages are refused at "
+        "install; on, they still install only when signed by a trusted key.",
+    )
     max_versions_per_model: int = Field(
         default=2, ge=1, description="Versions kept loaded per model; older ones are unloaded."
     )

@@ -15,10 +15,10 @@ from pathlib import Path
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
 from edge_agent.serving import ServedModel, measure_latency_ms
-from model_packager import golden
+from model_packager import golden, processing
 from model_packager.errors import PackageError
 from model_packager.loading import load_variant, rank_variants
-from model_packager.manifest import MANIFEST_NAME, Manifest
+from model_packager.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 from model_packager.runtimes import RuntimeOptions
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,24 @@ def read_manifest(package_dir: Path) -> Manifest:
         raise InstallFailed("load", f"cannot read manifest in {package_dir.name}: {exc}") from exc
 
 
+def _admit_python_handler(package_dir: Path, manifest: Manifest, settings: AgentSettings) -> None:
+    """Python hooks are arbitrary code: only from signed packages, only when the settings say so."""
+    try:
+        handler = processing.python_handler(manifest.preprocessing)
+    except ValueError as exc:
+        raise InstallFailed("load", f"invalid Python handler declaration: {exc}") from exc
+    if handler is None:
+        return
+    if not settings.allow_python_handlers:
+        raise InstallFailed(
+            "load",
+            f"{manifest.name} {manifest.version} carries a Python handler ({handler.module}); "
+            "this agent does not run Python handlers (set allow_python_handlers: true to allow)",
+        )
+    if not (package_dir / SIGNATURE_NAME).is_file():
+        raise InstallFailed("load", "Python handlers run only from signed packages")
+
+
 def load_served_model(
     package_dir: Path,
     digest: str,
@@ -46,6 +64,7 @@ def load_served_model(
 ) -> ServedModel:
     """Load the best variant that passes its golden vectors, or raise ``InstallFailed``."""
     manifest = read_manifest(package_dir)
+    _admit_python_handler(package_dir, manifest, settings)
     options = RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads)
     try:
         candidates = rank_variants(manifest, settings.variant_preference)

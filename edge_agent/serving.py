@@ -39,6 +39,7 @@ class ServedModel:
     batcher: DynamicBatcher | None = field(default=None, init=False)
     preprocessing: processing.Preprocessing | None = field(default=None, init=False)
     postprocessing: processing.Postprocessing | None = field(default=None, init=False)
+    python_handler: processing.PythonHandler | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.inputs: list[TensorSpec] = self.manifest.input_specs()
@@ -79,6 +80,11 @@ class ServedModel:
         """Read the manifest's pre/post-processing; post-processing may add outputs (top-k)."""
         try:
             pre, post = processing.parse(self.manifest.preprocessing, self.manifest.postprocessing)
+            if isinstance(pre, processing.PythonHandler):
+                # Admitted by the loader (signed package, allow_python_handlers); requests that
+                # send the model's own tensors are served as usual.
+                self.python_handler = pre
+                return
             specs = {s.name: s for s in self.inputs}
             if pre is not None:
                 if pre.input not in specs:

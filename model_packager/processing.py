@@ -165,11 +165,38 @@ def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     return out
 
 
+class PythonHandler(BaseModel):
+    """A ModelArts ``customize_service.py`` carried in the (signed) manifest.
+
+    Its ``_preprocess`` / ``_postprocess`` are arbitrary Python, so an agent runs them only when
+    its settings allow Python handlers; otherwise it refuses the install. The source sits inside
+    the manifest, so the package signature covers it like every pinned file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    handler: Literal["modelarts"] = "modelarts"
+    module: str = Field(description="File name of the handler, e.g. customize_service.py.")
+    source: str = Field(description="The handler's Python source.")
+    sha256: str
+    config: dict[str, object] = Field(
+        default_factory=dict, description="The model directory's config.json, as imported."
+    )
+
+
 def parse(
     pre: dict[str, object] | None, post: dict[str, object] | None
-) -> tuple[Preprocessing | None, Postprocessing | None]:
+) -> tuple[Preprocessing | PythonHandler | None, Postprocessing | None]:
     """Manifest dicts -> validated models (pydantic ``ValidationError`` on bad declarations)."""
+    if pre and "handler" in pre:
+        return PythonHandler.model_validate(pre), None
     return (
         Preprocessing.model_validate(pre) if pre else None,
         Postprocessing.model_validate(post) if post else None,
     )
+
+
+def python_handler(pre: dict[str, object] | None) -> PythonHandler | None:
+    """The manifest's Python handler declaration, if it has one."""
+    parsed, _ = parse(pre, None)
+    return parsed if isinstance(parsed, PythonHandler) else None

@@ -9,6 +9,7 @@ written, by ``build_package``, so a failed conversion leaves no package behind.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import tempfile
 import time
@@ -129,7 +130,9 @@ def detect_kind(path: Path) -> str:
     """keras | savedmodel | onnx | mxnet | modelarts, from what is on disk."""
     path = Path(path)
     if path.is_dir():
-        if (path / "config.json").is_file() and (path / "customize_service.py").exists():
+        if (path / "config.json").is_file() and (
+            (path / "customize_service.py").exists() or (path / "saved_model.pb").exists()
+        ):
             return "modelarts"
         if (path / "saved_model.pb").is_file():
             return "savedmodel"
@@ -162,6 +165,10 @@ def open_source(spec: ConvertSpec) -> Source:
         from model_packager.convert.onnx_source import OnnxSource
 
         return OnnxSource(spec.source)
+    if kind == "modelarts":
+        from model_packager.convert.modelarts import ModelArtsSource
+
+        return ModelArtsSource(spec.source)
     if kind == "mxnet":
         from model_packager.convert.mxnet_source import MXNetSource
 
@@ -201,6 +208,8 @@ def _check_processing(spec: ConvertSpec, source: Source) -> None:
     """Refuse a pre/post-processing declaration the agent would refuse at install time."""
     try:
         pre, post = processing.parse(spec.preprocessing, spec.postprocessing)
+        if isinstance(pre, processing.PythonHandler):
+            return
         if pre is not None:
             specs = {s.name: s for s in source.inputs}
             if pre.input not in specs:
@@ -257,6 +266,9 @@ def _convert(
     signing_key: Ed25519PrivateKey | None,
     progress: Progress,
 ) -> ConversionReport:
+    declared = getattr(source, "preprocessing", None)
+    if declared is not None and spec.preprocessing is None:
+        spec = dataclasses.replace(spec, preprocessing=declared)
     _check_processing(spec, source)
     for t in targets:
         if not source.supports(t):

@@ -224,16 +224,12 @@ class SavedModelSource(_TensorFlowSource):
             for i, name in enumerate(self.output_names)
         }
 
-    def _representative(self, calibration: dict[str, np.ndarray]) -> Callable[[], Iterator[Any]]:
-        count = next(iter(calibration.values())).shape[0]
-
-        def gen() -> Iterator[dict[str, np.ndarray]]:
-            for i in range(count):
-                yield {k: v[i : i + 1] for k, v in calibration.items()}
-
-        return gen
-
     def _converter(self, work: Path) -> Any:
-        return self._tf.lite.TFLiteConverter.from_saved_model(
-            str(self.path), signature_keys=[self._signature_key]
+        # Frozen first: from_saved_model keeps resource variables as VAR_HANDLE/READ_VARIABLE ops
+        # for many SavedModels, and LiteRT then computes NaN from never-initialised variables.
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
         )
+
+        frozen = convert_variables_to_constants_v2(self._sig)
+        return self._tf.lite.TFLiteConverter.from_concrete_functions([frozen], self._loaded)

@@ -41,13 +41,13 @@ def class_images(
     rng = np.random.default_rng(seed)
     patterns = np.random.default_rng(1234).uniform(-0.8, 0.8, (classes, size // 16, size // 16, 3))
     labels = rng.integers(0, classes, count)
-    coarse = patterns[labels] + rng.normal(0, 0.35, (count, size // 16, size // 16, 3))
+    coarse = patterns[labels] + rng.normal(0, 0.2, (count, size // 16, size // 16, 3))
     images = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)
     images = images + rng.normal(0, 0.1, images.shape)
     return np.clip(images, -1, 1).astype(np.float32), labels
 
 
-def mobilenet_v2(path: Path, size: int = IMAGE, classes: int = CLASSES, steps: int = 30) -> Path:
+def mobilenet_v2(path: Path, size: int = IMAGE, classes: int = CLASSES, steps: int = 40) -> Path:
     """Keras MobileNetV2 (weights=None) trained briefly on ``class_images``, saved as ``.keras``."""
     tf = _tf()
     tf.keras.utils.set_random_seed(0)
