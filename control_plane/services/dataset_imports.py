@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,7 @@ from control_plane.datasets.formats import ImportFormat, ImportItem, ItemAnnotat
 from control_plane.datasets.images import probe
 from control_plane.datasets.sources import FolderSource, Source, ZipSource
 from control_plane.db.dataset_models import Annotation, Dataset, Label, Sample
+from control_plane.db.models import utcnow
 from control_plane.errors import (
     Conflict,
     InvalidRequest,
@@ -234,7 +235,7 @@ class ImportService:
                     annotations=anns,
                 )
                 pending.append(_Pending(item.name, sample, new_object))
-            self.session.add_all(p.sample for p in pending)
+            self._insert(pending)
             self.session.commit()
         except BaseException as exc:
             self.session.rollback()
@@ -255,6 +256,52 @@ class ImportService:
             len(report.errors),
         )
         return report.public()
+
+    def _insert(self, pending: list[_Pending]) -> None:
+        """Rows of the whole import as two bulk INSERTs (samples, then annotations).
+
+        The ORM unit of work costs milliseconds per object at 10,000 samples; bulk statements
+        keep the database share of an import small next to reading and hashing the files.
+        """
+        self.session.flush()  # labels added by this import get their ids
+        if not pending:
+            return
+        cols = (
+            "dataset_id",
+            "digest",
+            "source_name",
+            "media_type",
+            "size",
+            "width",
+            "height",
+            "split",
+        )
+        rows = [{c: getattr(p.sample, c) for c in cols} for p in pending]
+        ids = dict(
+            (digest, sid)
+            for sid, digest in self.session.execute(
+                insert(Sample).returning(Sample.id, Sample.digest), rows
+            )
+        )
+        now = utcnow()
+        ann_rows = [
+            {
+                "sample_id": ids[p.sample.digest],
+                "label_id": a.label.id,
+                "x": a.x,
+                "y": a.y,
+                "w": a.w,
+                "h": a.h,
+                "source": a.source,
+                "creator": a.creator,
+                "confidence": a.confidence,
+                "created_at": now,
+            }
+            for p in pending
+            for a in p.sample.annotations
+        ]
+        if ann_rows:
+            self.session.execute(insert(Annotation), ann_rows)
 
     def _annotations(
         self,
@@ -304,6 +351,7 @@ class ImportService:
         for name in missing:
             check_label_name(name)
             label = Label(name=name, dataset=dataset)
+            self.session.add(label)
             labels[name] = label
             report.labels_added.append(name)
         seen: set[str] = set()
