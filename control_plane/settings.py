@@ -124,6 +124,37 @@ class Settings(BaseSettings):
         128, ge=16, le=1024, description="Longest side of sample thumbnails, in pixels."
     )
 
+    training_dir: Path | None = Field(
+        None,
+        description="Folder of training job work folders, uploaded training code and model "
+        "conversions. Default: <data_dir>/training.",
+    )
+    training_max_concurrent: int = Field(
+        1, ge=1, description="Training jobs running at once; more wait in the queued state."
+    )
+    training_timeout_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="Default wall-clock limit of a training job (a job may ask for less or more).",
+    )
+    mxnet_python: Path | None = Field(
+        None,
+        description="Python of the MXNet environment that MXNet training jobs and conversions "
+        "run on. Default: <repo>/.venv-mxnet/bin/python (made by scripts/setup-mxnet).",
+    )
+    tensorboard_idle_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A visualization job (TensorBoard server) with no API access and no open "
+        "connection for this long is stopped.",
+    )
+    signing_key: Path | None = Field(
+        None,
+        description="Ed25519 private key (PEM) the model registry signs packages with; its public "
+        "key is trusted by the control plane. Default: <data_dir>/keys/signing.key, generated "
+        "on first use in dev mode only.",
+    )
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
         if self.dev_mode:
@@ -151,3 +182,7 @@ class Settings(BaseSettings):
     @property
     def resolved_dataset_dir(self) -> Path:
         return self.dataset_dir or self.data_dir / "datasets"
+
+    @property
+    def resolved_training_dir(self) -> Path:
+        return self.training_dir or self.data_dir / "training"

@@ -21,13 +21,17 @@ from control_plane.api.routes import (
     deployments,
     devices,
     health,
+    models,
     packages,
+    training_jobs,
+    visualizations,
 )
 from control_plane.context import AppContext
 from control_plane.db.engine import upgrade
 from control_plane.fleet.embedded_broker import EmbeddedBroker
 from control_plane.fleet.service import FleetService
 from control_plane.settings import Settings
+from control_plane.training.runtime import TrainingRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +53,12 @@ def create_app(settings: Settings) -> FastAPI:
         ctx.registry_changed()
         fleet.start()
         app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
+        # Training: marks jobs orphaned by an earlier run failed, then runs the queue.
+        app.state.training = TrainingRuntime.start(ctx)
         try:
             yield
         finally:
+            app.state.training.stop()
             fleet.stop()
             if broker is not None:
                 broker.stop()
@@ -71,5 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(deployments.router)
     api.include_router(datasets.router)
     api.include_router(dataset_versions.router)
+    api.include_router(training_jobs.router)
+    api.include_router(visualizations.router)
+    api.include_router(models.router)
     app.include_router(api)
     return app

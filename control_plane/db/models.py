@@ -126,3 +126,6 @@ class TelemetryRecord(Base):
 
 # Dataset tables live in their own module; imported here so Base.metadata holds every table.
 from control_plane.db import dataset_models as _dataset_models  # noqa: E402, F401
+
+# Training jobs and model versions live in their own module too.
+from control_plane.db import training_models as _training_models  # noqa: E402, F401

@@ -1,0 +1,37 @@
+"""The registry's signing key.
+
+The control plane signs the packages it converts, so the key must exist before the first
+registration. ``signing_key`` names it; without it the default path under ``data_dir`` is used, and
+in dev mode a missing key is generated there (production refuses, like default secrets: a key that
+appears by itself on a server is one nobody has backed up or put on the devices). The public key is
+added to the control plane's trust store, so registered packages pass the same verification as
+uploads and are handed to devices in their config bundle.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from control_plane.context import AppContext
+from control_plane.errors import InvalidRequest
+from model_packager.signing import generate_keypair, key_id, load_private_key
+
+logger = logging.getLogger(__name__)
+
+
+def signing_key_path(ctx: AppContext) -> Path:
+    """The private key file, generated in dev mode when missing; its public key becomes trusted."""
+    settings = ctx.settings
+    path = settings.signing_key or settings.data_dir / "keys" / "signing.key"
+    if not path.is_file():
+        if not settings.dev_mode:
+            raise InvalidRequest(
+                f"no signing key at {path}: set CONTROL_PLANE_SIGNING_KEY to an Ed25519 private "
+                "key (model-packager keygen) so the registry can sign packages"
+            )
+        kid = generate_keypair(path, path.with_suffix(".pub"))
+        logger.warning("dev mode: generated registry signing key %s (%s)", path, kid)
+    public = load_private_key(path).public_key()
+    ctx.trust.keys.setdefault(key_id(public), public)
+    return path

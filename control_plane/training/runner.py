@@ -1,0 +1,397 @@
+"""The job runner: training jobs as worker processes of the control plane.
+
+One supervisor thread owns every job process. It wakes on a short tick (or when told that a job
+was queued or canceled) and, under one lock:
+
+1. reaps finished processes (``os.wait4``, which also gives the job's peak memory and CPU time),
+   ends those past their deadline, and records exit status, metrics and the log tail;
+2. starts queued jobs, oldest first, while fewer than ``training_max_concurrent`` run.
+
+Each job runs in its own session (``start_new_session``), so it is the leader of a new process
+group: cancel, timeout and shutdown send SIGTERM to the whole group, wait a grace period, then
+SIGKILL the group, which reaches the data loaders and helper processes a script may start; no
+orphan survives. (A process that deliberately starts its own session escapes, as with any
+process-group based supervisor; containers or cgroups are the remedy, not this module.)
+
+Work folder of a job (``<training_dir>/jobs/<id>/``): ``code/`` (a copy of the uploaded code, the
+script's working directory), ``output/`` (``--train_url``: model, ``metrics.json``,
+``tensorboard/``) and ``job.log`` (stdout and stderr together, unbuffered, followable live).
+
+A control plane that restarts finds jobs still marked running: their supervisor is gone, so it
+ends any process that is still there (identified by the job id in its environment, never by a
+bare pid that may have been reused) and marks the job failed. Queued jobs simply run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import Popen
+from typing import Any
+
+from sqlalchemy import select
+
+import control_plane
+from control_plane.context import AppContext
+from control_plane.db.models import utcnow
+from control_plane.db.training_models import TrainingJob
+from control_plane.training import sdk
+from control_plane.training.algorithms import BUILTIN
+from control_plane.training.sdk import edge_training
+
+logger = logging.getLogger(__name__)
+
+ENV_MARKER = "EDGE_TRAINING_JOB_ID"
+LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 8192
+SDK_DIR = Path(sdk.__file__).parent
+REPO_ROOT = Path(control_plane.__file__).resolve().parents[1]
+FINAL_STATES = ("succeeded", "failed", "canceled")
+
+
+def default_mxnet_python() -> Path:
+    env = os.environ.get("EDGE_MXNET_PYTHON")
+    return Path(env) if env else REPO_ROOT / ".venv-mxnet" / "bin" / "python"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``lines`` lines of a log (at most ``limit`` bytes)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _last_error_line(tail: str) -> str:
+    for line in reversed(tail.splitlines()):
+        if line.strip():
+            return line.strip()[:500]
+    return ""
+
+
+def hyperparameter_args(hp: dict[str, Any]) -> list[str]:
+    out = []
+    for k, v in sorted(hp.items()):
+        value = ("true" if v else "false") if isinstance(v, bool) else str(v)
+        out.append(f"--{k}={value}")
+    return out
+
+
+def kill_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _marked(pid: int, job_id: str) -> bool:
+    """Whether process ``pid`` is this job's (its environment carries the job id)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{ENV_MARKER}={job_id}".encode() in environ.split(b"\0")
+
+
+@dataclass
+class _Running:
+    job_id: str
+    proc: Popen[bytes]
+    deadline: float
+    work: Path
+    # None, or why the runner is ending it: (final state, reason).
+    ending: tuple[str, str] | None = None
+
+
+class JobRunner:
+    def __init__(self, ctx: AppContext, tick_s: float = 0.5, grace_s: float = 5.0) -> None:
+        self.ctx = ctx
+        self.root = ctx.settings.resolved_training_dir
+        self.tick_s = tick_s
+        self.grace_s = grace_s
+        self.lock = threading.RLock()
+        self._running: dict[str, _Running] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- folders -----------------------------------------------------------------------------
+
+    def work_dir(self, job_id: str) -> Path:
+        return self.root / "jobs" / job_id
+
+    def code_dir(self, code_id: str) -> Path:
+        return self.root / "code" / code_id
+
+    def log_path(self, job_id: str) -> Path:
+        return self.work_dir(job_id) / "job.log"
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.work_dir(job_id) / "output"
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.recover()
+        self._thread = threading.Thread(target=self._loop, name="training-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End every running job (marked failed: the control plane stopped) and the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self.lock:
+            for run in list(self._running.values()):
+                run.ending = ("failed", "the control plane stopped while the job ran")
+                self._end(run)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def recover(self) -> None:
+        """Jobs left running by an earlier control plane: end their processes, mark them failed."""
+        with self.ctx.sessions() as session:
+            jobs = session.scalars(select(TrainingJob).where(TrainingJob.state == "running")).all()
+            for job in jobs:
+                if job.pid and _marked(job.pid, job.id):
+                    logger.warning("ending orphaned process group %d of job %s", job.pid, job.id)
+                    kill_group(job.pid, signal.SIGKILL)
+                job.state = "failed"
+                job.failure_reason = "the control plane restarted while the job ran (orphaned)"
+                job.log_tail = log_tail(self.log_path(job.id))
+                job.finished_at = utcnow()
+                job.pid = None
+                logger.warning("job %s was orphaned by a restart: marked failed", job.id)
+            session.commit()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("training runner tick failed")
+            self._wake.wait(self.tick_s)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            for run in list(self._running.values()):
+                if run.ending is None and now > run.deadline:
+                    timeout = self._job_timeout(run.job_id)
+                    run.ending = ("failed", f"timed out after {timeout:g}s")
+                if run.ending is not None:
+                    self._end(run)
+                else:
+                    self._reap(run)
+            if self._stop.is_set():
+                return
+            free = self.ctx.settings.training_max_concurrent - len(self._running)
+            if free > 0:
+                with self.ctx.sessions() as session:
+                    queued = session.scalars(
+                        select(TrainingJob.id)
+                        .where(TrainingJob.state == "queued")
+                        .order_by(TrainingJob.created_at)
+                        .limit(free)
+                    ).all()
+                for job_id in queued:
+                    self._launch(job_id)
+
+    # --- cancel ------------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a queued or running job; returns its state afterwards. Waits for a running
+        job's process group to be gone (at most the grace period plus a moment)."""
+        with self.lock:
+            run = self._running.get(job_id)
+            if run is not None:
+                run.ending = ("canceled", "canceled by request")
+                self._end(run)
+                return "canceled"
+            with self.ctx.sessions() as session:
+                job = session.get(TrainingJob, job_id)
+                if job is None:
+                    return "missing"
+                if job.state == "queued":
+                    job.state = "canceled"
+                    job.failure_reason = "canceled before it started"
+                    job.finished_at = utcnow()
+                    session.commit()
+                return job.state
+
+    # --- launching ---------------------------------------------------------------------------
+
+    def _job_timeout(self, job_id: str) -> float:
+        with self.ctx.sessions() as session:
+            job = session.get(TrainingJob, job_id)
+            return job.timeout_s if job else 0.0
+
+    def command(self, job: TrainingJob, data_url: str, work: Path) -> tuple[list[str], Path]:
+        """The job's argv and working directory (ModelArts-style arguments)."""
+        out = work / "output"
+        args = [f"--data_url={data_url}", f"--train_url={out}"]
+        args += hyperparameter_args(job.hyperparameters)
+        if job.algorithm in BUILTIN:
+            return [sys.executable, "-m", BUILTIN[job.algorithm].module, *args], work
+        code = work / "code"
+        boot = code / (job.boot_file or "")
+        python = str(sys.executable)
+        if job.framework == "mxnet":
+            python = str(self.ctx.settings.mxnet_python or default_mxnet_python())
+        return [python, str(boot), *args], code
+
+    def environment(self, job: TrainingJob, work: Path) -> dict[str, str]:
+        env = dict(os.environ)
+        paths = [str(SDK_DIR)]
+        if job.framework != "mxnet":
+            # The control plane's own packages (built-ins import control_plane).
+            paths += [str(REPO_ROOT), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env.update(
+            PYTHONUNBUFFERED="1",
+            TF_CPP_MIN_LOG_LEVEL="2",
+            **{
+                ENV_MARKER: job.id,
+                "EDGE_TRAINING_TENSORBOARD_DIR": str(work / "output" / "tensorboard"),
+            },
+        )
+        return env
+
+    def _launch(self, job_id: str) -> None:
+        from control_plane.services.training import data_url_of  # the service knows inputs
+
+        with self.ctx.sessions() as session:
+            job = session.get(TrainingJob, job_id)
+            if job is None or job.state != "queued":
+                return
+            work = self.work_dir(job.id)
+            log = self.log_path(job.id)
+            try:
+                data_url = data_url_of(session, self.ctx, job)
+                work.mkdir(parents=True, exist_ok=True)
+                (work / "output").mkdir(exist_ok=True)
+                if job.code_id:
+                    shutil.rmtree(work / "code", ignore_errors=True)
+                    shutil.copytree(self.code_dir(job.code_id), work / "code")
+                argv, cwd = self.command(job, data_url, work)
+                if job.framework == "mxnet" and not Path(argv[0]).exists():
+                    raise RuntimeError(
+                        f"the MXNet environment is missing ({argv[0]}); create it with "
+                        "scripts/setup-mxnet or set CONTROL_PLANE_MXNET_PYTHON"
+                    )
+                with open(log, "ab") as log_file:
+                    log_file.write(f"$ {' '.join(argv)}\n".encode())
+                    log_file.flush()
+                    proc = Popen(
+                        argv,
+                        cwd=cwd,
+                        env=self.environment(job, work),
+                        stdin=open(os.devnull, "rb"),  # noqa: SIM115 - closed by Popen's child
+                        stdout=log_file,
+                        stderr=log_file,
+                        start_new_session=True,
+                    )
+            except Exception as exc:
+                logger.warning("job %s could not start: %s", job.id, exc)
+                job.state = "failed"
+                job.failure_reason = f"could not start: {exc}"
+                job.finished_at = utcnow()
+                job.log_tail = log_tail(log)
+                session.commit()
+                return
+            job.state = "running"
+            job.pid = proc.pid
+            job.started_at = utcnow()
+            session.commit()
+            self._running[job.id] = _Running(job.id, proc, time.monotonic() + job.timeout_s, work)
+            logger.info("job %s (%s v%d) started: pid %d", job.id, job.name, job.version, proc.pid)
+
+    # --- ending ------------------------------------------------------------------------------
+
+    def _wait(self, run: _Running, block: bool) -> tuple[int, Any] | None:
+        """Reap the job process: ``(exit code, rusage)``, or None while it runs."""
+        if run.proc.returncode is not None:
+            return run.proc.returncode, None
+        try:
+            pid, status, usage = os.wait4(run.proc.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            run.proc.returncode = -1
+            return -1, None
+        if pid == 0:
+            return None
+        code = os.waitstatus_to_exitcode(status)
+        run.proc.returncode = code
+        return code, usage
+
+    def _reap(self, run: _Running) -> None:
+        done = self._wait(run, block=False)
+        if done is not None:
+            # The leader is gone; helpers it left in its group go with it.
+            kill_group(run.proc.pid, signal.SIGKILL)
+            self._finish(run, *done)
+
+    def _end(self, run: _Running) -> None:
+        """Stop the whole process group (TERM, grace, KILL) and record the outcome."""
+        kill_group(run.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        done = self._wait(run, block=False)
+        while done is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            done = self._wait(run, block=False)
+        kill_group(run.proc.pid, signal.SIGKILL)
+        if done is None:
+            done = self._wait(run, block=True)
+        self._finish(run, *done)
+
+    def _finish(self, run: _Running, code: int, usage: Any) -> None:
+        self._running.pop(run.job_id, None)
+        tail = log_tail(run.work / "job.log")
+        metrics = None
+        metrics_file = run.work / "output" / edge_training.METRICS_FILE
+        if metrics_file.is_file():
+            try:
+                metrics = json.loads(metrics_file.read_text())
+            except (OSError, ValueError) as exc:
+                logger.warning("job %s wrote unreadable metrics: %s", run.job_id, exc)
+        if run.ending is not None:
+            state, reason = run.ending
+        elif code == 0:
+            state, reason = "succeeded", ""
+        elif code < 0:
+            state = "failed"
+            reason = f"killed by signal {signal.Signals(-code).name}: {_last_error_line(tail)}"
+        else:
+            state, reason = "failed", f"exit status {code}: {_last_error_line(tail)}"
+        with self.ctx.sessions() as session:
+            job = session.get(TrainingJob, run.job_id)
+            if job is None:
+                return
+            job.state = state
+            job.exit_code = code
+            job.failure_reason = reason
+            job.log_tail = tail
+            job.metrics = metrics
+            job.pid = None
+            job.finished_at = utcnow()
+            if usage is not None:
+                job.peak_rss_bytes = int(usage.ru_maxrss) * 1024
+                job.cpu_seconds = float(usage.ru_utime + usage.ru_stime)
+            session.commit()
+        logger.info("job %s %s (exit %s) %s", run.job_id, state, code, reason)

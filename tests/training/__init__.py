@@ -1,0 +1,1 @@
+"""Training jobs, TensorBoard visualization and the model registry."""
