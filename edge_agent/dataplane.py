@@ -72,6 +72,8 @@ class DataPlane:
         self.max_inflight = max_inflight
         self.inflight = 0
         self.ready = False
+        # The gauge reads the counter when scraped: no lock round trip per request.
+        METRICS.inflight.set_function(lambda: self.inflight)
 
     # health and metadata
     def live(self) -> bool:
@@ -109,19 +111,19 @@ class DataPlane:
         inputs = _validate_inputs(served, request.inputs)
         wanted = _validate_outputs(served, request.outputs)
         self.inflight += 1
-        METRICS.inflight.inc()
         try:
             results = await served.infer(inputs, wanted)
         finally:
             self.inflight -= 1
-            METRICS.inflight.dec()
-        order = wanted or [o.name for o in served.outputs]
-        by_name = {o.name: o for o in served.outputs}
+        if wanted is None:
+            specs = served.outputs
+        else:
+            specs = [s for n in wanted for s in served.outputs if s.name == n]
         return InferenceResponse(
             model_name=served.name,
             model_version=served.version,
             id=request.id,
-            outputs=[OutputTensor(n, by_name[n].datatype, results[n]) for n in order],
+            outputs=[OutputTensor(s.name, s.datatype, results[s.name]) for s in specs],
         )
 
 

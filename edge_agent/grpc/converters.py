@@ -68,54 +68,55 @@ def request_from_proto(req: pb.ModelInferRequest) -> InferenceRequest:
         )
     tensors = []
     for i, t in enumerate(req.inputs):
-        if t.datatype not in _CONTENTS_FIELD and t.datatype != "FP16" and t.datatype != "BF16":
-            raise InvalidInput(f"input {t.name!r} has unknown datatype {t.datatype!r}")
-        if t.datatype == "BF16":
-            raise InvalidInput(f"input {t.name!r}: BF16 is not supported")
+        datatype = t.datatype  # each protobuf field read costs; this is the per-request path
+        if datatype not in _LE and datatype != "BYTES":
+            if datatype == "BF16":
+                raise InvalidInput(f"input {t.name!r}: BF16 is not supported")
+            raise InvalidInput(f"input {t.name!r} has unknown datatype {datatype!r}")
         shape = tuple(t.shape)
-        if any(d < 0 for d in shape):
+        if shape and min(shape) < 0:
             raise InvalidInput(f"input {t.name!r} has a negative dimension in {list(shape)}")
         count = math.prod(shape)
         if raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input {t.name!r} has both raw and typed contents")
             data = raw[i]
-            if t.datatype == "BYTES":
+            if datatype == "BYTES":
                 arr = _decode_bytes_tensor(data, count, t.name)
             else:
-                dtype = _LE[t.datatype]
+                dtype = _LE[datatype]
                 need = count * dtype.itemsize
                 if len(data) != need:
                     raise InvalidInput(
-                        f"input {t.name!r} has {len(data)} bytes; {t.datatype} of shape "
+                        f"input {t.name!r} has {len(data)} bytes; {datatype} of shape "
                         f"{list(shape)} needs {need}"
                     )
                 arr = np.frombuffer(data, dtype=dtype)
         else:
-            field = _CONTENTS_FIELD.get(t.datatype)
+            field = _CONTENTS_FIELD.get(datatype)
             if field is None:
-                raise InvalidInput(f"input {t.name!r}: {t.datatype} must be sent as raw contents")
+                raise InvalidInput(f"input {t.name!r}: {datatype} must be sent as raw contents")
             values = getattr(t.contents, field)
             if len(values) != count:
                 raise InvalidInput(
                     f"input {t.name!r} has {len(values)} {field} values; shape {list(shape)} "
                     f"needs {count}"
                 )
-            if t.datatype == "BYTES":
+            if datatype == "BYTES":
                 arr = np.array(list(values), dtype=np.object_)
             else:
-                dtype = datatype_to_dtype(t.datatype)
+                dtype = datatype_to_dtype(datatype)
                 try:
                     arr = np.asarray(values, dtype=dtype)
                 except OverflowError as exc:
                     raise InvalidInput(
-                        f"input {t.name!r}: value out of range for {t.datatype}"
+                        f"input {t.name!r}: value out of range for {datatype}"
                     ) from exc
-                if t.datatype in ("INT8", "INT16", "UINT8", "UINT16"):
+                if datatype in ("INT8", "INT16", "UINT8", "UINT16"):
                     wide = np.asarray(values, dtype=np.int64)
                     if not np.array_equal(wide, arr.astype(np.int64)):
-                        raise InvalidInput(f"input {t.name!r}: value out of range for {t.datatype}")
-        tensors.append(InputTensor(t.name, t.datatype, shape, arr.reshape(shape)))
+                        raise InvalidInput(f"input {t.name!r}: value out of range for {datatype}")
+        tensors.append(InputTensor(t.name, datatype, shape, arr.reshape(shape)))
     return InferenceRequest(
         model_name=req.model_name,
         model_version=req.model_version,

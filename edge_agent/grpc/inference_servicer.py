@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import grpc
+from prometheus_client import Counter, Histogram
 
 from edge_agent.dataplane import DataPlane
 from edge_agent.errors import AgentError
@@ -18,6 +19,10 @@ from protos.gen import inference_pb2_grpc as pb_grpc
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
+        # Metric children of successful requests per (model, version): ``.labels()`` validates
+        # and looks up its arguments under a lock on every call, a measurable share of a small
+        # model's request. Keys are served versions only, so the dict stays small.
+        self._ok_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -67,6 +72,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             version = request.model_version if known else ""
             METRICS.requests.labels(model, version, code.name).inc()
             await context.abort(code, str(exc))
-        METRICS.latency.labels(result.model_name).observe(time.perf_counter() - t0)
-        METRICS.requests.labels(result.model_name, result.model_version, "OK").inc()
+        key = (result.model_name, result.model_version)
+        children = self._ok_metrics.get(key)
+        if children is None:
+            children = self._ok_metrics[key] = (
+                METRICS.requests.labels(key[0], key[1], "OK"),
+                METRICS.latency.labels(key[0]),
+            )
+        children[1].observe(time.perf_counter() - t0)
+        children[0].inc()
         return response_to_proto(result)

@@ -1,0 +1,193 @@
+"""Load generator of ``scripts/bench-serving``, run as its own process.
+
+``grpc`` mode drives any OIP v2 server with tritonclient's gRPC client: ``--concurrency`` threads,
+each with its own client, send the same request back to back (closed loop). ``raw`` mode is the
+in-process reference: ``--concurrency`` threads call ``session.run`` on one onnxruntime session.
+
+Both run ``--warmup`` seconds unmeasured, then ``--duration`` seconds measured (or until
+``--requests`` completed), and print one JSON object on stdout: count, errors, throughput
+(completions per second in the measured window), latency percentiles in milliseconds (requests
+started in the measured window) and ``total_completed`` (warmup included, for CPU-per-request
+figures). ``--samples-out`` saves every measured latency so runs can be pooled.
+
+This process imports tritonclient, never ``protos.gen.inference_pb2``: both register the protobuf
+package ``inference`` and one process cannot hold the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _shape(text: str) -> list[int]:
+    return [int(d) for d in text.split(",")]
+
+
+def _percentile(sorted_ms: list[float], q: float) -> float:
+    if not sorted_ms:
+        return float("nan")
+    k = min(len(sorted_ms) - 1, max(0, round(q / 100.0 * (len(sorted_ms) - 1))))
+    return sorted_ms[k]
+
+
+def _run_threads(
+    make_call: Callable[[int], Callable[[], None]],
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    max_requests: int,
+) -> dict:
+    """Run ``concurrency`` closed-loop workers; each gets its own call from ``make_call(i)``."""
+    calls = [make_call(i) for i in range(concurrency)]  # clients/inputs built before timing
+    for call in calls:  # one call each so connections exist before the clock starts
+        call()
+    barrier = threading.Barrier(concurrency + 1)
+    lat: list[list[float]] = [[] for _ in range(concurrency)]
+    done_in_window = [0] * concurrency
+    done_total = [1] * concurrency  # the connection call above
+    errors = [0] * concurrency
+    first_error: list[str] = []
+    window: dict[str, float] = {}
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        call, my_lat = calls[i], lat[i]
+        barrier.wait()
+        t_measure, t_end = window["measure"], window["end"]
+        perf = time.perf_counter
+        while not stop.is_set():
+            t0 = perf()
+            if t0 >= t_end:
+                break
+            try:
+                call()
+            except Exception as exc:
+                errors[i] += 1
+                if not first_error:
+                    first_error.append(f"{type(exc).__name__}: {exc}")
+                continue
+            t1 = perf()
+            done_total[i] += 1
+            if t0 >= t_measure:
+                my_lat.append((t1 - t0) * 1000.0)
+            if t_measure <= t1 <= t_end:
+                done_in_window[i] += 1
+                if max_requests and sum(done_in_window) >= max_requests:
+                    window["end_early"] = t1
+                    stop.set()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    now = time.perf_counter()
+    window["measure"] = now + warmup
+    window["end"] = now + warmup + duration
+    barrier.wait()
+    for t in threads:
+        t.join()
+    end = window.get("end_early", window["end"])
+    measured = max(end - window["measure"], 1e-9)
+    all_ms = sorted(x for per in lat for x in per)
+    count = sum(done_in_window)
+    return {
+        "concurrency": concurrency,
+        "count": count,
+        "total_completed": sum(done_total),
+        "errors": sum(errors),
+        "first_error": first_error[0] if first_error else "",
+        "seconds": measured,
+        "throughput": count / measured,
+        "p50_ms": _percentile(all_ms, 50),
+        "p90_ms": _percentile(all_ms, 90),
+        "p99_ms": _percentile(all_ms, 99),
+        "mean_ms": sum(all_ms) / len(all_ms) if all_ms else float("nan"),
+        "latencies_ms": all_ms,
+    }
+
+
+def run_grpc(args: argparse.Namespace) -> dict:
+    import tritonclient.grpc as grpcclient
+
+    shape = _shape(args.shape)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out_shape: list[tuple[int, ...]] = []
+
+    def make_call(i: int) -> Callable[[], None]:
+        client = grpcclient.InferenceServerClient(args.url)
+        inp = grpcclient.InferInput(args.input_name, shape, "FP32")
+        inp.set_data_from_numpy(x)
+        inputs = [inp]
+        model = args.model
+
+        def call() -> None:
+            result = client.infer(model, inputs, client_timeout=args.timeout)
+            if not out_shape:  # check once that a real tensor comes back
+                out = result.as_numpy(args.output_name)
+                if out is None:
+                    raise RuntimeError(f"response has no output {args.output_name!r}")
+                out_shape.append(out.shape)
+
+        return call
+
+    res = _run_threads(make_call, args.concurrency, args.warmup, args.duration, args.requests)
+    res["output_shape"] = list(out_shape[0]) if out_shape else None
+    return res
+
+
+def run_raw(args: argparse.Namespace) -> dict:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = args.intra_op_threads
+    so.inter_op_num_threads = args.inter_op_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    session = ort.InferenceSession(args.model_path, so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal(_shape(args.shape)).astype(np.float32)
+    feeds = {args.input_name: x}
+
+    def make_call(i: int) -> Callable[[], None]:
+        def call() -> None:
+            session.run(None, feeds)
+
+        return call
+
+    return _run_threads(make_call, args.concurrency, args.warmup, args.duration, args.requests)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="bench-serving load generator")
+    p.add_argument("mode", choices=["grpc", "raw"])
+    p.add_argument("--url", help="host:port (grpc mode)")
+    p.add_argument("--model", help="model name (grpc mode)")
+    p.add_argument("--model-path", help="ONNX file (raw mode)")
+    p.add_argument("--input-name", default="input")
+    p.add_argument("--output-name", default="logits")
+    p.add_argument("--shape", required=True, help="input shape, e.g. 1,784")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--requests", type=int, default=0, help="stop after this many (0 = duration)")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--intra-op-threads", type=int, default=1)
+    p.add_argument("--inter-op-threads", type=int, default=1)
+    p.add_argument("--samples-out", help="write every measured latency (ms, float64) here as .npy")
+    args = p.parse_args()
+    res = run_grpc(args) if args.mode == "grpc" else run_raw(args)
+    samples = res.pop("latencies_ms")
+    if args.samples_out:
+        np.save(args.samples_out, np.asarray(samples, dtype=np.float64))
+    json.dump(res, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
