@@ -35,6 +35,7 @@ BUILTIN: dict[str, Algorithm] = {
                 "batch_size": 32,
                 "learning_rate": 0.002,
                 "color": "auto",
+                "augment_shift": 0.1,
                 "seed": 0,
             },
         ),
