@@ -36,6 +36,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -132,6 +134,7 @@ class Server:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.ports: dict[str, Any] = {}
         self.log_path = workdir / f"{name}.log"
 
     def start(self, timeout: float = 120.0) -> Server:
@@ -141,7 +144,8 @@ class Server:
                 self.cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env
             )
         try:
-            self.port = int(wait_port_file(self.port_file, self.proc, self.name, timeout)["grpc"])
+            self.ports = wait_port_file(self.port_file, self.proc, self.name, timeout)
+            self.port = int(self.ports["grpc"])
         except Exception:
             log(f"{self.name} failed; log tail:\n{self.log_tail()}")
             self.stop()
@@ -171,6 +175,23 @@ class Server:
         assert self.proc is not None
         info = psutil.Process(self.proc.pid).memory_full_info()
         return {k: getattr(info, k) / 2**20 for k in ("rss", "uss", "pss")}
+
+    def batches(self, model: str) -> tuple[float, float] | None:
+        """(batches run, rows) of ``model`` from the agent's Prometheus endpoint."""
+        port = self.ports.get("metrics")
+        if not port:
+            return None
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        found = {}
+        for line in text.splitlines():
+            for kind in ("count", "sum"):
+                if line.startswith(f'edge_agent_batch_rows_{kind}{{model="{model}"}}'):
+                    found[kind] = float(line.split()[-1])
+        return (found.get("count", 0.0), found.get("sum", 0.0))
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -402,6 +423,9 @@ class Bench:
                 # Alternate the order so no configuration always runs first or last.
                 for v in variants if r % 2 == 0 else reversed(variants):
                     self.measure(m, v, per_round)
+            for label, server in agents:
+                if "batching" in label and (b := server.batches(m.key)) is not None:
+                    self.extra.setdefault("batches", {})[label] = b
             for label, server in agents if m.key == "mlp" else []:
                 if label == "agent":
                     mem = server.memory_mb()
@@ -510,9 +534,20 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
     )
     if a.agent_option:
         print(f"  agent options: {', '.join(a.agent_option)}")
+    print(
+        f"  {batched_label(a)}: models.mlp.max_batch_size={a.max_batch_size}, "
+        f"max_queue_delay_ms={a.max_queue_delay_ms:g}; plain 'agent' rows run unbatched"
+    )
     for k in ("mlp_placement", "mlp-batched_placement", "cnn_placement"):
         if k in extra:
             print(f"  agent {k.replace('_placement', '')}: {extra[k]}")
+    for label, (count, batched_rows) in extra.get("batches", {}).items():
+        what = (
+            f"{count:.0f} batches, {batched_rows / count:.2f} rows each"
+            if count
+            else "no batch ran"
+        )
+        print(f"  {label}: {what} (edge_agent_batch_rows)")
     if "machine_busy_pct" in extra:
         busy = extra["machine_busy_pct"]
         warn = "  << other load: figures are noisy" if busy > 20 else ""
@@ -685,7 +720,13 @@ def main(argv: list[str] | None = None) -> int:
         help="extra agent setting (YAML value), e.g. inline_threshold_ms=0; repeatable",
     )
     p.add_argument("--max-batch-size", type=int, default=16, help="MLP batching run")
-    p.add_argument("--max-queue-delay-ms", type=float, default=0.0, help="MLP batching run")
+    p.add_argument(
+        "--max-queue-delay-ms",
+        type=float,
+        default=0.5,
+        help="MLP batching run (default 0.5; with 0 the agent does not batch a model that runs on "
+        "its event loop, as the MLP does)",
+    )
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     p.add_argument("--startup-trials", type=int, default=3)
     p.add_argument("--models-dir", type=Path, default=REPO / "tests" / ".models")
@@ -740,6 +781,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         main()
-    except Exception as exc:  # a benchmark reports, it does not fail the caller
-        print(f"bench-serving: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except Exception:  # a benchmark reports, it does not fail the caller
+        traceback.print_exc()
     sys.exit(0)

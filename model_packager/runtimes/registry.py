@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 from model_packager.errors import RuntimeUnavailable
 from model_packager.runtimes.base import Runtime
 from model_packager.runtimes.onnx import OnnxRuntime
@@ -24,24 +26,24 @@ def runtime_names() -> list[str]:
     return list(_RUNTIMES)
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def available_runtimes() -> list[str]:
-    """Runtimes whose library imports on this machine."""
+    """Runtimes whose library is installed on this machine.
+
+    Found, not imported: importing LiteRT alone adds ~8 MB to a process that only serves ONNX
+    (the agent calls this at start and when ranking variants). A library that is present but
+    fails to import makes its runtime's ``load`` raise ``RuntimeUnavailable``, and the loader
+    moves on to the next variant.
+    """
     found = []
-    try:
-        import onnxruntime  # noqa: F401
-
+    if _installed("onnxruntime"):
         found.append("onnx")
-    except ImportError:
-        pass
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-
+    if _installed("ai_edge_litert.interpreter") or _installed("tflite_runtime.interpreter"):
         found.append("tflite")
-    except ImportError:
-        try:
-            import tflite_runtime.interpreter  # type: ignore[import-not-found]  # noqa: F401
-
-            found.append("tflite")
-        except ImportError:
-            pass
     return found
