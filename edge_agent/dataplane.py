@@ -7,6 +7,7 @@ and it bounds the number of requests in flight so overload turns into a fast
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
 from edge_agent.metrics import METRICS
+from edge_agent.python_handlers import RESPONSE_OUTPUT
 from edge_agent.repository import ModelRepository
 from edge_agent.serving import ServedModel
 from model_packager.processing import ProcessingError
@@ -108,6 +110,8 @@ class DataPlane:
         if self.inflight >= self.max_inflight:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
         served = self.repo.get(request.model_name, request.model_version)
+        if served.hooks is not None and not _is_tensor_request(served, request.inputs):
+            return await self._infer_with_hooks(served, request)
         inputs = _validate_inputs(served, request.inputs)
         wanted = _validate_outputs(served, request.outputs)
         self.inflight += 1
@@ -125,6 +129,54 @@ class DataPlane:
             id=request.id,
             outputs=[OutputTensor(s.name, s.datatype, results[s.name]) for s in specs],
         )
+
+    async def _infer_with_hooks(
+        self, served: ServedModel, request: InferenceRequest
+    ) -> InferenceResponse:
+        """Files or JSON -> ``_preprocess`` -> model -> ``_postprocess`` -> JSON ``response``.
+
+        Both hooks run in the inference thread pool: they are arbitrary Python (image decoding,
+        loops over lists) and must not stall the event loop that serves every other model.
+        """
+        hooks = served.hooks
+        assert hooks is not None
+        if request.outputs and request.outputs != [RESPONSE_OUTPUT]:
+            raise InvalidInput(
+                f"model {served.name!r} answers file and JSON requests with one output, "
+                f"{RESPONSE_OUTPUT!r}"
+            )
+        data = hooks.request_data(request.inputs)
+        loop = asyncio.get_running_loop()
+        self.inflight += 1
+        try:
+            arrays = await loop.run_in_executor(served.executor, hooks.preprocess, data)
+            specs = served.input_by_name  # unknown names: _validate_inputs names the real ones
+            tensors = [
+                InputTensor(n, specs[n].datatype if n in specs else "", a.shape, a)
+                for n, a in arrays.items()
+            ]
+            try:
+                inputs = _validate_inputs(served, tensors)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{hooks.module} _preprocess returned: {exc}") from exc
+            results = await served.infer(inputs, None)
+            body = await loop.run_in_executor(served.executor, hooks.postprocess, results)
+        finally:
+            self.inflight -= 1
+        return InferenceResponse(
+            model_name=served.name,
+            model_version=served.version,
+            id=request.id,
+            outputs=[OutputTensor(RESPONSE_OUTPUT, "BYTES", np.array([body], dtype=np.object_))],
+        )
+
+
+def _is_tensor_request(served: ServedModel, tensors: list[InputTensor]) -> bool:
+    """Whether a request sends the model's own tensors (names and datatypes), bypassing hooks."""
+    specs = served.input_by_name
+    return bool(tensors) and all(
+        t.name in specs and t.datatype == specs[t.name].datatype for t in tensors
+    )
 
 
 def _validate_inputs(served: ServedModel, tensors: list[InputTensor]) -> dict[str, np.ndarray]:

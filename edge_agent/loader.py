@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
+from edge_agent.python_handlers import HandlerLoadError, ModelArtsHooks, load_hooks
 from edge_agent.serving import ServedModel, measure_latency_ms
 from model_packager import golden, processing
 from model_packager.errors import PackageError
@@ -37,14 +38,20 @@ def read_manifest(package_dir: Path) -> Manifest:
         raise InstallFailed("load", f"cannot read manifest in {package_dir.name}: {exc}") from exc
 
 
-def _admit_python_handler(package_dir: Path, manifest: Manifest, settings: AgentSettings) -> None:
-    """Python hooks are arbitrary code: only from signed packages, only when the settings say so."""
+def _admit_python_handler(
+    package_dir: Path, manifest: Manifest, settings: AgentSettings
+) -> ModelArtsHooks | None:
+    """Python hooks are arbitrary code: only from signed packages, only when the settings say so.
+
+    An admitted handler is imported here, at install, so a handler that does not import (a missing
+    dependency, a syntax error) refuses the install with its reason instead of failing requests.
+    """
     try:
         handler = processing.python_handler(manifest.preprocessing)
     except ValueError as exc:
         raise InstallFailed("load", f"invalid Python handler declaration: {exc}") from exc
     if handler is None:
-        return
+        return None
     if not settings.allow_python_handlers:
         raise InstallFailed(
             "load",
@@ -53,6 +60,12 @@ def _admit_python_handler(package_dir: Path, manifest: Manifest, settings: Agent
         )
     if not (package_dir / SIGNATURE_NAME).is_file():
         raise InstallFailed("load", "Python handlers run only from signed packages")
+    try:
+        return load_hooks(
+            handler, manifest.name, manifest.version, package_dir, manifest.input_specs()
+        )
+    except HandlerLoadError as exc:
+        raise InstallFailed("load", str(exc)) from exc
 
 
 def load_served_model(
@@ -64,7 +77,7 @@ def load_served_model(
 ) -> ServedModel:
     """Load the best variant that passes its golden vectors, or raise ``InstallFailed``."""
     manifest = read_manifest(package_dir)
-    _admit_python_handler(package_dir, manifest, settings)
+    hooks = _admit_python_handler(package_dir, manifest, settings)
     options = RuntimeOptions(settings.intra_op_threads, settings.inter_op_threads)
     try:
         candidates = rank_variants(manifest, settings.variant_preference)
@@ -113,6 +126,7 @@ def load_served_model(
             inline=inline,
             executor=executor,
             settings=settings.for_model(manifest.name),
+            hooks=hooks,
         )
     step = "self_test" if failures and all("golden" in f for f in failures) else "load"
     raise InstallFailed(step, "no variant could serve: " + "; ".join(failures))

@@ -17,6 +17,7 @@ from edge_agent.batching import DynamicBatcher, Tensors
 from edge_agent.config import ModelSettings
 from edge_agent.errors import InferenceFailed, InstallFailed
 from edge_agent.metrics import METRICS
+from edge_agent.python_handlers import ModelArtsHooks
 from model_packager import processing
 from model_packager.errors import PackageError
 from model_packager.manifest import Manifest
@@ -36,6 +37,8 @@ class ServedModel:
     inline: bool
     executor: Executor
     settings: ModelSettings
+    # The package's ModelArts hooks, when it carries them and the loader admitted them.
+    hooks: ModelArtsHooks | None = None
     batcher: DynamicBatcher | None = field(default=None, init=False)
     preprocessing: processing.Preprocessing | None = field(default=None, init=False)
     postprocessing: processing.Postprocessing | None = field(default=None, init=False)
@@ -86,8 +89,8 @@ class ServedModel:
         try:
             pre, post = processing.parse(self.manifest.preprocessing, self.manifest.postprocessing)
             if isinstance(pre, processing.PythonHandler):
-                # Admitted by the loader (signed package, allow_python_handlers); requests that
-                # send the model's own tensors are served as usual.
+                # Admitted and loaded by the loader (``hooks``); requests that send the model's
+                # own tensors bypass them and are served as usual.
                 self.python_handler = pre
                 return
             specs = {s.name: s for s in self.inputs}
