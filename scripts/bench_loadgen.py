@@ -4,7 +4,10 @@
 each with its own client, send the same request back to back (closed loop). ``raw`` mode is the
 in-process reference: ``--concurrency`` threads call ``session.run`` on one onnxruntime session.
 
-Both run ``--warmup`` seconds unmeasured, then ``--duration`` seconds measured (or until
+Clients (or the session) are created once. With ``--serve`` the process stays up and runs one
+window per JSON line on stdin, so an orchestrator can interleave short windows of several
+configurations without paying process start-up each time. A window runs ``--warmup`` seconds
+unmeasured, then ``--duration`` seconds measured (or until
 ``--requests`` completed), and print one JSON object on stdout: count, errors, throughput
 (completions per second in the measured window), latency percentiles in milliseconds (requests
 started in the measured window) and ``total_completed`` (warmup included, for CPU-per-request
@@ -25,6 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+Call = Callable[[], None]
+
 
 def _shape(text: str) -> list[int]:
     return [int(d) for d in text.split(",")]
@@ -37,21 +42,21 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[k]
 
 
-def _run_threads(
-    make_call: Callable[[int], Callable[[], None]],
-    concurrency: int,
-    warmup: float,
-    duration: float,
-    max_requests: int,
-) -> dict:
-    """Run ``concurrency`` closed-loop workers; each gets its own call from ``make_call(i)``."""
-    calls = [make_call(i) for i in range(concurrency)]  # clients/inputs built before timing
-    for call in calls:  # one call each so connections exist before the clock starts
+def _make_calls(make_call: Callable[[int], Callable[[], None]], concurrency: int) -> list[Call]:
+    """One call per worker (own client and input), each made once so connections exist."""
+    calls = [make_call(i) for i in range(concurrency)]
+    for call in calls:
         call()
+    return calls
+
+
+def _run_window(calls: list[Call], warmup: float, duration: float, max_requests: int) -> dict:
+    """Run one closed-loop worker thread per call: ``warmup`` s unmeasured, then the window."""
+    concurrency = len(calls)
     barrier = threading.Barrier(concurrency + 1)
     lat: list[list[float]] = [[] for _ in range(concurrency)]
     done_in_window = [0] * concurrency
-    done_total = [1] * concurrency  # the connection call above
+    done_total = [0] * concurrency
     errors = [0] * concurrency
     first_error: list[str] = []
     window: dict[str, float] = {}
@@ -112,7 +117,7 @@ def _run_threads(
     }
 
 
-def run_grpc(args: argparse.Namespace) -> dict:
+def grpc_calls(args: argparse.Namespace) -> list[Call]:
     import tritonclient.grpc as grpcclient
 
     shape = _shape(args.shape)
@@ -136,12 +141,12 @@ def run_grpc(args: argparse.Namespace) -> dict:
 
         return call
 
-    res = _run_threads(make_call, args.concurrency, args.warmup, args.duration, args.requests)
-    res["output_shape"] = list(out_shape[0]) if out_shape else None
-    return res
+    calls = _make_calls(make_call, args.concurrency)
+    print(f"output shape {list(out_shape[0])}", file=sys.stderr)
+    return calls
 
 
-def run_raw(args: argparse.Namespace) -> dict:
+def raw_calls(args: argparse.Namespace) -> list[Call]:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -159,7 +164,7 @@ def run_raw(args: argparse.Namespace) -> dict:
 
         return call
 
-    return _run_threads(make_call, args.concurrency, args.warmup, args.duration, args.requests)
+    return _make_calls(make_call, args.concurrency)
 
 
 def main() -> int:
@@ -179,13 +184,32 @@ def main() -> int:
     p.add_argument("--intra-op-threads", type=int, default=1)
     p.add_argument("--inter-op-threads", type=int, default=1)
     p.add_argument("--samples-out", help="write every measured latency (ms, float64) here as .npy")
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="keep clients connected and run one window per stdin line "
+        '{"warmup": s, "duration": s, "samples_out": path}; one JSON result line each',
+    )
     args = p.parse_args()
-    res = run_grpc(args) if args.mode == "grpc" else run_raw(args)
-    samples = res.pop("latencies_ms")
-    if args.samples_out:
-        np.save(args.samples_out, np.asarray(samples, dtype=np.float64))
-    json.dump(res, sys.stdout)
-    sys.stdout.write("\n")
+    calls = grpc_calls(args) if args.mode == "grpc" else raw_calls(args)
+
+    def window(warmup: float, duration: float, samples_out: str | None) -> None:
+        res = _run_window(calls, warmup, duration, args.requests)
+        samples = res.pop("latencies_ms")
+        if samples_out:
+            np.save(samples_out, np.asarray(samples, dtype=np.float64))
+        sys.stdout.write(json.dumps(res) + "\n")
+        sys.stdout.flush()
+
+    if not args.serve:
+        window(args.warmup, args.duration, args.samples_out)
+        return 0
+    sys.stdout.write(json.dumps({"ready": True}) + "\n")
+    sys.stdout.flush()
+    for line in sys.stdin:
+        if line.strip():
+            cmd = json.loads(line)
+            window(cmd["warmup"], cmd["duration"], cmd.get("samples_out"))
     return 0
 
 

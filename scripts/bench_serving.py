@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import select
 import shutil
 import signal
 import socket
@@ -89,6 +90,19 @@ class Row:
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _read_line(proc: subprocess.Popen, timeout: float) -> str:
+    """One line of ``proc``'s stdout, or an error if it exits or stays silent too long."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        code = proc.poll()
+        raise RuntimeError(
+            f"load generator {'exited with ' + str(code) if code is not None else 'timed out'}"
+        )
+    return line
 
 
 def free_port() -> int:
@@ -218,6 +232,23 @@ class Variant:
     total_completed: int = 0
     server_cpu_s: float = 0.0
     samples: list[np.ndarray] = field(default_factory=list)
+    loadgen: subprocess.Popen | None = field(default=None, repr=False)
+    loadgen_log: Any = field(default=None, repr=False)
+
+    def close(self) -> None:
+        if self.loadgen is not None:
+            with contextlib.suppress(OSError):
+                assert self.loadgen.stdin is not None
+                self.loadgen.stdin.close()
+            try:
+                self.loadgen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.loadgen.kill()
+                self.loadgen.wait(5)
+            self.loadgen = None
+        if self.loadgen_log is not None:
+            self.loadgen_log.close()
+            self.loadgen_log = None
 
     def row(self) -> Row:
         lat = np.concatenate(self.samples) if self.samples else np.empty(0)
@@ -252,11 +283,11 @@ class Bench:
         self._samples = 0
 
     # ---------------------------------------------------------------- load generation
-    def measure(self, m: BenchModel, v: Variant, duration: float) -> None:
-        """One loadgen run of ``v`` for ``duration`` measured seconds, pooled into ``v``."""
+    def _loadgen(self, m: BenchModel, v: Variant) -> subprocess.Popen:
+        """The variant's load generator process: clients connected once, one window per round."""
+        if v.loadgen is not None:
+            return v.loadgen
         a = self.args
-        self._samples += 1
-        samples = self.workdir / f"samples-{self._samples}.npy"
         cmd = [PYTHON, str(LOADGEN)]
         shape = ",".join(map(str, m.shape))
         if v.server is None:
@@ -265,24 +296,42 @@ class Bench:
             cmd += ["--inter-op-threads", str(a.inter_op_threads)]
         else:
             cmd += ["grpc", "--url", v.server.url, "--model", m.key, "--shape", shape]
-        cmd += ["--concurrency", str(v.concurrency), "--warmup", str(a.warmup)]
-        cmd += ["--duration", str(duration), "--samples-out", str(samples)]
+        cmd += ["--concurrency", str(v.concurrency), "--serve"]
+        v.loadgen_log = open(self.workdir / f"loadgen-{id(v)}.log", "ab")  # noqa: SIM115
+        v.loadgen = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=v.loadgen_log, text=True
+        )
+        reply = _read_line(v.loadgen, 120.0)
+        if not json.loads(reply).get("ready"):
+            raise RuntimeError(f"load generator did not start: {reply!r}")
+        return v.loadgen
+
+    def measure(self, m: BenchModel, v: Variant, duration: float) -> None:
+        """One measured window of ``v`` (after warmup), pooled into ``v``."""
+        a = self.args
+        self._samples += 1
+        samples = self.workdir / f"samples-{self._samples}.npy"
+        # The first window of a variant warms up longer: caches, allocator, connections.
+        warmup = a.warmup if v.seconds else max(a.warmup, 1.0)
         try:
+            proc = self._loadgen(m, v)
             cpu0 = v.server.cpu_seconds() if v.server is not None else 0.0
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=a.warmup + duration + 120
+            assert proc.stdin is not None
+            proc.stdin.write(
+                json.dumps({"warmup": warmup, "duration": duration, "samples_out": str(samples)})
+                + "\n"
             )
-            if out.returncode != 0:
-                raise RuntimeError(f"load generator exited {out.returncode}: {out.stderr[-1500:]}")
+            proc.stdin.flush()
+            res = json.loads(_read_line(proc, warmup + duration + 120.0))
             if v.server is not None:
                 v.server_cpu_s += v.server.cpu_seconds() - cpu0
-            res = json.loads(out.stdout.strip().splitlines()[-1])
             v.samples.append(np.load(samples))
             samples.unlink()
         except Exception as exc:
             v.errors += 1
             v.first_error = v.first_error or f"run failed: {exc}"
             log(f"  {v.model} {v.label} c={v.concurrency}: FAILED: {exc}")
+            v.close()
             return
         v.count += res["count"]
         v.seconds += res["seconds"]
@@ -417,6 +466,8 @@ class Bench:
             if m.key == "mlp" and agents and agents[0][0] == "agent":
                 self.extra["agent_rss_mb_idle"] = agents[0][1].rss_mb()
 
+            for v in variants:  # load generators stop before the servers do
+                stack.callback(v.close)
             per_round = a.duration / a.rounds
             for r in range(a.rounds):
                 log(f"-- {m.key} round {r + 1}/{a.rounds}")
@@ -529,8 +580,9 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
     workers = a.inference_workers or "agent default (2)"
     print(
         f"  load: tritonclient gRPC from a separate process, 1 thread + 1 client per concurrent "
-        f"request; {a.duration:g}s measured per row in {a.rounds} interleaved round(s), each "
-        f"after {a.warmup:g}s warmup; agent inference_workers={workers}"
+        f"request, clients connected once; {a.duration:g}s measured per row in {a.rounds} "
+        f"window(s) interleaved across rows, each after {a.warmup:g}s warmup (first: >= 1s); "
+        f"agent inference_workers={workers}"
     )
     if a.agent_option:
         print(f"  agent options: {', '.join(a.agent_option)}")
@@ -698,13 +750,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rounds",
         type=int,
-        default=3,
-        help="split each row's duration into this many rounds, interleaved across rows so "
-        "background load hits every configuration alike (default 3)",
+        default=5,
+        help="split each row's duration into this many windows, interleaved across rows so "
+        "background load hits every configuration alike (default 5)",
     )
-    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per round")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=0.25,
+        help="unmeasured seconds before each window (default 0.25; at least 1 s before a row's "
+        "first window)",
+    )
     p.add_argument("--quick", action="store_true", help="1.5 s per row, 1 round, 1 start trial")
     p.add_argument("--skip-cnn", action="store_true", help="only the MLP")
+    p.add_argument("--skip-mlp", action="store_true", help="only the CNN")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     p.add_argument("--mlp-intra-op-threads", type=int, default=1)
     p.add_argument("--cnn-intra-op-threads", type=int, default=2)
@@ -746,9 +805,11 @@ def main(argv: list[str] | None = None) -> int:
     a.rounds = max(1, a.rounds)
 
     ensure_models(a.models_dir, with_cnn=not a.skip_cnn)
-    models = [
-        BenchModel("mlp", a.models_dir / "mlp.onnx", (1, 784), a.mlp_intra_op_threads, (1, 8))
-    ]
+    models = []
+    if not a.skip_mlp:
+        models.append(
+            BenchModel("mlp", a.models_dir / "mlp.onnx", (1, 784), a.mlp_intra_op_threads, (1, 8))
+        )
     if not a.skip_cnn:
         models.append(
             BenchModel(
