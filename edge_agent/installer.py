@@ -17,6 +17,7 @@ import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
@@ -27,7 +28,9 @@ from edge_agent.serving import ServedModel
 from edge_agent.store import CommittedState, ModelEntry, ModelStore
 from model_packager.archive import extract_package, sha256_file, verify_package
 from model_packager.errors import PackageError
-from model_packager.signing import TrustStore
+
+if TYPE_CHECKING:
+    from model_packager.signing import TrustStore
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,23 @@ class Installer:
         self.executor = executor
         self._lock = asyncio.Lock()
         self._crash_at = _crash_point()
-        self.trust = TrustStore.from_paths(settings.trusted_keys)
+        self._trust: TrustStore | None = None
+        missing = [str(p) for p in settings.trusted_keys if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"trusted key path(s) not found: {', '.join(missing)}")
+
+    @property
+    def trust(self) -> TrustStore:
+        """Trusted keys, read at the first install.
+
+        Loading them needs ``cryptography`` (about 10 MB resident); a device restarting into its
+        committed models serves for days without installing anything, so it never pays for it.
+        """
+        if self._trust is None:
+            from model_packager.signing import TrustStore as _TrustStore
+
+            self._trust = _TrustStore.from_paths(self.settings.trusted_keys)
+        return self._trust
 
     def _checkpoint(self, point: str) -> None:
         if self._crash_at == point:

@@ -17,10 +17,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from model_packager.errors import DigestMismatch, InvalidPackage, UnsafeArchive
 from model_packager.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
-from model_packager.signing import TrustStore, verify_manifest
+
+if TYPE_CHECKING:
+    from model_packager.signing import TrustStore
 
 PACKAGE_SUFFIX = ".edgepkg"
 _CHUNK = 1 << 20
@@ -219,6 +222,8 @@ def verify_package(
     path: Path, trust: TrustStore, limits: ArchiveLimits | None = None
 ) -> tuple[PackageReader, str]:
     """Check the signature by a trusted key and every pinned digest; returns reader and key id."""
+    from model_packager.signing import verify_manifest  # cryptography only when verifying
+
     reader = open_package(path, limits)
     kid = verify_manifest(reader.manifest_bytes, reader.signature_bytes, trust)
     try:
