@@ -528,6 +528,15 @@ class Bench:
                         time.sleep(0.005)
                     finally:
                         ch.close()
+                if elapsed is not None:
+                    # Steady state of a device that restarted into its committed model: serve a
+                    # while, then read the memory (no install happened in this process).
+                    ch = grpc.insecure_channel(server.url)
+                    stub = inference_pb2_grpc.GRPCInferenceServiceStub(ch)
+                    for _ in range(500):
+                        stub.ModelInfer(req, timeout=5)
+                    ch.close()
+                    self.extra.setdefault("restart_rss_mb_all", []).append(server.rss_mb())
             except Exception as exc:
                 log(f"startup trial {trial} failed: {exc}")
             finally:
@@ -690,9 +699,14 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
         )
         if "agent_rss_mb_baseline" in extra:
             fig += f"; baseline {extra['agent_rss_mb_baseline']:.1f} MB"
-        target("agent RSS with the MLP loaded", fig, "<= 100 MB", rss <= 100)
+        target("agent RSS with the MLP loaded, after an install", fig, "<= 100 MB", rss <= 100)
     else:
         target("agent RSS with the MLP loaded", "not measured", "<= 100 MB", None)
+    if extra.get("restart_rss_mb_all"):
+        rss_all = extra["restart_rss_mb_all"]
+        rss = statistics.median(rss_all)
+        fig = f"{rss:.1f} MB (median of {', '.join(f'{v:.1f}' for v in rss_all)})"
+        target("agent RSS, restarted into the MLP, 500 served", fig, "<= 100 MB", rss <= 100)
     if "startup_s" in extra:
         all_s = ", ".join(f"{t:.2f}" for t in extra["startup_s_all"])
         fig = f"{extra['startup_s']:.2f} s (median of {all_s})"

@@ -44,6 +44,8 @@ def available_runtimes() -> list[str]:
     found = []
     if _installed("onnxruntime"):
         found.append("onnx")
-    if _installed("ai_edge_litert.interpreter") or _installed("tflite_runtime.interpreter"):
+    # Top-level names only: finding a submodule would import its package (LiteRT loads its
+    # native library in `ai_edge_litert/__init__`).
+    if _installed("ai_edge_litert") or _installed("tflite_runtime"):
         found.append("tflite")
     return found
