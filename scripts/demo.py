@@ -3,7 +3,11 @@
 Steps: generate a small real model (ONNX + TFLite of the same MLP), build a signed two-variant
 package, start an edge agent, install the package over the agent's gRPC API, call it with the
 stock ``tritonclient``, hot-swap to a second version, run a batch job over .npy files, print
-everything, and stop the agent cleanly. Everything lives in ``.demo/`` and nothing is downloaded.
+everything, and stop the agent cleanly. Then the fleet (steps 10-16, ``scripts/demo_fleet.py``):
+``control-plane serve`` with its embedded MQTT broker, a device registered over REST, its agent
+started from the config bundle, the same signed package deployed to it over MQTT, the model called
+on the device, its reported state printed, everything stopped. Everything lives in ``.demo/`` and
+nothing is downloaded; ``--no-fleet`` stops after step 9.
 
 This process talks to the agent only over the network, as a user's application would: it imports
 tritonclient, never the agent's inference code.
@@ -27,6 +31,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from demo_fleet import run_fleet_demo  # noqa: E402
 
 from model_packager.build import ArtifactInput, BuildSpec, build_package  # noqa: E402
 from model_packager.signing import generate_keypair, load_private_key  # noqa: E402
@@ -140,7 +146,9 @@ def infer(client: triton.InferenceServerClient, x: np.ndarray, version: str = ""
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="(kept for compatibility; .demo stays)")
-    parser.parse_args()
+    parser.add_argument("--no-fleet", action="store_true", help="skip the control plane steps")
+    args = parser.parse_args()
+    started = time.monotonic()
     shutil.rmtree(DEMO / "run", ignore_errors=True)
     work = DEMO / "run"
     work.mkdir(parents=True)
@@ -205,7 +213,9 @@ def main() -> int:
         proc.terminate()
         code = proc.wait(20)
         print(f"agent exited with {code}")
-    print("\ndemo finished: everything is in .demo/run")
+    if not args.no_fleet:
+        run_fleet_demo(work / "fleet", v1, trusted, models)
+    print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0
 
 

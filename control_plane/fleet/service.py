@@ -5,10 +5,22 @@ retained reported state and Last-Will status, serves package chunks on request, 
 telemetry. It connects with its own broker identity (``mqtt_username``), which the broker ACL
 allows on the whole ``edge/#`` tree.
 
-Threads: paho's network thread runs the callbacks (status, reported state and telemetry are
-handled inline, each in its own database session); chunk requests go to a bounded queue served by
-one worker thread, so reading package blobs never stalls the network loop. When the queue is full
-a request is dropped and logged; the device asks again after its timeout.
+Threads: paho's network thread runs the callbacks and is the only one that moves bytes to and
+from the broker, so it does as little as it can. Telemetry is stored inline, in its own database
+session, so the broker's PUBACK (and with it the persistent session's copy) goes only after the
+batch is stored. Status and reported state go, in arrival order, to a FIFO served by a "records"
+thread: they are retained, so one not yet stored when the control plane stops is delivered again
+at its next subscribe, and their commits (one per progress report of every device pulling) no
+longer hold up the chunks in flight. Chunk requests go to a bounded queue served by one worker
+thread, so reading package blobs never stalls the network loop. When that queue is full a request
+is dropped and logged; the device asks again after its timeout.
+
+Chunk answers are pipelined: the worker keeps publishing while up to ``UNACKED_CHUNK_BYTES`` of
+chunks wait for the broker's PUBACK, and waits for the oldest only beyond that. Waiting for the
+PUBACK of every request's last chunk instead (one round trip per request of 8 chunks) held paho
+to ~50 MiB/s against a loopback Mosquitto, ~400 MiB/s pipelined; scripts/bench-rollout (20 agents,
+20 MiB) went from ~23 s to ~14 s with this and the records thread. The bound still keeps paho's
+in-memory queue small whatever the number of devices pulling.
 """
 
 from __future__ import annotations
@@ -17,6 +29,8 @@ import contextlib
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,7 +38,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.context import AppContext
-from control_plane.errors import BrokerUnavailable, ControlPlaneError
+from control_plane.errors import ControlPlaneError
 from control_plane.fleet import codec
 from control_plane.services.deployments import DeploymentService
 from control_plane.services.devices import DeviceService
@@ -35,6 +49,13 @@ from protos import fleet_topics as topics
 logger = logging.getLogger(__name__)
 
 QOS = 1
+#: Chunk bytes published but not yet acknowledged by the broker before the worker waits (at least
+#: one chunk is always allowed, whatever the chunk size).
+UNACKED_CHUNK_BYTES = 8 << 20
+#: How long the worker waits for one PUBACK before it stops counting that message.
+PUBACK_TIMEOUT_S = 30.0
+#: Status and reported-state messages waiting to be stored; beyond, the network thread waits.
+RECORD_QUEUE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,6 +82,15 @@ class _ChunkJob:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class _Record:
+    """A status or reported-state message waiting to be stored."""
+
+    device_id: str
+    leaf: str
+    payload: bytes
+
+
 class FleetService:
     def __init__(self, ctx: AppContext, broker_url: str) -> None:
         self.ctx = ctx
@@ -71,6 +101,13 @@ class FleetService:
         self._stopping = threading.Event()
         self._jobs: queue.Queue[_ChunkJob | None] = queue.Queue(self.settings.chunk_queue_size)
         self._worker = threading.Thread(target=self._serve_chunks, name="fleet-chunks", daemon=True)
+        self._records: queue.Queue[_Record | None] = queue.Queue(RECORD_QUEUE_SIZE)
+        self._recorder = threading.Thread(
+            target=self._store_records, name="fleet-records", daemon=True
+        )
+        # Chunk publishes not yet acknowledged, oldest first, with their sizes (worker thread only).
+        self._unacked: deque[tuple[mqtt.MQTTMessageInfo, int]] = deque()
+        self._unacked_bytes = 0
         # A fixed client id with a persistent session: QoS 1 telemetry sent while the control
         # plane is down waits in the broker instead of being lost.
         self.client = mqtt.Client(
@@ -96,6 +133,7 @@ class FleetService:
     def start(self, wait: float = 10.0) -> None:
         """Connect (retrying in the background) and wait up to ``wait`` s for the first CONNACK."""
         self._worker.start()
+        self._recorder.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(wait):
@@ -109,13 +147,32 @@ class FleetService:
         self._stopping.set()
         with contextlib.suppress(queue.Full):  # a full queue: the worker sees _stopping instead
             self._jobs.put_nowait(None)
+        with contextlib.suppress(queue.Full):
+            self._records.put_nowait(None)
         self.client.disconnect()
         self.client.loop_stop()
         self._worker.join(timeout=5)
+        self._recorder.join(timeout=5)
 
     # --- FleetPublisher ---------------------------------------------------------------------
 
     def publish_desired(self, device_ids: list[str]) -> None:
+        """Publish each device's retained desired state; return once the broker holds them.
+
+        Waiting for the PUBACKs (while connected, ``PUBACK_TIMEOUT_S`` at most) means that once
+        a deployment call has returned, a device subscribing finds the new state retained instead
+        of the previous one that the new one is still racing to the broker.
+        """
+        infos = self._publish_desired(device_ids)
+        deadline = time.monotonic() + PUBACK_TIMEOUT_S
+        for info in infos:
+            if not self.connected.is_set():
+                return  # paho resends them on the persistent session
+            with contextlib.suppress(RuntimeError, ValueError):  # never queued: no connection
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+
+    def _publish_desired(self, device_ids: list[str]) -> list[mqtt.MQTTMessageInfo]:
+        infos = []
         with self.ctx.sessions() as session:
             service = DeploymentService(session, self.ctx)
             for device_id in device_ids:
@@ -123,10 +180,12 @@ class FleetService:
                 if view is None:
                     continue
                 topic = topics.device_topic(device_id, topics.DESIRED, self.root)
-                self.client.publish(topic, codec.desired_state_to_proto(view), qos=QOS, retain=True)
+                payload = codec.desired_state_to_proto(view)
+                infos.append(self.client.publish(topic, payload, qos=QOS, retain=True))
                 logger.info(
                     "published desired state of %s (generation %d)", device_id, view.generation
                 )
+        return infos
 
     def forget_device(self, device_id: str) -> None:
         """Clear the retained messages of a deleted device (an empty retained payload)."""
@@ -156,7 +215,7 @@ class FleetService:
         with self.ctx.sessions() as session:
             ids = DeploymentService(session, self.ctx).device_ids_with_desired_state()
         if ids:
-            self.publish_desired(ids)
+            self._publish_desired(ids)  # not waiting: this thread is the one reading PUBACKs
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object
@@ -182,19 +241,38 @@ class FleetService:
             except queue.Full:
                 logger.warning("chunk queue full; dropped a request from %s", device_id)
             return
-        with self.ctx.sessions() as session:
-            if leaf == topics.STATUS:
-                DeviceService(session, self.ctx).record_status(
-                    device_id, codec.status_from_proto(payload)
-                )
-            elif leaf == topics.REPORTED:
-                if payload:  # empty = retained message cleared
-                    DeviceService(session, self.ctx).record_reported(
-                        codec.reported_from_proto(device_id, payload)
-                    )
-            elif leaf == topics.TELEMETRY:
-                records, dropped = codec.telemetry_from_proto(device_id, payload)
+        if leaf in (topics.STATUS, topics.REPORTED):
+            record = _Record(device_id, leaf, payload)
+            while not self._stopping.is_set():
+                try:
+                    self._records.put(record, timeout=0.5)
+                    return
+                except queue.Full:
+                    logger.warning("status/reported queue full; the broker's messages wait")
+            return
+        if leaf == topics.TELEMETRY:
+            records, dropped = codec.telemetry_from_proto(device_id, payload)
+            with self.ctx.sessions() as session:
                 TelemetryService(session, self.ctx).record_batch(device_id, records, dropped)
+
+    # --- status and reported state (records thread) -----------------------------------------
+
+    def _store_records(self) -> None:
+        while (rec := self._records.get()) is not None and not self._stopping.is_set():
+            try:
+                self._store(rec)
+            except ValueError as exc:
+                logger.warning("bad payload on %s/%s: %s", rec.device_id, rec.leaf, exc)
+            except Exception:
+                logger.exception("storing %s of %s failed", rec.leaf, rec.device_id)
+
+    def _store(self, rec: _Record) -> None:
+        with self.ctx.sessions() as session:
+            devices = DeviceService(session, self.ctx)
+            if rec.leaf == topics.STATUS:
+                devices.record_status(rec.device_id, codec.status_from_proto(rec.payload))
+            elif rec.payload:  # reported state; empty = retained message cleared
+                devices.record_reported(codec.reported_from_proto(rec.device_id, rec.payload))
 
     # --- chunk serving (worker thread) ------------------------------------------------------
 
@@ -228,17 +306,39 @@ class FleetService:
                 topic, codec.chunk_error_to_proto(req.package_digest, req.request_id, str(exc)), QOS
             )
             return
-        info = None
         for chunk in chunks:
-            info = self.client.publish(
-                topic, codec.chunk_to_proto(req.package_digest, chunk, count, req.request_id), QOS
-            )
-        # Bound what sits in paho's queue: one request's chunks at a time.
-        if info is not None and self.connected.is_set():
-            try:
-                info.wait_for_publish(timeout=30)
-            except RuntimeError as exc:
-                raise BrokerUnavailable(str(exc)) from exc
+            payload = codec.chunk_to_proto(req.package_digest, chunk, count, req.request_id)
+            self._make_room(len(payload))
+            self._unacked.append((self.client.publish(topic, payload, QOS), len(payload)))
+            self._unacked_bytes += len(payload)
         logger.debug(
             "served %d chunk(s) of %s to %s", len(chunks), req.package_digest, job.device_id
         )
+
+    def _make_room(self, size: int) -> None:
+        """Wait until ``size`` more bytes keep the unacknowledged chunks within the bound.
+
+        Acknowledged messages are forgotten first, then the oldest is waited for. A message is
+        also forgotten without its PUBACK when the connection is down (paho resends it on the
+        persistent session, or the device asks again) or after ``PUBACK_TIMEOUT_S``, so a lost
+        acknowledgement never wedges the worker.
+        """
+        while self._unacked:
+            info, n = self._unacked[0]
+            if not info.is_published():
+                if self._unacked_bytes + size <= UNACKED_CHUNK_BYTES:
+                    return
+                if self.connected.is_set():
+                    self._wait_acked(info)
+            self._unacked.popleft()
+            self._unacked_bytes -= n
+
+    def _wait_acked(self, info: mqtt.MQTTMessageInfo) -> None:
+        deadline = time.monotonic() + PUBACK_TIMEOUT_S
+        while not info.is_published() and time.monotonic() < deadline:
+            if self._stopping.is_set() or not self.connected.is_set():
+                return
+            try:
+                info.wait_for_publish(timeout=0.5)
+            except (RuntimeError, ValueError):
+                return  # it was never queued (no connection): nothing to wait for

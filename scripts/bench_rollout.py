@@ -1,0 +1,1074 @@
+"""Fleet rollout benchmark: a signed package to real agents through a real Mosquitto, against a raw
+MQTT broadcast of the same bytes, and 200 simulated devices reaching a new desired state.
+
+Everything is real and started here, on loopback:
+
+* Mosquitto on a free port, with ``mosquitto.conf``, ``passwd`` and ``acl`` written by
+  ``control_plane.fleet.broker_config`` (the same code as ``control-plane broker-config``);
+* the control plane as a subprocess, ``control-plane serve``, with a SQLite file, connected to
+  that Mosquitto with its own identity, rewriting ``passwd``/``acl`` and HUPing Mosquitto at every
+  registration (as in production);
+* devices registered over the REST API; their config bundles turned into agent configs by
+  ``edge_agent.fleet.bundle.config_from_bundle`` (what ``edge-agent join`` runs).
+
+Part 1, rollout. N agents (default 20) run as full ``edge-agent run`` processes, gRPC on free
+ports, so the whole device path runs as shipped: FleetClient pulls the package in chunks (window
+and request size as configured by default), checks each chunk's sha256 and writes it atomically,
+assembles and checks the whole file, then the Installer verifies the Ed25519 signature and every
+digest, stages, loads the ONNX model in onnxruntime, runs the golden self-test, activates and
+commits. Why processes rather than many FleetClients in fewer processes: a device is one process
+with its own GIL, and the work per device (hashing, writing, loading) is the same either way, so
+20 processes is both the honest picture and the one that lets both cores work; the cost is start-up
+time and about 150 MB of memory per agent, which this machine has. The package is a real ONNX model
+with one ~N MiB initializer (random weights, so nothing compresses), built and signed with
+model_packager. Measured: from the ``POST /deployments`` call to the last of the N devices
+publishing a ReportedState whose ``last_result`` is INSTALLED for that deployment (read on the
+reported-state topic by an observer with the control plane's identity; confirmed on the API
+afterwards).
+
+In the same run, through the same broker, with the agents idle: the package's bytes, cut into
+the control plane's chunk size, are published once with QoS 1 to one topic that N plain paho
+subscribers (N processes) read with QoS 1. Measured: first publish to the last subscriber's last
+message, once just before the rollout and once just after it; the reference is their mean, so a
+machine whose other load changes during the run skews the comparison less (both are printed, with
+what the whole machine was doing in each phase). Target: rollout <= 4x that raw broadcast.
+
+Part 2, scale. M simulated devices (default 200; ``bench_rollout_peers.py sim``, a few processes)
+hold real MQTT sessions with their own registered credentials, report state as the agent does
+(agent codec), and on a new DesiredState report IN_PROGRESS, pull a one-chunk package over the
+chunk protocol (chunk and package digests checked), and report INSTALLED. Measured: from the
+deployment call until the API shows all M targets installed. Target: <= 60 s. The control plane
+process's CPU and memory are sampled with psutil during that window.
+
+The benchmark always exits 0 (it is a benchmark, not a test); the table says PASS or FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+import psutil  # noqa: E402
+import yaml  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from protos import fleet_topics  # noqa: E402
+from protos.gen import fleet_pb2  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
+ROLLOUT_TARGET_RATIO = 4.0
+SIM_TARGET_S = 60.0
+CP_USER = "control-plane"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` (only our own child, by its pid)."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+# --- models and packages ------------------------------------------------------------------------
+
+
+def make_onnx(path: Path, in_dim: int, out_dim: int, seed: int) -> Path:
+    """y = x @ W with a random float32 W of in_dim x out_dim (random: the bytes do not compress)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((in_dim, out_dim), dtype=np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "bench",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_dim])],
+        initializer=[numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def build_signed(model: Path, name: str, version: str, key: Path, out: Path) -> Path:
+    from model_packager.build import ArtifactInput, BuildSpec, build_package
+    from model_packager.signing import load_private_key
+
+    spec = BuildSpec(name=name, version=version, artifacts=[ArtifactInput(path=model)])
+    return build_package(spec, out, load_private_key(key))
+
+
+# --- broker and control plane -------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    work: Path
+    broker_port: int
+    api_port: int
+    api_token: str
+    mqtt_password: str
+    trusted_pub: Path
+    broker: subprocess.Popen[bytes] | None = None
+    cp: subprocess.Popen[bytes] | None = None
+    api: httpx.Client | None = None
+
+    @property
+    def broker_url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.broker_port}"
+
+    def cp_env(self) -> dict[str, str]:
+        assert self.broker is not None
+        return {
+            **os.environ,
+            "CONTROL_PLANE_API_TOKEN": self.api_token,
+            "CONTROL_PLANE_MQTT_PASSWORD": self.mqtt_password,
+            "CONTROL_PLANE_DATA_DIR": str(self.work / "cp"),
+            "CONTROL_PLANE_TRUSTED_KEYS": json.dumps([str(self.trusted_pub)]),
+            "CONTROL_PLANE_MQTT_URL": self.broker_url,
+            "CONTROL_PLANE_HOST": "127.0.0.1",
+            "CONTROL_PLANE_PORT": str(self.api_port),
+            "CONTROL_PLANE_BROKER_CONFIG_DIR": str(self.work / "broker"),
+            "CONTROL_PLANE_BROKER_RELOAD_COMMAND": f"kill -HUP {self.broker.pid}",
+        }
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        assert self.api is not None
+        r = self.api.request(method, f"/api/v1{path}", **kw)
+        if r.status_code >= 400:
+            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text}")
+        return r.json() if r.content else None
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if path is None:
+        raise SystemExit("bench-rollout needs mosquitto (apt-get install mosquitto)")
+    return path
+
+
+def start_broker(stack: Stack) -> None:
+    """Write the broker files from the (empty) registry with broker_config, start Mosquitto."""
+    from control_plane.context import AppContext
+    from control_plane.db.engine import upgrade
+    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
+    from control_plane.settings import Settings
+
+    settings = Settings(
+        api_token=stack.api_token,
+        mqtt_password=stack.mqtt_password,
+        data_dir=stack.work / "cp",
+        trusted_keys=[stack.trusted_pub],
+    )
+    ctx = AppContext.from_settings(settings)
+    upgrade(ctx.engine)
+    options = ListenerOptions(
+        port=stack.broker_port,
+        bind="127.0.0.1",
+        persistence=True,  # as `control-plane broker-config` writes it for production
+        run_as_user="root" if os.geteuid() == 0 else None,
+    )
+    with ctx.sessions() as session:
+        conf = write_broker_config(settings, session, stack.work / "broker", options)
+    ctx.close()
+    out = open(stack.work / "mosquitto.log", "wb")  # noqa: SIM115 - owned by the child
+    stack.broker = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
+    )
+
+    def listening() -> bool:
+        assert stack.broker is not None
+        if stack.broker.poll() is not None:
+            raise RuntimeError((stack.work / "mosquitto.log").read_text())
+        try:
+            with socket.create_connection(("127.0.0.1", stack.broker_port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    wait_until("mosquitto listening", listening, 10, 0.05)
+
+
+def start_control_plane(stack: Stack) -> None:
+    out = open(stack.work / "control-plane.log", "wb")  # noqa: SIM115 - owned by the child
+    stack.cp = subprocess.Popen(
+        [str(VENV_BIN / "control-plane"), "serve"],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=stack.cp_env(),
+    )
+    stack.api = httpx.Client(
+        base_url=f"http://127.0.0.1:{stack.api_port}",
+        headers={"Authorization": f"Bearer {stack.api_token}"},
+        timeout=120,
+    )
+
+    def healthy() -> bool:
+        assert stack.cp is not None and stack.api is not None
+        if stack.cp.poll() is not None:
+            raise RuntimeError((stack.work / "control-plane.log").read_text()[-3000:])
+        try:
+            return bool(stack.api.get("/health").json().get("broker_connected"))
+        except httpx.HTTPError:
+            return False
+
+    wait_until("control plane healthy and connected to the broker", healthy, 60, 0.2)
+
+
+def mqtt_client(port: int, username: str, password: str, client_id: str) -> mqtt.Client:
+    """A connected paho client with its network thread running."""
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
+    )
+    client.username_pw_set(username, password)
+    connected = threading.Event()
+    refused: list[str] = []
+
+    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
+        if getattr(rc, "is_failure", False):
+            refused.append(str(rc))
+        connected.set()
+
+    client.on_connect = on_connect
+    client.connect("127.0.0.1", port, keepalive=60)
+    client.loop_start()
+    if not connected.wait(10) or refused:
+        client.loop_stop()
+        raise ConnectionError(f"{username}: {refused or 'no CONNACK'}")
+    return client
+
+
+def wait_credentials(stack: Stack, bundle: dict[str, Any]) -> None:
+    """Mosquitto rereads passwd on HUP; wait until the newest device's credentials work."""
+    m = bundle["mqtt"]
+
+    def accepted() -> bool:
+        try:
+            c = mqtt_client(
+                stack.broker_port, m["username"], m["password"], f"probe-{m['username']}"
+            )
+        except ConnectionError:
+            return False
+        c.disconnect()
+        c.loop_stop()
+        return True
+
+    wait_until("broker accepts the registered credentials", accepted, 20, 0.2)
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Usage:
+    cpu_s: float = 0.0
+    cpu_mean_pct: float = 0.0
+    cpu_peak_pct: float = 0.0
+    rss_start_mb: float = 0.0
+    rss_peak_mb: float = 0.0
+
+
+@dataclass
+class Machine:
+    """What the whole machine did in a phase: the benchmark shares it with whatever else runs."""
+
+    wall_s: float = 0.0
+    busy_s: float = 0.0
+    ours_s: float = 0.0
+    cpus: int = field(default_factory=lambda: psutil.cpu_count() or 1)
+
+    def __str__(self) -> str:
+        other = max(0.0, self.busy_s - self.ours_s)
+        return (
+            f"machine busy {self.busy_s:.1f} of {self.wall_s * self.cpus:.1f} core-s "
+            f"({self.cpus} CPUs); this benchmark {self.ours_s:.1f} core-s, "
+            f"other processes {other:.1f} core-s"
+        )
+
+
+class Sampler:
+    """CPU and RSS of groups of processes (summed per group), sampled every ``interval``."""
+
+    def __init__(self, groups: dict[str, list[int]], interval: float = 0.5) -> None:
+        self.groups = {
+            name: [psutil.Process(p) for p in pids] for name, pids in groups.items() if pids
+        }
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: dict[str, list[tuple[float, float]]] = {g: [] for g in self.groups}
+        self._cpu0: dict[str, float] = {}
+        self._rss0: dict[str, float] = {}
+        self._t0 = 0.0
+        self.wall = 0.0
+        self._machine0 = self._ours0 = 0.0
+        self.machine = Machine()
+
+    def _cpu(self, procs: list[psutil.Process]) -> float:
+        total = 0.0
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
+    def _rss(self, procs: list[psutil.Process]) -> float:
+        total = 0
+        for p in procs:
+            with suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
+
+    @staticmethod
+    def machine_busy() -> float:
+        """CPU seconds all cores spent not idle since boot."""
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+    @staticmethod
+    def ours() -> float:
+        """CPU seconds of this benchmark: itself, its reaped children and its live descendants."""
+        me = psutil.Process()
+        t = me.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in me.children(recursive=True):
+            with suppress(psutil.Error):
+                c = child.cpu_times()
+                total += c.user + c.system
+        return total
+
+    def start(self) -> Sampler:
+        self._t0 = time.monotonic()
+        self._machine0, self._ours0 = self.machine_busy(), self.ours()
+        for g, procs in self.groups.items():
+            self._cpu0[g] = self._cpu(procs)
+            self._rss0[g] = self._rss(procs)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        last = {g: (time.monotonic(), self._cpu0[g]) for g in self.groups}
+        while not self._stop.wait(self.interval):
+            for g, procs in self.groups.items():
+                now, cpu = time.monotonic(), self._cpu(procs)
+                t_prev, c_prev = last[g]
+                pct = 100 * (cpu - c_prev) / max(1e-6, now - t_prev)
+                last[g] = (now, cpu)
+                self.samples[g].append((pct, self._rss(procs)))
+
+    def stop(self) -> dict[str, Usage]:
+        self._stop.set()
+        self._thread.join()
+        self.wall = time.monotonic() - self._t0
+        self.machine = Machine(
+            wall_s=self.wall,
+            busy_s=self.machine_busy() - self._machine0,
+            ours_s=self.ours() - self._ours0,
+        )
+        out = {}
+        for g, procs in self.groups.items():
+            cpu = self._cpu(procs) - self._cpu0[g]
+            s = self.samples[g]
+            mean = 100 * cpu / max(1e-6, self.wall)
+            out[g] = Usage(
+                cpu_s=cpu,
+                cpu_mean_pct=mean,
+                cpu_peak_pct=max((p for p, _ in s), default=mean),  # a phase shorter than a sample
+                rss_start_mb=self._rss0[g],
+                rss_peak_mb=max([self._rss0[g], *(r for _, r in s)]),
+            )
+        return out
+
+
+# --- agents -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Agent:
+    device_id: str
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port_file(self) -> Path:
+        return self.workdir / "ports.json"
+
+
+def start_agents(stack: Stack, bundles: list[dict[str, Any]]) -> list[Agent]:
+    """``edge-agent run`` per bundle, configured by config_from_bundle (``edge-agent join``)."""
+    from edge_agent.fleet.bundle import config_from_bundle
+
+    agents = []
+    for bundle in bundles:
+        a = Agent(bundle["device_id"], stack.work / "agents" / bundle["device_id"])
+        a.workdir.mkdir(parents=True)
+        config = config_from_bundle(
+            bundle,
+            a.workdir,
+            data_dir=str(a.workdir / "data"),
+            grpc_port=0,
+            metrics_port=-1,
+            port_file=str(a.port_file),
+            log_level="INFO",
+        )
+        (a.workdir / "agent.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        out = open(a.workdir / "agent.log", "wb")  # noqa: SIM115 - owned by the child
+        a.proc = subprocess.Popen(
+            [str(VENV_BIN / "edge-agent"), "run", "--config", str(a.workdir / "agent.yaml")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        agents.append(a)
+
+    def all_serving() -> bool:
+        for a in agents:
+            assert a.proc is not None
+            if a.proc.poll() is not None:
+                raise RuntimeError(f"agent {a.device_id} exited: {(a.workdir / 'agent.log')}")
+        return all(a.port_file.exists() for a in agents)
+
+    wait_until(f"{len(agents)} agents serving", all_serving, 60 + 5 * len(agents), 0.2)
+    return agents
+
+
+def stop_agents(agents: list[Agent]) -> None:
+    for a in agents:
+        if a.proc is not None and a.proc.poll() is None:
+            a.proc.send_signal(signal.SIGTERM)
+    for a in agents:
+        if a.proc is not None:
+            stop_process(a.proc)
+
+
+def wait_online(stack: Stack, label: str, count: int, timeout: float) -> None:
+    def online() -> bool:
+        devices = stack.call("GET", "/devices", params={"label": f"bench={label}"})
+        return sum(d["status"] == "online" for d in devices) >= count
+
+    wait_until(f"{count} {label} devices online", online, timeout, 0.25)
+
+
+# --- reported-state observer --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportEvent:
+    at: float
+    device_id: str
+    deployment_id: str
+    outcome: str
+    step: str
+    reason: str
+
+
+class ReportedWatcher:
+    """Follows ``edge/+/reported`` with the control plane's identity (the ACL lets it read all)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.events: list[ReportEvent] = []
+        self._lock = threading.Lock()
+        self.client = mqtt_client(
+            stack.broker_port,
+            CP_USER,
+            stack.mqtt_password,
+            f"bench-observer-{uuid.uuid4().hex[:6]}",
+        )
+        self.client.on_message = self._on_message
+        self.client.subscribe(fleet_topics.all_devices_filter(fleet_topics.REPORTED), 1)
+
+    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        at = time.time()
+        parsed = fleet_topics.parse_topic(msg.topic)
+        if parsed is None or not msg.payload:
+            return
+        state = fleet_pb2.ReportedState()
+        state.ParseFromString(msg.payload)
+        if not state.HasField("last_result"):
+            return
+        r = state.last_result
+        outcome = fleet_pb2.DeploymentResult.Outcome.Name(r.outcome)
+        with self._lock:
+            self.events.append(
+                ReportEvent(at, parsed.device_id, r.deployment_id, outcome, r.step, r.reason)
+            )
+
+    def final(self, deployment_id: str) -> dict[str, ReportEvent]:
+        """First INSTALLED or FAILED report per device for this deployment."""
+        out: dict[str, ReportEvent] = {}
+        with self._lock:
+            for e in self.events:
+                if e.deployment_id == deployment_id and e.outcome in ("INSTALLED", "FAILED"):
+                    out.setdefault(e.device_id, e)
+        return out
+
+    def downloaded(self, deployment_id: str) -> dict[str, float]:
+        """When each device said it holds the checked package (IN_PROGRESS at step install)."""
+        out: dict[str, float] = {}
+        with self._lock:
+            for e in self.events:
+                if e.deployment_id == deployment_id and (e.step, e.outcome) == (
+                    "install",
+                    "IN_PROGRESS",
+                ):
+                    out.setdefault(e.device_id, e.at)
+        return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- the measurements ---------------------------------------------------------------------------
+
+
+@dataclass
+class RawResult:
+    seconds: float
+    subscribers: int
+    messages: int
+    bytes_each: int
+    usage: dict[str, Usage] = field(default_factory=dict)
+    machine: Machine = field(default_factory=Machine)
+
+
+def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) -> RawResult:
+    """Publish ``data`` in ``chunk_size`` pieces once, QoS 1; N subscriber processes read it."""
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    topic = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
+    env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.mqtt_password}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(PEERS),
+                "raw-sub",
+                f"--port={stack.broker_port}",
+                f"--username={CP_USER}",
+                f"--client-id=bench-raw-{i:02d}",
+                f"--topic={topic}",
+                f"--count={len(chunks)}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(subscribers)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"raw subscriber: {line or 'exited'}")
+        pub = mqtt_client(stack.broker_port, CP_USER, stack.mqtt_password, "bench-raw-publisher")
+        assert stack.broker is not None
+        sampler = Sampler(
+            {"mosquitto": [stack.broker.pid], "subscribers": [p.pid for p in procs]}
+        ).start()
+        t0 = time.time()
+        for c in chunks:
+            pub.publish(topic, c, qos=1)
+        ends = []
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().split()
+            if not line or line[0] != "done":
+                raise RuntimeError(f"raw subscriber: {' '.join(line) or 'exited'}")
+            ends.append(float(line[1]))
+        usage = sampler.stop()
+        pub.disconnect()
+        pub.loop_stop()
+    finally:
+        for p in procs:
+            stop_process(p, 5)
+    return RawResult(max(ends) - t0, subscribers, len(chunks), len(data), usage, sampler.machine)
+
+
+@dataclass
+class RolloutResult:
+    seconds: float
+    first_s: float
+    median_s: float
+    downloaded_s: float
+    installed: int
+    failed: dict[str, str]
+    api_summary: dict[str, int]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    machine: Machine = field(default_factory=Machine)
+
+
+def rollout(
+    stack: Stack, digest: str, agents: list[Agent], watcher: ReportedWatcher, timeout: float
+) -> RolloutResult:
+    assert stack.broker is not None and stack.cp is not None
+    ids = {a.device_id for a in agents}
+    sampler = Sampler(
+        {
+            "control plane": [stack.cp.pid],
+            "mosquitto": [stack.broker.pid],
+            "agents": [a.proc.pid for a in agents if a.proc is not None],
+        }
+    ).start()
+    t0 = time.time()
+    dep = stack.call(
+        "POST", "/deployments", json={"package_digest": digest, "selector": {"bench": "rollout"}}
+    )["id"]
+    log(f"deployment {dep} created {time.time() - t0:.2f} s after the call")
+
+    def all_final() -> bool:
+        return ids <= set(watcher.final(dep))
+
+    try:
+        wait_until("all agents report a final result", all_final, timeout, 0.05)
+    finally:
+        usage = sampler.stop()
+    final = watcher.final(dep)
+    times = sorted(e.at - t0 for d, e in final.items() if e.outcome == "INSTALLED")
+    failed = {d: e.reason for d, e in final.items() if e.outcome == "FAILED"}
+    got = watcher.downloaded(dep)
+    summary = wait_until(
+        "the API shows every target final",
+        lambda: (
+            s
+            if sum((s := stack.call("GET", f"/deployments/{dep}")["summary"]).values())
+            == s.get("installed", 0) + s.get("failed", 0)
+            else None
+        ),
+        30,
+        0.2,
+    )
+    return RolloutResult(
+        seconds=max(e.at for e in final.values()) - t0,
+        first_s=times[0] if times else float("nan"),
+        median_s=statistics.median(times) if times else float("nan"),
+        downloaded_s=max(got.values()) - t0 if len(got) == len(ids) else float("nan"),
+        installed=len(times),
+        failed=failed,
+        api_summary=summary,
+        usage=usage,
+        machine=sampler.machine,
+    )
+
+
+@dataclass
+class SimResult:
+    devices: int
+    seconds: float
+    device_view_s: float
+    api_summary: dict[str, int]
+    usage: dict[str, Usage] = field(default_factory=dict)
+    cp_idle: dict[str, Usage] = field(default_factory=dict)
+    machine: Machine = field(default_factory=Machine)
+
+
+@contextmanager
+def sim_fleet(stack: Stack, bundles: list[dict[str, Any]], procs_n: int) -> Iterator[list[float]]:
+    """Start the simulated devices; yields a list that fills with their INSTALLED times."""
+    installed: list[float] = []
+    procs: list[subprocess.Popen[str]] = []
+    per = -(-len(bundles) // procs_n)
+    try:
+        for i in range(0, len(bundles), per):
+            f = stack.work / f"sim-bundles-{i // per}.json"
+            f.write_text(json.dumps(bundles[i : i + per]))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(PEERS),
+                        "sim",
+                        f"--port={stack.broker_port}",
+                        f"--bundles={f}",
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline().strip()
+            if not line.startswith("ready"):
+                raise RuntimeError(f"simulated devices: {line or 'exited'}")
+
+        def read(p: subprocess.Popen[str]) -> None:
+            assert p.stdout is not None
+            for line in p.stdout:
+                parts = line.split()
+                if parts and parts[0] == "installed":
+                    installed.append(float(parts[2]))
+                elif parts and parts[0] == "error":
+                    log(f"sim: {line.strip()}")
+
+        for p in procs:
+            threading.Thread(target=read, args=(p,), daemon=True).start()
+        yield installed
+    finally:
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                stop_process(p, 5)
+
+
+def simulate(stack: Stack, digest: str, bundles: list[dict[str, Any]], procs_n: int) -> SimResult:
+    assert stack.cp is not None and stack.broker is not None
+    n = len(bundles)
+    with sim_fleet(stack, bundles, procs_n) as installed:
+        wait_online(stack, "sim", n, 60)
+        idle = Sampler({"control plane": [stack.cp.pid]}).start()
+        time.sleep(2)
+        cp_idle = idle.stop()
+        sampler = Sampler(
+            {"control plane": [stack.cp.pid], "mosquitto": [stack.broker.pid]}, interval=0.25
+        ).start()
+        t0 = time.time()
+        dep = stack.call(
+            "POST", "/deployments", json={"package_digest": digest, "selector": {"bench": "sim"}}
+        )["id"]
+        summary: dict[str, int] = {}
+
+        def done() -> bool:
+            nonlocal summary
+            summary = stack.call("GET", f"/deployments/{dep}")["summary"]
+            return summary.get("installed", 0) + summary.get("failed", 0) >= n
+
+        try:
+            wait_until(f"{n} simulated devices final on the API", done, 300, 0.25)
+            seconds = time.time() - t0
+        finally:
+            usage = sampler.stop()
+        device_view = (max(installed) - t0) if len(installed) >= n else float("nan")
+    return SimResult(n, seconds, device_view, summary, usage, cp_idle, sampler.machine)
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def fmt_usage(u: Usage) -> str:
+    return (
+        f"CPU {u.cpu_s:.1f} s (mean {u.cpu_mean_pct:.0f}%, peak {u.cpu_peak_pct:.0f}%), "
+        f"RSS {u.rss_start_mb:.0f} -> peak {u.rss_peak_mb:.0f} MB"
+    )
+
+
+def print_report(
+    args: argparse.Namespace,
+    pkg_size: int,
+    chunk_size: int,
+    raws: list[RawResult],
+    roll: RolloutResult,
+    sim: SimResult,
+) -> None:
+    raw = raws[0]
+    raw_s = statistics.mean(r.seconds for r in raws)
+    ratio = roll.seconds / raw_s
+    roll_ok = roll.installed == args.agents and not roll.failed
+    sim_ok = sim.api_summary.get("installed", 0) == sim.devices and sim.seconds <= SIM_TARGET_S
+    cpu = sim.usage["control plane"]
+    rows = [
+        ("measurement", "figure", "target", "result"),
+        (
+            f"raw QoS 1 broadcast, {raw.messages} x {chunk_size // 1024} KiB "
+            f"to {raw.subscribers} subs (mean of {len(raws)})",
+            f"{raw_s:.2f} s",
+            "(reference)",
+            "",
+        ),
+        (
+            f"rollout {pkg_size / 2**20:.1f} MiB to {args.agents} agents, call -> all INSTALLED",
+            f"{roll.seconds:.2f} s",
+            "",
+            "",
+        ),
+        (
+            "rollout / raw broadcast",
+            f"{ratio:.2f}x",
+            f"<= {ROLLOUT_TARGET_RATIO:.0f}x",
+            verdict(roll_ok and ratio <= ROLLOUT_TARGET_RATIO),
+        ),
+        (
+            f"{sim.devices} simulated devices, call -> all installed (API)",
+            f"{sim.seconds:.2f} s",
+            f"<= {SIM_TARGET_S:.0f} s",
+            verdict(sim_ok),
+        ),
+        (
+            "control plane CPU during it (mean / peak)",
+            f"{cpu.cpu_mean_pct:.0f}% / {cpu.cpu_peak_pct:.0f}%",
+            "(report)",
+            "",
+        ),
+        (
+            "control plane RSS during it (start / peak)",
+            f"{cpu.rss_start_mb:.0f} / {cpu.rss_peak_mb:.0f} MB",
+            "(report)",
+            "",
+        ),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print("\n" + line)
+    for i, r in enumerate(rows):
+        print(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        if i == 0:
+            print(line)
+    print(line)
+    print("\ndetails:")
+    print(
+        f"  rollout: all {args.agents} held the checked package (IN_PROGRESS, step install) at "
+        f"{roll.downloaded_s:.2f} s; INSTALLED first {roll.first_s:.2f} s, median "
+        f"{roll.median_s:.2f} s, last {roll.seconds:.2f} s; {roll.installed} installed, "
+        f"{len(roll.failed)} failed {roll.failed or ''}; API summary {roll.api_summary}"
+    )
+    floor = roll.machine.ours_s / roll.machine.cpus
+    print(
+        f"  rollout CPU floor: its processes needed {roll.machine.ours_s:.1f} core-s, so "
+        f"{floor:.1f} s even with all {roll.machine.cpus} CPUs to themselves "
+        f"({floor / raw_s:.1f}x the raw broadcast); on a fleet each device's share runs on "
+        f"its own CPU"
+    )
+    for g, u in roll.usage.items():
+        print(f"  rollout {g}: {fmt_usage(u)}")
+    print(f"  rollout {roll.machine}")
+    for when, r in zip(("before", "after"), raws, strict=False):
+        print(f"  raw broadcast {when} the rollout: {r.seconds:.2f} s")
+        for g, u in r.usage.items():
+            print(f"    {g}: {fmt_usage(u)}")
+        print(f"    {r.machine}")
+    print(
+        f"  simulated devices: API view {sim.seconds:.2f} s, device view (last INSTALLED sent) "
+        f"{sim.device_view_s:.2f} s; API summary {sim.api_summary}"
+    )
+    for g, u in sim.usage.items():
+        print(f"  simulated rollout {g}: {fmt_usage(u)}")
+    print(f"  simulated rollout {sim.machine}")
+    idle = sim.cp_idle["control plane"]
+    print(f"  control plane idle with {sim.devices} devices connected: {fmt_usage(idle)}")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    from model_packager.signing import generate_keypair
+
+    log(f"work folder {work}")
+    keys = work / "keys"
+    generate_keypair(keys / "release.key", keys / "release.pub")
+    pkgs = work / "packages"
+    pkgs.mkdir()
+    in_dim = 2048
+    out_dim = max(1, (args.size_mib << 20) // (4 * in_dim))
+    t = time.monotonic()
+    big_model = make_onnx(work / "big.onnx", in_dim, out_dim, seed=1)
+    big = build_signed(big_model, "bench-big", "1", keys / "release.key", pkgs)
+    tiny = build_signed(
+        make_onnx(work / "tiny.onnx", 4, 4, 2), "bench-tiny", "1", keys / "release.key", pkgs
+    )
+    log(
+        f"built and signed {big.name[:16]}... ({big.stat().st_size / 2**20:.2f} MiB, ONNX with "
+        f"a {in_dim}x{out_dim} float32 initializer) and a tiny package in "
+        f"{time.monotonic() - t:.1f} s"
+    )
+
+    stack = Stack(
+        work=work,
+        broker_port=free_port(),
+        api_port=free_port(),
+        api_token=secrets.token_hex(16),
+        mqtt_password=secrets.token_hex(16),
+        trusted_pub=keys / "release.pub",
+    )
+    agents: list[Agent] = []
+    with ExitStack() as cleanup:
+        start_broker(stack)
+        assert stack.broker is not None
+        cleanup.callback(stop_process, stack.broker)
+        log(f"mosquitto pid {stack.broker.pid} on 127.0.0.1:{stack.broker_port}")
+        start_control_plane(stack)
+        assert stack.cp is not None
+        cleanup.callback(stop_process, stack.cp)
+        log(f"control-plane serve pid {stack.cp.pid} on 127.0.0.1:{stack.api_port}")
+
+        t = time.monotonic()
+        bundles_roll = [
+            stack.call(
+                "POST",
+                "/devices",
+                json={"device_id": f"agent-{i:03d}", "labels": {"bench": "rollout"}},
+            )["bundle"]
+            for i in range(args.agents)
+        ]
+        bundles_sim = [
+            stack.call(
+                "POST", "/devices", json={"device_id": f"sim-{i:04d}", "labels": {"bench": "sim"}}
+            )["bundle"]
+            for i in range(args.sims)
+        ]
+        wait_credentials(stack, (bundles_roll + bundles_sim)[-1])
+        log(f"registered {args.agents + args.sims} devices in {time.monotonic() - t:.1f} s")
+        with open(big, "rb") as f:
+            pkg = stack.call("POST", "/packages", files={"file": (big.name, f)})
+        with open(tiny, "rb") as f:
+            tiny_pkg = stack.call("POST", "/packages", files={"file": (tiny.name, f)})
+        chunk_size = int(pkg["chunk_size"])
+        log(
+            f"uploaded: {pkg['chunk_count']} chunks of {chunk_size} B; "
+            f"tiny: {tiny_pkg['chunk_count']}"
+        )
+
+        watcher = ReportedWatcher(stack)
+        cleanup.callback(watcher.close)
+        t = time.monotonic()
+        agents = start_agents(stack, bundles_roll)
+        cleanup.callback(stop_agents, agents)
+        wait_online(stack, "rollout", args.agents, 120)
+        log(
+            f"{args.agents} `edge-agent run` processes serving and online "
+            f"in {time.monotonic() - t:.1f} s"
+        )
+        time.sleep(2)  # let start-up CPU settle before measuring
+
+        data = big.read_bytes()
+        log(f"raw broadcast: {len(data)} B to {args.agents} subscribers")
+        raws = [raw_broadcast(stack, data, chunk_size, args.agents)]
+        log(f"raw broadcast: {raws[0].seconds:.2f} s")
+        time.sleep(1)
+
+        log(f"rollout to {args.agents} agents")
+        roll = rollout(stack, pkg["digest"], agents, watcher, args.timeout)
+        log(f"rollout: {roll.seconds:.2f} s, {roll.installed} installed, {len(roll.failed)} failed")
+        time.sleep(1)
+        raws.append(raw_broadcast(stack, data, chunk_size, args.agents))
+        log(f"raw broadcast again: {raws[1].seconds:.2f} s")
+        stop_agents(agents)
+
+        log(f"{args.sims} simulated devices")
+        sim = simulate(stack, tiny_pkg["digest"], bundles_sim, args.sim_procs)
+        log(f"simulated devices: {sim.seconds:.2f} s")
+
+    print_report(args, big.stat().st_size, chunk_size, raws, roll, sim)
+    return {
+        "package_bytes": big.stat().st_size,
+        "chunk_size": chunk_size,
+        "agents": args.agents,
+        "raw": [asdict(r) for r in raws],
+        "rollout": asdict(roll),
+        "ratio": roll.seconds / statistics.mean(r.seconds for r in raws),
+        "sim": asdict(sim),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="bench-rollout", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="4 agents, 5 MiB, 40 simulated devices"
+    )
+    parser.add_argument("--agents", type=int, help="agents (default 20)")
+    parser.add_argument("--size-mib", type=int, help="package size in MiB (default 20)")
+    parser.add_argument("--sims", type=int, help="simulated devices (default 200)")
+    parser.add_argument(
+        "--sim-procs", type=int, default=4, help="processes for the simulated devices"
+    )
+    parser.add_argument("--timeout", type=float, default=600, help="rollout timeout, seconds")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.agents = args.agents or (4 if quick else 20)
+    args.size_mib = args.size_mib or (5 if quick else 20)
+    args.sims = args.sims if args.sims is not None else (40 if quick else 200)
+    print(
+        f"bench-rollout: {args.agents} agents as full `edge-agent run` processes, one per device "
+        f"as on a fleet (FleetClient + Installer: chunk pull and sha256, assembly, signature and "
+        f"digest verify, stage, onnxruntime load, golden self-test, commit), a {args.size_mib} MiB "
+        f"signed package; {args.sims} simulated devices (real MQTT sessions, pull a one-chunk "
+        f"package, no inference) in {args.sim_procs} processes; Mosquitto and "
+        f"`control-plane serve` (SQLite file) as subprocesses; {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    try:
+        figures = run(args, work)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2, default=str))
+    except Exception as exc:  # a benchmark reports, it does not fail the caller
+        print(f"\nbench-rollout: FAILED to complete: {type(exc).__name__}: {exc}", flush=True)
+        print(f"logs kept in {work}", flush=True)
+        return 0
+    if args.keep:
+        print(f"\nwork folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,308 @@
+"""Demo steps for the fleet: the control plane with its embedded broker, one device, one deployment.
+
+``run_fleet_demo`` continues the main demo (scripts/demo.py) with what a user does to put a model
+on a device through the cloud side, using only the public surfaces, each as a separate process:
+
+1. ``control-plane serve`` with no broker URL, so it runs its embedded MQTT broker on loopback
+   (nothing to install), a SQLite file, a generated API token and a generated broker password (so
+   it would start outside development mode too) and the demo's signing key as trusted key;
+2. ``POST /devices`` registers a device; its config bundle is written to ``bundle.json``;
+3. ``edge-agent join bundle.json`` writes the agent's config, ``edge-agent run`` starts it (free
+   ports through ``EDGE_AGENT_*`` variables: the joined config is used unmodified);
+4. ``POST /packages`` uploads the signed package, ``POST /deployments`` makes it the device's
+   desired state, and the deployment is followed on the API until the device reports INSTALLED;
+5. the model is called on the device with the stock tritonclient and compared with onnxruntime
+   in this process;
+6. the device's reported state is printed from ``GET /devices/{id}``, then the agent and the
+   control plane are stopped with SIGTERM, and the device is seen going offline first.
+
+This module never imports the agent's or the control plane's code: like a user's tools, it talks
+to them over HTTP and gRPC (tritonclient) only, which also keeps tritonclient's protobuf
+registrations apart from the agent's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+DEVICE_ID = "demo-edge-1"
+MODEL = "digits-mlp"
+
+
+def step(title: str) -> None:
+    print(f"\n=== {title}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: {what} did not happen within {timeout:.0f} s")
+        time.sleep(every)
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This environment without CONTROL_PLANE_* / EDGE_AGENT_* settings a user may have exported
+    (a CONTROL_PLANE_MQTT_URL would, for example, turn the embedded broker off)."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CONTROL_PLANE_", "EDGE_AGENT_"))
+    }
+    env.update(extra)
+    return env
+
+
+@dataclass
+class FleetDemo:
+    work: Path
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    api: httpx.Client | None = None
+
+    def call(self, method: str, path: str, **kw: Any) -> Any:
+        assert self.api is not None
+        r = self.api.request(method, f"/api/v1{path}", **kw)
+        if r.status_code >= 400:
+            raise SystemExit(f"demo: {method} {path} -> {r.status_code} {r.text}")
+        return r.json() if r.content else None
+
+    def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self, name: str, timeout: float = 20) -> int | None:
+        """SIGTERM one of our children (by its pid) and wait; SIGKILL if it does not stop."""
+        for n, proc in self.procs:
+            if n == name and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    return proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                    return None
+            if n == name:
+                return proc.returncode
+        return None
+
+    def stop_all(self) -> None:
+        for name, _ in reversed(self.procs):
+            self.stop(name)
+        if self.api is not None:
+            self.api.close()
+
+
+def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
+    step("10. Start the control plane: `control-plane serve`, embedded MQTT broker, SQLite file")
+    port = _free_port()
+    token = secrets.token_urlsafe(24)
+    env = _clean_env(
+        CONTROL_PLANE_API_TOKEN=token,
+        CONTROL_PLANE_MQTT_PASSWORD=secrets.token_urlsafe(24),
+        CONTROL_PLANE_DATA_DIR=str(demo.work / "control-plane"),
+        CONTROL_PLANE_TRUSTED_KEYS=json.dumps([str(trusted_pub)]),
+        CONTROL_PLANE_HOST="127.0.0.1",
+        CONTROL_PLANE_PORT=str(port),
+        CONTROL_PLANE_EMBEDDED_BROKER_PORT="0",  # any free port: 1883 may be taken
+    )
+    t0 = time.monotonic()
+    proc = demo.spawn("control-plane", [str(VENV_BIN / "control-plane"), "serve"], env)
+    base = f"http://127.0.0.1:{port}"
+    demo.api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: control plane exited; see {demo.work / 'control-plane.log'}")
+        try:
+            return bool(httpx.get(f"{base}/health", timeout=2).json().get("broker_connected"))
+        except httpx.HTTPError:
+            return False
+
+    _wait("the control plane answering /health with its broker connected", healthy, 90, 0.2)
+    unauth = httpx.get(f"{base}/api/v1/devices", timeout=5).status_code
+    print(
+        f"control plane pid {proc.pid}: REST {base} (OpenAPI docs at {base}/docs), ready in "
+        f"{time.monotonic() - t0:.1f} s; a call without the token gets HTTP {unauth}"
+    )
+    return base
+
+
+def register_device(demo: FleetDemo) -> Path:
+    step("11. Register a device (POST /api/v1/devices): credentials + config bundle")
+    reg = demo.call(
+        "POST", "/devices", json={"device_id": DEVICE_ID, "name": "Demo gateway", "labels": {}}
+    )
+    bundle = reg["bundle"]
+    path = demo.work / "bundle.json"
+    path.write_text(json.dumps(bundle, indent=2))
+    path.chmod(0o600)  # it holds the broker password
+    mqtt = bundle["mqtt"]
+    print(
+        f"device {bundle['device_id']}: broker {mqtt['url']}, topics under "
+        f"{mqtt['topic_prefix']}/, {len(bundle['trusted_keys_pem'])} trusted key(s); "
+        f"bundle written to {path}"
+    )
+    return path
+
+
+def start_agent(demo: FleetDemo, bundle: Path) -> int:
+    step("12. Start the device's agent from its bundle: `edge-agent join`, then `edge-agent run`")
+    config = demo.work / "fleet-agent.yaml"
+    subprocess.run(
+        [
+            str(VENV_BIN / "edge-agent"),
+            "join",
+            str(bundle),
+            "--out",
+            str(config),
+            "--data-dir",
+            str(demo.work / "fleet-agent-data"),
+        ],
+        check=True,
+        env=_clean_env(),
+    )
+    ports = demo.work / "fleet-agent-ports.json"
+    env = _clean_env(
+        EDGE_AGENT_GRPC_PORT="0",
+        EDGE_AGENT_METRICS_PORT="0",
+        EDGE_AGENT_PORT_FILE=str(ports),
+    )
+    proc = demo.spawn(
+        "fleet-agent", [str(VENV_BIN / "edge-agent"), "run", "--config", str(config)], env
+    )
+
+    def serving() -> bool:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: agent exited; see {demo.work / 'fleet-agent.log'}")
+        return ports.exists()
+
+    _wait("the agent serving", serving, 60, 0.05)
+    grpc_port = int(json.loads(ports.read_text())["grpc"])
+    _wait(
+        "the device reporting online",
+        lambda: demo.call("GET", f"/devices/{DEVICE_ID}")["status"] == "online",
+        30,
+        0.1,
+    )
+    print(f"agent pid {proc.pid}: gRPC 127.0.0.1:{grpc_port}, no model yet; API says: online")
+    return grpc_port
+
+
+def deploy(demo: FleetDemo, package: Path) -> dict[str, Any]:
+    step("13. Upload the signed package (verified on upload) and deploy it to the device")
+    with open(package, "rb") as f:
+        pkg = demo.call("POST", "/packages", files={"file": (package.name, f)})
+    print(
+        f"package {pkg['name']}:{pkg['version']} {pkg['digest'][:16]}... ({pkg['size']} B, "
+        f"{pkg['chunk_count']} chunks of {pkg['chunk_size']} B, signed by key {pkg['key_id']})"
+    )
+    t0 = time.monotonic()
+    dep = demo.call(
+        "POST", "/deployments", json={"package_digest": pkg["digest"], "device_id": DEVICE_ID}
+    )
+    print(f"deployment {dep['id']} created; following it until the device reports a result")
+    seen: set[tuple[str, int]] = set()
+
+    def final() -> dict[str, Any] | None:
+        d = demo.call("GET", f"/deployments/{dep['id']}")
+        t = d["targets"][0]
+        key = (t["state"], t["chunks_done"])
+        if key not in seen:
+            seen.add(key)
+            print(
+                f"  +{time.monotonic() - t0:4.1f} s  {t['state']:<11} step={t['step'] or '-'} "
+                f"chunks {t['chunks_done']}/{t['chunks_total']}"
+            )
+        return t if t["state"] in ("installed", "failed") else None
+
+    target = _wait("the deployment reaching a final state", final, 120, 0.1)
+    if target["state"] != "installed":
+        raise SystemExit(f"demo: deployment failed at {target['step']}: {target['reason']}")
+    print(f"installed on {DEVICE_ID} {time.monotonic() - t0:.1f} s after the deployment call")
+    return dict(pkg)
+
+
+def call_device(grpc_port: int, models: Path) -> None:
+    step("14. Call the model on the device with the stock tritonclient")
+    import onnxruntime as ort
+    import tritonclient.grpc as triton
+
+    client = triton.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+    mmd = client.get_model_metadata(MODEL)
+    print(f"model {mmd.name} versions {list(mmd.versions)} platform {mmd.platform}")
+    x = np.random.default_rng(11).standard_normal((3, 784)).astype(np.float32)
+    inp = triton.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer(MODEL, [inp]).as_numpy("logits")
+    want = ort.InferenceSession(str(models / "mlp.onnx")).run(None, {"input": x})[0]
+    print(f"predicted classes {got.argmax(1).tolist()}")
+    print(f"max |device - onnxruntime in-process| = {np.abs(got - want).max():.2e}")
+    client.close()
+
+
+def print_reported(demo: FleetDemo) -> None:
+    step("15. The device as the control plane sees it (GET /api/v1/devices/{id})")
+    dev = demo.call("GET", f"/devices/{DEVICE_ID}")
+    print(f"status {dev['status']}, desired generation {dev['desired_generation']}")
+    print("reported state:")
+    print(json.dumps(dev["reported"], indent=2))
+
+
+def stop(demo: FleetDemo) -> None:
+    step("16. Stop the agent, then the control plane (SIGTERM, graceful)")
+    print(f"agent exited with {demo.stop('fleet-agent')}")
+    status = _wait(
+        "the device reported offline",
+        lambda: (s := demo.call("GET", f"/devices/{DEVICE_ID}")["status"]) != "online" and s,
+        15,
+        0.1,
+    )
+    print(f"device status on the API: {status} (the agent said goodbye before it left)")
+    if demo.api is not None:
+        demo.api.close()
+        demo.api = None
+    code = demo.stop("control-plane")
+    clean = "Application shutdown complete" in (demo.work / "control-plane.log").read_text()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status is then -15.
+    print(f"control plane exited with {code} ({'clean shutdown' if clean else 'see its log'})")
+
+
+def run_fleet_demo(work: Path, package: Path, trusted_pub: Path, models: Path) -> None:
+    """Steps 10-16 of the demo; every child process is stopped whatever happens."""
+    work.mkdir(parents=True, exist_ok=True)
+    demo = FleetDemo(work)
+    try:
+        start_control_plane(demo, trusted_pub)
+        bundle = register_device(demo)
+        grpc_port = start_agent(demo, bundle)
+        deploy(demo, package)
+        call_device(grpc_port, models)
+        print_reported(demo)
+        stop(demo)
+    finally:
+        demo.stop_all()
