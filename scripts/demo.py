@@ -3,11 +3,15 @@
 Steps: generate a small real model (ONNX + TFLite of the same MLP), build a signed two-variant
 package, start an edge agent, install the package over the agent's gRPC API, call it with the
 stock ``tritonclient``, hot-swap to a second version, run a batch job over .npy files, print
-everything, and stop the agent cleanly. Then the fleet (steps 10-16, ``scripts/demo_fleet.py``):
+everything, and stop the agent cleanly. Then the fleet (steps 10-14, ``scripts/demo_fleet.py``):
 ``control-plane serve`` with its embedded MQTT broker, a device registered over REST, its agent
 started from the config bundle, the same signed package deployed to it over MQTT, the model called
-on the device, its reported state printed, everything stopped. Everything lives in ``.demo/`` and
-nothing is downloaded; ``--no-fleet`` stops after step 9.
+on the device. Then the AI flow (steps 15-18, ``scripts/demo_flow.py``): a digits dataset imported,
+labelled and published as V001, the built-in classifier trained on it as a worker process,
+registered, converted and signed, deployed to the device, and the device's accuracy on the
+validation split. Finally the device's reported state, and everything stopped (19-20). Everything
+lives in ``.demo/`` and nothing is downloaded; ``--no-fleet`` stops after step 9, ``--no-training``
+after step 14.
 
 This process talks to the agent only over the network, as a user's application would: it imports
 tritonclient, never the agent's inference code.
@@ -147,6 +151,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--keep", action="store_true", help="(kept for compatibility; .demo stays)")
     parser.add_argument("--no-fleet", action="store_true", help="skip the control plane steps")
+    parser.add_argument("--no-training", action="store_true", help="skip data, training, registry")
     args = parser.parse_args()
     started = time.monotonic()
     shutil.rmtree(DEMO / "run", ignore_errors=True)
@@ -214,7 +219,7 @@ def main() -> int:
         code = proc.wait(20)
         print(f"agent exited with {code}")
     if not args.no_fleet:
-        run_fleet_demo(work / "fleet", v1, trusted, models)
+        run_fleet_demo(work / "fleet", v1, trusted, models, ai_flow=not args.no_training)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0
 

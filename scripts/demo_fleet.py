@@ -129,6 +129,8 @@ def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
         CONTROL_PLANE_HOST="127.0.0.1",
         CONTROL_PLANE_PORT=str(port),
         CONTROL_PLANE_EMBEDDED_BROKER_PORT="0",  # any free port: 1883 may be taken
+        # The registry signs trained models with the key the device already trusts.
+        CONTROL_PLANE_SIGNING_KEY=str(trusted_pub.with_suffix(".key")),
     )
     t0 = time.monotonic()
     proc = demo.spawn("control-plane", [str(VENV_BIN / "control-plane"), "serve"], env)
@@ -266,7 +268,7 @@ def call_device(grpc_port: int, models: Path) -> None:
 
 
 def print_reported(demo: FleetDemo) -> None:
-    step("15. The device as the control plane sees it (GET /api/v1/devices/{id})")
+    step("19. The device as the control plane sees it (GET /api/v1/devices/{id})")
     dev = demo.call("GET", f"/devices/{DEVICE_ID}")
     print(f"status {dev['status']}, desired generation {dev['desired_generation']}")
     print("reported state:")
@@ -274,7 +276,7 @@ def print_reported(demo: FleetDemo) -> None:
 
 
 def stop(demo: FleetDemo) -> None:
-    step("16. Stop the agent, then the control plane (SIGTERM, graceful)")
+    step("20. Stop the agent, then the control plane (SIGTERM, graceful)")
     print(f"agent exited with {demo.stop('fleet-agent')}")
     status = _wait(
         "the device reported offline",
@@ -292,16 +294,24 @@ def stop(demo: FleetDemo) -> None:
     print(f"control plane exited with {code} ({'clean shutdown' if clean else 'see its log'})")
 
 
-def run_fleet_demo(work: Path, package: Path, trusted_pub: Path, models: Path) -> None:
-    """Steps 10-16 of the demo; every child process is stopped whatever happens."""
+def run_fleet_demo(
+    work: Path, package: Path, trusted_pub: Path, models: Path, ai_flow: bool = True
+) -> None:
+    """Steps 10-20 of the demo; every child process is stopped whatever happens."""
     work.mkdir(parents=True, exist_ok=True)
     demo = FleetDemo(work)
     try:
-        start_control_plane(demo, trusted_pub)
+        base = start_control_plane(demo, trusted_pub)
         bundle = register_device(demo)
         grpc_port = start_agent(demo, bundle)
         deploy(demo, package)
         call_device(grpc_port, models)
+        if ai_flow:
+            from demo_flow import run_ai_flow
+
+            assert demo.api is not None
+            token = demo.api.headers["Authorization"].removeprefix("Bearer ")
+            run_ai_flow(demo, base, token, grpc_port)
         print_reported(demo)
         stop(demo)
     finally:
