@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 DEFAULT_ROOT = "edge"
 
@@ -79,3 +80,25 @@ def parse_topic(topic: str, root: str = DEFAULT_ROOT) -> ParsedTopic | None:
     if len(parts) != 3 or parts[0] != root or not valid_device_id(parts[1]):
         return None
     return ParsedTopic(device_id=parts[1], leaf=parts[2])
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (``tcp://`` / ``ssl://`` accepted).
+
+    Both ends read broker URLs here, so a URL in the device's config bundle means exactly what
+    it means to the control plane that wrote it.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    tls = parts.scheme in ("mqtts", "ssl")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)

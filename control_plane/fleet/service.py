@@ -32,7 +32,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -59,24 +58,6 @@ RECORD_QUEUE_SIZE = 10_000
 
 
 @dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]``."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
-    if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
-    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
-
-
-@dataclass(frozen=True)
 class _ChunkJob:
     device_id: str
     payload: bytes
@@ -96,7 +77,7 @@ class FleetService:
         self.ctx = ctx
         self.settings = ctx.settings
         self.root = self.settings.topic_root
-        self.address = parse_broker_url(broker_url)
+        self.address = topics.parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._stopping = threading.Event()
         self._jobs: queue.Queue[_ChunkJob | None] = queue.Queue(self.settings.chunk_queue_size)

@@ -25,13 +25,13 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import FleetSettings
 from edge_agent.fleet.backoff import Backoff
+from protos.fleet_topics import parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -62,24 +62,6 @@ class PubAck:
 
 
 LinkEvent = Connected | Disconnected | Message | PubAck
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host[:1883]`` or ``mqtts://host[:8883]`` (same rules as the control plane)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
-    if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
-    return BrokerAddress(parts.hostname, parts.port or (8883 if tls else 1883), tls)
 
 
 class MqttLink:
