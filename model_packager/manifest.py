@@ -83,6 +83,9 @@ class Parity(_Strict):
     max_abs_error: float
     mean_abs_error: float
     top1_agreement: float | None = None
+    output_scale: float | None = Field(
+        default=None, description="Largest |reference output|; tolerances are relative to it."
+    )
 
 
 class Variant(_Strict):

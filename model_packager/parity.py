@@ -94,6 +94,7 @@ class ParityResult:
             max_abs_error=self.max_abs_error,
             mean_abs_error=self.mean_abs_error,
             top1_agreement=self.top1_agreement,
+            output_scale=self.output_scale,
         )
 
 

@@ -306,7 +306,7 @@ class FleetService:
         """
         while self._unacked:
             info, n = self._unacked[0]
-            if not info.is_published():
+            if not _settled(info):
                 if self._unacked_bytes + size <= UNACKED_CHUNK_BYTES:
                     return
                 if self.connected.is_set():
@@ -316,10 +316,22 @@ class FleetService:
 
     def _wait_acked(self, info: mqtt.MQTTMessageInfo) -> None:
         deadline = time.monotonic() + PUBACK_TIMEOUT_S
-        while not info.is_published() and time.monotonic() < deadline:
+        while not _settled(info) and time.monotonic() < deadline:
             if self._stopping.is_set() or not self.connected.is_set():
                 return
             try:
                 info.wait_for_publish(timeout=0.5)
             except (RuntimeError, ValueError):
                 return  # it was never queued (no connection): nothing to wait for
+
+
+def _settled(info: mqtt.MQTTMessageInfo) -> bool:
+    """Acknowledged, or never sent because the connection was down (paho then raises on asking).
+
+    A message published while disconnected is never queued, so waiting for it would wedge the
+    chunk worker forever; the device re-requests what it did not get.
+    """
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return True
