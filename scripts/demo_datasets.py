@@ -21,7 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-API = "/api/v1"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from script_support import api_client  # noqa: E402
 
 
 def run_datasets_demo(
@@ -33,25 +37,9 @@ def run_datasets_demo(
     name: str = "digits",
 ) -> dict[str, Any]:
     """Create the digits dataset, import, label, publish V001; print and return the version."""
-    import httpx
-
     from tests.datasets.digits import digit_png
 
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if app is not None:
-        from fastapi.testclient import TestClient
-
-        client: Any = TestClient(app, headers=headers)
-    else:
-        if base_url is None:
-            raise ValueError("give base_url (and token) or app")
-        client = httpx.Client(base_url=base_url, headers=headers, timeout=120)
-
-    def call(method: str, path: str, **kw: Any) -> Any:
-        r = client.request(method, f"{API}{path}", **kw)
-        if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text}")
-        return r.json()
+    _, call = api_client(base_url, token, app)
 
     rng = random.Random(0)
     truth: dict[str, str] = {}

@@ -27,7 +27,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,11 @@ import httpx
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "scripts") not in sys.path:
+    sys.path.insert(0, str(REPO / "scripts"))
+
+from script_support import free_port, wait_until  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 DEVICE_ID = "demo-edge-1"
 MODEL = "digits-mlp"
@@ -49,21 +53,11 @@ def step(title: str) -> None:
     print(f"\n=== {title}", flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait(what: str, predicate: Callable[[], Any], timeout: float, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: {what} did not happen within {timeout:.0f} s")
-        time.sleep(every)
+    try:
+        return wait_until(what, predicate, timeout, every)
+    except TimeoutError:
+        raise SystemExit(f"demo: {what} did not happen within {timeout:.0f} s") from None
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -119,7 +113,7 @@ class FleetDemo:
 
 def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
     step("10. Start the control plane: `control-plane serve`, embedded MQTT broker, SQLite file")
-    port = _free_port()
+    port = free_port()
     token = secrets.token_urlsafe(24)
     env = _clean_env(
         CONTROL_PLANE_API_TOKEN=token,

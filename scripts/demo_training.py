@@ -21,7 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-API = "/api/v1"
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from script_support import API, api_client  # noqa: E402
 
 
 def run_training_demo(
@@ -38,23 +42,7 @@ def run_training_demo(
     timeout_s: float = 900,
 ) -> dict[str, Any]:
     """Train, register, convert and sign; print progress; return the package's path and digest."""
-    import httpx
-
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    if app is not None:
-        from fastapi.testclient import TestClient
-
-        client: Any = TestClient(app, headers=headers)
-    else:
-        if base_url is None:
-            raise ValueError("give base_url (and token) or app")
-        client = httpx.Client(base_url=base_url, headers=headers, timeout=120)
-
-    def call(method: str, path: str, **kw: Any) -> Any:
-        r = client.request(method, f"{API}{path}", **kw)
-        if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text}")
-        return r.json()
+    client, call = api_client(base_url, token, app)
 
     existing = call("GET", "/training/jobs", params={"name": name})
     hp = {"input_size": input_size, "epochs": epochs}
