@@ -15,6 +15,7 @@ Safety is checked before anything is read:
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import zipfile
@@ -24,6 +25,12 @@ from typing import BinaryIO, Protocol
 from control_plane.errors import InvalidRequest, PayloadTooLarge
 
 _READ = 1 << 16
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 
 
 class Source(Protocol):
@@ -62,7 +69,9 @@ class FolderSource:
     def __init__(self, root: Path, max_file_bytes: int) -> None:
         self.root = root
         self.max_file_bytes = max_file_bytes
+        self._root = str(root)
         self._names: list[str] | None = None
+        self._listed: frozenset[str] = frozenset()
 
     @classmethod
     def open(cls, folder: Path, allowed_roots: list[Path], max_file_bytes: int) -> FolderSource:
@@ -90,6 +99,7 @@ class FolderSource:
                     if stat.S_ISREG(st.st_mode):  # links and special files are skipped
                         found.append(f if rel_dir == "." else f"{rel_dir}/{f}")
             self._names = sorted(found)
+            self._listed = frozenset(found)
         return self._names
 
     def exists(self, name: str) -> bool:
@@ -97,17 +107,49 @@ class FolderSource:
         return path.is_file() and not path.is_symlink()
 
     def read(self, name: str) -> bytes:
-        path = self.root / check_relative(name, "file")
+        """One open, fstat and read per file (this runs for every imported file).
+
+        A name the walk of ``names`` listed is known to be a safe relative path; any other name
+        (from an annotation file) is checked first. ``O_NOFOLLOW`` refuses a symlink put in
+        place since the walk, ``O_NONBLOCK`` keeps a FIFO from blocking the open, and the
+        ``fstat`` of the opened file (not of the name) decides that it is regular and small
+        enough, so there is no window between check and read.
+        """
+        rel = name if name in self._listed else check_relative(name, "file")
         try:
-            st = os.lstat(path)
-        except OSError:
+            fd = os.open(os.path.join(self._root, rel), _OPEN_FLAGS)
+        except (FileNotFoundError, NotADirectoryError):
             raise InvalidRequest(f"{name}: file not found") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidRequest(f"{name}: not a regular file")
-        if st.st_size > self.max_file_bytes:
-            raise PayloadTooLarge(f"{name}: {st.st_size} bytes, limit {self.max_file_bytes}")
-        with open(path, "rb") as f:
-            return f.read()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidRequest(f"{name}: not a regular file") from None
+            raise InvalidRequest(f"{name}: cannot be read ({exc.strerror})") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidRequest(f"{name}: not a regular file")
+            if st.st_size > self.max_file_bytes:
+                raise PayloadTooLarge(f"{name}: {st.st_size} bytes, limit {self.max_file_bytes}")
+            # Ask for one byte more than the size: a short read of a regular file is its end,
+            # so a small file takes one read; one that grew since the fstat reads on up to
+            # the limit (and is refused below).
+            chunks: list[bytes] = []
+            total = 0
+            while total <= self.max_file_bytes:
+                want = min(max(st.st_size + 1 - total, _READ), self.max_file_bytes + 1 - total)
+                piece = os.read(fd, want)
+                chunks.append(piece)
+                total += len(piece)
+                if len(piece) < want:
+                    break
+        except OSError as exc:
+            raise InvalidRequest(f"{name}: cannot be read ({exc.strerror})") from None
+        finally:
+            os.close(fd)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if len(data) > self.max_file_bytes:
+            raise PayloadTooLarge(f"{name}: larger than the {self.max_file_bytes}-byte limit")
+        return data
 
 
 class ZipSource:

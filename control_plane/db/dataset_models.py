@@ -25,6 +25,7 @@ from sqlalchemy import (
     BigInteger,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -69,7 +70,12 @@ class Label(Base):
 
 class Sample(Base):
     __tablename__ = "dataset_samples"
-    __table_args__ = (UniqueConstraint("dataset_id", "digest", name="uq_dataset_samples_digest"),)
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "digest", name="uq_dataset_samples_digest"),
+        # The split filter of the sample listing: the dataset's samples of one split, already
+        # in id order (an index entry ends with the row id), instead of every dataset's.
+        Index("ix_dataset_samples_dataset_split", "dataset_id", "split"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     dataset_id: Mapped[str] = mapped_column(
@@ -84,7 +90,7 @@ class Sample(Base):
     height: Mapped[int] = mapped_column(Integer)
     # A usage fixed by the data itself (a manifest's usage, a split folder): train | validation.
     # None: the split is drawn when a version is published.
-    split: Mapped[str | None] = mapped_column(String(16), default=None, index=True)
+    split: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     annotations: Mapped[list[Annotation]] = relationship(
@@ -97,14 +103,17 @@ class Sample(Base):
 
 class Annotation(Base):
     __tablename__ = "dataset_annotations"
+    __table_args__ = (
+        # The label filter of the sample listing (and label statistics) read the sample ids of
+        # one label from this index alone, without visiting the table.
+        Index("ix_dataset_annotations_label_sample", "label_id", "sample_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     sample_id: Mapped[int] = mapped_column(
         ForeignKey("dataset_samples.id", ondelete="CASCADE"), index=True
     )
-    label_id: Mapped[int] = mapped_column(
-        ForeignKey("dataset_labels.id", ondelete="CASCADE"), index=True
-    )
+    label_id: Mapped[int] = mapped_column(ForeignKey("dataset_labels.id", ondelete="CASCADE"))
     # Box in pixels (x, y = top-left corner); all None for a classification label.
     x: Mapped[float | None] = mapped_column(Float, default=None)
     y: Mapped[float | None] = mapped_column(Float, default=None)
