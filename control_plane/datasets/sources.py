@@ -115,7 +115,16 @@ class FolderSource:
         ``fstat`` of the opened file (not of the name) decides that it is regular and small
         enough, so there is no window between check and read.
         """
-        rel = name if name in self._listed else check_relative(name, "file")
+        rel = name
+        if name not in self._listed:
+            # A name from an annotation file must be one the walk found: the walk follows no
+            # links, so a path through a symlinked folder inside the root is refused too.
+            rel = check_relative(name, "file")
+            self.names()
+            if rel not in self._listed:
+                if os.path.lexists(os.path.join(self._root, rel)):
+                    raise InvalidRequest(f"{name}: not a regular file (links are not followed)")
+                raise InvalidRequest(f"{name}: file not found")
         try:
             fd = os.open(os.path.join(self._root, rel), _OPEN_FLAGS)
         except (FileNotFoundError, NotADirectoryError):

@@ -59,6 +59,21 @@ def test_folder_read_refuses_links_fifos_and_growth(tmp_path: Path) -> None:
         src.read("a/missing.png")
 
 
+def test_folder_read_refuses_paths_through_a_linked_folder(tmp_path: Path) -> None:
+    """A name from an annotation file that passes through a symlinked folder is refused."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "ok.png").write_bytes(b"x" * 10)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"secret")
+    os.symlink(outside, root / "linked")
+    src = FolderSource(root, max_file_bytes=100)
+    with pytest.raises(InvalidRequest, match="not a regular file"):
+        src.read("linked/secret.png")
+    assert src.read("ok.png") == b"x" * 10
+
+
 def test_store_put_bytes(tmp_path: Path) -> None:
     store = DatasetStore(tmp_path / "store")
     digest = "ab" + "0" * 62
