@@ -14,34 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge_agent.fleet.crash import FLEET_CRASH_POINTS
+from edge_agent.installer import CRASH_POINTS
 from tests.agent.agent_process import AgentProcess
 from tests.fleet.conftest import Fleet, Packages
 from tests.fleet.helpers import serving
 
-INSTALLER_POINTS = (
-    "before_verify",
-    "after_verify",
-    "before_stage",
-    "after_stage",
-    "before_load",
-    "after_load",
-    "before_self_test",
-    "after_self_test",
-    "before_activate",
-    "after_activate",
-    "before_commit",
-    "after_state_write",
-    "after_commit",
-)
-FLEET_POINTS = (
-    "after_generation_write",
-    "after_chunk_write",
-    "before_assemble",
-    "after_assemble",
-    "before_install",
-    "after_install",
-    "after_result_write",
-)
+# The agent's own lists, so the drill covers every point the agent defines, new ones included.
+INSTALLER_POINTS = CRASH_POINTS
+FLEET_POINTS = FLEET_CRASH_POINTS
 ALL_POINTS = FLEET_POINTS + INSTALLER_POINTS
 
 
