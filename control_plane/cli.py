@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 
 def _settings():  # type: ignore[no-untyped-def]
-    from control_plane.settings import Settings
+    from control_plane.core.settings import Settings
 
     try:
         return Settings()
@@ -27,7 +27,7 @@ _NOISY_LOGGERS = ("transitions", "amqtt", "alembic.runtime.plugins")
 def cmd_serve(_args: argparse.Namespace) -> int:
     import uvicorn
 
-    from control_plane.api.app import create_app
+    from control_plane.app import create_app
 
     settings = _settings()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
@@ -35,8 +35,8 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 
 
 def cmd_broker_config(args: argparse.Namespace) -> int:
-    from control_plane.context import AppContext
-    from control_plane.db.engine import upgrade
+    from control_plane.core.context import AppContext
+    from control_plane.core.database import upgrade
     from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 
     ctx = AppContext.from_settings(_settings())
@@ -58,8 +58,8 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_args: argparse.Namespace) -> int:
-    from control_plane.context import AppContext
-    from control_plane.db.engine import upgrade
+    from control_plane.core.context import AppContext
+    from control_plane.core.database import upgrade
 
     ctx = AppContext.from_settings(_settings())
     upgrade(ctx.engine)

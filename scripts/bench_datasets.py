@@ -46,10 +46,10 @@ def _client(data: Path, roots: list[Path]) -> Any:
 
     from fastapi.testclient import TestClient
 
-    from control_plane.api.app import create_app
-    from control_plane.context import AppContext
-    from control_plane.db.engine import upgrade
-    from control_plane.settings import Settings
+    from control_plane.app import create_app
+    from control_plane.core.context import AppContext
+    from control_plane.core.database import upgrade
+    from control_plane.core.settings import Settings
 
     logging.disable(logging.INFO)
     settings = Settings(

@@ -61,10 +61,10 @@ def main() -> int:
 
     from fastapi.testclient import TestClient
 
-    from control_plane.api.app import create_app
-    from control_plane.context import AppContext
-    from control_plane.db.engine import upgrade
-    from control_plane.settings import Settings
+    from control_plane.app import create_app
+    from control_plane.core.context import AppContext
+    from control_plane.core.database import upgrade
+    from control_plane.core.settings import Settings
     from control_plane.training.runtime import runtime_for
     from tests.datasets.digits import write_digits
 

@@ -100,10 +100,10 @@ def run_datasets_demo(
 if __name__ == "__main__":
     import tempfile
 
-    from control_plane.api.app import create_app
-    from control_plane.context import AppContext
-    from control_plane.db.engine import upgrade
-    from control_plane.settings import Settings
+    from control_plane.app import create_app
+    from control_plane.core.context import AppContext
+    from control_plane.core.database import upgrade
+    from control_plane.core.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(dev_mode=True, data_dir=Path(tmp))

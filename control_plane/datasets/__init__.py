@@ -1,3 +1,6 @@
-"""Dataset domain code that holds no database state: image probing, safe sources (folders and zip
-archives), the import/export formats and the on-disk store. Services in
-``control_plane.services.dataset*`` combine these with the database."""
+"""Datasets: samples, labels and annotations, imports and exports, published versions.
+
+``service.py`` owns datasets, samples and labels; ``imports.py`` brings files in; ``versions/``
+publishes immutable versions. ``formats/``, ``images.py``, ``sources.py`` and ``storage.py`` hold
+no database state: formats, image probing, safe sources (folders, zips) and the on-disk store.
+"""

@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from control_plane.core.errors import InvalidRequest
 from control_plane.datasets.images import IMAGE_SUFFIXES
 from control_plane.datasets.sources import Source, check_relative, join
-from control_plane.errors import InvalidRequest
 
 
 class ImportFormat(StrEnum):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from control_plane.errors import InvalidRequest
+from control_plane.core.errors import InvalidRequest
 
 # Formats a training script can be expected to read; anything else is refused at import.
 MEDIA_TYPES = {

@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
-from control_plane.errors import InvalidRequest, PayloadTooLarge
+from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 
 _READ = 1 << 16
 _OPEN_FLAGS = (

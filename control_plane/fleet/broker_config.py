@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from control_plane.credentials import hash_password
-from control_plane.db.models import Device
-from control_plane.settings import Settings
+from control_plane.core.settings import Settings
+from control_plane.devices.credentials import hash_password
+from control_plane.devices.models import Device
 from protos import fleet_topics as topics
 
 CONF_NAME = "mosquitto.conf"

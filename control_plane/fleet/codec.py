@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from control_plane.services.deployments import DesiredStateView
-from control_plane.services.devices import DeploymentResultReport, ReportedStateReport
-from control_plane.services.packages import Chunk
-from control_plane.services.telemetry import IncomingRecord
+from control_plane.deployments.service import DesiredStateView
+from control_plane.devices.service import DeploymentResultReport, ReportedStateReport
+from control_plane.devices.telemetry import IncomingRecord
+from control_plane.registry.packages.service import Chunk
 from protos.gen import fleet_pb2
 
 M = TypeVar("M", bound=Message)

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.context import AppContext
-from control_plane.errors import ControlPlaneError
+from control_plane.core.context import AppContext
+from control_plane.core.errors import ControlPlaneError
+from control_plane.deployments.service import DeploymentService
+from control_plane.devices.service import DeviceService
+from control_plane.devices.telemetry import TelemetryService
 from control_plane.fleet import codec
-from control_plane.services.deployments import DeploymentService
-from control_plane.services.devices import DeviceService
-from control_plane.services.packages import PackageService
-from control_plane.services.telemetry import TelemetryService
+from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from control_plane.errors import InvalidRequest
+from control_plane.core.errors import InvalidRequest
 
 KINDS = ("keras", "savedmodel", "onnx", "tflite", "mxnet", "modelarts")
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from control_plane.context import AppContext
-from control_plane.errors import InvalidRequest
+from control_plane.core.context import AppContext
+from control_plane.core.errors import InvalidRequest
 from model_packager.signing import generate_keypair, key_id, load_private_key
 
 logger = logging.getLogger(__name__)

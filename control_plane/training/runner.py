@@ -41,11 +41,11 @@ from typing import Any
 from sqlalchemy import select
 
 import control_plane
-from control_plane.context import AppContext
-from control_plane.db.models import utcnow
-from control_plane.db.training_models import TrainingJob
+from control_plane.core.context import AppContext
+from control_plane.core.database import utcnow
 from control_plane.training import sdk
 from control_plane.training.algorithms import BUILTIN
+from control_plane.training.models import TrainingJob
 from control_plane.training.sdk import edge_training
 
 logger = logging.getLogger(__name__)
@@ -275,7 +275,7 @@ class JobRunner:
         return env
 
     def _launch(self, job_id: str) -> None:
-        from control_plane.services.training import data_url_of  # the service knows inputs
+        from control_plane.training.service import data_url_of  # the service knows inputs
 
         with self.ctx.sessions() as session:
             job = session.get(TrainingJob, job_id)

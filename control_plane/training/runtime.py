@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import update
 
-from control_plane.context import AppContext
-from control_plane.db.training_models import ModelVersion
+from control_plane.core.context import AppContext
+from control_plane.registry.models import ModelVersion
 from control_plane.training.runner import JobRunner
 from control_plane.training.tensorboard import VisualizationManager
 

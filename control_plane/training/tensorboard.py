@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from subprocess import DEVNULL, Popen
 
-from control_plane.errors import NotFound
+from control_plane.core.errors import NotFound
 
 logger = logging.getLogger(__name__)
 

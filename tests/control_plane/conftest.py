@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.api.app import create_app
-from control_plane.context import AppContext
-from control_plane.db.engine import upgrade
+from control_plane.app import create_app
+from control_plane.core.context import AppContext
+from control_plane.core.database import upgrade
 from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
-from control_plane.settings import Settings
+from control_plane.core.settings import Settings
 from tests.control_plane.mqtt_probe import MqttProbe
 
 API_TOKEN = "test-token-0123456789"

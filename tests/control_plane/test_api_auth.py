@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from control_plane.settings import DEFAULT_SECRET, Settings
+from control_plane.core.settings import DEFAULT_SECRET, Settings
 from tests.control_plane.conftest import API_TOKEN, ControlPlane
 
 

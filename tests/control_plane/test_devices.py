@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from control_plane.credentials import verify_password
-from control_plane.db.models import Device
+from control_plane.devices.credentials import verify_password
+from control_plane.devices.models import Device
 from protos import fleet_topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import ControlPlane, wait_for

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from control_plane.api.app import create_app
+from control_plane.app import create_app
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import API_TOKEN, Keys, make_settings

@@ -27,7 +27,7 @@ def _imports(path: Path) -> set[str]:
 
 def test_control_plane_never_imports_edge_agent() -> None:
     code = (
-        "import sys, control_plane.cli, control_plane.api.app, control_plane.fleet.service;"
+        "import sys, control_plane.cli, control_plane.app, control_plane.fleet.service;"
         "bad = [m for m in sys.modules if m.split('.')[0] == 'edge_agent'];"
         "assert not bad, bad"
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from control_plane.db.engine import make_engine, upgrade
-from control_plane.db.models import Base
+from control_plane.core.database import make_engine, upgrade
+from control_plane.tables import Base
 
 
 def test_migrations_match_models(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from control_plane.blobs import LocalBlobStore
-from control_plane.db.models import Package
+from control_plane.core.blobs import LocalBlobStore
+from control_plane.registry.models import Package
 from model_packager.archive import sha256_file
 from tests.control_plane.conftest import CHUNK_SIZE, ControlPlane, Keys, build_test_package
 

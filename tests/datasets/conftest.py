@@ -24,10 +24,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image, ImageDraw
 
-from control_plane.api.app import create_app
-from control_plane.context import AppContext
-from control_plane.db.engine import upgrade
-from control_plane.settings import Settings
+from control_plane.app import create_app
+from control_plane.core.context import AppContext
+from control_plane.core.database import upgrade
+from control_plane.core.settings import Settings
 from tests.datasets.digits import digit_png, write_digits
 
 __all__ = ["digit_png", "write_digits"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from control_plane.services.dataset_versions import VersionService, split_samples
+from control_plane.datasets.versions.service import VersionService, split_samples
 from tests.datasets.conftest import API, Client, digit_png
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import event
 
-from control_plane.api.dataset_schemas import SamplePage
+from control_plane.datasets.schemas import SamplePage
 from tests.datasets.conftest import API, Client, write_detection
 
 

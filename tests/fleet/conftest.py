@@ -24,9 +24,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from control_plane.api.app import create_app
-from control_plane.context import AppContext
-from control_plane.db.engine import upgrade
+from control_plane.app import create_app
+from control_plane.core.context import AppContext
+from control_plane.core.database import upgrade
 from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 from model_packager.build import ArtifactInput, BuildSpec, build_package
 from model_packager.signing import generate_keypair, load_private_key
@@ -181,7 +181,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path, fleet_keys: dict[str, Keys]) -> Iterator[Fleet]:
-    from control_plane.settings import Settings
+    from control_plane.core.settings import Settings
 
     port = free_port()
     broker_dir = tmp_path / "broker"

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from control_plane.context import AppContext
+from control_plane.core.context import AppContext
 from control_plane.training.runtime import TrainingRuntime, runtime_for
 from tests.datasets.conftest import API, API_TOKEN, brokerless_app, make_settings
 from tests.datasets.digits import write_digits

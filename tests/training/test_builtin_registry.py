@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.db.models import Deployment
+from control_plane.deployments.models import Deployment
 from model_packager.archive import verify_package
 from tests.training.conftest import Plane
 

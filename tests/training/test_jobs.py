@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from control_plane.db.training_models import TrainingJob
+from control_plane.training.models import TrainingJob
 from control_plane.training.runner import ENV_MARKER, JobRunner
 from tests.training.conftest import Plane
 

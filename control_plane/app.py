@@ -1,0 +1,83 @@
+"""FastAPI application assembly and lifespan.
+
+Startup order: database migrations, the embedded broker (only when no broker URL is configured),
+the fleet service. Shutdown reverses it. ``create_app`` takes a ``Settings`` so tests and the CLI
+build independent apps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from control_plane import health
+from control_plane.core import http_errors
+from control_plane.core.context import AppContext
+from control_plane.core.database import upgrade
+from control_plane.core.deps import require_token
+from control_plane.core.settings import Settings
+from control_plane.datasets import routes as datasets
+from control_plane.datasets.versions import routes as dataset_versions
+from control_plane.deployments import routes as deployments
+from control_plane.devices import routes as devices
+from control_plane.fleet.embedded_broker import EmbeddedBroker
+from control_plane.fleet.service import FleetService
+from control_plane.registry import routes as models
+from control_plane.registry.packages import routes as packages
+from control_plane.training import routes as training_jobs
+from control_plane.training import visualization_routes as visualizations
+from control_plane.training.runtime import TrainingRuntime
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx = AppContext.from_settings(settings)
+        upgrade(ctx.engine)
+        broker: EmbeddedBroker | None = None
+        if not settings.mqtt_url:
+            broker = EmbeddedBroker(port=settings.embedded_broker_port)
+            broker.start()
+            ctx.broker_url = broker.url
+        fleet = FleetService(ctx, ctx.broker_url)
+        ctx.publisher = fleet
+        ctx.registry_changed()
+        fleet.start()
+        app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
+        # Training: marks jobs orphaned by an earlier run failed, then runs the queue.
+        app.state.training = TrainingRuntime.start(ctx)
+        try:
+            yield
+        finally:
+            app.state.training.stop()
+            fleet.stop()
+            if broker is not None:
+                broker.stop()
+            ctx.close()
+
+    app = FastAPI(
+        title="Edge inference control plane",
+        version="0.1.0",
+        description="Devices, signed model packages and deployments to an MQTT fleet.",
+        lifespan=lifespan,
+    )
+    http_errors.install(app)
+    app.include_router(health.router)
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    api.include_router(devices.router)
+    api.include_router(packages.router)
+    api.include_router(deployments.router)
+    api.include_router(datasets.router)
+    api.include_router(dataset_versions.router)
+    api.include_router(training_jobs.router)
+    api.include_router(visualizations.router)
+    api.include_router(models.router)
+    app.include_router(api)
+    return app

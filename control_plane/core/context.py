@@ -1,0 +1,91 @@
+"""Everything a running control plane shares: settings, database, blobs, trust store, fleet.
+
+Built once by the app's lifespan (or a CLI command) and handed to services, which keeps services
+free of globals and lets tests build as many independent control planes as they like.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from control_plane.core.blobs import BlobStore, LocalBlobStore
+from control_plane.core.database import make_engine, make_session_factory
+from control_plane.core.settings import Settings
+from model_packager.signing import TrustStore, public_key_pem
+
+logger = logging.getLogger(__name__)
+
+
+class FleetPublisher(Protocol):
+    """What services need from the fleet channel (implemented by fleet.service.FleetService)."""
+
+    def publish_desired(self, device_ids: list[str]) -> None:
+        """Publish the current retained desired state of each device."""
+
+    def forget_device(self, device_id: str) -> None:
+        """Clear a deleted device's retained topics."""
+
+
+class NullPublisher:
+    """Used when no fleet channel runs (CLI commands, some tests)."""
+
+    def publish_desired(self, device_ids: list[str]) -> None:
+        logger.debug("no fleet channel: desired state of %s not published", device_ids)
+
+    def forget_device(self, device_id: str) -> None:
+        logger.debug("no fleet channel: retained topics of %s not cleared", device_id)
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    trust: TrustStore
+    publisher: FleetPublisher = field(default_factory=NullPublisher)
+    # The broker the fleet channel uses (the embedded one's URL when none is configured).
+    broker_url: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AppContext:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.staging_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=make_session_factory(engine),
+            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            trust=TrustStore.from_paths(settings.trusted_keys),
+            broker_url=settings.mqtt_url or "",
+        )
+
+    def trusted_key_pems(self) -> list[str]:
+        return [public_key_pem(k) for _, k in sorted(self.trust.keys.items())]
+
+    def registry_changed(self) -> None:
+        """Rewrite the broker's password and ACL files and ask the broker to reread them."""
+        if self.settings.broker_config_dir is None:
+            return
+        from control_plane.fleet.broker_config import write_registry_files
+
+        with self.sessions() as session:
+            write_registry_files(self.settings, session, self.settings.broker_config_dir)
+        cmd = self.settings.broker_reload_command
+        if cmd:
+            result = subprocess.run(shlex.split(cmd), capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                logger.error("broker reload %r failed: %s", cmd, result.stderr.strip())
+            else:
+                logger.info("broker reloaded its password and ACL files")
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,1 +1,0 @@
-"""Database layer: ORM models, engine/session setup and Alembic migrations."""

@@ -1,0 +1,167 @@
+"""Deployments: desired state per device, supersession, and what each device's desired state is.
+
+A deployment puts one package on one device or on every device matching a label selector
+(resolved when the deployment is created). For each targeted device, it supersedes that device's
+earlier deployments of the same model name, so a device's desired state is at most one package
+per model name: the newest deployment of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.database import utcnow
+from control_plane.core.errors import InvalidRequest, NotFound
+from control_plane.deployments.models import Deployment, DeploymentTarget
+from control_plane.devices.models import Device
+from control_plane.devices.service import DeviceService
+from control_plane.registry.models import Package
+from control_plane.registry.packages.service import PackageService
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DesiredModelView:
+    deployment_id: str
+    name: str
+    version: str
+    package_digest: str
+    package_size: int
+    chunk_size: int
+    chunk_sha256: list[bytes]
+
+
+@dataclass(frozen=True)
+class DesiredStateView:
+    device_id: str
+    generation: int
+    deployment_id: str
+    models: list[DesiredModelView]
+
+
+class DeploymentService:
+    def __init__(self, session: Session, ctx: AppContext) -> None:
+        self.session = session
+        self.ctx = ctx
+
+    def create(
+        self,
+        *,
+        package_digest: str | None,
+        package_name: str | None,
+        package_version: str | None,
+        device_id: str | None,
+        selector: dict[str, str] | None,
+    ) -> Deployment:
+        packages = PackageService(self.session, self.ctx)
+        if package_digest:
+            package = packages.get(package_digest)
+        elif package_name and package_version:
+            package = packages.find(package_name, package_version)
+        else:
+            raise InvalidRequest("name the package by digest, or by name and version")
+        if (device_id is None) == (selector is None):
+            raise InvalidRequest("target exactly one of: a device id, a label selector")
+        if device_id is not None:
+            devices = [DeviceService(self.session, self.ctx).get(device_id)]
+            target = {"device_id": device_id}
+        else:
+            assert selector is not None
+            devices = DeviceService(self.session, self.ctx).list(selector)
+            target = {"selector": dict(selector)}
+            if not devices:
+                raise InvalidRequest(f"label selector {selector} matches no device")
+
+        deployment = Deployment(
+            id=f"dep-{secrets.token_hex(6)}", package_digest=package.digest, target=target
+        )
+        self.session.add(deployment)
+        model_name = package.name
+        for device in devices:
+            self._supersede(device.id, model_name)
+            deployment.targets.append(
+                DeploymentTarget(
+                    device_id=device.id, model_name=model_name, chunks_total=package.chunk_count
+                )
+            )
+            device.desired_generation += 1
+        self.session.commit()
+        logger.info(
+            "deployment %s: %s %s to %d device(s)",
+            deployment.id,
+            package.name,
+            package.version,
+            len(devices),
+        )
+        self.ctx.publisher.publish_desired([d.id for d in devices])
+        return deployment
+
+    def _supersede(self, device_id: str, model_name: str) -> None:
+        older = self.session.scalars(
+            select(DeploymentTarget).where(
+                DeploymentTarget.device_id == device_id,
+                DeploymentTarget.model_name == model_name,
+                DeploymentTarget.state != "superseded",
+            )
+        ).all()
+        for t in older:
+            t.state = "superseded"
+            t.updated_at = utcnow()
+
+    def list(self) -> list[Deployment]:
+        return list(
+            self.session.scalars(select(Deployment).order_by(Deployment.created_at.desc())).all()
+        )
+
+    def get(self, deployment_id: str) -> Deployment:
+        deployment = self.session.get(Deployment, deployment_id)
+        if deployment is None:
+            raise NotFound(f"deployment {deployment_id} not found")
+        return deployment
+
+    def desired_state(self, device_id: str) -> DesiredStateView | None:
+        """The device's current desired state, or None when the device no longer exists."""
+        device = self.session.get(Device, device_id)
+        if device is None:
+            return None
+        rows = self.session.execute(
+            select(DeploymentTarget, Deployment, Package)
+            .join(Deployment, DeploymentTarget.deployment_id == Deployment.id)
+            .join(Package, Deployment.package_digest == Package.digest)
+            .where(DeploymentTarget.device_id == device_id, DeploymentTarget.state != "superseded")
+            .order_by(Deployment.created_at)
+        ).all()
+        models = [
+            DesiredModelView(
+                deployment_id=dep.id,
+                name=pkg.name,
+                version=pkg.version,
+                package_digest=pkg.digest,
+                package_size=pkg.size,
+                chunk_size=pkg.chunk_size,
+                chunk_sha256=[pkg.chunk_sha256(i) for i in range(pkg.chunk_count)],
+            )
+            for _, dep, pkg in rows
+        ]
+        return DesiredStateView(
+            device_id=device_id,
+            generation=device.desired_generation,
+            deployment_id=models[-1].deployment_id if models else "",
+            models=models,
+        )
+
+    def device_ids_with_desired_state(self) -> list[str]:
+        return list(
+            self.session.scalars(
+                select(DeploymentTarget.device_id)
+                .where(DeploymentTarget.state != "superseded")
+                .distinct()
+            ).all()
+        )

@@ -1,0 +1,86 @@
+"""/devices: register, list, get, delete; a device's telemetry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from control_plane.core.deps import ContextDep, SessionDep
+from control_plane.core.errors import InvalidRequest
+from control_plane.devices.schemas import (
+    DeviceBundle,
+    DeviceCreate,
+    DevicePublic,
+    DeviceRegistered,
+    MqttBundle,
+    TelemetryRecordPublic,
+)
+from control_plane.devices.service import DeviceService
+from control_plane.devices.telemetry import TelemetryService
+from protos import fleet_topics
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+
+def _parse_selector(raw: list[str]) -> dict[str, str]:
+    selector = {}
+    for item in raw:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidRequest(f"label selector {item!r} must be key=value")
+        selector[key] = value
+    return selector
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def register_device(body: DeviceCreate, session: SessionDep, ctx: ContextDep) -> DeviceRegistered:
+    """Register a device. The response holds its broker password: it is shown only once."""
+    reg = DeviceService(session, ctx).register(body.name, body.labels, body.device_id)
+    settings = ctx.settings
+    broker_url = settings.device_broker_url or ctx.broker_url
+    bundle = DeviceBundle(
+        device_id=reg.device.id,
+        mqtt=MqttBundle(
+            url=broker_url,
+            client_id=reg.device.id,
+            username=reg.device.id,
+            password=reg.password,
+            topic_prefix=fleet_topics.device_prefix(reg.device.id, settings.topic_root),
+        ),
+        trusted_keys_pem=ctx.trusted_key_pems(),
+    )
+    return DeviceRegistered(device=DevicePublic.of(reg.device), bundle=bundle)
+
+
+@router.get("")
+def list_devices(
+    session: SessionDep,
+    ctx: ContextDep,
+    label: Annotated[list[str], Query(description="key=value; repeat to AND them")] = [],  # noqa: B006
+) -> list[DevicePublic]:
+    devices = DeviceService(session, ctx).list(_parse_selector(label) or None)
+    return [DevicePublic.of(d) for d in devices]
+
+
+@router.get("/{device_id}")
+def get_device(device_id: str, session: SessionDep, ctx: ContextDep) -> DevicePublic:
+    return DevicePublic.of(DeviceService(session, ctx).get(device_id))
+
+
+@router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_device(device_id: str, session: SessionDep, ctx: ContextDep) -> None:
+    """Delete the device and revoke its broker credentials."""
+    DeviceService(session, ctx).delete(device_id)
+
+
+@router.get("/{device_id}/telemetry")
+def device_telemetry(
+    device_id: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    after_seq: int = 0,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
+) -> list[TelemetryRecordPublic]:
+    records = TelemetryService(session, ctx).list(device_id, after_seq, limit)
+    return [TelemetryRecordPublic.model_validate(r) for r in records]

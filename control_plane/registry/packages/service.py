@@ -1,0 +1,172 @@
+"""Package registry: verified uploads stored by sha256, and chunk reads for the fleet channel."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PackageRejected,
+    PayloadTooLarge,
+)
+from control_plane.deployments.models import Deployment, DeploymentTarget
+from control_plane.registry.models import Package
+from model_packager.archive import verify_package
+from model_packager.errors import PackageError
+
+logger = logging.getLogger(__name__)
+
+_COPY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Chunk:
+    index: int
+    sha256: bytes
+    data: bytes
+
+
+def chunk_digests(path: Path, chunk_size: int) -> bytes:
+    """Raw sha256 of each ``chunk_size`` slice of the file, concatenated."""
+    out = bytearray()
+    with open(path, "rb") as f:
+        while piece := f.read(chunk_size):
+            out += hashlib.sha256(piece).digest()
+    return bytes(out)
+
+
+class PackageService:
+    def __init__(self, session: Session, ctx: AppContext) -> None:
+        self.session = session
+        self.ctx = ctx
+
+    def upload(self, stream: BinaryIO) -> tuple[Package, bool]:
+        """Verify and store an uploaded package; returns it and whether it is new.
+
+        The upload is copied to a staging file (bounded by ``max_upload_bytes``), verified against
+        the trusted keys, and only then moved into the blob store. Whatever fails, the staging
+        file is removed, so a rejected upload leaves nothing behind.
+        """
+        settings = self.ctx.settings
+        settings.staging_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".edgepkg", dir=settings.staging_dir)
+        staged = Path(name)
+        try:
+            digest = self._copy_limited(stream, fd, settings.max_upload_bytes)
+            existing = self.session.get(Package, digest)
+            if existing is not None:
+                return existing, False
+            try:
+                reader, key_id = verify_package(staged, self.ctx.trust)
+            except PackageError as exc:
+                raise PackageRejected(f"package rejected: {exc}") from exc
+            manifest = reader.manifest
+            package = Package(
+                digest=digest,
+                name=manifest.name,
+                version=manifest.version,
+                size=staged.stat().st_size,
+                key_id=key_id,
+                manifest=manifest.model_dump(mode="json"),
+                chunk_size=settings.chunk_size,
+                chunk_digests=chunk_digests(staged, settings.chunk_size),
+            )
+            self.session.add(package)
+            try:
+                self.session.flush()
+            except IntegrityError:
+                self.session.rollback()
+                raise Conflict(
+                    f"a different package {manifest.name} {manifest.version} already exists"
+                ) from None
+            self.ctx.blobs.put(digest, staged)
+            try:
+                self.session.commit()
+            except BaseException:
+                self.ctx.blobs.delete(digest)
+                raise
+            logger.info(
+                "stored package %s %s (%s, key %s)", package.name, package.version, digest, key_id
+            )
+            return package, True
+        finally:
+            staged.unlink(missing_ok=True)
+
+    @staticmethod
+    def _copy_limited(stream: BinaryIO, fd: int, limit: int) -> str:
+        h = hashlib.sha256()
+        total = 0
+        with os.fdopen(fd, "wb") as out:
+            while piece := stream.read(_COPY):
+                total += len(piece)
+                if total > limit:
+                    raise PayloadTooLarge(f"package exceeds the {limit}-byte upload limit")
+                h.update(piece)
+                out.write(piece)
+            out.flush()
+            os.fsync(out.fileno())
+        if total == 0:
+            raise PackageRejected("package rejected: the upload is empty")
+        return h.hexdigest()
+
+    def list(self) -> list[Package]:
+        return list(self.session.scalars(select(Package).order_by(Package.created_at)).all())
+
+    def get(self, digest: str) -> Package:
+        package = self.session.get(Package, digest)
+        if package is None:
+            raise NotFound(f"package {digest} not found")
+        return package
+
+    def find(self, name: str, version: str) -> Package:
+        package = self.session.scalars(
+            select(Package).where(Package.name == name, Package.version == version)
+        ).first()
+        if package is None:
+            raise NotFound(f"package {name} {version} not found")
+        return package
+
+    def chunks_for_device(self, device_id: str, digest: str, indexes: list[int]) -> list[Chunk]:
+        """The requested chunks of a package the device's current desired state names.
+
+        A device may only pull packages deployed to it, so broker credentials alone do not open
+        the whole package registry.
+        """
+        desired = self.session.scalars(
+            select(DeploymentTarget.device_id)
+            .join(Deployment)
+            .where(
+                DeploymentTarget.device_id == device_id,
+                DeploymentTarget.state != "superseded",
+                Deployment.package_digest == digest,
+            )
+        ).first()
+        if desired is None:
+            raise NotFound(f"package {digest} is not in the desired state of {device_id}")
+        package = self.get(digest)
+        count = package.chunk_count
+        bad = [i for i in indexes if i >= count]
+        if bad:
+            raise InvalidRequest(f"chunk indexes {bad} out of range (package has {count})")
+        chunks = []
+        for i in indexes:
+            data = self.ctx.blobs.read_range(digest, i * package.chunk_size, package.chunk_size)
+            sha = hashlib.sha256(data).digest()
+            if sha != package.chunk_sha256(i):
+                # The blob changed under us: never send bytes that disagree with the manifest.
+                raise PackageRejected(f"blob {digest} chunk {i} does not match its recorded digest")
+            chunks.append(Chunk(i, sha, data))
+        return chunks

@@ -1,1 +1,0 @@
-"""Domain services: the only code that changes state. Routes and the fleet channel call these."""

@@ -1,0 +1,278 @@
+"""Training jobs: code uploads, job creation, versions (re-runs), cancel, logs and scalars.
+
+The service only records intent in the database and wakes the runner
+(``control_plane.training.runner``), which owns every process; nothing long runs inside a
+request. A job that reads a dataset version registers a use of it (``dataset_version_uses``), so
+the version cannot be deleted while the job exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
+from control_plane.datasets.sources import ZipSource, check_relative
+from control_plane.datasets.versions.service import VersionService
+from control_plane.registry.models import ModelVersion
+from control_plane.training.algorithms import BUILTIN
+from control_plane.training.events import read_scalars
+from control_plane.training.models import TrainingJob
+from control_plane.training.runner import FINAL_STATES, JobRunner
+from control_plane.training.schemas import JobCreate, JobRerun
+from control_plane.training.sdk import edge_training
+
+logger = logging.getLogger(__name__)
+
+SCRIPT = "script"
+_COPY = 1 << 20
+
+
+def data_url_of(session: Session, ctx: AppContext, job: TrainingJob) -> str:
+    """The folder (or file) the job gets as ``--data_url``."""
+    if job.dataset_id and job.dataset_version:
+        versions = VersionService(session, ctx)
+        return str(versions.path(versions.get(job.dataset_id, job.dataset_version)).resolve())
+    return job.data_path or ""
+
+
+def stage_upload(ctx: AppContext, stream: BinaryIO, limit: int, suffix: str) -> tuple[Path, str]:
+    """Copy an upload to a staging file (bounded); returns it and its sha256."""
+    staging = ctx.settings.staging_dir
+    staging.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=staging)
+    path = Path(name)
+    h = hashlib.sha256()
+    total = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            while piece := stream.read(_COPY):
+                total += len(piece)
+                if total > limit:
+                    raise PayloadTooLarge(f"upload exceeds the {limit}-byte limit")
+                h.update(piece)
+                out.write(piece)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    if total == 0:
+        path.unlink(missing_ok=True)
+        raise InvalidRequest("the upload is empty")
+    return path, h.hexdigest()
+
+
+def extract_zip(ctx: AppContext, archive: Path, dest: Path) -> list[str]:
+    """Safely extract ``archive`` into a new folder ``dest`` (all or nothing); returns names.
+
+    Uses the dataset importer's checked zip reader: no absolute paths, ``..``, links or special
+    files, member and size limits enforced while inflating.
+    """
+    s = ctx.settings
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
+    try:
+        with open(archive, "rb") as f:
+            source = ZipSource(
+                f,
+                max_members=s.dataset_max_archive_members,
+                max_total_bytes=s.dataset_max_archive_bytes,
+                max_file_bytes=s.max_upload_bytes,
+                what="zip",
+            )
+            try:
+                names = source.names()
+                for name in names:
+                    target = tmp / name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(source.read(name))
+            finally:
+                source.close()
+        if dest.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return names
+
+
+class TrainingService:
+    def __init__(self, session: Session, ctx: AppContext, runner: JobRunner) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.runner = runner
+
+    # --- code --------------------------------------------------------------------------------
+
+    def upload_code(self, stream: BinaryIO) -> tuple[str, list[str]]:
+        """Store a zip of training code by its sha256 (the same zip twice is stored once)."""
+        staged, digest = stage_upload(self.ctx, stream, self.ctx.settings.max_upload_bytes, ".zip")
+        try:
+            folder = self.runner.code_dir(digest)
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            if not folder.exists():
+                extract_zip(self.ctx, staged, folder)
+        finally:
+            staged.unlink(missing_ok=True)
+        logger.info("stored training code %s", digest)
+        return digest, self.code_files(digest)
+
+    def code_files(self, code_id: str) -> list[str]:
+        folder = self.runner.code_dir(code_id)
+        if len(code_id) != 64 or not folder.is_dir():
+            raise NotFound(f"training code {code_id} not found")
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    # --- jobs --------------------------------------------------------------------------------
+
+    def create(self, spec: JobCreate, parent: TrainingJob | None = None) -> TrainingJob:
+        self._check(spec)
+        latest = self.session.scalar(
+            select(func.max(TrainingJob.version)).where(TrainingJob.name == spec.name)
+        )
+        if latest is not None and parent is None:
+            raise Conflict(
+                f"a job named {spec.name} exists; re-run it (POST /training-jobs/{{id}}/versions) "
+                "to make a new version"
+            )
+        job = TrainingJob(
+            id=uuid.uuid4().hex[:16],
+            name=spec.name,
+            version=(latest or 0) + 1,
+            parent_id=parent.id if parent else None,
+            description=spec.description,
+            dataset_id=spec.dataset_id,
+            dataset_version=spec.dataset_version,
+            data_path=spec.data_path,
+            algorithm=spec.algorithm,
+            framework=spec.framework.value,
+            code_id=spec.code_id,
+            boot_file=spec.boot_file,
+            hyperparameters=dict(spec.hyperparameters),
+            timeout_s=spec.timeout_s or self.ctx.settings.training_timeout_s,
+        )
+        self.session.add(job)
+        self.session.commit()
+        if job.dataset_id and job.dataset_version:
+            VersionService(self.session, self.ctx).add_use(
+                job.dataset_id, job.dataset_version, "training_job", job.id
+            )
+        logger.info("queued job %s (%s v%d, %s)", job.id, job.name, job.version, job.algorithm)
+        self.runner.wake()
+        return job
+
+    def _check(self, spec: JobCreate) -> None:
+        if spec.algorithm in BUILTIN:
+            algo = BUILTIN[spec.algorithm]
+            if spec.framework.value != "tensorflow":
+                raise InvalidRequest(f"{algo.name} is a TensorFlow/Keras algorithm")
+            if spec.code_id:
+                raise InvalidRequest("built-in algorithms take no code")
+        elif spec.algorithm == SCRIPT:
+            if not spec.code_id or not spec.boot_file:
+                raise InvalidRequest("a script job needs code_id and boot_file")
+            boot = check_relative(spec.boot_file, "boot file")
+            if boot not in self.code_files(spec.code_id):
+                raise InvalidRequest(f"boot file {boot} is not in code {spec.code_id}")
+        else:
+            known = ", ".join([*BUILTIN, SCRIPT])
+            raise InvalidRequest(f"unknown algorithm {spec.algorithm!r} (known: {known})")
+        if spec.dataset_id or spec.dataset_version:
+            if spec.data_path:
+                raise InvalidRequest("name a dataset version or a data_path, not both")
+            if not (spec.dataset_id and spec.dataset_version):
+                raise InvalidRequest("a dataset version needs dataset_id and dataset_version")
+            versions = VersionService(self.session, self.ctx)
+            versions.get(spec.dataset_id, spec.dataset_version)
+            dataset = versions.datasets.get(spec.dataset_id)
+            wanted = BUILTIN[spec.algorithm].input if spec.algorithm in BUILTIN else None
+            if wanted not in (None, dataset.type):
+                raise InvalidRequest(f"{spec.algorithm} needs {wanted} data, not {dataset.type}")
+        elif spec.data_path:
+            roots = self.ctx.settings.dataset_import_roots
+            real = Path(os.path.realpath(spec.data_path))
+            if not any(real.is_relative_to(os.path.realpath(r)) for r in roots):
+                raise InvalidRequest(f"data_path {spec.data_path}: not inside an allowed root")
+            if not real.exists():
+                raise InvalidRequest(f"data_path {spec.data_path}: does not exist")
+            spec.data_path = str(real)
+        elif spec.algorithm in BUILTIN:
+            raise InvalidRequest(f"{spec.algorithm} needs a dataset version or a data_path")
+
+    def rerun(self, job_id: str, changes: JobRerun) -> TrainingJob:
+        old = self.get(job_id)
+        spec = JobCreate(
+            name=old.name,
+            description=old.description if changes.description is None else changes.description,
+            algorithm=old.algorithm,
+            framework=old.framework,  # type: ignore[arg-type]
+            dataset_id=old.dataset_id,
+            dataset_version=old.dataset_version,
+            data_path=old.data_path,
+            code_id=old.code_id,
+            boot_file=old.boot_file,
+            hyperparameters={**old.hyperparameters, **changes.hyperparameters},
+            timeout_s=changes.timeout_s or old.timeout_s,
+        )
+        return self.create(spec, parent=old)
+
+    def list(self, name: str | None = None, state: str | None = None) -> list[TrainingJob]:
+        query = select(TrainingJob).order_by(TrainingJob.created_at, TrainingJob.version)
+        if name:
+            query = query.where(TrainingJob.name == name)
+        if state:
+            query = query.where(TrainingJob.state == state)
+        return list(self.session.scalars(query).all())
+
+    def get(self, job_id: str) -> TrainingJob:
+        job = self.session.get(TrainingJob, job_id)
+        if job is None:
+            raise NotFound(f"training job {job_id} not found")
+        return job
+
+    def cancel(self, job_id: str) -> TrainingJob:
+        job = self.get(job_id)
+        if job.state in FINAL_STATES:
+            raise Conflict(f"job {job_id} is already {job.state}")
+        self.runner.cancel(job_id)
+        self.session.expire_all()
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        job = self.get(job_id)
+        if job.state not in FINAL_STATES:
+            raise Conflict(f"job {job_id} is {job.state}; cancel it first")
+        used = self.session.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).all()
+        if used:
+            names = ", ".join(f"{m.name}:{m.version}" for m in used)
+            raise Conflict(f"job {job_id} is the lineage of model versions {names}")
+        if job.dataset_id and job.dataset_version:
+            VersionService(self.session, self.ctx).remove_use(
+                job.dataset_id, job.dataset_version, "training_job", job.id
+            )
+        self.session.delete(job)
+        self.session.commit()
+        shutil.rmtree(self.runner.work_dir(job_id), ignore_errors=True)
+
+    def log_path(self, job_id: str) -> Path:
+        self.get(job_id)
+        return self.runner.log_path(job_id)
+
+    def output_dir(self, job_id: str) -> Path:
+        return self.runner.output_dir(self.get(job_id).id)
+
+    def event_dir(self, job_id: str) -> Path:
+        return self.output_dir(job_id) / edge_training.TENSORBOARD_DIR
+
+    def scalars(self, job_id: str) -> dict[str, dict[str, list[dict[str, float]]]]:
+        return read_scalars(self.event_dir(job_id))
