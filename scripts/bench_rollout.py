@@ -190,8 +190,8 @@ def start_broker(stack: Stack) -> None:
     """Write the broker files from the (empty) registry with broker_config, start Mosquitto."""
     from control_plane.core.context import AppContext
     from control_plane.core.database import upgrade
-    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
     from control_plane.core.settings import Settings
+    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 
     settings = Settings(
         api_token=stack.api_token,

@@ -1,6 +1,7 @@
 """The control plane's one error tree.
 
-Services raise these; ``control_plane.core.http_errors`` maps each class to an HTTP status in one place.
+Services raise these; ``control_plane.core.http_errors`` maps each class to an HTTP status in one
+place.
 Third-party exceptions (model_packager, SQLAlchemy, paho) are translated where they are caught.
 """
 

@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from control_plane.app import create_app
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
-from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 from control_plane.core.settings import Settings
+from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 from tests.control_plane.mqtt_probe import MqttProbe
 
 API_TOKEN = "test-token-0123456789"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 from control_plane.datasets.sources import FolderSource
 from control_plane.datasets.storage import DatasetStore
-from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 from tests.datasets.conftest import API, API_TOKEN, Client, digit_png
 
 
