@@ -42,8 +42,8 @@ def create_app(settings: Settings) -> FastAPI:
         ctx = AppContext.from_settings(settings)
         upgrade(ctx.engine)
         broker: EmbeddedBroker | None = None
-        if not settings.mqtt_url:
-            broker = EmbeddedBroker(port=settings.embedded_broker_port)
+        if not settings.mqtt.url:
+            broker = EmbeddedBroker(port=settings.mqtt.embedded_broker_port)
             broker.start()
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)

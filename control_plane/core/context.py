@@ -64,8 +64,8 @@ class AppContext:
             engine=engine,
             sessions=make_session_factory(engine),
             blobs=LocalBlobStore(settings.resolved_blob_dir),
-            trust=TrustStore.from_paths(settings.trusted_keys),
-            broker_url=settings.mqtt_url or "",
+            trust=TrustStore.from_paths(settings.registry.trusted_keys),
+            broker_url=settings.mqtt.url or "",
         )
 
     def trusted_key_pems(self) -> list[str]:
@@ -73,13 +73,13 @@ class AppContext:
 
     def registry_changed(self) -> None:
         """Rewrite the broker's password and ACL files and ask the broker to reread them."""
-        if self.settings.broker_config_dir is None:
+        if self.settings.mqtt.broker_config_dir is None:
             return
         from control_plane.fleet.broker_config import write_registry_files
 
         with self.sessions() as session:
-            write_registry_files(self.settings, session, self.settings.broker_config_dir)
-        cmd = self.settings.broker_reload_command
+            write_registry_files(self.settings, session, self.settings.mqtt.broker_config_dir)
+        cmd = self.settings.mqtt.broker_reload_command
         if cmd:
             result = subprocess.run(shlex.split(cmd), capture_output=True, text=True, check=False)
             if result.returncode != 0:

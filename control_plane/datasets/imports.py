@@ -130,7 +130,7 @@ class ImportService:
         dataset = DatasetService(self.session, self.ctx).get(dataset_id)
         if not uploads:
             raise InvalidRequest("no files in the upload (multipart field 'files')")
-        source = UploadSource(uploads, self.settings.dataset_max_file_bytes)
+        source = UploadSource(uploads, self.settings.datasets.max_file_bytes)
         items = [ImportItem(n, [ItemAnnotation(label)] if label else []) for n in source.names()]
         return self.import_items(dataset, source, items, options)
 
@@ -146,13 +146,13 @@ class ImportService:
         dataset = DatasetService(self.session, self.ctx).get(dataset_id)
         staged = self.store.staging_file(".zip")
         try:
-            self._copy_limited(stream, staged, self.settings.dataset_max_upload_bytes)
+            self._copy_limited(stream, staged, self.settings.datasets.max_upload_bytes)
             s = self.settings
             source = ZipSource(
                 staged,
-                max_members=s.dataset_max_archive_members,
-                max_total_bytes=s.dataset_max_archive_bytes,
-                max_file_bytes=s.dataset_max_file_bytes,
+                max_members=s.datasets.max_archive_members,
+                max_total_bytes=s.datasets.max_archive_bytes,
+                max_file_bytes=s.datasets.max_file_bytes,
             )
             try:
                 items = formats.parse(source, fmt, annotation_file)
@@ -166,8 +166,8 @@ class ImportService:
         dataset = DatasetService(self.session, self.ctx).get(dataset_id)
         source = FolderSource.open(
             Path(spec.path),
-            self.settings.dataset_import_roots,
-            self.settings.dataset_max_file_bytes,
+            self.settings.datasets.import_roots,
+            self.settings.datasets.max_file_bytes,
         )
         items = formats.parse(source, spec.format, spec.annotation_file)
         options = ImportOptions(add_labels=spec.add_labels, annotated_by=spec.annotated_by)
@@ -197,7 +197,7 @@ class ImportService:
         )
         seen: dict[str, str] = {}
         pending: list[_Pending] = []
-        max_pixels = self.settings.dataset_max_image_pixels
+        max_pixels = self.settings.datasets.max_image_pixels
         now = utcnow()
         try:
             for item in items:

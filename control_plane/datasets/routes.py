@@ -60,7 +60,7 @@ class UploadLimitRoute(APIRoute):
             if request.method != "POST":
                 return await handler(request)
             ctx: AppContext = request.app.state.ctx
-            limit = ctx.settings.dataset_max_upload_bytes
+            limit = ctx.settings.datasets.max_upload_bytes
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
                 raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")

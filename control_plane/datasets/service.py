@@ -58,7 +58,7 @@ def _store(root: Path, thumbnail_size: int) -> DatasetStore:
 
 def dataset_store(ctx: AppContext) -> DatasetStore:
     s = ctx.settings
-    return _store(s.resolved_dataset_dir, s.dataset_thumbnail_size)
+    return _store(s.resolved_dataset_dir, s.datasets.thumbnail_size)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,7 @@ Safety is checked before anything is read:
 
 - folder: the folder must lie inside a configured import root; symlinks are not followed out of
   it; special files are skipped.
-- zip: every member name is checked (no absolute paths, drive letters, backslashes, ``..``), no
-  symlinks or other non-regular members, member count and declared sizes under the limits; then
-  each read stops as soon as the actual bytes exceed the declared size or the limit (a forged
-  header cannot smuggle a zip bomb past the declared-size check).
+- zip: checked by ``core/archives.py``, the one safe zip reader every zip upload uses.
 """
 
 from __future__ import annotations
@@ -18,11 +15,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import zipfile
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
+from control_plane.core.archives import SafeZip as ZipSource
+from control_plane.core.archives import check_relative
 from control_plane.core.errors import InvalidRequest, PayloadTooLarge
+
+__all__ = ["FolderSource", "Source", "ZipSource", "check_relative", "join"]
 
 _READ = 1 << 16
 _OPEN_FLAGS = (
@@ -43,20 +43,6 @@ class Source(Protocol):
         """The file's bytes (``InvalidRequest`` naming it if missing or too large)."""
 
     def exists(self, name: str) -> bool: ...
-
-
-def check_relative(name: str, what: str = "member") -> str:
-    """``name`` as a safe relative POSIX path, or ``InvalidRequest`` naming it."""
-    if not name or "\x00" in name:
-        raise InvalidRequest(f"{what} {name!r}: empty or NUL in name")
-    if "\\" in name:
-        raise InvalidRequest(f"{what} {name!r}: backslash in path")
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        raise InvalidRequest(f"{what} {name!r}: absolute path")
-    parts = PurePosixPath(name).parts
-    if any(p == ".." for p in parts):
-        raise InvalidRequest(f"{what} {name!r}: '..' in path")
-    return PurePosixPath(*[p for p in parts if p != "."]).as_posix()
 
 
 def join(base: str, rel: str, what: str) -> str:
@@ -159,82 +145,3 @@ class FolderSource:
         if len(data) > self.max_file_bytes:
             raise PayloadTooLarge(f"{name}: larger than the {self.max_file_bytes}-byte limit")
         return data
-
-
-class ZipSource:
-    def __init__(
-        self,
-        stream: BinaryIO | Path,
-        *,
-        max_members: int,
-        max_total_bytes: int,
-        max_file_bytes: int,
-        what: str = "archive",
-    ) -> None:
-        try:
-            self.zf = zipfile.ZipFile(stream)
-        except (zipfile.BadZipFile, OSError, ValueError) as exc:
-            raise InvalidRequest(f"{what}: not a valid zip archive ({exc})") from None
-        self.max_file_bytes = max_file_bytes
-        infos = self.zf.infolist()
-        if len(infos) > max_members:
-            raise PayloadTooLarge(f"{what}: {len(infos)} members, limit {max_members}")
-        self._infos: dict[str, zipfile.ZipInfo] = {}
-        total = 0
-        for info in infos:
-            name = check_relative(info.filename.rstrip("/") or info.filename, "member")
-            mode = (info.external_attr >> 16) & 0xFFFF
-            if info.is_dir():
-                continue
-            if stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: no type recorded (writestr)
-                kind = "symlink" if stat.S_ISLNK(mode) else "special file"
-                raise InvalidRequest(f"member {info.filename!r}: {kind} not allowed")
-            if info.flag_bits & 0x1:
-                raise InvalidRequest(f"member {info.filename!r}: encrypted")
-            if info.file_size > max_file_bytes:
-                raise PayloadTooLarge(
-                    f"member {info.filename!r}: {info.file_size} bytes, limit {max_file_bytes}"
-                )
-            total += info.file_size
-            if total > max_total_bytes:
-                raise PayloadTooLarge(
-                    f"{what}: uncompressed size exceeds the {max_total_bytes}-byte limit"
-                )
-            if name in self._infos:
-                raise InvalidRequest(f"member {info.filename!r}: appears twice")
-            base = PurePosixPath(name).name
-            if base.startswith(".") or name.startswith("__MACOSX/"):
-                continue
-            self._infos[name] = info
-        self._names = sorted(self._infos)
-        self._budget = max_total_bytes
-
-    def names(self) -> list[str]:
-        return self._names
-
-    def exists(self, name: str) -> bool:
-        return name in self._infos
-
-    def read(self, name: str) -> bytes:
-        info = self._infos.get(name)
-        if info is None:
-            raise InvalidRequest(f"{name}: not in the archive")
-        limit = min(info.file_size, self.max_file_bytes)
-        out = bytearray()
-        try:
-            with self.zf.open(info) as f:
-                while piece := f.read(_READ):
-                    out += piece
-                    if len(out) > limit:
-                        raise PayloadTooLarge(
-                            f"member {name!r}: inflates beyond its declared size {info.file_size}"
-                        )
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
-            raise InvalidRequest(f"member {name!r}: corrupt ({exc})") from None
-        self._budget -= len(out)
-        if self._budget < 0:
-            raise PayloadTooLarge("archive: uncompressed size exceeds the limit")
-        return bytes(out)
-
-    def close(self) -> None:
-        self.zf.close()

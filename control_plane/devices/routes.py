@@ -38,7 +38,7 @@ def register_device(body: DeviceCreate, session: SessionDep, ctx: ContextDep) ->
     """Register a device. The response holds its broker password: it is shown only once."""
     reg = DeviceService(session, ctx).register(body.name, body.labels, body.device_id)
     settings = ctx.settings
-    broker_url = settings.device_broker_url or ctx.broker_url
+    broker_url = settings.mqtt.device_broker_url or ctx.broker_url
     bundle = DeviceBundle(
         device_id=reg.device.id,
         mqtt=MqttBundle(
@@ -46,7 +46,7 @@ def register_device(body: DeviceCreate, session: SessionDep, ctx: ContextDep) ->
             client_id=reg.device.id,
             username=reg.device.id,
             password=reg.password,
-            topic_prefix=fleet_topics.device_prefix(reg.device.id, settings.topic_root),
+            topic_prefix=fleet_topics.device_prefix(reg.device.id, settings.mqtt.topic_root),
         ),
         trusted_keys_pem=ctx.trusted_key_pems(),
     )

@@ -71,7 +71,7 @@ class DeviceService:
             raise InvalidRequest(
                 f"device id {device_id!r} must be 1-64 letters, digits, '.', '_' or '-'"
             )
-        if device_id == self.ctx.settings.mqtt_username:
+        if device_id == self.ctx.settings.mqtt.username:
             raise InvalidRequest(f"{device_id!r} is the control plane's own broker identity")
         if self.session.get(Device, device_id) is not None:
             raise Conflict(f"device {device_id} already exists")

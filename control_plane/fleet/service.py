@@ -76,11 +76,11 @@ class FleetService:
     def __init__(self, ctx: AppContext, broker_url: str) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
-        self.root = self.settings.topic_root
+        self.root = self.settings.mqtt.topic_root
         self.address = topics.parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._stopping = threading.Event()
-        self._jobs: queue.Queue[_ChunkJob | None] = queue.Queue(self.settings.chunk_queue_size)
+        self._jobs: queue.Queue[_ChunkJob | None] = queue.Queue(self.settings.mqtt.chunk_queue_size)
         self._worker = threading.Thread(target=self._serve_chunks, name="fleet-chunks", daemon=True)
         self._records: queue.Queue[_Record | None] = queue.Queue(RECORD_QUEUE_SIZE)
         self._recorder = threading.Thread(
@@ -93,15 +93,15 @@ class FleetService:
         # plane is down waits in the broker instead of being lost.
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.settings.mqtt_username,
+            client_id=self.settings.mqtt.username,
             clean_session=False,
             protocol=mqtt.MQTTv311,
         )
         self.client.username_pw_set(
-            self.settings.mqtt_username, self.settings.mqtt_password.get_secret_value()
+            self.settings.mqtt.username, self.settings.mqtt.password.get_secret_value()
         )
         if self.address.tls:
-            ca = self.settings.mqtt_ca_file
+            ca = self.settings.mqtt.ca_file
             self.client.tls_set(ca_certs=str(ca) if ca else None)
         self.client.max_inflight_messages_set(64)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)

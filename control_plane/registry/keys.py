@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def signing_key_path(ctx: AppContext) -> Path:
     """The private key file, generated in dev mode when missing; its public key becomes trusted."""
     settings = ctx.settings
-    path = settings.signing_key or settings.data_dir / "keys" / "signing.key"
+    path = settings.registry.signing_key or settings.data_dir / "keys" / "signing.key"
     if not path.is_file():
         if not settings.dev_mode:
             raise InvalidRequest(

@@ -214,7 +214,9 @@ class ModelService:
         if kind is not None and kind not in KINDS:
             raise InvalidRequest(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
         suffix = Path(filename).suffix.lower()
-        staged, digest = stage_upload(self.ctx, stream, self.ctx.settings.max_upload_bytes, suffix)
+        staged, digest = stage_upload(
+            self.ctx, stream, self.ctx.settings.storage.max_upload_bytes, suffix
+        )
         key = signing_key_path(self.ctx)
         folder = self.root / "imports" / digest[:16]
         created = not folder.exists()
@@ -285,7 +287,7 @@ class ModelService:
             "samples": str(samples) if samples else None,
             "key": str(key),
             "out_dir": str(work / "out"),
-            "mxnet_python": str(self.ctx.settings.mxnet_python or default_mxnet_python()),
+            "mxnet_python": str(self.ctx.settings.training.mxnet_python or default_mxnet_python()),
         }
         (work / "spec.json").write_text(json.dumps(spec, indent=1))
         self.runtime.submit(run_conversion, self.ctx, mv.id, work)

@@ -202,7 +202,7 @@ class JobRunner:
                     self._reap(run)
             if self._stop.is_set():
                 return
-            free = self.ctx.settings.training_max_concurrent - len(self._running)
+            free = self.ctx.settings.training.max_concurrent - len(self._running)
             if free > 0:
                 with self.ctx.sessions() as session:
                     queued = session.scalars(
@@ -254,7 +254,7 @@ class JobRunner:
         boot = code / (job.boot_file or "")
         python = str(sys.executable)
         if job.framework == "mxnet":
-            python = str(self.ctx.settings.mxnet_python or default_mxnet_python())
+            python = str(self.ctx.settings.training.mxnet_python or default_mxnet_python())
         return [python, str(boot), *args], code
 
     def environment(self, job: TrainingJob, work: Path) -> dict[str, str]:

@@ -32,7 +32,7 @@ class TrainingRuntime:
         self.ctx = ctx
         self.runner = JobRunner(ctx)
         self.visualizations = VisualizationManager(
-            ctx.settings.resolved_training_dir, ctx.settings.tensorboard_idle_s
+            ctx.settings.resolved_training_dir, ctx.settings.training.tensorboard_idle_s
         )
         self.conversions = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
         self._pending: set[Future[Any]] = set()

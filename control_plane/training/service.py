@@ -83,9 +83,9 @@ def extract_zip(ctx: AppContext, archive: Path, dest: Path) -> list[str]:
         with open(archive, "rb") as f:
             source = ZipSource(
                 f,
-                max_members=s.dataset_max_archive_members,
-                max_total_bytes=s.dataset_max_archive_bytes,
-                max_file_bytes=s.max_upload_bytes,
+                max_members=s.datasets.max_archive_members,
+                max_total_bytes=s.datasets.max_archive_bytes,
+                max_file_bytes=s.storage.max_upload_bytes,
                 what="zip",
             )
             try:
@@ -116,7 +116,9 @@ class TrainingService:
 
     def upload_code(self, stream: BinaryIO) -> tuple[str, list[str]]:
         """Store a zip of training code by its sha256 (the same zip twice is stored once)."""
-        staged, digest = stage_upload(self.ctx, stream, self.ctx.settings.max_upload_bytes, ".zip")
+        staged, digest = stage_upload(
+            self.ctx, stream, self.ctx.settings.storage.max_upload_bytes, ".zip"
+        )
         try:
             folder = self.runner.code_dir(digest)
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -159,7 +161,7 @@ class TrainingService:
             code_id=spec.code_id,
             boot_file=spec.boot_file,
             hyperparameters=dict(spec.hyperparameters),
-            timeout_s=spec.timeout_s or self.ctx.settings.training_timeout_s,
+            timeout_s=spec.timeout_s or self.ctx.settings.training.timeout_s,
         )
         self.session.add(job)
         self.session.commit()
@@ -199,7 +201,7 @@ class TrainingService:
             if wanted not in (None, dataset.type):
                 raise InvalidRequest(f"{spec.algorithm} needs {wanted} data, not {dataset.type}")
         elif spec.data_path:
-            roots = self.ctx.settings.dataset_import_roots
+            roots = self.ctx.settings.datasets.import_roots
             real = Path(os.path.realpath(spec.data_path))
             if not any(real.is_relative_to(os.path.realpath(r)) for r in roots):
                 raise InvalidRequest(f"data_path {spec.data_path}: not inside an allowed root")

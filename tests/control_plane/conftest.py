@@ -216,7 +216,7 @@ class ControlPlane:
 
     def observer(self) -> MqttProbe:
         """A client with the control plane's identity (sees the whole fleet tree)."""
-        p = self.probe(self.settings.mqtt_username, MQTT_PASSWORD)
+        p = self.probe(self.settings.mqtt.username, MQTT_PASSWORD)
         assert p.connect()
         return p
 

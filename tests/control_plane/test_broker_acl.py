@@ -129,7 +129,7 @@ def test_unknown_and_wrong_credentials_refused_at_connect(control_plane: Control
         ("nobody", "whatever"),
         (device_id, "wrong-password"),
         (None, None),  # anonymous
-        (control_plane.settings.mqtt_username, "wrong-password"),
+        (control_plane.settings.mqtt.username, "wrong-password"),
     ):
         probe = control_plane.probe(user, password)
         assert not probe.connect(), (user, password)

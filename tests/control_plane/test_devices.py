@@ -19,11 +19,11 @@ def test_register_returns_bundle_and_stores_only_a_hash(control_plane: ControlPl
     assert reg["device"]["labels"] == {"site": "north"}
     assert reg["device"]["status"] == "unknown"
     mqtt = bundle["mqtt"]
-    assert mqtt["url"] == control_plane.settings.mqtt_url
+    assert mqtt["url"] == control_plane.settings.mqtt.url
     assert mqtt["username"] == device_id == mqtt["client_id"]
     assert mqtt["topic_prefix"] == f"edge/{device_id}"
     assert len(mqtt["password"]) >= 24
-    trusted = control_plane.settings.trusted_keys[0].read_text()
+    trusted = control_plane.settings.registry.trusted_keys[0].read_text()
     assert bundle["trusted_keys_pem"] == [trusted]
 
     with control_plane.ctx.sessions() as session:
@@ -33,7 +33,7 @@ def test_register_returns_bundle_and_stores_only_a_hash(control_plane: ControlPl
         assert stored.password_hash.startswith("$7$")
         assert verify_password(mqtt["password"], stored.password_hash)
     # and the password file the broker reads holds the same hash, not the password
-    passwd = (control_plane.settings.broker_config_dir / "passwd").read_text()  # type: ignore[operator]
+    passwd = (control_plane.settings.mqtt.broker_config_dir / "passwd").read_text()  # type: ignore[operator]
     assert f"{device_id}:{stored.password_hash}" in passwd
     assert mqtt["password"] not in passwd
 
@@ -54,7 +54,7 @@ def test_list_filter_get_delete(control_plane: ControlPlane) -> None:
     assert api.get(f"/api/v1/devices/{b}").status_code == 404
     assert api.delete(f"/api/v1/devices/{b}").status_code == 404
     assert [d["id"] for d in api.get("/api/v1/devices").json()] == [a]
-    acl = (control_plane.settings.broker_config_dir / "acl").read_text()  # type: ignore[operator]
+    acl = (control_plane.settings.mqtt.broker_config_dir / "acl").read_text()  # type: ignore[operator]
     assert f"user {a}" in acl and f"user {b}" not in acl
 
 

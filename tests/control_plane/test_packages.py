@@ -104,7 +104,7 @@ def test_same_name_version_different_content_conflicts(
 
 
 def test_upload_limit(control_plane: ControlPlane, package_factory: Any) -> None:
-    control_plane.ctx.settings.max_upload_bytes = 1000
+    control_plane.ctx.settings.storage.max_upload_bytes = 1000
     r = control_plane.upload(package_factory("1.0.0"))
     assert r.status_code == 413
     _nothing_stored(control_plane)

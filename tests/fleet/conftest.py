@@ -165,7 +165,7 @@ class Fleet:
 
     def observer(self) -> MqttProbe:
         """A client with the control plane's identity: sees (and may publish to) every subtree."""
-        p = MqttProbe(self.port, self.ctx.settings.mqtt_username, MQTT_PASSWORD)
+        p = MqttProbe(self.port, self.ctx.settings.mqtt.username, MQTT_PASSWORD)
         assert p.connect()
         self.probes.append(p)
         return p
@@ -176,7 +176,7 @@ class Fleet:
     def start_broker(self) -> None:
         log = self.tmp / f"mosquitto-{time.monotonic_ns()}.log"
         self.broker = start_mosquitto(self.broker.conf, self.broker.port, log)
-        self.ctx.settings.broker_reload_command = f"kill -HUP {self.broker.process.pid}"
+        self.ctx.settings.mqtt.broker_reload_command = f"kill -HUP {self.broker.process.pid}"
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ class PackageService:
         fd, name = tempfile.mkstemp(prefix="upload-", suffix=".edgepkg", dir=settings.staging_dir)
         staged = Path(name)
         try:
-            digest = self._copy_limited(stream, fd, settings.max_upload_bytes)
+            digest = self._copy_limited(stream, fd, settings.storage.max_upload_bytes)
             existing = self.session.get(Package, digest)
             if existing is not None:
                 return existing, False
@@ -81,8 +81,8 @@ class PackageService:
                 size=staged.stat().st_size,
                 key_id=key_id,
                 manifest=manifest.model_dump(mode="json"),
-                chunk_size=settings.chunk_size,
-                chunk_digests=chunk_digests(staged, settings.chunk_size),
+                chunk_size=settings.mqtt.chunk_size,
+                chunk_digests=chunk_digests(staged, settings.mqtt.chunk_size),
             )
             self.session.add(package)
             try:
