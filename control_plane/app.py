@@ -26,6 +26,7 @@ from control_plane.devices import routes as devices
 from control_plane.fleet.embedded_broker import EmbeddedBroker
 from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
+from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
@@ -48,14 +49,17 @@ def create_app(settings: Settings) -> FastAPI:
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
-        ctx.registry_changed()
+        fleet.devices_changed()
         fleet.start()
         app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
         # Training: marks jobs orphaned by an earlier run failed, then runs the queue.
         app.state.training = TrainingRuntime.start(ctx)
+        # Registry: marks conversions interrupted by an earlier run failed.
+        app.state.conversions = Conversions.start(ctx)
         try:
             yield
         finally:
+            app.state.conversions.stop()
             app.state.training.stop()
             fleet.stop()
             if broker is not None:

@@ -34,7 +34,12 @@ def imports_of(path: Path, known: set[str], root: Path = REPO) -> set[str]:
     """Modules of ``known`` that ``path`` imports; ``from pkg import mod`` counts as ``pkg.mod``."""
     current = module_name(path, root)
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    # Imports for type annotations only (``if TYPE_CHECKING:``) create no runtime dependency.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):

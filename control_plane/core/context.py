@@ -7,8 +7,6 @@ free of globals and lets tests build as many independent control planes as they 
 from __future__ import annotations
 
 import logging
-import shlex
-import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,6 +30,9 @@ class FleetPublisher(Protocol):
     def forget_device(self, device_id: str) -> None:
         """Clear a deleted device's retained topics."""
 
+    def devices_changed(self) -> None:
+        """A device was registered or deleted: bring the broker's credentials and ACL up to date."""
+
 
 class NullPublisher:
     """Used when no fleet channel runs (CLI commands, some tests)."""
@@ -41,6 +42,9 @@ class NullPublisher:
 
     def forget_device(self, device_id: str) -> None:
         logger.debug("no fleet channel: retained topics of %s not cleared", device_id)
+
+    def devices_changed(self) -> None:
+        logger.debug("no fleet channel: broker files not rewritten")
 
 
 @dataclass
@@ -70,22 +74,6 @@ class AppContext:
 
     def trusted_key_pems(self) -> list[str]:
         return [public_key_pem(k) for _, k in sorted(self.trust.keys.items())]
-
-    def registry_changed(self) -> None:
-        """Rewrite the broker's password and ACL files and ask the broker to reread them."""
-        if self.settings.mqtt.broker_config_dir is None:
-            return
-        from control_plane.fleet.broker_config import write_registry_files
-
-        with self.sessions() as session:
-            write_registry_files(self.settings, session, self.settings.mqtt.broker_config_dir)
-        cmd = self.settings.mqtt.broker_reload_command
-        if cmd:
-            result = subprocess.run(shlex.split(cmd), capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                logger.error("broker reload %r failed: %s", cmd, result.stderr.strip())
-            else:
-                logger.info("broker reloaded its password and ACL files")
 
     def close(self) -> None:
         self.engine.dispose()

@@ -19,12 +19,25 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import InvalidRequest, NotFound
 from control_plane.deployments.models import Deployment, DeploymentTarget
-from control_plane.devices.models import Device
 from control_plane.devices.service import DeviceService
-from control_plane.registry.models import Package
 from control_plane.registry.packages.service import PackageService
 
 logger = logging.getLogger(__name__)
+
+# Deployment outcomes a device reports, mapped to a target's state.
+OUTCOME_STATES = {"IN_PROGRESS": "in_progress", "INSTALLED": "installed", "FAILED": "failed"}
+# A late IN_PROGRESS report never moves a target out of these.
+FINAL_STATES = ("installed", "failed")
+
+
+@dataclass(frozen=True)
+class DeploymentResultReport:
+    deployment_id: str
+    outcome: str  # IN_PROGRESS | INSTALLED | FAILED
+    reason: str = ""
+    step: str = ""
+    chunks_done: int = 0
+    chunks_total: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,7 +104,7 @@ class DeploymentService:
                     device_id=device.id, model_name=model_name, chunks_total=package.chunk_count
                 )
             )
-            device.desired_generation += 1
+            DeviceService(self.session, self.ctx).bump_desired_generation(device)
         self.session.commit()
         logger.info(
             "deployment %s: %s %s to %d device(s)",
@@ -128,13 +141,12 @@ class DeploymentService:
 
     def desired_state(self, device_id: str) -> DesiredStateView | None:
         """The device's current desired state, or None when the device no longer exists."""
-        device = self.session.get(Device, device_id)
+        device = DeviceService(self.session, self.ctx).find(device_id)
         if device is None:
             return None
-        rows = self.session.execute(
-            select(DeploymentTarget, Deployment, Package)
-            .join(Deployment, DeploymentTarget.deployment_id == Deployment.id)
-            .join(Package, Deployment.package_digest == Package.digest)
+        deployments = self.session.scalars(
+            select(Deployment)
+            .join(DeploymentTarget, DeploymentTarget.deployment_id == Deployment.id)
             .where(DeploymentTarget.device_id == device_id, DeploymentTarget.state != "superseded")
             .order_by(Deployment.created_at)
         ).all()
@@ -148,7 +160,8 @@ class DeploymentService:
                 chunk_size=pkg.chunk_size,
                 chunk_sha256=[pkg.chunk_sha256(i) for i in range(pkg.chunk_count)],
             )
-            for _, dep, pkg in rows
+            for dep in deployments
+            for pkg in [dep.package]
         ]
         return DesiredStateView(
             device_id=device_id,
@@ -165,3 +178,45 @@ class DeploymentService:
                 .distinct()
             ).all()
         )
+
+    def is_desired(self, device_id: str, package_digest: str) -> bool:
+        """Whether the package is in the device's current desired state.
+
+        A device may only pull packages deployed to it, so broker credentials alone do not open
+        the whole package registry.
+        """
+        found = self.session.scalars(
+            select(DeploymentTarget.device_id)
+            .join(Deployment)
+            .where(
+                DeploymentTarget.device_id == device_id,
+                DeploymentTarget.state != "superseded",
+                Deployment.package_digest == package_digest,
+            )
+        ).first()
+        return found is not None
+
+    def record_result(self, device_id: str, result: DeploymentResultReport) -> None:
+        """Fold a device's reported deployment result into that deployment's progress.
+
+        Idempotent: the same report twice leaves the same state. A result for a deployment that
+        was superseded for this device does not resurrect it, and a late IN_PROGRESS does not undo
+        a final INSTALLED or FAILED.
+        """
+        if result.outcome not in OUTCOME_STATES:
+            return
+        target = self.session.get(DeploymentTarget, (result.deployment_id, device_id))
+        if target is None:
+            logger.info("device %s reports unknown deployment %s", device_id, result.deployment_id)
+        elif target.state == "superseded" or (
+            target.state in FINAL_STATES and result.outcome == "IN_PROGRESS"
+        ):
+            logger.debug("stale result for %s on %s ignored", target.deployment_id, device_id)
+        else:
+            target.state = OUTCOME_STATES[result.outcome]
+            target.reason = result.reason
+            target.step = result.step
+            target.chunks_done = result.chunks_done
+            target.chunks_total = result.chunks_total
+            target.updated_at = utcnow()
+        self.session.commit()

@@ -17,7 +17,7 @@ from control_plane.devices.schemas import (
     TelemetryRecordPublic,
 )
 from control_plane.devices.service import DeviceService
-from control_plane.devices.telemetry import TelemetryService
+from control_plane.devices.telemetry.service import TelemetryService
 from protos import fleet_topics
 
 router = APIRouter(prefix="/devices", tags=["devices"])

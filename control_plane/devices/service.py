@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
@@ -12,20 +11,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
+from control_plane.core.credentials import hash_password, new_password
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
-from control_plane.deployments.models import DeploymentTarget
-from control_plane.devices.credentials import hash_password, new_password
 from control_plane.devices.models import Device
 from protos import fleet_topics
 
 logger = logging.getLogger(__name__)
 
 STATUSES = ("online", "offline", "unknown")
-# Deployment outcomes a device reports, mapped to a target's state.
-OUTCOME_STATES = {"IN_PROGRESS": "in_progress", "INSTALLED": "installed", "FAILED": "failed"}
-# A late IN_PROGRESS report never moves a target out of these.
-FINAL_STATES = ("installed", "failed")
 
 
 @dataclass(frozen=True)
@@ -35,22 +29,11 @@ class Registration:
 
 
 @dataclass(frozen=True)
-class DeploymentResultReport:
-    deployment_id: str
-    outcome: str  # IN_PROGRESS | INSTALLED | FAILED
-    reason: str = ""
-    step: str = ""
-    chunks_done: int = 0
-    chunks_total: int = 0
-
-
-@dataclass(frozen=True)
 class ReportedStateReport:
     """A device's ReportedState, already decoded by the fleet channel."""
 
     device_id: str
     document: dict[str, Any]
-    last_result: DeploymentResultReport | None
 
 
 def matches(labels: dict[str, Any], selector: dict[str, str]) -> bool:
@@ -85,7 +68,7 @@ class DeviceService:
         self.session.add(device)
         self.session.commit()
         logger.info("registered device %s", device_id)
-        self.ctx.registry_changed()
+        self.ctx.publisher.devices_changed()
         return Registration(device, password)
 
     def list(self, selector: dict[str, str] | None = None) -> list[Device]:
@@ -104,7 +87,7 @@ class DeviceService:
         self.session.delete(device)
         self.session.commit()
         logger.info("deleted device %s", device_id)
-        self.ctx.registry_changed()
+        self.ctx.publisher.devices_changed()
         self.ctx.publisher.forget_device(device_id)
 
     # --- updates from the fleet channel -----------------------------------------------------
@@ -119,34 +102,25 @@ class DeviceService:
         self.session.commit()
 
     def record_reported(self, report: ReportedStateReport) -> None:
-        """Store the device's reported state and fold its last deployment result into progress.
-
-        Idempotent: the same report twice leaves the same state. A result for a deployment that
-        was superseded for this device does not resurrect it, and a late IN_PROGRESS does not undo
-        a final INSTALLED or FAILED.
-        """
+        """Store the device's reported state (its deployment result is the deployments' to fold)."""
         device = self.session.get(Device, report.device_id)
         if device is None:
             logger.warning("reported state from unknown device %s ignored", report.device_id)
             return
         device.reported = report.document
         device.reported_at = utcnow()
-        result = report.last_result
-        if result is not None and result.outcome in OUTCOME_STATES:
-            target = self.session.get(DeploymentTarget, (result.deployment_id, device.id))
-            if target is None:
-                logger.info(
-                    "device %s reports unknown deployment %s", device.id, result.deployment_id
-                )
-            elif target.state == "superseded" or (
-                target.state in FINAL_STATES and result.outcome == "IN_PROGRESS"
-            ):
-                logger.debug("stale result for %s on %s ignored", target.deployment_id, device.id)
-            else:
-                target.state = OUTCOME_STATES[result.outcome]
-                target.reason = result.reason
-                target.step = result.step
-                target.chunks_done = result.chunks_done
-                target.chunks_total = result.chunks_total
-                target.updated_at = dt.datetime.now(dt.UTC)
         self.session.commit()
+
+    def find(self, device_id: str) -> Device | None:
+        """The device, or None when it does not exist (or no longer does)."""
+        return self.session.get(Device, device_id)
+
+    def bump_desired_generation(self, device: Device) -> None:
+        """A device's desired state changed: the agent acts on a newer generation only."""
+        device.desired_generation += 1
+
+
+def broker_credentials(session: Session) -> list[tuple[str, str]]:
+    """``(device id, password hash)`` of every device, by id: what the broker's files hold."""
+    rows = session.execute(select(Device.id, Device.password_hash).order_by(Device.id)).all()
+    return [(r[0], r[1]) for r in rows]

@@ -10,17 +10,20 @@ credentials were revoked.
 
 from __future__ import annotations
 
+import logging
 import os
+import shlex
+import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.core.context import AppContext
+from control_plane.core.credentials import hash_password
 from control_plane.core.settings import Settings
-from control_plane.devices.credentials import hash_password
-from control_plane.devices.models import Device
+from control_plane.devices.service import broker_credentials
 from protos import fleet_topics as topics
 
 CONF_NAME = "mosquitto.conf"
@@ -38,6 +41,9 @@ _DEVICE_ACCESS = {
     topics.TELEMETRY: "write",
     topics.EVENTS: "write",
 }
+
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -127,8 +133,7 @@ def render_conf(out_dir: Path, options: ListenerOptions) -> str:
 def write_registry_files(settings: Settings, session: Session, out_dir: Path) -> None:
     """(Re)write ``passwd`` and ``acl`` from the registry, atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = session.execute(select(Device.id, Device.password_hash).order_by(Device.id)).all()
-    devices = [(r[0], r[1]) for r in rows]
+    devices = broker_credentials(session)
     _write_atomic(out_dir / PASSWD_NAME, render_passwd(settings, devices))
     _write_atomic(out_dir / ACL_NAME, render_acl(settings, [d for d, _ in devices]))
 
@@ -143,3 +148,23 @@ def write_broker_config(
     conf = out_dir / CONF_NAME
     _write_atomic(conf, render_conf(out_dir, options), mode=0o644)
     return conf
+
+
+def sync_registry_files(ctx: AppContext) -> None:
+    """Rewrite the broker's password and ACL files and ask the broker to reread them.
+
+    Called whenever a device is registered or deleted, and once at start, when
+    ``mqtt.broker_config_dir`` is set; a no-op otherwise.
+    """
+    settings = ctx.settings
+    if settings.mqtt.broker_config_dir is None:
+        return
+    with ctx.sessions() as session:
+        write_registry_files(settings, session, settings.mqtt.broker_config_dir)
+    cmd = settings.mqtt.broker_reload_command
+    if cmd:
+        result = subprocess.run(shlex.split(cmd), capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            logger.error("broker reload %r failed: %s", cmd, result.stderr.strip())
+        else:
+            logger.info("broker reloaded its password and ACL files")

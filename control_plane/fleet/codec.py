@@ -12,9 +12,9 @@ from typing import Any, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from control_plane.deployments.service import DesiredStateView
-from control_plane.devices.service import DeploymentResultReport, ReportedStateReport
-from control_plane.devices.telemetry import IncomingRecord
+from control_plane.deployments.service import DeploymentResultReport, DesiredStateView
+from control_plane.devices.service import ReportedStateReport
+from control_plane.devices.telemetry.service import IncomingRecord
 from control_plane.registry.packages.service import Chunk
 from protos.gen import fleet_pb2
 
@@ -67,7 +67,10 @@ def status_from_proto(payload: bytes) -> str:
     return _STATUS.get(_parse(fleet_pb2.DeviceStatus, payload).state, "unknown")
 
 
-def reported_from_proto(device_id: str, payload: bytes) -> ReportedStateReport:
+def reported_from_proto(
+    device_id: str, payload: bytes
+) -> tuple[ReportedStateReport, DeploymentResultReport | None]:
+    """The device's reported state document, and its last deployment result if it names one."""
     msg = _parse(fleet_pb2.ReportedState, payload)
     if msg.device_id and msg.device_id != device_id:
         raise ValueError(f"reported state names device {msg.device_id!r} on {device_id}'s topic")
@@ -85,7 +88,7 @@ def reported_from_proto(device_id: str, payload: bytes) -> ReportedStateReport:
             chunks_done=r.chunks_done,
             chunks_total=r.chunks_total,
         )
-    return ReportedStateReport(device_id=device_id, document=document, last_result=result)
+    return ReportedStateReport(device_id=device_id, document=document), result
 
 
 def chunk_request_from_proto(payload: bytes) -> fleet_pb2.ChunkRequest:

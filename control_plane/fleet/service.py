@@ -37,11 +37,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.core.context import AppContext
-from control_plane.core.errors import ControlPlaneError
+from control_plane.core.errors import ControlPlaneError, NotFound
 from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
-from control_plane.devices.telemetry import TelemetryService
-from control_plane.fleet import codec
+from control_plane.devices.telemetry.service import TelemetryService
+from control_plane.fleet import broker_config, codec
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
 
@@ -175,6 +175,9 @@ class FleetService:
                 topics.device_topic(device_id, leaf, self.root), b"", qos=QOS, retain=True
             )
 
+    def devices_changed(self) -> None:
+        broker_config.sync_registry_files(self.ctx)
+
     # --- callbacks (paho network thread) ----------------------------------------------------
 
     def _on_connect(
@@ -253,7 +256,10 @@ class FleetService:
             if rec.leaf == topics.STATUS:
                 devices.record_status(rec.device_id, codec.status_from_proto(rec.payload))
             elif rec.payload:  # reported state; empty = retained message cleared
-                devices.record_reported(codec.reported_from_proto(rec.device_id, rec.payload))
+                report, result = codec.reported_from_proto(rec.device_id, rec.payload)
+                devices.record_reported(report)
+                if result is not None and devices.find(rec.device_id) is not None:
+                    DeploymentService(session, self.ctx).record_result(rec.device_id, result)
 
     # --- chunk serving (worker thread) ------------------------------------------------------
 
@@ -278,8 +284,15 @@ class FleetService:
                     f"at most {topics.MAX_CHUNK_INDEXES_PER_REQUEST} chunks per request"
                 )
             with self.ctx.sessions() as session:
+                if not DeploymentService(session, self.ctx).is_desired(
+                    job.device_id, req.package_digest
+                ):
+                    raise NotFound(
+                        f"package {req.package_digest} is not in the desired state of "
+                        f"{job.device_id}"
+                    )
                 packages = PackageService(session, self.ctx)
-                chunks = packages.chunks_for_device(job.device_id, req.package_digest, indexes)
+                chunks = packages.read_chunks(req.package_digest, indexes)
                 count = packages.get(req.package_digest).chunk_count
         except ControlPlaneError as exc:
             logger.info("chunk request from %s refused: %s", job.device_id, exc)

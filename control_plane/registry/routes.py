@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, UploadFile, status
+from fastapi import APIRouter, Depends, Form, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import InvalidRequest
+from control_plane.registry.conversions import Conversions, conversions_for
 from control_plane.registry.schemas import (
     Lineage,
     ModelRegister,
@@ -19,10 +20,16 @@ from control_plane.registry.schemas import (
     ModelVersionUpdate,
 )
 from control_plane.registry.service import ModelService
-from control_plane.training.deps import RuntimeDep
 from control_plane.training.schemas import JobPublic
 
 router = APIRouter(tags=["models"])
+
+
+def get_conversions(request: Request) -> Conversions:
+    return conversions_for(request.app)
+
+
+ConversionsDep = Annotated[Conversions, Depends(get_conversions)]
 
 
 def _json_field(text: str | None, what: str) -> Any:
@@ -36,10 +43,12 @@ def _json_field(text: str | None, what: str) -> Any:
 
 @router.post("/models", status_code=status.HTTP_202_ACCEPTED)
 def register_model(
-    spec: ModelRegister, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
+    spec: ModelRegister, session: SessionDep, ctx: ContextDep, conversions: ConversionsDep
 ) -> ModelVersionPublic:
     """Register a succeeded job's model; it converts in the background (``state``)."""
-    return ModelVersionPublic.model_validate(ModelService(session, ctx, runtime).register_job(spec))
+    return ModelVersionPublic.model_validate(
+        ModelService(session, ctx, conversions).register_job(spec)
+    )
 
 
 @router.post("/models/import", status_code=status.HTTP_202_ACCEPTED)
@@ -48,7 +57,7 @@ def import_model(
     name: Annotated[str, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")],
     session: SessionDep,
     ctx: ContextDep,
-    runtime: RuntimeDep,
+    conversions: ConversionsDep,
     kind: Annotated[str | None, Form()] = None,
     version: Annotated[str | None, Form(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")] = None,
     description: Annotated[str, Form()] = "",
@@ -59,7 +68,7 @@ def import_model(
 ) -> ModelVersionPublic:
     """Import ONNX / TFLite / Keras files, or a zip of a SavedModel, an MXNet pair or a
     ModelArts model folder; converted and signed in the background."""
-    mv = ModelService(session, ctx, runtime).import_upload(
+    mv = ModelService(session, ctx, conversions).import_upload(
         file.file,
         file.filename or "model",
         name,
@@ -75,28 +84,26 @@ def import_model(
 
 
 @router.get("/models")
-def list_models(session: SessionDep, ctx: ContextDep, runtime: RuntimeDep) -> list[ModelSummary]:
+def list_models(session: SessionDep, ctx: ContextDep) -> list[ModelSummary]:
     by_name: dict[str, list[str]] = {}
-    for mv in ModelService(session, ctx, runtime).list_versions():
+    for mv in ModelService(session, ctx).list_versions():
         by_name.setdefault(mv.name, []).append(mv.version)
     return [ModelSummary(name=n, versions=v, latest=v[-1]) for n, v in sorted(by_name.items())]
 
 
 @router.get("/models/{name}/versions")
-def list_versions(
-    name: str, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
-) -> list[ModelVersionPublic]:
+def list_versions(name: str, session: SessionDep, ctx: ContextDep) -> list[ModelVersionPublic]:
     return [
         ModelVersionPublic.model_validate(mv)
-        for mv in ModelService(session, ctx, runtime).list_versions(name)
+        for mv in ModelService(session, ctx).list_versions(name)
     ]
 
 
 @router.get("/models/{name}/versions/{version}")
 def get_version(
-    name: str, version: str, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
+    name: str, version: str, session: SessionDep, ctx: ContextDep
 ) -> ModelVersionPublic:
-    return ModelVersionPublic.model_validate(ModelService(session, ctx, runtime).get(name, version))
+    return ModelVersionPublic.model_validate(ModelService(session, ctx).get(name, version))
 
 
 @router.patch("/models/{name}/versions/{version}")
@@ -106,19 +113,16 @@ def update_version(
     changes: ModelVersionUpdate,
     session: SessionDep,
     ctx: ContextDep,
-    runtime: RuntimeDep,
 ) -> ModelVersionPublic:
     """Change the description or replace the tags."""
-    mv = ModelService(session, ctx, runtime).update(name, version, changes)
+    mv = ModelService(session, ctx).update(name, version, changes)
     return ModelVersionPublic.model_validate(mv)
 
 
 @router.delete("/models/{name}/versions/{version}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_version(
-    name: str, version: str, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
-) -> None:
+def delete_version(name: str, version: str, session: SessionDep, ctx: ContextDep) -> None:
     """Delete the version and its package; 409 while a deployment uses the package."""
-    ModelService(session, ctx, runtime).delete(name, version)
+    ModelService(session, ctx).delete(name, version)
 
 
 @router.get(
@@ -127,10 +131,10 @@ def delete_version(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_package(
-    name: str, version: str, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
+    name: str, version: str, session: SessionDep, ctx: ContextDep
 ) -> StreamingResponse:
     """The signed package file (``<sha256>.edgepkg``)."""
-    package, chunks = ModelService(session, ctx, runtime).package_chunks(name, version)
+    package, chunks = ModelService(session, ctx).package_chunks(name, version)
     return StreamingResponse(
         chunks,
         media_type="application/octet-stream",
@@ -142,11 +146,9 @@ def download_package(
 
 
 @router.get("/lineage/{package_digest}")
-def lineage(
-    package_digest: str, session: SessionDep, ctx: ContextDep, runtime: RuntimeDep
-) -> Lineage:
+def lineage(package_digest: str, session: SessionDep, ctx: ContextDep) -> Lineage:
     """From a package back to its model version, training job and dataset version."""
-    mv, job, dataset = ModelService(session, ctx, runtime).lineage(package_digest)
+    mv, job, dataset = ModelService(session, ctx).lineage(package_digest)
     return Lineage(
         package_digest=package_digest,
         model=ModelVersionPublic.model_validate(mv),

@@ -1,7 +1,7 @@
 """The model registry: model versions with lineage, converted into signed packages.
 
 A version comes from a succeeded training job or from an upload. Registering records the version
-(state ``converting``) and returns; the conversion runs in the runtime's background executor as a
+(state ``converting``) and returns; the conversion runs in the app's ``Conversions`` executor as a
 child process (``control_plane.registry.worker``). On success the package is stored exactly like an
 upload (``PackageService.upload``: verified against the trust store, which holds the registry's own
 key) and the version becomes ``ready`` with its package digest and parity report; on failure it
@@ -10,7 +10,7 @@ becomes ``failed`` with the reason.
 Lineage is kept as columns (job, dataset version) and copies of what was true at registration
 (hyperparameters, metrics, conversion settings); a dataset version used by a model records the
 use, so it cannot be deleted while the model exists. A version whose package a deployment names
-cannot be deleted.
+cannot be deleted (a foreign key from deployments says so: deployments sit above the registry).
 """
 
 from __future__ import annotations
@@ -22,27 +22,28 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from control_plane.core.archives import ArchiveLimits, extract_zip
 from control_plane.core.context import AppContext
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
-from control_plane.datasets.models import DatasetVersion
+from control_plane.core.uploads import stage_upload
+from control_plane.core.workers import default_mxnet_python, log_tail, worker_env
 from control_plane.datasets.versions.service import VersionService
-from control_plane.deployments.models import Deployment
+from control_plane.registry.conversions import Conversions
 from control_plane.registry.discovery import KINDS, find_model
 from control_plane.registry.keys import signing_key_path
 from control_plane.registry.models import ModelVersion, Package
 from control_plane.registry.packages.service import PackageService
 from control_plane.registry.schemas import ModelRegister, ModelVersionUpdate
-from control_plane.training.models import TrainingJob
-from control_plane.training.runner import REPO_ROOT, default_mxnet_python, log_tail
-from control_plane.training.runtime import TrainingRuntime
-from control_plane.training.sdk import edge_training
-from control_plane.training.service import extract_zip, stage_upload
+from control_plane.training.service import TrainingService, model_info
+
+if TYPE_CHECKING:
+    from control_plane.training.models import TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -56,10 +57,13 @@ def model_ref(name: str, version: str) -> str:
 
 
 class ModelService:
-    def __init__(self, session: Session, ctx: AppContext, runtime: TrainingRuntime) -> None:
+    def __init__(
+        self, session: Session, ctx: AppContext, conversions: Conversions | None = None
+    ) -> None:
+        """``conversions`` is needed to register versions; queries and deletes do without."""
         self.session = session
         self.ctx = ctx
-        self.runtime = runtime
+        self._conversions = conversions
         self.root = ctx.settings.resolved_training_dir
 
     # --- queries -----------------------------------------------------------------------------
@@ -90,15 +94,10 @@ class ModelService:
         self, digest: str
     ) -> tuple[ModelVersion, TrainingJob | None, dict[str, Any] | None]:
         mv = self.by_package(digest)
-        job = self.session.get(TrainingJob, mv.job_id) if mv.job_id else None
+        job = TrainingService(self.session, self.ctx).find(mv.job_id) if mv.job_id else None
         dataset = None
         if mv.dataset_id and mv.dataset_version:
-            dv = self.session.scalars(
-                select(DatasetVersion).where(
-                    DatasetVersion.dataset_id == mv.dataset_id,
-                    DatasetVersion.name == mv.dataset_version,
-                )
-            ).first()
+            dv = VersionService(self.session, self.ctx).find(mv.dataset_id, mv.dataset_version)
             if dv is not None:
                 dataset = {
                     "dataset_id": dv.dataset_id,
@@ -154,14 +153,13 @@ class ModelService:
 
     def register_job(self, spec: ModelRegister) -> ModelVersion:
         """A succeeded job's model as a new version; converts in the background."""
-        job = self.session.get(TrainingJob, spec.job_id)
-        if job is None:
-            raise NotFound(f"training job {spec.job_id} not found")
+        training = TrainingService(self.session, self.ctx)
+        job = training.get(spec.job_id)
         if job.state != "succeeded":
             raise InvalidRequest(f"job {job.id} is {job.state}; only a succeeded job registers")
-        output = self.runtime.runner.output_dir(job.id)
+        output = training.output_dir(job.id)
         kind, source = find_model(output)
-        info = _model_info(output)
+        info = model_info(output)
         samples = next(iter(sorted(output.rglob("parity_samples.npy"))), None)
         key = signing_key_path(self.ctx)
         mv = self._add(
@@ -215,7 +213,11 @@ class ModelService:
             raise InvalidRequest(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
         suffix = Path(filename).suffix.lower()
         staged, digest = stage_upload(
-            self.ctx, stream, self.ctx.settings.storage.max_upload_bytes, suffix
+            stream,
+            self.ctx.settings.staging_dir,
+            self.ctx.settings.storage.max_upload_bytes,
+            suffix,
+            "model upload",
         )
         key = signing_key_path(self.ctx)
         folder = self.root / "imports" / digest[:16]
@@ -223,7 +225,7 @@ class ModelService:
         try:
             folder.parent.mkdir(parents=True, exist_ok=True)
             if suffix == ".zip":
-                extract_zip(self.ctx, staged, folder)
+                extract_zip(staged, folder, model_limits(self.ctx), what="model zip")
                 found_kind, source = find_model(folder)
                 if kind is not None and kind != found_kind:
                     raise InvalidRequest(f"the zip holds a {found_kind} model, not {kind}")
@@ -290,7 +292,9 @@ class ModelService:
             "mxnet_python": str(self.ctx.settings.training.mxnet_python or default_mxnet_python()),
         }
         (work / "spec.json").write_text(json.dumps(spec, indent=1))
-        self.runtime.submit(run_conversion, self.ctx, mv.id, work)
+        if self._conversions is None:
+            raise RuntimeError("this ModelService was built without the conversion executor")
+        self._conversions.submit(run_conversion, self.ctx, mv.id, work)
         logger.info("converting model %s %s (%s) from %s", mv.name, mv.version, kind, source)
 
     # --- changes -----------------------------------------------------------------------------
@@ -309,14 +313,6 @@ class ModelService:
         if mv.state == "converting":
             raise Conflict(f"model {name} version {version} is still converting")
         digest = mv.package_digest
-        if digest:
-            used = self.session.scalars(
-                select(Deployment.id).where(Deployment.package_digest == digest)
-            ).all()
-            if used:
-                raise Conflict(
-                    f"model {name} version {version} is used by deployment(s) {', '.join(used)}"
-                )
         if mv.dataset_id and mv.dataset_version:
             VersionService(self.session, self.ctx).remove_use(
                 mv.dataset_id, mv.dataset_version, "model", model_ref(name, version)
@@ -327,22 +323,19 @@ class ModelService:
             package = self.session.get(Package, digest)
             if package is not None:
                 self.session.delete(package)
-        self.session.commit()
+        try:
+            # Deployments name their package (a foreign key): deployments sit above the registry,
+            # so the database, not an import, says the package is in use.
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            raise Conflict(
+                f"model {name} version {version} is used by a deployment of its package"
+            ) from None
         if digest:
             self.ctx.blobs.delete(digest)
         shutil.rmtree(self.root / "conversions" / str(mv.id), ignore_errors=True)
         logger.info("deleted model %s version %s", name, version)
-
-
-def _model_info(output: Path) -> dict[str, Any]:
-    path = output / edge_training.MODEL_INFO_FILE
-    if not path.is_file():
-        return {}
-    try:
-        doc: dict[str, Any] = json.loads(path.read_text())
-        return doc
-    except ValueError:
-        return {}
 
 
 def run_conversion(ctx: AppContext, version_id: int, work: Path) -> None:
@@ -357,7 +350,7 @@ def run_conversion(ctx: AppContext, version_id: int, work: Path) -> None:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 timeout=CONVERSION_TIMEOUT_S,
-                env=_worker_env(),
+                env=worker_env(),
                 check=False,
             )
         result: dict[str, Any] = (
@@ -378,15 +371,6 @@ def run_conversion(ctx: AppContext, version_id: int, work: Path) -> None:
         shutil.rmtree(work / "out", ignore_errors=True)
 
 
-def _worker_env() -> dict[str, str]:
-    import os
-
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return env
-
-
 def _finish(
     ctx: AppContext, version_id: int, digest: str | None, result: dict[str, Any], error: str
 ) -> None:
@@ -403,3 +387,13 @@ def _finish(
             mv.source_framework = str(result["framework"])
         session.commit()
         logger.info("model %s %s: %s %s", mv.name, mv.version, mv.state, digest or error[:200])
+
+
+def model_limits(ctx: AppContext) -> ArchiveLimits:
+    """How large an imported model directory zip may be, inflated."""
+    s = ctx.settings.registry
+    return ArchiveLimits(
+        max_members=s.model_max_archive_members,
+        max_total_bytes=s.model_max_archive_bytes,
+        max_file_bytes=s.model_max_archive_bytes,
+    )

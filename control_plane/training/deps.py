@@ -1,4 +1,4 @@
-"""Typed dependency for the training runtime (runner, TensorBoard manager, conversions)."""
+"""Typed dependency for the training runtime (job runner, TensorBoard manager)."""
 
 from __future__ import annotations
 

@@ -39,10 +39,12 @@ from subprocess import Popen
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-import control_plane
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
+from control_plane.core.workers import default_mxnet_python, log_tail, worker_env
+from control_plane.datasets.versions.service import VersionService
 from control_plane.training import sdk
 from control_plane.training.algorithms import BUILTIN
 from control_plane.training.models import TrainingJob
@@ -51,30 +53,8 @@ from control_plane.training.sdk import edge_training
 logger = logging.getLogger(__name__)
 
 ENV_MARKER = "EDGE_TRAINING_JOB_ID"
-LOG_TAIL_LINES = 40
-LOG_TAIL_BYTES = 8192
 SDK_DIR = Path(sdk.__file__).parent
-REPO_ROOT = Path(control_plane.__file__).resolve().parents[1]
 FINAL_STATES = ("succeeded", "failed", "canceled")
-
-
-def default_mxnet_python() -> Path:
-    env = os.environ.get("EDGE_MXNET_PYTHON")
-    return Path(env) if env else REPO_ROOT / ".venv-mxnet" / "bin" / "python"
-
-
-def log_tail(path: Path, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_BYTES) -> str:
-    """The last ``lines`` lines of a log (at most ``limit`` bytes)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read()
-    except OSError:
-        return ""
-    text = data.decode("utf-8", "replace")
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _last_error_line(tail: str) -> str:
@@ -116,19 +96,19 @@ class _Running:
     ending: tuple[str, str] | None = None
 
 
-class JobRunner:
-    def __init__(self, ctx: AppContext, tick_s: float = 0.5, grace_s: float = 5.0) -> None:
-        self.ctx = ctx
-        self.root = ctx.settings.resolved_training_dir
-        self.tick_s = tick_s
-        self.grace_s = grace_s
-        self.lock = threading.RLock()
-        self._running: dict[str, _Running] = {}
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+def data_url_of(session: Session, ctx: AppContext, job: TrainingJob) -> str:
+    """The folder (or file) the job gets as ``--data_url``."""
+    if job.dataset_id and job.dataset_version:
+        versions = VersionService(session, ctx)
+        return str(versions.path(versions.get(job.dataset_id, job.dataset_version)).resolve())
+    return job.data_path or ""
 
-    # --- folders -----------------------------------------------------------------------------
+
+class JobFolders:
+    """Where a job's files live under the training folder (code by digest, work per job)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
 
     def work_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
@@ -141,6 +121,19 @@ class JobRunner:
 
     def output_dir(self, job_id: str) -> Path:
         return self.work_dir(job_id) / "output"
+
+
+class JobRunner(JobFolders):
+    def __init__(self, ctx: AppContext, tick_s: float = 0.5, grace_s: float = 5.0) -> None:
+        super().__init__(ctx.settings.resolved_training_dir)
+        self.ctx = ctx
+        self.tick_s = tick_s
+        self.grace_s = grace_s
+        self.lock = threading.RLock()
+        self._running: dict[str, _Running] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -258,12 +251,9 @@ class JobRunner:
         return [python, str(boot), *args], code
 
     def environment(self, job: TrainingJob, work: Path) -> dict[str, str]:
-        env = dict(os.environ)
-        paths = [str(SDK_DIR)]
-        if job.framework != "mxnet":
-            # The control plane's own packages (built-ins import control_plane).
-            paths += [str(REPO_ROOT), env.get("PYTHONPATH", "")]
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        # The control plane's own packages too (built-ins import control_plane), but not for MXNet:
+        # its environment has its own, older numpy and protobuf.
+        env = worker_env(str(SDK_DIR), with_repo=job.framework != "mxnet")
         env.update(
             PYTHONUNBUFFERED="1",
             TF_CPP_MIN_LOG_LEVEL="2",
@@ -275,8 +265,6 @@ class JobRunner:
         return env
 
     def _launch(self, job_id: str) -> None:
-        from control_plane.training.service import data_url_of  # the service knows inputs
-
         with self.ctx.sessions() as session:
             job = session.get(TrainingJob, job_id)
             if job is None or job.state != "queued":

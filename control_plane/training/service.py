@@ -8,27 +8,27 @@ the version cannot be deleted while the job exists.
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from control_plane.core.archives import ArchiveLimits, check_relative, extract_zip
 from control_plane.core.context import AppContext
-from control_plane.core.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge
-from control_plane.datasets.sources import ZipSource, check_relative
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.core.uploads import stage_upload
 from control_plane.datasets.versions.service import VersionService
-from control_plane.registry.models import ModelVersion
 from control_plane.training.algorithms import BUILTIN
 from control_plane.training.events import read_scalars
 from control_plane.training.models import TrainingJob
-from control_plane.training.runner import FINAL_STATES, JobRunner
+from control_plane.training.runner import FINAL_STATES, JobFolders, JobRunner
 from control_plane.training.schemas import JobCreate, JobRerun
 from control_plane.training.sdk import edge_training
 
@@ -38,79 +38,19 @@ SCRIPT = "script"
 _COPY = 1 << 20
 
 
-def data_url_of(session: Session, ctx: AppContext, job: TrainingJob) -> str:
-    """The folder (or file) the job gets as ``--data_url``."""
-    if job.dataset_id and job.dataset_version:
-        versions = VersionService(session, ctx)
-        return str(versions.path(versions.get(job.dataset_id, job.dataset_version)).resolve())
-    return job.data_path or ""
-
-
-def stage_upload(ctx: AppContext, stream: BinaryIO, limit: int, suffix: str) -> tuple[Path, str]:
-    """Copy an upload to a staging file (bounded); returns it and its sha256."""
-    staging = ctx.settings.staging_dir
-    staging.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=staging)
-    path = Path(name)
-    h = hashlib.sha256()
-    total = 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            while piece := stream.read(_COPY):
-                total += len(piece)
-                if total > limit:
-                    raise PayloadTooLarge(f"upload exceeds the {limit}-byte limit")
-                h.update(piece)
-                out.write(piece)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    if total == 0:
-        path.unlink(missing_ok=True)
-        raise InvalidRequest("the upload is empty")
-    return path, h.hexdigest()
-
-
-def extract_zip(ctx: AppContext, archive: Path, dest: Path) -> list[str]:
-    """Safely extract ``archive`` into a new folder ``dest`` (all or nothing); returns names.
-
-    Uses the dataset importer's checked zip reader: no absolute paths, ``..``, links or special
-    files, member and size limits enforced while inflating.
-    """
-    s = ctx.settings
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest.parent))
-    try:
-        with open(archive, "rb") as f:
-            source = ZipSource(
-                f,
-                max_members=s.datasets.max_archive_members,
-                max_total_bytes=s.datasets.max_archive_bytes,
-                max_file_bytes=s.storage.max_upload_bytes,
-                what="zip",
-            )
-            try:
-                names = source.names()
-                for name in names:
-                    target = tmp / name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(source.read(name))
-            finally:
-                source.close()
-        if dest.exists():
-            shutil.rmtree(tmp)
-        else:
-            os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return names
-
-
 class TrainingService:
-    def __init__(self, session: Session, ctx: AppContext, runner: JobRunner) -> None:
+    def __init__(self, session: Session, ctx: AppContext, runner: JobRunner | None = None) -> None:
+        """``runner`` is needed to start and cancel jobs; reading jobs and their files is not."""
         self.session = session
         self.ctx = ctx
-        self.runner = runner
+        self._runner = runner
+        self.folders = runner or JobFolders(ctx.settings.resolved_training_dir)
+
+    @property
+    def runner(self) -> JobRunner:
+        if self._runner is None:
+            raise RuntimeError("this TrainingService was built without the job runner")
+        return self._runner
 
     # --- code --------------------------------------------------------------------------------
 
@@ -120,17 +60,17 @@ class TrainingService:
             self.ctx, stream, self.ctx.settings.storage.max_upload_bytes, ".zip"
         )
         try:
-            folder = self.runner.code_dir(digest)
+            folder = self.folders.code_dir(digest)
             folder.parent.mkdir(parents=True, exist_ok=True)
             if not folder.exists():
-                extract_zip(self.ctx, staged, folder)
+                extract_zip(staged, folder, code_limits(self.ctx), what="training code")
         finally:
             staged.unlink(missing_ok=True)
         logger.info("stored training code %s", digest)
         return digest, self.code_files(digest)
 
     def code_files(self, code_id: str) -> list[str]:
-        folder = self.runner.code_dir(code_id)
+        folder = self.folders.code_dir(code_id)
         if len(code_id) != 64 or not folder.is_dir():
             raise NotFound(f"training code {code_id} not found")
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -236,6 +176,9 @@ class TrainingService:
             query = query.where(TrainingJob.state == state)
         return list(self.session.scalars(query).all())
 
+    def find(self, job_id: str) -> TrainingJob | None:
+        return self.session.get(TrainingJob, job_id)
+
     def get(self, job_id: str) -> TrainingJob:
         job = self.session.get(TrainingJob, job_id)
         if job is None:
@@ -254,27 +197,53 @@ class TrainingService:
         job = self.get(job_id)
         if job.state not in FINAL_STATES:
             raise Conflict(f"job {job_id} is {job.state}; cancel it first")
-        used = self.session.scalars(select(ModelVersion).where(ModelVersion.job_id == job_id)).all()
-        if used:
-            names = ", ".join(f"{m.name}:{m.version}" for m in used)
-            raise Conflict(f"job {job_id} is the lineage of model versions {names}")
         if job.dataset_id and job.dataset_version:
             VersionService(self.session, self.ctx).remove_use(
                 job.dataset_id, job.dataset_version, "training_job", job.id
             )
         self.session.delete(job)
-        self.session.commit()
-        shutil.rmtree(self.runner.work_dir(job_id), ignore_errors=True)
+        try:
+            # Registered model versions name their job (a RESTRICT foreign key): the registry
+            # sits above training, so the database, not an import, says the job is in use.
+            self.session.commit()
+        except IntegrityError:
+            self.session.rollback()
+            raise Conflict(
+                f"job {job_id} is the lineage of registered model versions; delete them first"
+            ) from None
+        shutil.rmtree(self.folders.work_dir(job_id), ignore_errors=True)
 
     def log_path(self, job_id: str) -> Path:
         self.get(job_id)
-        return self.runner.log_path(job_id)
+        return self.folders.log_path(job_id)
 
     def output_dir(self, job_id: str) -> Path:
-        return self.runner.output_dir(self.get(job_id).id)
+        return self.folders.output_dir(self.get(job_id).id)
 
     def event_dir(self, job_id: str) -> Path:
         return self.output_dir(job_id) / edge_training.TENSORBOARD_DIR
 
     def scalars(self, job_id: str) -> dict[str, dict[str, list[dict[str, float]]]]:
         return read_scalars(self.event_dir(job_id))
+
+
+def code_limits(ctx: AppContext) -> ArchiveLimits:
+    """How large an uploaded training-code zip may be, inflated."""
+    s = ctx.settings
+    return ArchiveLimits(
+        max_members=s.training.code_max_archive_members,
+        max_total_bytes=s.training.code_max_archive_bytes,
+        max_file_bytes=s.training.code_max_archive_bytes,
+    )
+
+
+def model_info(output: Path) -> dict[str, Any]:
+    """What the training script said about its model (``edge_training.MODEL_INFO_FILE``)."""
+    path = output / edge_training.MODEL_INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+        return doc
+    except ValueError:
+        return {}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from control_plane.devices.credentials import hash_password, verify_password
+from control_plane.core.credentials import hash_password, verify_password
 from control_plane.fleet.broker_config import ListenerOptions, render_conf
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2

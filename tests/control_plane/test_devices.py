@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from control_plane.devices.credentials import verify_password
+from control_plane.core.credentials import verify_password
 from control_plane.devices.models import Device
 from protos import fleet_topics
 from protos.gen import fleet_pb2

@@ -99,12 +99,15 @@ class VersionService:
             ).all()
         )
 
-    def get(self, dataset_id: str, name: str) -> DatasetVersion:
-        version = self.session.scalars(
+    def find(self, dataset_id: str, name: str) -> DatasetVersion | None:
+        return self.session.scalars(
             select(DatasetVersion).where(
                 DatasetVersion.dataset_id == dataset_id, DatasetVersion.name == name
             )
         ).first()
+
+    def get(self, dataset_id: str, name: str) -> DatasetVersion:
+        version = self.find(dataset_id, name)
         if version is None:
             raise NotFound(f"version {name} of dataset {dataset_id} not found")
         return version

@@ -22,7 +22,6 @@ from control_plane.core.errors import (
     PackageRejected,
     PayloadTooLarge,
 )
-from control_plane.deployments.models import Deployment, DeploymentTarget
 from control_plane.registry.models import Package
 from model_packager.archive import verify_package
 from model_packager.errors import PackageError
@@ -139,23 +138,12 @@ class PackageService:
             raise NotFound(f"package {name} {version} not found")
         return package
 
-    def chunks_for_device(self, device_id: str, digest: str, indexes: list[int]) -> list[Chunk]:
-        """The requested chunks of a package the device's current desired state names.
+    def read_chunks(self, digest: str, indexes: list[int]) -> list[Chunk]:
+        """The requested chunks of a package, each checked against its recorded sha256.
 
-        A device may only pull packages deployed to it, so broker credentials alone do not open
-        the whole package registry.
+        Whether the asker may read them is the caller's question (the fleet channel serves a
+        device only the packages its desired state names).
         """
-        desired = self.session.scalars(
-            select(DeploymentTarget.device_id)
-            .join(Deployment)
-            .where(
-                DeploymentTarget.device_id == device_id,
-                DeploymentTarget.state != "superseded",
-                Deployment.package_digest == digest,
-            )
-        ).first()
-        if desired is None:
-            raise NotFound(f"package {digest} is not in the desired state of {device_id}")
         package = self.get(digest)
         count = package.chunk_count
         bad = [i for i in indexes if i >= count]

@@ -1,0 +1,1 @@
+"""Device telemetry: records sent over the fleet channel, stored exactly once, read by the API."""

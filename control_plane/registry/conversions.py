@@ -1,0 +1,66 @@
+"""The registry's conversion executor: one background thread, owned by the app.
+
+Conversions are CPU-heavy child processes (``registry/worker.py``); one at a time keeps the API
+responsive on a small machine. Starting it marks conversions that a previous run left in the
+``converting`` state failed, since nothing will ever finish them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from sqlalchemy import update
+
+from control_plane.core.context import AppContext
+from control_plane.registry.models import ModelVersion
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+
+
+class Conversions:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
+        self._pending: set[Future[Any]] = set()
+
+    @classmethod
+    def start(cls, ctx: AppContext) -> Conversions:
+        conversions = cls(ctx)
+        conversions._recover()
+        return conversions
+
+    def _recover(self) -> None:
+        with self.ctx.sessions() as session:
+            result = session.execute(
+                update(ModelVersion)
+                .where(ModelVersion.state == "converting")
+                .values(state="failed", error="the control plane restarted during the conversion")
+            )
+            session.commit()
+            if getattr(result, "rowcount", 0):
+                logger.warning("%d interrupted conversions marked failed", result.rowcount)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = self.executor.submit(fn, *args)
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        return future
+
+    def stop(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+def conversions_for(app: Any) -> Conversions:
+    """The app's executor (``app.state.conversions``), started on first use if needed."""
+    with _lock:
+        conversions: Conversions | None = getattr(app.state, "conversions", None)
+        if conversions is None:
+            conversions = Conversions.start(app.state.ctx)
+            app.state.conversions = conversions
+        return conversions
