@@ -20,12 +20,18 @@ COPY_BUFFER = 1 << 20
 
 
 def stage_upload(
-    stream: BinaryIO, staging_dir: Path, limit: int, suffix: str, what: str = "upload"
+    stream: BinaryIO,
+    staging_dir: Path,
+    limit: int,
+    suffix: str,
+    what: str = "upload",
+    durable: bool = True,
 ) -> tuple[Path, str]:
     """Copy ``stream`` into a new file in ``staging_dir``; returns it and its sha256 (hex).
 
     Raises ``PayloadTooLarge`` past ``limit`` bytes and ``InvalidRequest`` for an empty upload;
     either way nothing is left behind. The caller removes the returned file when done.
+    ``durable=False`` skips the fsync, for a file that is only read in place and then removed.
     """
     staging_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix="upload-", suffix=suffix, dir=staging_dir)
@@ -40,8 +46,9 @@ def stage_upload(
                     raise PayloadTooLarge(f"{what} exceeds the {limit}-byte upload limit")
                 h.update(piece)
                 out.write(piece)
-            out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
         if total == 0:
             raise InvalidRequest(f"{what}: the upload is empty")
     except BaseException:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, PayloadTooLarge
+from control_plane.core.uploads import stage_upload
 from control_plane.datasets import formats
 from control_plane.datasets.formats import ImportFormat, ImportItem, ItemAnnotation
 from control_plane.datasets.images import probe
@@ -43,8 +44,6 @@ from control_plane.datasets.service import (
 from control_plane.datasets.sources import FolderSource, Source, ZipSource
 
 logger = logging.getLogger(__name__)
-
-_COPY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -144,9 +143,15 @@ class ImportService:
     ) -> ImportReport:
         """A zip archive in any import format; staged to disk, then read in place."""
         dataset = DatasetService(self.session, self.ctx).get(dataset_id)
-        staged = self.store.staging_file(".zip")
+        staged, _ = stage_upload(
+            stream,
+            self.settings.staging_dir,
+            self.settings.datasets.max_upload_bytes,
+            ".zip",
+            "dataset archive",
+            durable=False,
+        )
         try:
-            self._copy_limited(stream, staged, self.settings.datasets.max_upload_bytes)
             s = self.settings
             source = ZipSource(
                 staged,
@@ -172,16 +177,6 @@ class ImportService:
         items = formats.parse(source, spec.format, spec.annotation_file)
         options = ImportOptions(add_labels=spec.add_labels, annotated_by=spec.annotated_by)
         return self.import_items(dataset, source, items, options)
-
-    @staticmethod
-    def _copy_limited(stream: BinaryIO, target: Path, limit: int) -> None:
-        total = 0
-        with open(target, "wb") as out:
-            while piece := stream.read(_COPY):
-                total += len(piece)
-                if total > limit:
-                    raise PayloadTooLarge(f"upload exceeds the {limit}-byte limit")
-                out.write(piece)
 
     # --- the pipeline ------------------------------------------------------------------------
 

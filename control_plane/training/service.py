@@ -35,7 +35,6 @@ from control_plane.training.sdk import edge_training
 logger = logging.getLogger(__name__)
 
 SCRIPT = "script"
-_COPY = 1 << 20
 
 
 class TrainingService:
@@ -57,7 +56,11 @@ class TrainingService:
     def upload_code(self, stream: BinaryIO) -> tuple[str, list[str]]:
         """Store a zip of training code by its sha256 (the same zip twice is stored once)."""
         staged, digest = stage_upload(
-            self.ctx, stream, self.ctx.settings.storage.max_upload_bytes, ".zip"
+            stream,
+            self.ctx.settings.staging_dir,
+            self.ctx.settings.storage.max_upload_bytes,
+            ".zip",
+            "training code",
         )
         try:
             folder = self.folders.code_dir(digest)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -20,15 +18,13 @@ from control_plane.core.errors import (
     InvalidRequest,
     NotFound,
     PackageRejected,
-    PayloadTooLarge,
 )
+from control_plane.core.uploads import stage_upload
 from control_plane.registry.models import Package
 from model_packager.archive import verify_package
 from model_packager.errors import PackageError
 
 logger = logging.getLogger(__name__)
-
-_COPY = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,11 +56,10 @@ class PackageService:
         file is removed, so a rejected upload leaves nothing behind.
         """
         settings = self.ctx.settings
-        settings.staging_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix="upload-", suffix=".edgepkg", dir=settings.staging_dir)
-        staged = Path(name)
+        staged, digest = stage_upload(
+            stream, settings.staging_dir, settings.storage.max_upload_bytes, ".edgepkg", "package"
+        )
         try:
-            digest = self._copy_limited(stream, fd, settings.storage.max_upload_bytes)
             existing = self.session.get(Package, digest)
             if existing is not None:
                 return existing, False
@@ -103,23 +98,6 @@ class PackageService:
             return package, True
         finally:
             staged.unlink(missing_ok=True)
-
-    @staticmethod
-    def _copy_limited(stream: BinaryIO, fd: int, limit: int) -> str:
-        h = hashlib.sha256()
-        total = 0
-        with os.fdopen(fd, "wb") as out:
-            while piece := stream.read(_COPY):
-                total += len(piece)
-                if total > limit:
-                    raise PayloadTooLarge(f"package exceeds the {limit}-byte upload limit")
-                h.update(piece)
-                out.write(piece)
-            out.flush()
-            os.fsync(out.fileno())
-        if total == 0:
-            raise PackageRejected("package rejected: the upload is empty")
-        return h.hexdigest()
 
     def list(self) -> list[Package]:
         return list(self.session.scalars(select(Package).order_by(Package.created_at)).all())
