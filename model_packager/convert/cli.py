@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from model_packager.convert.base import DEFAULT_TARGETS, TARGETS
-from model_packager.convert.pipeline import ConvertSpec, ParityGateFailed, convert
+from model_packager.convert.pipeline import SOURCE_KINDS, ConvertSpec, ParityGateFailed, convert
 from model_packager.signing import load_private_key
 
 
@@ -70,9 +70,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser(
         "convert",
-        help="convert a Keras/SavedModel/MXNet/ONNX model into a gated multi-variant package",
+        help="convert a Keras/SavedModel/MXNet/ONNX/ModelArts model into a gated multi-variant "
+        "package",
     )
-    c.add_argument("source", help=".keras file, SavedModel folder, MXNet -symbol.json, .onnx")
+    c.add_argument("source", help="; ".join(SOURCE_KINDS.values()))
     c.add_argument("--name", required=True)
     c.add_argument("--version", required=True)
     c.add_argument(
@@ -81,7 +82,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=list(TARGETS),
         help=f"variant to produce (repeat); default {' '.join(DEFAULT_TARGETS)}",
     )
-    c.add_argument("--source-kind", choices=["keras", "savedmodel", "onnx", "mxnet"])
+    c.add_argument(
+        "--source-kind",
+        choices=list(SOURCE_KINDS),
+        help="what SOURCE is (default: guessed from the files): "
+        + ", ".join(f"{kind} ({on_disk})" for kind, on_disk in SOURCE_KINDS.items()),
+    )
     c.add_argument("--samples", help="parity samples: .npy, .npz (by input name), or folder")
     c.add_argument("--calibration", help="int8 representative data (default: the samples)")
     c.add_argument("--num-samples", type=int, default=64, help="samples generated / used")

@@ -13,7 +13,11 @@ import pytest
 
 from model_packager.archive import open_package, sha256_file
 from model_packager.build import sign_package
+from model_packager.cli import build_parser
+from model_packager.convert import SOURCE_KINDS
 from model_packager.signing import generate_keypair, load_private_key
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 EXE = Path(sys.executable).parent / "model-packager"
 
@@ -238,3 +242,26 @@ def test_build_errors(onnx_model: Path, tmp_path: Path, cli_keys: Path) -> None:
     for (_, needle), res in zip(cases, run_many(*(c for c, _ in cases)), strict=True):
         assert_error(res, needle)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_source_kinds_in_choices_help_and_readme(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--source-kind offers exactly the kinds the converter opens, ModelArts folders included,
+    and its help and the README list them all."""
+    assert "modelarts" in SOURCE_KINDS
+    parser = build_parser()
+    for kind in SOURCE_KINDS:
+        args = parser.parse_args(
+            ["convert", "src", "--name", "m", "--version", "1", "--source-kind", kind]
+        )
+        assert args.source_kind == kind
+    monkeypatch.setenv("COLUMNS", "400")  # one help entry per line
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert "--source-kind {" + ",".join(SOURCE_KINDS) + "}" in out
+    for kind, on_disk in SOURCE_KINDS.items():
+        assert f"{kind} ({on_disk})" in out
+    readme = (REPO_ROOT / "model_packager" / "README.md").read_text()
+    assert f"[--source-kind {'|'.join(SOURCE_KINDS)}]" in readme
