@@ -1,16 +1,18 @@
 """The ``model-packager convert`` subcommand (registered by ``model_packager.cli``).
 
 Progress goes to stderr line by line, the parity table and the package path to stdout. Exit 0 with
-a package, 1 with ``error: conversion failed at step '...': why`` and no package.
+a package, 1 with ``error: conversion failed at step '...': why`` and no package. Files named by
+options (labels, pre/post-processing) are read and checked before the model is opened, so a
+mistake in one costs a second and prints ``error: --option FILE: why``, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from model_packager.cli_files import read_labels, read_processing
 from model_packager.convert.base import DEFAULT_TARGETS, TARGETS
 from model_packager.convert.pipeline import SOURCE_KINDS, ConvertSpec, ParityGateFailed, convert
 from model_packager.signing import load_private_key
@@ -30,14 +32,10 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"dimensions must be integers in {text!r}") from None
 
 
-def _json_file(path: str | None) -> dict[str, object] | None:
-    return None if path is None else json.loads(Path(path).read_text())
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
-    labels = None
-    if args.labels:
-        labels = [ln.strip() for ln in Path(args.labels).read_text().splitlines() if ln.strip()]
+    labels = read_labels(args.labels) if args.labels else None
+    pre = read_processing(args.preprocessing, "preprocessing") if args.preprocessing else None
+    post = read_processing(args.postprocessing, "postprocessing") if args.postprocessing else None
     spec = ConvertSpec(
         source=Path(args.source),
         name=args.name,
@@ -52,8 +50,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         input_shapes=dict(args.input_shape or []) or None,
         labels=labels,
         description=args.description,
-        preprocessing=_json_file(args.preprocessing),
-        postprocessing=_json_file(args.postprocessing),
+        preprocessing=pre,
+        postprocessing=post,
         mxnet_python=Path(args.mxnet_python) if args.mxnet_python else None,
     )
     key = load_private_key(Path(args.key)) if args.key else None
