@@ -22,6 +22,17 @@ def _progress(msg: str) -> None:
     print(f"  - {msg}", file=sys.stderr, flush=True)
 
 
+def _positive_int(text: str) -> int:
+    """A count of at least 1: parity on no samples would pass every variant unjudged."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
     name, _, dims = text.partition("=")
     if not name or not dims:
@@ -88,7 +99,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     c.add_argument("--samples", help="parity samples: .npy, .npz (by input name), or folder")
     c.add_argument("--calibration", help="int8 representative data (default: the samples)")
-    c.add_argument("--num-samples", type=int, default=64, help="samples generated / used")
+    c.add_argument(
+        "--num-samples", type=_positive_int, default=64, help="samples generated / used (>= 1)"
+    )
     c.add_argument("--on-parity-fail", choices=["drop", "fail"], default="drop")
     c.add_argument(
         "--classifier",

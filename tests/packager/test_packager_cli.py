@@ -91,6 +91,9 @@ USAGE_ERRORS = [
     ["sign", "x.edgepkg"],  # --key missing
     ["build", "m.onnx", "--name", "m", "--version", "1", "--golden-count", "two"],
     ["inspect"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "-3"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "0"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "many"],
 ]
 
 
