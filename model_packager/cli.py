@@ -1,6 +1,7 @@
 """``model-packager``: keygen, build, convert, sign, verify, inspect.
 
-Errors from the library print as one clear line on stderr with exit status 1; usage errors exit 2.
+Errors from the library and unusable input files print as one clear line on stderr with exit
+status 1; usage errors exit 2. A traceback means a bug, never a mistake in the command.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from model_packager import __version__
 from model_packager.archive import open_package, verify_package
 from model_packager.build import ArtifactInput, BuildSpec, build_package, sign_package
+from model_packager.cli_files import InputFileError, read_labels
 from model_packager.convert.cli import add_parser as add_convert_parser
 from model_packager.errors import PackageError
 from model_packager.signing import TrustStore, generate_keypair, load_private_key
@@ -31,13 +33,6 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_labels(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    lines = Path(path).read_text().splitlines()
-    return [ln.strip() for ln in lines if ln.strip()]
-
-
 def _cmd_build(args: argparse.Namespace) -> int:
     artifacts = []
     for item in args.model:
@@ -49,7 +44,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         version=args.version,
         artifacts=artifacts,
         description=args.description,
-        labels=_read_labels(args.labels),
+        labels=read_labels(args.labels) if args.labels else None,
         golden_count=args.golden_count,
     )
     key = load_private_key(Path(args.key)) if args.key else None
@@ -146,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (PackageError, FileExistsError, OSError) as exc:
+    except (PackageError, InputFileError, OSError) as exc:
         # One line, whatever the message: runtimes' own errors can span several.
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1

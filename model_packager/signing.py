@@ -60,8 +60,14 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 
 def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
-    """Load a public key from PEM bytes/text or a PEM file path."""
+    """Load a public key from PEM bytes/text or a PEM file path.
+
+    Errors about a file name it: a trust folder holds many keys, and "not Ed25519" alone does
+    not say which one to fix.
+    """
+    where = ""
     if isinstance(data, Path):
+        where = f"{data}: "
         try:
             data = data.read_bytes()
         except OSError as exc:
@@ -71,9 +77,9 @@ def load_public_key(data: bytes | str | Path) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
-        raise SignatureError(f"not a PEM public key: {exc}") from exc
+        raise SignatureError(f"{where}not a PEM public key: {exc}") from exc
     if not isinstance(key, Ed25519PublicKey):
-        raise SignatureError("public key is not Ed25519")
+        raise SignatureError(f"{where}public key is not Ed25519")
     return key
 
 

@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -33,12 +32,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from script_support import in_process_control_plane, peak_rss_mb  # noqa: E402
+
 API = "/api/v1"
 TOKEN = "bench-token-0123456789abcdef"
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _client(data: Path, roots: list[Path]) -> Any:
@@ -46,9 +43,6 @@ def _client(data: Path, roots: list[Path]) -> Any:
 
     from fastapi.testclient import TestClient
 
-    from control_plane.app import create_app
-    from control_plane.core.context import AppContext
-    from control_plane.core.database import upgrade
     from control_plane.core.settings import Settings
 
     logging.disable(logging.INFO)
@@ -58,10 +52,7 @@ def _client(data: Path, roots: list[Path]) -> Any:
         data_dir=data,
         dataset_import_roots=roots,
     )
-    app = create_app(settings)
-    ctx = AppContext.from_settings(settings)
-    upgrade(ctx.engine)
-    app.state.ctx = ctx
+    app, _ = in_process_control_plane(settings)
     return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
@@ -121,7 +112,7 @@ def phase(name: str, work: Path, count: int, rnd: int = 0) -> dict[str, Any]:
         out["p50_ms"] = statistics.median(lat) * 1000
         out["p99_ms"] = lat[int(len(lat) * 0.99) - 1] * 1000
         out["seconds"] = sum(lat)
-    out["peak_rss_mb"] = _peak_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     return out
 
 

@@ -26,6 +26,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from script_support import ort_cpu_session
+
 from protos.gen import inference_pb2 as pb
 from protos.gen import inference_pb2_grpc as pb_grpc
 
@@ -56,12 +58,7 @@ class FloorServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.intra_op_threads
-    so.inter_op_num_threads = args.inter_op_threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    session = ort.InferenceSession(str(args.model), so, providers=["CPUExecutionProvider"])
+    session = ort_cpu_session(args.model, args.intra_op_threads, args.inter_op_threads)
     limit = 64 * 1024 * 1024
     server = grpc.aio.server(
         options=[

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+from script_support import ort_cpu_session
 
 Call = Callable[[], None]
 
@@ -147,14 +148,7 @@ def grpc_calls(args: argparse.Namespace) -> list[Call]:
 
 
 def raw_calls(args: argparse.Namespace) -> list[Call]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.intra_op_threads
-    so.inter_op_num_threads = args.inter_op_threads
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    session = ort.InferenceSession(args.model_path, so, providers=["CPUExecutionProvider"])
+    session = ort_cpu_session(args.model_path, args.intra_op_threads, args.inter_op_threads)
     x = np.random.default_rng(0).standard_normal(_shape(args.shape)).astype(np.float32)
     feeds = {args.input_name: x}
 

@@ -75,12 +75,19 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import psutil  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from script_support import free_port, wait_until  # noqa: E402
+from script_support import (  # noqa: E402
+    api_client,
+    console_script,
+    free_port,
+    request_json,
+    spawn_logged,
+    stop_process,
+    wait_until,
+)
 
 from protos import fleet_topics  # noqa: E402
 from protos.gen import fleet_pb2  # noqa: E402
 
-VENV_BIN = Path(sys.executable).parent
 PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
 ROLLOUT_TARGET_RATIO = 4.0
 SIM_TARGET_S = 60.0
@@ -89,18 +96,6 @@ CP_USER = "control-plane"
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout`` (only our own child, by its pid)."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 # --- models and packages ------------------------------------------------------------------------
@@ -171,10 +166,7 @@ class Stack:
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
         assert self.api is not None
-        r = self.api.request(method, f"/api/v1{path}", **kw)
-        if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: {r.status_code} {r.text}")
-        return r.json() if r.content else None
+        return request_json(self.api, method, path, **kw)
 
 
 def mosquitto_binary() -> str:
@@ -210,10 +202,7 @@ def start_broker(stack: Stack) -> None:
     with ctx.sessions() as session:
         conf = write_broker_config(settings, session, stack.work / "broker", options)
     ctx.close()
-    out = open(stack.work / "mosquitto.log", "wb")  # noqa: SIM115 - owned by the child
-    stack.broker = subprocess.Popen(
-        [mosquitto_binary(), "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT
-    )
+    stack.broker = spawn_logged([mosquitto_binary(), "-c", str(conf)], stack.work / "mosquitto.log")
 
     def listening() -> bool:
         assert stack.broker is not None
@@ -229,18 +218,12 @@ def start_broker(stack: Stack) -> None:
 
 
 def start_control_plane(stack: Stack) -> None:
-    out = open(stack.work / "control-plane.log", "wb")  # noqa: SIM115 - owned by the child
-    stack.cp = subprocess.Popen(
-        [str(VENV_BIN / "control-plane"), "serve"],
-        stdout=out,
-        stderr=subprocess.STDOUT,
+    stack.cp = spawn_logged(
+        [*console_script("control-plane"), "serve"],
+        stack.work / "control-plane.log",
         env=stack.cp_env(),
     )
-    stack.api = httpx.Client(
-        base_url=f"http://127.0.0.1:{stack.api_port}",
-        headers={"Authorization": f"Bearer {stack.api_token}"},
-        timeout=120,
-    )
+    stack.api, _ = api_client(f"http://127.0.0.1:{stack.api_port}", stack.api_token)
 
     def healthy() -> bool:
         assert stack.cp is not None and stack.api is not None
@@ -453,11 +436,9 @@ def start_agents(stack: Stack, bundles: list[dict[str, Any]]) -> list[Agent]:
             log_level="INFO",
         )
         (a.workdir / "agent.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        out = open(a.workdir / "agent.log", "wb")  # noqa: SIM115 - owned by the child
-        a.proc = subprocess.Popen(
-            [str(VENV_BIN / "edge-agent"), "run", "--config", str(a.workdir / "agent.yaml")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
+        a.proc = spawn_logged(
+            [*console_script("edge-agent"), "run", "--config", str(a.workdir / "agent.yaml")],
+            a.workdir / "agent.log",
         )
         agents.append(a)
 

@@ -30,8 +30,6 @@ import os
 import platform
 import select
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,6 +49,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from script_support import (  # noqa: E402
+    console_script,
+    free_port,
+    spawn_logged,
+    stop_process,
+    wait_port_file,
+)
+
 from model_packager.build import ArtifactInput, BuildSpec, build_package  # noqa: E402
 from model_packager.signing import generate_keypair, load_private_key  # noqa: E402
 
@@ -58,11 +64,6 @@ SCRIPTS = REPO / "scripts"
 PYTHON = sys.executable
 LOADGEN = SCRIPTS / "bench_loadgen.py"
 FLOOR = SCRIPTS / "bench_floor_server.py"
-
-
-def _edge_agent_cmd() -> list[str]:
-    exe = Path(PYTHON).parent / "edge-agent"
-    return [str(exe)] if exe.exists() else [PYTHON, "-m", "edge_agent.cli"]
 
 
 @dataclass(frozen=True)
@@ -105,34 +106,6 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     return line
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port_file(path: Path, proc: subprocess.Popen, what: str, timeout: float = 120.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        if path.exists():
-            return json.loads(path.read_text())
-        time.sleep(0.02)
-    raise TimeoutError(f"{what} did not write {path} within {timeout}s")
-
-
-def stop_process(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
-
-
 class Server:
     """A server subprocess (floor or agent) that reports its port through a file."""
 
@@ -153,12 +126,11 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> Server:
         self.port_file.unlink(missing_ok=True)
-        with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(
-                self.cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=self.env
-            )
+        self.proc = spawn_logged(
+            self.cmd, self.log_path, env=self.env, cwd=self.workdir, append=True
+        )
         try:
-            self.ports = wait_port_file(self.port_file, self.proc, self.name, timeout)
+            self.ports = wait_port_file(self.port_file, self.proc, self.name, timeout, every=0.02)
             self.port = int(self.ports["grpc"])
         except Exception:
             log(f"{self.name} failed; log tail:\n{self.log_tail()}")
@@ -380,7 +352,7 @@ class Bench:
             config[key] = yaml.safe_load(value)
         cfg = self.workdir / f"agent-{tag}.yaml"
         cfg.write_text(yaml.safe_dump(config))
-        cmd = [*_edge_agent_cmd(), "run", "--config", str(cfg)]
+        cmd = [*console_script("edge-agent"), "run", "--config", str(cfg)]
         env = None
         if src is not None:  # run the agent from another source tree (before/after comparisons)
             env = {
@@ -508,11 +480,10 @@ class Bench:
             server = self.agent(f"startup{trial}", m, data_dir, grpc_port=port)
             server.port = port
             elapsed = None
-            with open(server.log_path, "ab") as logf:
-                t0 = time.perf_counter()
-                server.proc = subprocess.Popen(
-                    server.cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir
-                )
+            t0 = time.perf_counter()
+            server.proc = spawn_logged(
+                server.cmd, server.log_path, env=server.env, cwd=self.workdir, append=True
+            )
             try:
                 while time.perf_counter() < t0 + 60:
                     if server.proc.poll() is not None:

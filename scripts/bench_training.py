@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,11 +26,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from script_support import in_process_control_plane, peak_rss_mb  # noqa: E402
+
 API = "/api/v1"
 TOKEN = "bench-training-token-0123456789"
 
 
-def direct(data_url: str, out: Path, hp: dict[str, Any]) -> tuple[float, int]:
+def direct(data_url: str, out: Path, hp: dict[str, Any]) -> tuple[float, float]:
+    """The algorithm run straight in a child process: (wall seconds, the child's peak RSS MiB)."""
     args = [f"--data_url={data_url}", f"--train_url={out}"] + [f"--{k}={v}" for k, v in hp.items()]
     code = (
         "import sys; from control_plane.training.algorithms.image_classification import main; "
@@ -47,7 +49,7 @@ def direct(data_url: str, out: Path, hp: dict[str, Any]) -> tuple[float, int]:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"direct run failed with {proc.returncode}")
-    return wall, usage.ru_maxrss * 1024
+    return wall, peak_rss_mb(usage)
 
 
 def main() -> int:
@@ -61,9 +63,6 @@ def main() -> int:
 
     from fastapi.testclient import TestClient
 
-    from control_plane.app import create_app
-    from control_plane.core.context import AppContext
-    from control_plane.core.database import upgrade
     from control_plane.core.settings import Settings
     from control_plane.training.runtime import runtime_for
     from tests.datasets.digits import write_digits
@@ -76,10 +75,7 @@ def main() -> int:
         data_dir=tmp / "cp",
         dataset_import_roots=[tmp],
     )
-    app = create_app(settings)
-    ctx = AppContext.from_settings(settings)
-    upgrade(ctx.engine)
-    app.state.ctx = ctx
+    app, ctx = in_process_control_plane(settings)
     api = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     runtime = runtime_for(app)
     try:
@@ -97,7 +93,7 @@ def main() -> int:
         rows: list[dict[str, Any]] = []
         job_id = None
         for i in range(args.repeat):
-            d_wall, d_rss = direct(version["data_url"], tmp / f"direct-{i}", hp)
+            d_wall, d_rss_mb = direct(version["data_url"], tmp / f"direct-{i}", hp)
             t0 = time.perf_counter()
             if job_id is None:
                 r = api.post(
@@ -126,7 +122,7 @@ def main() -> int:
                     "direct_s": d_wall,
                     "runner_s": r_wall,
                     "overhead": r_wall / d_wall - 1,
-                    "direct_peak_rss_mb": d_rss / 2**20,
+                    "direct_peak_rss_mb": d_rss_mb,
                     "runner_job_peak_rss_mb": job["peak_rss_bytes"] / 2**20,
                     "accuracy": job["metrics"]["accuracy"],
                 }
@@ -138,7 +134,7 @@ def main() -> int:
                 f"{row['direct_peak_rss_mb']:.0f} MB, runner job "
                 f"{row['runner_job_peak_rss_mb']:.0f} MB; accuracy {row['accuracy']:.3f}"
             )
-        cp_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        cp_rss = peak_rss_mb()
         direct_total = sum(r["direct_s"] for r in rows)
         runner_total = sum(r["runner_s"] for r in rows)
         summary = {

@@ -36,17 +36,14 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from demo_fleet import run_fleet_demo  # noqa: E402
+from demo_fleet import run_fleet_demo, step  # noqa: E402
+from script_support import console_script, spawn_logged, stop_process, wait_port_file  # noqa: E402
 
 from model_packager.build import ArtifactInput, BuildSpec, build_package  # noqa: E402
 from model_packager.signing import generate_keypair, load_private_key  # noqa: E402
 from protos.gen import agent_pb2, agent_pb2_grpc  # noqa: E402
 
 DEMO = REPO / ".demo"
-
-
-def step(title: str) -> None:
-    print(f"\n=== {title}", flush=True)
 
 
 def make_models(models: Path) -> None:
@@ -82,10 +79,10 @@ def make_packages(models: Path, work: Path) -> tuple[Path, Path, Path]:
         work / "packages",
         key,
     )
-    subprocess.run([str(REPO / ".venv/bin/model-packager"), "inspect", str(v1)], check=True)
+    subprocess.run([*console_script("model-packager"), "inspect", str(v1)], check=True)
     subprocess.run(
         [
-            str(REPO / ".venv/bin/model-packager"),
+            *console_script("model-packager"),
             "verify",
             str(v1),
             "--trusted",
@@ -113,20 +110,13 @@ def start_agent(work: Path, trusted: Path) -> tuple[subprocess.Popen[bytes], int
             }
         )
     )
-    log = open(work / "agent.log", "wb")  # noqa: SIM115 - handed to the child
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [str(REPO / ".venv/bin/edge-agent"), "run", "--config", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    while not ports.exists():
-        if proc.poll() is not None:
-            raise SystemExit(f"agent exited: see {work / 'agent.log'}")
-        if time.monotonic() - t0 > 30:
-            raise SystemExit("agent did not start in 30 s")
-        time.sleep(0.05)
-    info = json.loads(ports.read_text())
+    log = work / "agent.log"
+    proc = spawn_logged([*console_script("edge-agent"), "run", "--config", str(config)], log)
+    try:
+        info = wait_port_file(ports, proc, "the agent", 30)
+    except (RuntimeError, TimeoutError) as exc:
+        stop_process(proc)
+        raise SystemExit(f"demo: {exc}; see {log}") from None
     print(
         f"agent pid {proc.pid}: gRPC {info['grpc']}, metrics http://127.0.0.1:{info['metrics']}/metrics"
     )
@@ -215,9 +205,7 @@ def main() -> int:
         print(f"last install: {li.name}:{li.version} {li.outcome}")
     finally:
         step("9. Stop the agent (SIGTERM, graceful)")
-        proc.terminate()
-        code = proc.wait(20)
-        print(f"agent exited with {code}")
+        print(f"agent exited with {stop_process(proc, 20)}")
     if not args.no_fleet:
         run_fleet_demo(work / "fleet", v1, trusted, models, ai_flow=not args.no_training)
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from script_support import api_client  # noqa: E402
+from script_support import api_client, in_process_control_plane  # noqa: E402
 
 
 def run_datasets_demo(
@@ -100,16 +100,10 @@ def run_datasets_demo(
 if __name__ == "__main__":
     import tempfile
 
-    from control_plane.app import create_app
-    from control_plane.core.context import AppContext
-    from control_plane.core.database import upgrade
     from control_plane.core.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings(dev_mode=True, data_dir=Path(tmp))
-        demo_app = create_app(settings)
-        ctx = AppContext.from_settings(settings)
-        upgrade(ctx.engine)
-        demo_app.state.ctx = ctx  # datasets need no fleet channel: skip the lifespan
+        demo_app, ctx = in_process_control_plane(settings)  # datasets need no fleet channel
         run_datasets_demo(token=settings.api_token.get_secret_value(), app=demo_app)
         ctx.close()

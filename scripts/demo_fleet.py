@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -42,9 +41,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "scripts") not in sys.path:
     sys.path.insert(0, str(REPO / "scripts"))
 
-from script_support import free_port, wait_until  # noqa: E402
+from script_support import (  # noqa: E402
+    console_script,
+    free_port,
+    request_json,
+    spawn_logged,
+    stop_process,
+    wait_port_file,
+    wait_until,
+)
 
-VENV_BIN = Path(sys.executable).parent
 DEVICE_ID = "demo-edge-1"
 MODEL = "digits-mlp"
 
@@ -77,31 +83,27 @@ class FleetDemo:
     api: httpx.Client | None = None
 
     def call(self, method: str, path: str, **kw: Any) -> Any:
+        """The JSON answer; an HTTP error ends the demo with the call and the answer."""
         assert self.api is not None
-        r = self.api.request(method, f"/api/v1{path}", **kw)
-        if r.status_code >= 400:
-            raise SystemExit(f"demo: {method} {path} -> {r.status_code} {r.text}")
-        return r.json() if r.content else None
+        try:
+            return request_json(self.api, method, path, **kw)
+        except RuntimeError as exc:
+            raise SystemExit(f"demo: {exc}") from None
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{name}.log", "wb")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = spawn_logged(cmd, self.log(name), env=env)
         self.procs.append((name, proc))
         return proc
 
+    def log(self, name: str) -> Path:
+        """Where the child ``name`` writes its output (what a failure points at)."""
+        return self.work / f"{name}.log"
+
     def stop(self, name: str, timeout: float = 20) -> int | None:
-        """SIGTERM one of our children (by its pid) and wait; SIGKILL if it does not stop."""
+        """Stop the child ``name``: its exit status, None if it had to be killed or is unknown."""
         for n, proc in self.procs:
-            if n == name and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    return proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
-                    return None
             if n == name:
-                return proc.returncode
+                return stop_process(proc, timeout)
         return None
 
     def stop_all(self) -> None:
@@ -127,13 +129,13 @@ def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
         CONTROL_PLANE_SIGNING_KEY=str(trusted_pub.with_suffix(".key")),
     )
     t0 = time.monotonic()
-    proc = demo.spawn("control-plane", [str(VENV_BIN / "control-plane"), "serve"], env)
+    proc = demo.spawn("control-plane", [*console_script("control-plane"), "serve"], env)
     base = f"http://127.0.0.1:{port}"
     demo.api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
 
     def healthy() -> bool:
         if proc.poll() is not None:
-            raise SystemExit(f"demo: control plane exited; see {demo.work / 'control-plane.log'}")
+            raise SystemExit(f"demo: control plane exited; see {demo.log('control-plane')}")
         try:
             return bool(httpx.get(f"{base}/health", timeout=2).json().get("broker_connected"))
         except httpx.HTTPError:
@@ -171,7 +173,7 @@ def start_agent(demo: FleetDemo, bundle: Path) -> int:
     config = demo.work / "fleet-agent.yaml"
     subprocess.run(
         [
-            str(VENV_BIN / "edge-agent"),
+            *console_script("edge-agent"),
             "join",
             str(bundle),
             "--out",
@@ -189,16 +191,12 @@ def start_agent(demo: FleetDemo, bundle: Path) -> int:
         EDGE_AGENT_PORT_FILE=str(ports),
     )
     proc = demo.spawn(
-        "fleet-agent", [str(VENV_BIN / "edge-agent"), "run", "--config", str(config)], env
+        "fleet-agent", [*console_script("edge-agent"), "run", "--config", str(config)], env
     )
-
-    def serving() -> bool:
-        if proc.poll() is not None:
-            raise SystemExit(f"demo: agent exited; see {demo.work / 'fleet-agent.log'}")
-        return ports.exists()
-
-    _wait("the agent serving", serving, 60, 0.05)
-    grpc_port = int(json.loads(ports.read_text())["grpc"])
+    try:
+        grpc_port = int(wait_port_file(ports, proc, "the agent", 60)["grpc"])
+    except (RuntimeError, TimeoutError) as exc:
+        raise SystemExit(f"demo: {exc}; see {demo.log('fleet-agent')}") from None
     _wait(
         "the device reporting online",
         lambda: demo.call("GET", f"/devices/{DEVICE_ID}")["status"] == "online",
@@ -224,9 +222,7 @@ def deploy(demo: FleetDemo, package: Path) -> dict[str, Any]:
     print(f"deployment {dep['id']} created; following it until the device reports a result")
     seen: set[tuple[str, int]] = set()
 
-    def final() -> dict[str, Any] | None:
-        d = demo.call("GET", f"/deployments/{dep['id']}")
-        t = d["targets"][0]
+    def show(t: dict[str, Any]) -> None:
         key = (t["state"], t["chunks_done"])
         if key not in seen:
             seen.add(key)
@@ -234,13 +230,34 @@ def deploy(demo: FleetDemo, package: Path) -> dict[str, Any]:
                 f"  +{time.monotonic() - t0:4.1f} s  {t['state']:<11} step={t['step'] or '-'} "
                 f"chunks {t['chunks_done']}/{t['chunks_total']}"
             )
-        return t if t["state"] in ("installed", "failed") else None
 
-    target = _wait("the deployment reaching a final state", final, 120, 0.1)
-    if target["state"] != "installed":
-        raise SystemExit(f"demo: deployment failed at {target['step']}: {target['reason']}")
+    wait_installed(demo, dep["id"], "the deployment reaching a final state", 120, 0.1, show)
     print(f"installed on {DEVICE_ID} {time.monotonic() - t0:.1f} s after the deployment call")
     return dict(pkg)
+
+
+def wait_installed(
+    demo: FleetDemo,
+    deployment_id: str,
+    what: str,
+    timeout: float,
+    every: float,
+    on_poll: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Follow a deployment's one target until it is final: the target once installed; a failed
+    install ends the demo with the step and reason the device reported. ``on_poll`` sees every
+    polled target (progress output)."""
+
+    def final() -> dict[str, Any] | None:
+        t: dict[str, Any] = demo.call("GET", f"/deployments/{deployment_id}")["targets"][0]
+        if on_poll is not None:
+            on_poll(t)
+        return t if t["state"] in ("installed", "failed") else None
+
+    target: dict[str, Any] = _wait(what, final, timeout, every)
+    if target["state"] != "installed":
+        raise SystemExit(f"demo: deployment failed at {target['step']}: {target['reason']}")
+    return target
 
 
 def call_device(grpc_port: int, models: Path) -> None:
@@ -283,7 +300,7 @@ def stop(demo: FleetDemo) -> None:
         demo.api.close()
         demo.api = None
     code = demo.stop("control-plane")
-    clean = "Application shutdown complete" in (demo.work / "control-plane.log").read_text()
+    clean = "Application shutdown complete" in demo.log("control-plane").read_text()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status is then -15.
     print(f"control plane exited with {code} ({'clean shutdown' if clean else 'see its log'})")
 

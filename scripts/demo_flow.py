@@ -13,7 +13,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -22,21 +21,15 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from demo_datasets import run_datasets_demo  # noqa: E402
-from demo_fleet import DEVICE_ID, FleetDemo, _wait, step  # noqa: E402
+from demo_fleet import DEVICE_ID, FleetDemo, step, wait_installed  # noqa: E402
 from demo_training import run_training_demo  # noqa: E402
 
 
 def deploy_digest(demo: FleetDemo, digest: str) -> None:
     t0 = time.monotonic()
     dep = demo.call("POST", "/deployments", json={"package_digest": digest, "device_id": DEVICE_ID})
-
-    def final() -> dict[str, Any] | None:
-        t = demo.call("GET", f"/deployments/{dep['id']}")["targets"][0]
-        return t if t["state"] in ("installed", "failed") else None
-
-    target = _wait("the trained model's deployment reaching a final state", final, 300, 0.2)
-    if target["state"] != "installed":
-        raise SystemExit(f"demo: deployment failed at {target['step']}: {target['reason']}")
+    what = "the trained model's deployment reaching a final state"
+    wait_installed(demo, dep["id"], what, 300, 0.2)
     print(f"deployment {dep['id']}: installed on {DEVICE_ID} in {time.monotonic() - t0:.1f} s")
 
 

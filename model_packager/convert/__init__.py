@@ -1,4 +1,6 @@
-"""Convert trained models (Keras, SavedModel, MXNet, ONNX) into gated multi-variant packages.
+"""Convert trained models into gated multi-variant packages.
+
+Sources (``SOURCE_KINDS``): Keras, SavedModel, MXNet, ONNX and ModelArts model folders.
 
 Importing this package is cheap and framework-free: TensorFlow, tf2onnx, onnx and MXNet (through
 its own virtual environment) are reached only when a conversion runs.
@@ -6,6 +8,7 @@ its own virtual environment) are reached only when a conversion runs.
 
 from model_packager.convert.base import DEFAULT_TARGETS, TARGETS, ConversionError, Target
 from model_packager.convert.pipeline import (
+    SOURCE_KINDS,
     ConversionReport,
     ConvertSpec,
     ParityGateFailed,
@@ -16,6 +19,7 @@ from model_packager.convert.pipeline import (
 
 __all__ = [
     "DEFAULT_TARGETS",
+    "SOURCE_KINDS",
     "TARGETS",
     "ConversionError",
     "ConversionReport",

@@ -1,23 +1,36 @@
 """The ``model-packager convert`` subcommand (registered by ``model_packager.cli``).
 
 Progress goes to stderr line by line, the parity table and the package path to stdout. Exit 0 with
-a package, 1 with ``error: conversion failed at step '...': why`` and no package.
+a package, 1 with ``error: conversion failed at step '...': why`` and no package. Files named by
+options (labels, pre/post-processing) are read and checked before the model is opened, so a
+mistake in one costs a second and prints ``error: --option FILE: why``, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from model_packager.cli_files import read_labels, read_processing
 from model_packager.convert.base import DEFAULT_TARGETS, TARGETS
-from model_packager.convert.pipeline import ConvertSpec, ParityGateFailed, convert
+from model_packager.convert.pipeline import SOURCE_KINDS, ConvertSpec, ParityGateFailed, convert
 from model_packager.signing import load_private_key
 
 
 def _progress(msg: str) -> None:
     print(f"  - {msg}", file=sys.stderr, flush=True)
+
+
+def _positive_int(text: str) -> int:
+    """A count of at least 1: parity on no samples would pass every variant unjudged."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -30,14 +43,10 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"dimensions must be integers in {text!r}") from None
 
 
-def _json_file(path: str | None) -> dict[str, object] | None:
-    return None if path is None else json.loads(Path(path).read_text())
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
-    labels = None
-    if args.labels:
-        labels = [ln.strip() for ln in Path(args.labels).read_text().splitlines() if ln.strip()]
+    labels = read_labels(args.labels) if args.labels else None
+    pre = read_processing(args.preprocessing, "preprocessing") if args.preprocessing else None
+    post = read_processing(args.postprocessing, "postprocessing") if args.postprocessing else None
     spec = ConvertSpec(
         source=Path(args.source),
         name=args.name,
@@ -52,8 +61,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         input_shapes=dict(args.input_shape or []) or None,
         labels=labels,
         description=args.description,
-        preprocessing=_json_file(args.preprocessing),
-        postprocessing=_json_file(args.postprocessing),
+        preprocessing=pre,
+        postprocessing=post,
         mxnet_python=Path(args.mxnet_python) if args.mxnet_python else None,
     )
     key = load_private_key(Path(args.key)) if args.key else None
@@ -70,9 +79,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c = sub.add_parser(
         "convert",
-        help="convert a Keras/SavedModel/MXNet/ONNX model into a gated multi-variant package",
+        help="convert a Keras/SavedModel/MXNet/ONNX/ModelArts model into a gated multi-variant "
+        "package",
     )
-    c.add_argument("source", help=".keras file, SavedModel folder, MXNet -symbol.json, .onnx")
+    c.add_argument("source", help="; ".join(SOURCE_KINDS.values()))
     c.add_argument("--name", required=True)
     c.add_argument("--version", required=True)
     c.add_argument(
@@ -81,10 +91,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         choices=list(TARGETS),
         help=f"variant to produce (repeat); default {' '.join(DEFAULT_TARGETS)}",
     )
-    c.add_argument("--source-kind", choices=["keras", "savedmodel", "onnx", "mxnet"])
+    c.add_argument(
+        "--source-kind",
+        choices=list(SOURCE_KINDS),
+        help="what SOURCE is (default: guessed from the files): "
+        + ", ".join(f"{kind} ({on_disk})" for kind, on_disk in SOURCE_KINDS.items()),
+    )
     c.add_argument("--samples", help="parity samples: .npy, .npz (by input name), or folder")
     c.add_argument("--calibration", help="int8 representative data (default: the samples)")
-    c.add_argument("--num-samples", type=int, default=64, help="samples generated / used")
+    c.add_argument(
+        "--num-samples", type=_positive_int, default=64, help="samples generated / used (>= 1)"
+    )
     c.add_argument("--on-parity-fail", choices=["drop", "fail"], default="drop")
     c.add_argument(
         "--classifier",

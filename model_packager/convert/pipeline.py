@@ -13,7 +13,7 @@ import dataclasses
 import importlib.metadata
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,7 +61,7 @@ class ConvertSpec:
     name: str
     version: str
     targets: Sequence[str] = DEFAULT_TARGETS
-    source_kind: str | None = None  # keras | savedmodel | onnx | mxnet | modelarts; None: guess
+    source_kind: str | None = None  # a key of SOURCE_KINDS; None: guess from the files
     samples: Path | None = None  # parity samples (.npy / .npz / folder of .npy)
     calibration: Path | None = None  # int8 representative data; default: the parity samples
     num_samples: int = 64  # generated when no file is given, and the cap on given ones
@@ -151,29 +151,60 @@ def detect_kind(path: Path) -> str:
     raise ConversionError("load", f"{path.name}: unknown model type")
 
 
+# Each opener imports its framework only when called: importing this module stays cheap.
+def _open_keras(spec: ConvertSpec) -> Source:
+    from model_packager.convert.tf_source import KerasSource
+
+    return KerasSource(spec.source)
+
+
+def _open_savedmodel(spec: ConvertSpec) -> Source:
+    from model_packager.convert.tf_source import SavedModelSource
+
+    return SavedModelSource(spec.source)
+
+
+def _open_onnx(spec: ConvertSpec) -> Source:
+    from model_packager.convert.onnx_source import OnnxSource
+
+    return OnnxSource(spec.source)
+
+
+def _open_mxnet(spec: ConvertSpec) -> Source:
+    from model_packager.convert.mxnet_source import MXNetSource
+
+    return MXNetSource(spec.source, spec.input_shapes, spec.mxnet_python)
+
+
+def _open_modelarts(spec: ConvertSpec) -> Source:
+    from model_packager.convert.modelarts import ModelArtsSource
+
+    return ModelArtsSource(spec.source)
+
+
+# Source kind -> (what it is on disk, opener). The one list of kinds the converter accepts: the
+# CLI's --source-kind choices and help are made from it, so neither can leave a kind out.
+_SOURCES: dict[str, tuple[str, Callable[[ConvertSpec], Source]]] = {
+    "keras": (".keras / .h5 file", _open_keras),
+    "savedmodel": ("SavedModel folder", _open_savedmodel),
+    "onnx": (".onnx file", _open_onnx),
+    "mxnet": ("MXNet -symbol.json with its .params", _open_mxnet),
+    "modelarts": (
+        "ModelArts folder: config.json, customize_service.py, SavedModel",
+        _open_modelarts,
+    ),
+}
+SOURCE_KINDS: dict[str, str] = {kind: on_disk for kind, (on_disk, _) in _SOURCES.items()}
+
+
 def open_source(spec: ConvertSpec) -> Source:
     kind = spec.source_kind or detect_kind(spec.source)
-    if kind == "keras":
-        from model_packager.convert.tf_source import KerasSource
-
-        return KerasSource(spec.source)
-    if kind == "savedmodel":
-        from model_packager.convert.tf_source import SavedModelSource
-
-        return SavedModelSource(spec.source)
-    if kind == "onnx":
-        from model_packager.convert.onnx_source import OnnxSource
-
-        return OnnxSource(spec.source)
-    if kind == "modelarts":
-        from model_packager.convert.modelarts import ModelArtsSource
-
-        return ModelArtsSource(spec.source)
-    if kind == "mxnet":
-        from model_packager.convert.mxnet_source import MXNetSource
-
-        return MXNetSource(spec.source, spec.input_shapes, spec.mxnet_python)
-    raise ConversionError("load", f"unknown source kind {kind!r}")
+    if kind not in _SOURCES:
+        raise ConversionError(
+            "load", f"unknown source kind {kind!r}; known: {', '.join(SOURCE_KINDS)}"
+        )
+    _, opener = _SOURCES[kind]
+    return opener(spec)
 
 
 def _with_shapes(specs: list[TensorSpec], shapes: Mapping[str, tuple[int, ...]] | None) -> None:

@@ -13,7 +13,11 @@ import pytest
 
 from model_packager.archive import open_package, sha256_file
 from model_packager.build import sign_package
+from model_packager.cli import build_parser
+from model_packager.convert import SOURCE_KINDS
 from model_packager.signing import generate_keypair, load_private_key
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 EXE = Path(sys.executable).parent / "model-packager"
 
@@ -87,6 +91,9 @@ USAGE_ERRORS = [
     ["sign", "x.edgepkg"],  # --key missing
     ["build", "m.onnx", "--name", "m", "--version", "1", "--golden-count", "two"],
     ["inspect"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "-3"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "0"],
+    ["convert", "m.onnx", "--name", "m", "--version", "1", "--num-samples", "many"],
 ]
 
 
@@ -164,6 +171,10 @@ def test_verify_failures(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> 
     tampered.write_bytes(bytes(data))
     junk = tmp_path / "junk.edgepkg"
     junk.write_text("hello")
+    mixed = tmp_path / "mixed-keys"  # a trust folder with one key that is not Ed25519
+    mixed.mkdir()
+    (mixed / "release.pub").write_bytes(pub.read_bytes())
+    (mixed / "legacy.pub").write_bytes(_rsa_public_pem())
 
     cases: list[tuple[list[object], str]] = [
         (["verify", signed, "--trusted", tmp_path / "x.pub"], "not trusted"),
@@ -173,6 +184,8 @@ def test_verify_failures(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> 
         (["inspect", junk], "not a readable package archive"),
         (["sign", junk, "--key", key], "not a readable"),
         (["sign", signed, "--key", pub], "cannot read private key"),
+        (["verify", signed, "--trusted", mixed], "legacy.pub: public key is not Ed25519"),
+        (["verify", signed, "--trusted", junk], "junk.edgepkg: not a PEM public key"),
     ]
     for (_, needle), res in zip(cases, run_many(*(c for c, _ in cases)), strict=True):
         assert_error(res, needle)
@@ -222,12 +235,16 @@ def test_build_errors(onnx_model: Path, tmp_path: Path, cli_keys: Path) -> None:
     labels.write_text("a\nb\n")
     fake = tmp_path / "fake.onnx"
     fake.write_bytes(b"not a model\nwith\nlines")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
     cases: list[tuple[list[object], str]] = [
         (["build", onnx_model, "--name", "my model", *base], "my model"),
         (["build", tmp_path / "none.onnx", "--name", "m", *base], "no such file"),
         (["build", f"x={pb}", "--name", "m", *base], "unknown model type"),
         (["build", onnx_model, "--name", "m", "--labels", labels, *base], "2 labels"),
         (["build", onnx_model, "--name", "m", "--labels", tmp_path / "nope", *base], "nope"),
+        (["build", onnx_model, "--name", "m", "--labels", latin1, *base], "not UTF-8 text"),
+        (["build", onnx_model, "--name", "m", "--labels", tmp_path, *base], "Is a directory"),
         (
             ["build", onnx_model, "--name", "m", "--key", cli_keys / "release.pub", *base],
             "private key",
@@ -238,3 +255,89 @@ def test_build_errors(onnx_model: Path, tmp_path: Path, cli_keys: Path) -> None:
     for (_, needle), res in zip(cases, run_many(*(c for c, _ in cases)), strict=True):
         assert_error(res, needle)
     assert not out.exists() or not any(out.iterdir())
+
+
+def _rsa_public_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def test_convert_rejects_bad_option_files_before_opening_the_model(
+    onnx_model: Path, tmp_path: Path
+) -> None:
+    """A malformed --preprocessing / --postprocessing / --labels file is one error line, exit 1,
+    reported before the source is opened and with no package written."""
+    files = {
+        "syntax.json": '{"input": "input",',
+        "color.json": json.dumps({"input": "input", "color": "CMYK"}),
+        "extra.json": json.dumps({"input": "input", "zoom": 2}),
+        "scalar.json": "5",
+        "handler.json": json.dumps({"handler": "modelarts"}),
+        "topk.json": json.dumps({"output": "logits", "top_k": -1}),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('{"input": "caf\xe9"}'.encode("latin-1"))
+    out = tmp_path / "out"
+    base = ["convert", onnx_model, "--name", "m", "--version", "1", "--target", "onnx-fp32"]
+    base += ["--out-dir", out]
+    cases: list[tuple[list[object], list[str]]] = [
+        (["--preprocessing", tmp_path / "syntax.json"], ["--preprocessing", "not valid JSON"]),
+        (["--preprocessing", tmp_path / "color.json"], ["color: Input should be 'RGB'"]),
+        (["--preprocessing", tmp_path / "extra.json"], ["zoom: Extra inputs are not permitted"]),
+        (["--preprocessing", tmp_path / "scalar.json"], ["expected a JSON object, got int"]),
+        (["--preprocessing", tmp_path / "handler.json"], ["module: Field required"]),
+        (["--preprocessing", latin1], ["latin1.json: not UTF-8 text"]),
+        (["--preprocessing", tmp_path / "none.json"], ["none.json: No such file"]),
+        (["--preprocessing", tmp_path], ["Is a directory"]),
+        (["--postprocessing", tmp_path / "topk.json"], ["--postprocessing", "top_k:"]),
+        (["--postprocessing", tmp_path / "syntax.json"], ["--postprocessing", "not valid JSON"]),
+        (["--labels", latin1], ["--labels", "not UTF-8 text"]),
+    ]
+    results = run_many(*([*base, *extra] for extra, _ in cases))
+    for (extra, needles), res in zip(cases, results, strict=True):
+        assert_error(res, *needles)
+        assert "opening" not in res.stderr, (extra, res.stderr)
+        assert "pydantic.dev" not in res.stderr, res.stderr
+    assert not out.exists()
+
+
+def test_convert_reads_a_good_postprocessing_file(onnx_model: Path, tmp_path: Path) -> None:
+    post = {"output": "logits", "softmax": True, "top_k": 3}
+    (tmp_path / "post.json").write_text(json.dumps(post))
+    res = run(
+        "convert", onnx_model, "--name", "m", "--version", "1", "--target", "onnx-fp32",
+        "--postprocessing", tmp_path / "post.json", "--out-dir", tmp_path / "out",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    pkg = Path(res.stdout.strip().splitlines()[-1])
+    assert open_package(pkg).manifest.postprocessing == post
+
+
+def test_source_kinds_in_choices_help_and_readme(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--source-kind offers exactly the kinds the converter opens, ModelArts folders included,
+    and its help and the README list them all."""
+    assert "modelarts" in SOURCE_KINDS
+    parser = build_parser()
+    for kind in SOURCE_KINDS:
+        args = parser.parse_args(
+            ["convert", "src", "--name", "m", "--version", "1", "--source-kind", kind]
+        )
+        assert args.source_kind == kind
+    monkeypatch.setenv("COLUMNS", "400")  # one help entry per line
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["convert", "--help"])
+    out = capsys.readouterr().out
+    assert "--source-kind {" + ",".join(SOURCE_KINDS) + "}" in out
+    for kind, on_disk in SOURCE_KINDS.items():
+        assert f"{kind} ({on_disk})" in out
+    readme = (REPO_ROOT / "model_packager" / "README.md").read_text()
+    assert f"[--source-kind {'|'.join(SOURCE_KINDS)}]" in readme
