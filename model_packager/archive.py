@@ -40,11 +40,9 @@ class ArchiveLimits:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    """The file's sha256 (hex): the one file hash of both sides (``hashlib.file_digest``)."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def sha256_bytes(data: bytes) -> str:
