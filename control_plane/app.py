@@ -1,8 +1,8 @@
 """FastAPI application assembly and lifespan.
 
 Startup order: database migrations, the embedded broker (only when no broker URL is configured),
-the fleet service. Shutdown reverses it. ``create_app`` takes a ``Settings`` so tests and the CLI
-build independent apps.
+the fleet service, the training runtime, the registry's conversion executor. Shutdown reverses it.
+``create_app`` takes a ``Settings`` so tests and the CLI build independent apps.
 """
 
 from __future__ import annotations
@@ -35,6 +35,61 @@ from control_plane.training.runtime import TrainingRuntime
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+
+DESCRIPTION = """\
+The cloud side of an edge-first ML runtime, from data to devices:
+
+- **datasets**: datasets, labelling and annotations, imports and exports, published versions;
+- **training**: training jobs (built-in algorithms or uploaded scripts), logs and metrics, and
+  TensorBoard servers over them;
+- **model registry**: model versions with lineage, converted into signed, parity-checked packages;
+- **fleet**: signed packages, devices and their telemetry, deployments to devices over MQTT.
+
+Every route under `/api/v1` needs `Authorization: Bearer <api token>`; `/health` does not.
+"""
+
+# One entry per router tag, in the order the interactive docs list them.
+OPENAPI_TAGS: list[dict[str, str]] = [
+    {"name": "health", "description": "Liveness and broker connection (no token)."},
+    {
+        "name": "datasets",
+        "description": "Datasets, label sets, samples and annotations (labelling); imports from "
+        "uploaded files, zip archives and server folders.",
+    },
+    {
+        "name": "dataset versions",
+        "description": "Immutable published versions of a dataset (the input of training jobs); "
+        "manifests and exports.",
+    },
+    {
+        "name": "training",
+        "description": "Built-in algorithms, uploaded training code, training jobs (create, "
+        "re-run, cancel, delete), live logs and scalar metrics.",
+    },
+    {
+        "name": "visualizations",
+        "description": "TensorBoard servers over training jobs' event files.",
+    },
+    {
+        "name": "models",
+        "description": "The model registry: model versions from training jobs or uploads, "
+        "converted into signed packages; lineage from a package back to its dataset version.",
+    },
+    {
+        "name": "packages",
+        "description": "Signed model packages: verified uploads, stored by sha256.",
+    },
+    {
+        "name": "devices",
+        "description": "Device registry (broker credentials, config bundle, status, reported "
+        "state) and device telemetry.",
+    },
+    {
+        "name": "deployments",
+        "description": "A package as the desired state of a device or a label-selected group, with "
+        "per-device progress.",
+    },
+]
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -69,7 +124,9 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Edge inference control plane",
         version="0.1.0",
-        description="Devices, signed model packages and deployments to an MQTT fleet.",
+        summary="Datasets, training, model registry and device fleet of an edge inference runtime.",
+        description=DESCRIPTION,
+        openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
     )
     http_errors.install(app)

@@ -1,8 +1,7 @@
 """ORM models of datasets, samples, labels, annotations and published dataset versions.
 
-Kept apart from ``models.py`` (the fleet's tables) so the two parts of the control plane evolve
-without touching each other's file; ``models.py`` imports this module so that ``Base.metadata``
-(and therefore Alembic) sees every table.
+``control_plane/tables.py`` imports this module so that ``Base.metadata`` (and therefore Alembic)
+sees every table.
 
 Design notes:
 

@@ -1,7 +1,4 @@
-"""Request and response bodies of the dataset API (XCreate / XPublic families).
-
-Kept apart from ``schemas.py`` so the dataset and fleet parts of the API change independently.
-"""
+"""Request and response bodies of the dataset and dataset version API (XCreate / XPublic)."""
 
 from __future__ import annotations
 

@@ -1,2 +1,3 @@
-"""The model registry's machinery: finding a model in a folder, the signing key, and the
-conversion worker process. The service that records versions is ``services/models.py``."""
+"""The model registry: model versions with lineage (``service.py``), their conversion
+(``conversions.py`` runs ``worker.py`` as a child process), the signing key and the package store
+(``packages/``)."""

@@ -1,4 +1,4 @@
-"""Scalar series read from TensorBoard event files, so a dashboard can plot without TensorBoard.
+"""Scalar series read from TensorBoard event files, so a client can plot without TensorBoard.
 
 Every folder under a job's event root that holds ``events.out.tfevents.*`` files is a *run*
 (Keras writes ``train`` and ``validation``; ``edge_training.log_scalar`` writes the root or a named

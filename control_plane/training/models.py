@@ -1,8 +1,7 @@
-"""ORM models of training jobs and model versions (the registry).
+"""Training tables: training jobs (model versions are the registry's, ``registry/models.py``).
 
-Kept apart from ``models.py`` (fleet) and ``dataset_models.py`` so each part of the control plane
-evolves in its own file; ``models.py`` imports this module so that ``Base.metadata`` (and
-therefore Alembic) sees every table.
+``control_plane/tables.py`` imports this module so that ``Base.metadata`` (and therefore Alembic)
+sees every table.
 
 Design notes:
 
@@ -12,9 +11,6 @@ Design notes:
   tabular data, which has no dataset type yet, a server-side folder (``data_path``).
 - The state machine is queued -> running -> succeeded | failed | canceled (queued -> canceled
   too). ``pid`` is kept while running so a restarted control plane can find and end orphans.
-- A model version points at the package it was converted into (``package_digest``) and keeps its
-  lineage as plain columns (job, dataset version) plus the JSON documents that were true when it
-  was registered (hyperparameters, metrics, conversion settings and report).
 """
 
 from __future__ import annotations

@@ -1,8 +1,4 @@
-"""Request and response bodies of the training, visualization and model registry API.
-
-Kept apart from ``schemas.py`` and ``dataset_schemas.py`` so each part of the API changes on its
-own (XCreate / XPublic families, as elsewhere).
-"""
+"""Request and response bodies of training jobs and visualizations (XCreate / XPublic families)."""
 
 from __future__ import annotations
 

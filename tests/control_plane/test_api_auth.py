@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from control_plane.app import OPENAPI_TAGS, create_app
 from control_plane.core.settings import DEFAULT_SECRET, Settings
 from tests.control_plane.conftest import API_TOKEN, ControlPlane
 
@@ -72,3 +73,11 @@ def test_openapi_documents_bearer_auth(control_plane: ControlPlane) -> None:
     doc = control_plane.api.get("/openapi.json").json()
     assert "HTTPBearer" in doc["components"]["securitySchemes"]
     assert "/api/v1/deployments" in doc["paths"]
+
+
+def test_every_openapi_tag_is_described(tmp_path: Path) -> None:
+    """Each router's tag has its description in ``OPENAPI_TAGS``, and no description is stale."""
+    doc = create_app(Settings(data_dir=tmp_path, dev_mode=True)).openapi()
+    used = {tag for ops in doc["paths"].values() for op in ops.values() for tag in op["tags"]}
+    described = {t["name"] for t in doc["tags"] if t.get("description")}
+    assert used == described == {t["name"] for t in OPENAPI_TAGS}
