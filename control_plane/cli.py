@@ -15,7 +15,7 @@ def _settings():  # type: ignore[no-untyped-def]
 
     try:
         return Settings()
-    except ValidationError as exc:
+    except (ValidationError, ValueError) as exc:  # ValueError: an unknown CONTROL_PLANE_* name
         print(f"control-plane: invalid settings:\n{exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

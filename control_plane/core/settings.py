@@ -5,7 +5,8 @@ Sections (``settings.database``, ``.storage``, ``.mqtt``, ``.datasets``, ``.trai
 keys, so a misspelt setting fails at start instead of being ignored. The environment names stay
 flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``): ``FLAT_NAMES`` says
 which section field each one sets, and the same flat names work as keyword arguments
-(``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use.
+(``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A ``CONTROL_PLANE_*``
+variable that names no setting is refused too, with the closest known name.
 
 Every field is described here and in docs/control-plane.md. Secrets that ship with a default value
 (the API token and the broker password) are refused unless ``dev_mode`` is on, so a production
@@ -14,6 +15,7 @@ deployment cannot start with a secret that is printed in the documentation.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -248,6 +250,13 @@ class _FlatEnvironment(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        known = set(FLAT_NAMES) | set(Settings.model_fields)  # a section also whole, as JSON
+        for var in os.environ:
+            name = var[len(ENV_PREFIX) :].lower()
+            if var.startswith(ENV_PREFIX) and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
+                hint = f" (did you mean {ENV_PREFIX}{close[0].upper()}?)" if close else ""
+                raise ValueError(f"unknown setting {var}{hint}")
         found: dict[str, Any] = {}
         for flat, (section, name) in FLAT_NAMES.items():
             raw = os.environ.get(ENV_PREFIX + flat.upper())
