@@ -41,6 +41,14 @@ DEVICE_SUBSCRIBES = (DESIRED, CHUNKS_DATA)
 CONTROL_PLANE_SUBSCRIBES = (REPORTED, STATUS, CHUNKS_REQUEST, TELEMETRY)
 
 MAX_CHUNK_INDEXES_PER_REQUEST = 64
+#: The largest ``TelemetryBatch`` a device sends, encoded, and the most records in one. The control
+#: plane refuses (and counts) a batch over either limit without decoding it, so one message can
+#: never hold the thread that serves every device's chunks.
+MAX_TELEMETRY_BATCH_BYTES = 256 * 1024
+MAX_TELEMETRY_BATCH_RECORDS = 500
+#: The largest MQTT message either side sends: a chunk (at most 16 MiB of data) and its envelope.
+#: The generated broker config refuses anything bigger.
+MAX_MESSAGE_BYTES = 17 * 1024 * 1024
 
 # Device ids become topic levels and broker user names: no wildcards, separators or spaces.
 _DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
