@@ -33,6 +33,9 @@ class FleetPublisher(Protocol):
     def devices_changed(self) -> None:
         """A device was registered or deleted: bring the broker's credentials and ACL up to date."""
 
+    def counters(self, device_id: str) -> dict[str, int]:
+        """What the fleet channel refused from the device since the control plane started."""
+
 
 class NullPublisher:
     """Used when no fleet channel runs (CLI commands, some tests)."""
@@ -45,6 +48,9 @@ class NullPublisher:
 
     def devices_changed(self) -> None:
         logger.debug("no fleet channel: broker files not rewritten")
+
+    def counters(self, device_id: str) -> dict[str, int]:
+        return {}
 
 
 @dataclass

@@ -103,8 +103,15 @@ class MqttSettings(Section):
     chunk_queue_size: int = Field(
         256,
         ge=1,
-        description="Chunk requests waiting to be served; requests beyond it are dropped "
-        "(the device asks again after its timeout).",
+        description="Chunk requests waiting to be served, all devices together; beyond it the "
+        "oldest request of the device with the most waiting is dropped (it asks again).",
+    )
+    chunk_queue_per_device: int = Field(
+        64,
+        ge=1,
+        description="Chunk requests one device may have waiting (at least the agents' "
+        "chunk_window); its further requests are dropped and counted, so a flooding device "
+        "slows only itself.",
     )
 
 
@@ -221,6 +228,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "broker_reload_command": ("mqtt", "broker_reload_command"),
     "chunk_size": ("mqtt", "chunk_size"),
     "chunk_queue_size": ("mqtt", "chunk_queue_size"),
+    "chunk_queue_per_device": ("mqtt", "chunk_queue_per_device"),
     "dataset_dir": ("datasets", "dir"),
     "dataset_import_roots": ("datasets", "import_roots"),
     "dataset_max_upload_bytes": ("datasets", "max_upload_bytes"),

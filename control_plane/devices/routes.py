@@ -59,13 +59,15 @@ def list_devices(
     ctx: ContextDep,
     label: Annotated[list[str], Query(description="key=value; repeat to AND them")] = [],  # noqa: B006
 ) -> list[DevicePublic]:
-    devices = DeviceService(session, ctx).list(_parse_selector(label) or None)
-    return [DevicePublic.of(d) for d in devices]
+    service = DeviceService(session, ctx)
+    devices = service.list(_parse_selector(label) or None)
+    return [DevicePublic.of(d, service.counters(d.id)) for d in devices]
 
 
 @router.get("/{device_id}")
 def get_device(device_id: str, session: SessionDep, ctx: ContextDep) -> DevicePublic:
-    return DevicePublic.of(DeviceService(session, ctx).get(device_id))
+    service = DeviceService(session, ctx)
+    return DevicePublic.of(service.get(device_id), service.counters(device_id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -23,6 +23,15 @@ class DeviceCreate(BaseModel):
     )
 
 
+class FleetCounters(BaseModel):
+    chunk_requests_dropped: int = Field(
+        0, description="Chunk requests dropped because the device had too many waiting."
+    )
+    telemetry_batches_refused: int = Field(
+        0, description="Telemetry batches refused unread (over the size or record limits)."
+    )
+
+
 class DevicePublic(OrmModel):
     id: str
     name: str
@@ -37,10 +46,17 @@ class DevicePublic(OrmModel):
     desired_generation: int
     telemetry_seq: int = Field(description="Highest telemetry sequence number stored.")
     telemetry_dropped: int
+    fleet: FleetCounters = Field(
+        default_factory=lambda: FleetCounters(),
+        description="What the fleet channel refused from the device since the control plane "
+        "started.",
+    )
 
     @classmethod
-    def of(cls, device: Device) -> DevicePublic:
-        return cls.model_validate(device)
+    def of(cls, device: Device, counters: dict[str, int] | None = None) -> DevicePublic:
+        public = cls.model_validate(device)
+        public.fleet = FleetCounters(**(counters or {}))
+        return public
 
 
 class MqttBundle(BaseModel):

@@ -111,6 +111,10 @@ class DeviceService:
         device.reported_at = utcnow()
         self.session.commit()
 
+    def counters(self, device_id: str) -> dict[str, int]:
+        """What the fleet channel refused from the device since the control plane started."""
+        return self.ctx.publisher.counters(device_id)
+
     def find(self, device_id: str) -> Device | None:
         """The device, or None when it does not exist (or no longer does)."""
         return self.session.get(Device, device_id)

@@ -16,9 +16,12 @@ from control_plane.deployments.service import DeploymentResultReport, DesiredSta
 from control_plane.devices.service import ReportedStateReport
 from control_plane.devices.telemetry.service import IncomingRecord
 from control_plane.registry.packages.service import Chunk
+from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 
 M = TypeVar("M", bound=Message)
+
+_TELEMETRY_RECORDS_FIELD = fleet_pb2.TelemetryBatch.DESCRIPTOR.fields_by_name["records"].number
 
 _STATUS = {
     fleet_pb2.DeviceStatus.ONLINE: "online",
@@ -110,6 +113,65 @@ def chunk_error_to_proto(digest: str, request_id: str, error: str) -> bytes:
     return fleet_pb2.ChunkData(
         package_digest=digest, request_id=request_id, error=error
     ).SerializeToString()
+
+
+def telemetry_refusal(payload: bytes) -> str | None:
+    """Why a ``TelemetryBatch`` is refused unread (over the size or record limits), or None.
+
+    Records are counted on the wire, stopping one past the limit, so a batch of a hundred
+    thousand tiny records costs no more than one of the allowed size.
+    """
+    if len(payload) > topics.MAX_TELEMETRY_BATCH_BYTES:
+        return f"{len(payload)} bytes, limit {topics.MAX_TELEMETRY_BATCH_BYTES}"
+    limit = topics.MAX_TELEMETRY_BATCH_RECORDS
+    records = count_field(payload, _TELEMETRY_RECORDS_FIELD, stop_after=limit)
+    if records > limit:
+        return f"more than {limit} records"
+    return None
+
+
+def count_field(payload: bytes, field_number: int, stop_after: int) -> int:
+    """How often top-level ``field_number`` occurs in an encoded message (at most ``stop_after``
+    + 1: counting stops there). Skips every field without decoding it; ``ValueError`` if the
+    bytes are not a well-formed message."""
+    i = count = 0
+    end = len(payload)
+    while i < end:
+        key, i = _varint(payload, i)
+        wire = key & 7
+        if wire == 0:
+            _, i = _varint(payload, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            length, i = _varint(payload, i)
+            i += length
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if key >> 3 == field_number:
+            count += 1
+            if count > stop_after:
+                return count
+    if i != end:
+        raise ValueError("truncated protobuf message")
+    return count
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated protobuf varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("protobuf varint too long")
 
 
 def telemetry_from_proto(device_id: str, payload: bytes) -> tuple[list[IncomingRecord], int]:

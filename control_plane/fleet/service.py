@@ -6,14 +6,21 @@ telemetry. It connects with its own broker identity (``mqtt_username``), which t
 allows on the whole ``edge/#`` tree.
 
 Threads: paho's network thread runs the callbacks and is the only one that moves bytes to and
-from the broker, so it does as little as it can. Telemetry is stored inline, in its own database
-session, so the broker's PUBACK (and with it the persistent session's copy) goes only after the
-batch is stored. Status and reported state go, in arrival order, to a FIFO served by a "records"
-thread: they are retained, so one not yet stored when the control plane stops is delivered again
-at its next subscribe, and their commits (one per progress report of every device pulling) no
-longer hold up the chunks in flight. Chunk requests go to a bounded queue served by one worker
-thread, so reading package blobs never stalls the network loop. When that queue is full a request
-is dropped and logged; the device asks again after its timeout.
+from the broker, so it decodes nothing and stores nothing:
+
+- Telemetry goes to a "telemetry" thread that decodes and stores each batch in its own database
+  session. Acknowledgements are manual: the broker's PUBACK (and with it the persistent session's
+  copy) goes only after the batch is stored, so a record is never lost between the broker and the
+  database. A batch over ``MAX_TELEMETRY_BATCH_BYTES`` or ``MAX_TELEMETRY_BATCH_RECORDS`` (both in
+  ``protos/fleet_topics.py``) is refused unread, acknowledged and counted against its device.
+- Status and reported state go, in arrival order, to a FIFO served by a "records" thread: they
+  are retained, so one not yet stored when the control plane stops is delivered again at its next
+  subscribe, and their commits (one per progress report of every device pulling) never hold up
+  the chunks in flight.
+- Chunk requests go to a ``FairQueue``: one bounded FIFO per device, served round-robin by one
+  worker thread, so reading package blobs never stalls the network loop and a device that floods
+  requests fills only its own FIFO. What is dropped is counted per device (``counters``); the
+  device asks again after its timeout.
 
 Chunk answers are pipelined: the worker keeps publishing while up to ``UNACKED_CHUNK_BYTES`` of
 chunks wait for the broker's PUBACK, and waits for the oldest only beyond that. Waiting for the
@@ -32,6 +39,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,6 +50,7 @@ from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet import broker_config, codec
+from control_plane.fleet.fair_queue import FairQueue
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
 
@@ -55,12 +64,20 @@ UNACKED_CHUNK_BYTES = 8 << 20
 PUBACK_TIMEOUT_S = 30.0
 #: Status and reported-state messages waiting to be stored; beyond, the network thread waits.
 RECORD_QUEUE_SIZE = 10_000
+#: Telemetry batches waiting to be stored. Each is unacknowledged until stored, and the broker
+#: holds back a client's messages beyond its in-flight window, so this rarely fills.
+TELEMETRY_QUEUE_SIZE = 256
 
 
 @dataclass(frozen=True)
-class _ChunkJob:
+class _Telemetry:
+    """A telemetry batch waiting to be stored, and how to acknowledge it once it is."""
+
     device_id: str
     payload: bytes
+    mid: int
+    qos: int
+    epoch: int  # the connection it arrived on: a PUBACK is only valid on that one
 
 
 @dataclass(frozen=True)
@@ -80,8 +97,18 @@ class FleetService:
         self.address = topics.parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._stopping = threading.Event()
-        self._jobs: queue.Queue[_ChunkJob | None] = queue.Queue(self.settings.mqtt.chunk_queue_size)
+        self._jobs: FairQueue[str, bytes] = FairQueue(
+            per_key=self.settings.mqtt.chunk_queue_per_device,
+            total=self.settings.mqtt.chunk_queue_size,
+        )
         self._worker = threading.Thread(target=self._serve_chunks, name="fleet-chunks", daemon=True)
+        self._telemetry: queue.Queue[_Telemetry | None] = queue.Queue(TELEMETRY_QUEUE_SIZE)
+        self._telemetry_thread = threading.Thread(
+            target=self._store_telemetry, name="fleet-telemetry", daemon=True
+        )
+        self._telemetry_refused: dict[str, int] = {}
+        # Bumped on every (dis)connect: a message id is only meaningful on its own connection.
+        self._epoch = 0
         self._records: queue.Queue[_Record | None] = queue.Queue(RECORD_QUEUE_SIZE)
         self._recorder = threading.Thread(
             target=self._store_records, name="fleet-records", daemon=True
@@ -96,6 +123,7 @@ class FleetService:
             client_id=self.settings.mqtt.username,
             clean_session=False,
             protocol=mqtt.MQTTv311,
+            manual_ack=True,
         )
         self.client.username_pw_set(
             self.settings.mqtt.username, self.settings.mqtt.password.get_secret_value()
@@ -115,6 +143,7 @@ class FleetService:
         """Connect (retrying in the background) and wait up to ``wait`` s for the first CONNACK."""
         self._worker.start()
         self._recorder.start()
+        self._telemetry_thread.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(wait):
@@ -126,14 +155,22 @@ class FleetService:
 
     def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(queue.Full):  # a full queue: the worker sees _stopping instead
-            self._jobs.put_nowait(None)
-        with contextlib.suppress(queue.Full):
-            self._records.put_nowait(None)
+        self._jobs.close()
+        for q in (self._records, self._telemetry):
+            with contextlib.suppress(queue.Full):  # a full queue: the thread sees _stopping
+                q.put_nowait(None)  # type: ignore[arg-type]
         self.client.disconnect()
         self.client.loop_stop()
         self._worker.join(timeout=5)
         self._recorder.join(timeout=5)
+        self._telemetry_thread.join(timeout=5)
+
+    def counters(self, device_id: str) -> dict[str, int]:
+        """What the fleet channel refused from a device since the control plane started."""
+        return {
+            "chunk_requests_dropped": self._jobs.dropped.get(device_id, 0),
+            "telemetry_batches_refused": self._telemetry_refused.get(device_id, 0),
+        }
 
     # --- FleetPublisher ---------------------------------------------------------------------
 
@@ -192,6 +229,7 @@ class FleetService:
                 for leaf in topics.CONTROL_PLANE_SUBSCRIBES
             ]
         )
+        self._epoch += 1
         self.connected.set()
         logger.info("connected to broker %s:%d", self.address.host, self.address.port)
         # Retained desired state is the contract; republish it in case the broker lost it
@@ -204,40 +242,81 @@ class FleetService:
     def _on_disconnect(
         self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object
     ) -> None:
+        self._epoch += 1
         self.connected.clear()
         logger.warning("disconnected from broker: %s", rc)
 
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        """Hand the message on; acknowledge it now unless the telemetry thread will, once stored."""
         parsed = topics.parse_topic(msg.topic, self.root)
-        if parsed is None:
-            return
+        deferred = False
         try:
-            self._dispatch(parsed.device_id, parsed.leaf, msg.payload)
+            if parsed is not None:
+                deferred = self._dispatch(parsed.device_id, parsed.leaf, msg)
         except ValueError as exc:
             logger.warning("bad payload on %s: %s", msg.topic, exc)
         except Exception:
             logger.exception("handling a message on %s failed", msg.topic)
+        finally:
+            if not deferred:
+                client.ack(msg.mid, msg.qos)
 
-    def _dispatch(self, device_id: str, leaf: str, payload: bytes) -> None:
+    def _dispatch(self, device_id: str, leaf: str, msg: mqtt.MQTTMessage) -> bool:
+        """Route one message; True when its acknowledgement is left to the telemetry thread."""
+        payload = msg.payload
         if leaf == topics.CHUNKS_REQUEST:
-            try:
-                self._jobs.put_nowait(_ChunkJob(device_id, payload))
-            except queue.Full:
-                logger.warning("chunk queue full; dropped a request from %s", device_id)
-            return
+            if not self._jobs.put(device_id, payload):
+                logger.debug("%s: chunk request queue full; request dropped", device_id)
+            return False
         if leaf in (topics.STATUS, topics.REPORTED):
-            record = _Record(device_id, leaf, payload)
-            while not self._stopping.is_set():
-                try:
-                    self._records.put(record, timeout=0.5)
-                    return
-                except queue.Full:
-                    logger.warning("status/reported queue full; the broker's messages wait")
-            return
+            self._put_waiting(self._records, _Record(device_id, leaf, payload))
+            return False
         if leaf == topics.TELEMETRY:
-            records, dropped = codec.telemetry_from_proto(device_id, payload)
-            with self.ctx.sessions() as session:
-                TelemetryService(session, self.ctx).record_batch(device_id, records, dropped)
+            if len(payload) > topics.MAX_TELEMETRY_BATCH_BYTES:  # not even scanned
+                self._refuse_telemetry(device_id, f"{len(payload)} bytes")
+                return False
+            item = _Telemetry(device_id, payload, msg.mid, msg.qos, self._epoch)
+            return self._put_waiting(self._telemetry, item)
+        return False
+
+    def _put_waiting(self, q: queue.Queue[Any], item: Any) -> bool:
+        """Put, waiting while the queue is full (the broker's messages wait meanwhile)."""
+        while not self._stopping.is_set():
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                logger.warning(
+                    "fleet %s queue full; the broker's messages wait", type(item).__name__
+                )
+        return False
+
+    def _refuse_telemetry(self, device_id: str, why: str) -> None:
+        self._telemetry_refused[device_id] = self._telemetry_refused.get(device_id, 0) + 1
+        logger.warning("%s: telemetry batch refused unread (%s)", device_id, why)
+
+    # --- telemetry (telemetry thread) -------------------------------------------------------
+
+    def _store_telemetry(self) -> None:
+        while (item := self._telemetry.get()) is not None and not self._stopping.is_set():
+            try:
+                why = codec.telemetry_refusal(item.payload)
+                if why is not None:
+                    self._refuse_telemetry(item.device_id, why)
+                else:
+                    records, dropped = codec.telemetry_from_proto(item.device_id, item.payload)
+                    with self.ctx.sessions() as session:
+                        TelemetryService(session, self.ctx).record_batch(
+                            item.device_id, records, dropped
+                        )
+            except ValueError as exc:
+                logger.warning("bad telemetry from %s: %s", item.device_id, exc)
+            except Exception:
+                # Not stored and not acknowledged: the broker redelivers it after a reconnect.
+                logger.exception("storing telemetry of %s failed", item.device_id)
+                continue
+            if item.epoch == self._epoch:
+                self.client.ack(item.mid, item.qos)
 
     # --- status and reported state (records thread) -----------------------------------------
 
@@ -265,17 +344,18 @@ class FleetService:
 
     def _serve_chunks(self) -> None:
         while (job := self._jobs.get()) is not None and not self._stopping.is_set():
+            device_id, payload = job
             try:
-                self._answer(job)
+                self._answer(device_id, payload)
             except Exception:
-                logger.exception("serving chunks to %s failed", job.device_id)
+                logger.exception("serving chunks to %s failed", device_id)
 
-    def _answer(self, job: _ChunkJob) -> None:
-        topic = topics.device_topic(job.device_id, topics.CHUNKS_DATA, self.root)
+    def _answer(self, device_id: str, payload: bytes) -> None:
+        topic = topics.device_topic(device_id, topics.CHUNKS_DATA, self.root)
         try:
-            req = codec.chunk_request_from_proto(job.payload)
+            req = codec.chunk_request_from_proto(payload)
         except ValueError as exc:
-            logger.warning("bad chunk request from %s: %s", job.device_id, exc)
+            logger.warning("bad chunk request from %s: %s", device_id, exc)
             return
         indexes = list(dict.fromkeys(req.indexes))  # drop repeats, keep order
         try:
@@ -285,17 +365,16 @@ class FleetService:
                 )
             with self.ctx.sessions() as session:
                 if not DeploymentService(session, self.ctx).is_desired(
-                    job.device_id, req.package_digest
+                    device_id, req.package_digest
                 ):
                     raise NotFound(
-                        f"package {req.package_digest} is not in the desired state of "
-                        f"{job.device_id}"
+                        f"package {req.package_digest} is not in the desired state of {device_id}"
                     )
                 packages = PackageService(session, self.ctx)
                 chunks = packages.read_chunks(req.package_digest, indexes)
                 count = packages.get(req.package_digest).chunk_count
         except ControlPlaneError as exc:
-            logger.info("chunk request from %s refused: %s", job.device_id, exc)
+            logger.info("chunk request from %s refused: %s", device_id, exc)
             self.client.publish(
                 topic, codec.chunk_error_to_proto(req.package_digest, req.request_id, str(exc)), QOS
             )
@@ -305,9 +384,7 @@ class FleetService:
             self._make_room(len(payload))
             self._unacked.append((self.client.publish(topic, payload, QOS), len(payload)))
             self._unacked_bytes += len(payload)
-        logger.debug(
-            "served %d chunk(s) of %s to %s", len(chunks), req.package_digest, job.device_id
-        )
+        logger.debug("served %d chunk(s) of %s to %s", len(chunks), req.package_digest, device_id)
 
     def _make_room(self, size: int) -> None:
         """Wait until ``size`` more bytes keep the unacknowledged chunks within the bound.

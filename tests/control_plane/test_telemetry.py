@@ -50,3 +50,39 @@ def test_telemetry_deduplicated_by_sequence(control_plane: ControlPlane) -> None
     device.publish(topic, _batch(device_id, [10]))
     wait_for(lambda: api.get(url).json()[-1]["seq"] == 10)
     assert 9 not in [r["seq"] for r in api.get(url).json()]
+
+
+def test_oversized_and_overlong_batches_refused_unread_and_counted(
+    control_plane: ControlPlane,
+) -> None:
+    """A batch over the byte or record limit is refused as a whole and counted against the
+    device; the next valid batch (the positive control) is stored as usual."""
+    reg = control_plane.register("flooder")
+    device_id = reg["device"]["id"]
+    device = control_plane.device_probe(reg)
+    topic = topics.device_topic(device_id, topics.TELEMETRY)
+    api = control_plane.api
+    url = f"/api/v1/devices/{device_id}/telemetry"
+
+    overlong = list(range(1, topics.MAX_TELEMETRY_BATCH_RECORDS + 2))  # one record too many
+    assert len(_batch(device_id, overlong)) < topics.MAX_TELEMETRY_BATCH_BYTES
+    big = fleet_pb2.TelemetryBatch(
+        device_id=device_id,
+        records=[
+            fleet_pb2.TelemetryRecord(
+                seq=1,
+                kind="log",
+                payload_json=json.dumps({"x": "y" * topics.MAX_TELEMETRY_BATCH_BYTES}),
+            )
+        ],
+    ).SerializeToString()
+    device.publish(topic, big)
+    device.publish(topic, _batch(device_id, overlong))
+    device.publish(topic, _batch(device_id, [1, 2]))
+
+    records = wait_for(lambda: api.get(url).json())
+    assert [r["seq"] for r in records] == [1, 2]
+    dev = api.get(f"/api/v1/devices/{device_id}").json()
+    assert dev["fleet"] == {"telemetry_batches_refused": 2, "chunk_requests_dropped": 0}
+    listed = {d["id"]: d for d in api.get("/api/v1/devices").json()}
+    assert listed[device_id]["fleet"]["telemetry_batches_refused"] == 2

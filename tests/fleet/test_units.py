@@ -119,4 +119,4 @@ def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
     assert settings.fleet.password is not None
     assert settings.fleet.password.get_secret_value() == "s3cret-s3cret-s3cret"
     assert settings.fleet.topic_prefix == "edge/cam-1"
-    assert [p.read_text() for p in settings.registry.trusted_keys] == bundle["trusted_keys_pem"]
+    assert [p.read_text() for p in settings.trusted_keys] == bundle["trusted_keys_pem"]
