@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, Engine, create_engine, event
+from sqlalchemy import JSON, Column, DateTime, Engine, create_engine, event, select
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -67,3 +67,30 @@ def utcnow() -> dt.datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+
+
+def references(session: Session, column: Column[Any], value: Any) -> dict[str, list[Any]]:
+    """Primary keys of the rows, by table, whose foreign key points at ``column == value``.
+
+    Lets a domain say what uses one of its rows (a package named by deployments, a job named by
+    model versions) without importing the domain above it that holds the reference: the
+    foreign keys in the metadata already know. Only tables whose models are imported are seen;
+    the database's own foreign keys still refuse a delete the others would break.
+    """
+    found: dict[str, list[Any]] = {}
+    target = f"{column.table.name}.{column.name}"
+    for table in column.table.metadata.sorted_tables:
+        for fk in table.foreign_keys:
+            if fk.target_fullname == target:
+                keys = list(table.primary_key.columns)
+                rows = session.execute(select(*keys).where(fk.parent == value)).all()
+                if rows:
+                    found.setdefault(table.name, []).extend(
+                        r[0] if len(keys) == 1 else tuple(r) for r in rows
+                    )
+    return found
+
+
+def describe_references(found: dict[str, list[Any]]) -> str:
+    """``deployments dep-1, dep-2; model_versions 3``."""
+    return "; ".join(f"{table} {', '.join(str(k) for k in keys)}" for table, keys in found.items())

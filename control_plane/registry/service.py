@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.core.archives import ArchiveLimits, extract_zip
 from control_plane.core.context import AppContext
+from control_plane.core.database import describe_references, references
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.core.uploads import stage_upload
 from control_plane.core.workers import default_mxnet_python, log_tail, worker_env
@@ -320,6 +321,12 @@ class ModelService:
         self.session.delete(mv)
         self.session.flush()
         if digest:
+            used = references(self.session, Package.__table__.c.digest, digest)
+            if used:
+                self.session.rollback()
+                raise Conflict(
+                    f"model {name} version {version} is used by {describe_references(used)}"
+                )
             package = self.session.get(Package, digest)
             if package is not None:
                 self.session.delete(package)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.core.archives import ArchiveLimits, check_relative, extract_zip
 from control_plane.core.context import AppContext
+from control_plane.core.database import describe_references, references
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.core.uploads import stage_upload
 from control_plane.datasets.versions.service import VersionService
@@ -200,6 +201,9 @@ class TrainingService:
         job = self.get(job_id)
         if job.state not in FINAL_STATES:
             raise Conflict(f"job {job_id} is {job.state}; cancel it first")
+        used = references(self.session, TrainingJob.__table__.c.id, job_id)
+        if used:
+            raise Conflict(f"job {job_id} is the lineage of {describe_references(used)}")
         if job.dataset_id and job.dataset_version:
             VersionService(self.session, self.ctx).remove_use(
                 job.dataset_id, job.dataset_version, "training_job", job.id
