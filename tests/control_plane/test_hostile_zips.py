@@ -189,22 +189,44 @@ class Plane:
     data_dir: Path
     dataset_id: str
 
-    def post(self, endpoint: str, body: bytes) -> httpx.Response:
+    def target(self, endpoint: str) -> tuple[str, dict[str, str]]:
+        """The endpoint's URL and the form fields it needs besides ``file``."""
         if endpoint == "dataset-archive":
-            return self.api.post(
-                f"{API}/datasets/{self.dataset_id}/archive",
-                files={"file": ("upload.zip", body, "application/zip")},
-                data={"format": "imagefolder"},
-            )
+            return f"{API}/datasets/{self.dataset_id}/archive", {"format": "imagefolder"}
         if endpoint == "training-code":
-            return self.api.post(
-                f"{API}/training/code", files={"file": ("upload.zip", body, "application/zip")}
-            )
+            return f"{API}/training/code", {}
         assert endpoint == "model-import"
+        return f"{API}/models/import", {"name": "hostile"}
+
+    def post(self, endpoint: str, body: bytes) -> httpx.Response:
+        url, fields = self.target(endpoint)
         return self.api.post(
-            f"{API}/models/import",
-            files={"file": ("upload.zip", body, "application/zip")},
-            data={"name": "hostile"},
+            url, files={"file": ("upload.zip", body, "application/zip")}, data=fields
+        )
+
+    def post_chunked(self, endpoint: str, size: int) -> httpx.Response:
+        """A multipart body of unknown length (chunked), as a streaming client sends it."""
+        url, fields = self.target(endpoint)
+        boundary = "hostile-zips-boundary"
+
+        def body() -> Iterator[bytes]:
+            for name, value in fields.items():
+                yield (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'
+                    f"{value}\r\n"
+                ).encode()
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                'filename="upload.zip"\r\nContent-Type: application/zip\r\n\r\n'
+            ).encode()
+            for start in range(0, size, 64 * 1024):
+                yield bytes(min(64 * 1024, size - start))
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        return self.api.post(
+            url,
+            content=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
 
     def files(self) -> set[str]:
@@ -269,6 +291,16 @@ def test_hostile_zip_refused_whole(plane: Plane, case: Case, endpoint: str) -> N
     assert "Traceback" not in r.text
     assert plane.files() == files, "a refused upload left files behind"
     assert plane.rows() == rows, "a refused upload left database rows behind"
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS)
+def test_upload_over_limit_without_length(plane: Plane, endpoint: str) -> None:
+    """No Content-Length to refuse from: the limit still answers 413 as the body passes it."""
+    files, rows = plane.files(), plane.rows()
+    r = plane.post_chunked(endpoint, MAX_UPLOAD_BYTES + 1)
+    assert "content-length" not in r.request.headers
+    assert (r.status_code, r.json()["error"]) == (413, "PayloadTooLarge"), r.text
+    assert plane.files() == files and plane.rows() == rows
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
