@@ -30,6 +30,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from control_plane.core.context import AppContext
 from control_plane.datasets.models import Annotation, Label, Sample
 from control_plane.registry.keys import signing_key_path
 from control_plane.registry.models import ModelVersion
@@ -52,11 +53,9 @@ def _png() -> bytes:
 
 def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_STORED) -> bytearray:
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about a duplicate name; that is the point
-        with zipfile.ZipFile(buf, "w", method) as zf:
-            for name, data in members.items():
-                zf.writestr(name, data)
+    with zipfile.ZipFile(buf, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
     return bytearray(buf.getvalue())
 
 
@@ -112,7 +111,7 @@ def symlink() -> bytes:
 def duplicate() -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: the point here
         with zipfile.ZipFile(buf, "w") as zf:
             zf.writestr("digits/good.png", _png())
             zf.writestr("digits/good.png", _png())
@@ -186,6 +185,7 @@ class _NoConversions:
 @dataclass
 class Plane:
     api: TestClient
+    ctx: AppContext
     data_dir: Path
     dataset_id: str
 
@@ -241,8 +241,7 @@ class Plane:
         return found
 
     def rows(self) -> dict[str, int]:
-        ctx = self.api.app.state.ctx  # type: ignore[attr-defined]
-        with ctx.sessions() as session:
+        with self.ctx.sessions() as session:
             return {
                 t.__tablename__: session.scalar(select(func.count()).select_from(t)) for t in TABLES
             }
@@ -276,7 +275,7 @@ def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
     try:
         r = api.post(f"{API}/datasets", json={"name": "hostile", "type": "image_classification"})
         assert r.status_code == 201, r.text
-        yield Plane(api, settings.data_dir, str(r.json()["id"]))
+        yield Plane(api, ctx, settings.data_dir, str(r.json()["id"]))
     finally:
         runtime.stop()
         ctx.close()
