@@ -32,6 +32,22 @@ class PayloadTooLarge(ControlPlaneError):
     """An upload exceeds the configured limit."""
 
 
+class ArchiveRefused(ControlPlaneError):
+    """An uploaded zip is refused as a whole (see ``control_plane.core.archives``).
+
+    A marker base, so code that reports problems per item (a dataset import) can let these pass:
+    a forged or oversized member says the archive is hostile, not that one sample is bad.
+    """
+
+
+class InvalidArchive(ArchiveRefused, InvalidRequest):
+    """An uploaded zip is malformed or unsafe (unsafe path, symlink, encrypted, corrupt, forged)."""
+
+
+class ArchiveTooLarge(ArchiveRefused, PayloadTooLarge):
+    """An uploaded zip is over one of its kind's limits (members, file size, total size)."""
+
+
 class Unauthorized(ControlPlaneError):
     """Missing or wrong credentials."""
 

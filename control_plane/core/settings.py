@@ -181,7 +181,8 @@ class TrainingSettings(Section):
     code_max_archive_bytes: int = Field(
         1 << 30,
         ge=1,
-        description="Largest total uncompressed size of an uploaded training-code zip.",
+        description="Largest total uncompressed size of an uploaded training-code zip (also its "
+        "per-file limit: members are streamed to disk, so only the total matters).",
     )
     code_max_archive_members: int = Field(
         10_000, ge=1, description="Most members an uploaded training-code zip may hold."
@@ -205,7 +206,8 @@ class RegistrySettings(Section):
     model_max_archive_bytes: int = Field(
         8 << 30,
         ge=1,
-        description="Largest total uncompressed size of an imported model directory zip.",
+        description="Largest total uncompressed size of an imported model directory zip (also its "
+        "per-file limit: weights are often one file holding nearly all of it).",
     )
     model_max_archive_members: int = Field(
         10_000, ge=1, description="Most members an imported model directory zip may hold."

@@ -4,9 +4,10 @@
 hashes them, skips duplicates (same sha256 already in the dataset or earlier in this import),
 probes the image, checks each annotation (label in the set, box inside the image, the dataset's
 label rules) and writes the file to the object store. An item that fails any step is reported
-with its name and reason and the rest carry on. The database rows of the whole import are written
-in one transaction at the end; if that fails, the files written for it are removed again, so an
-import is never half-recorded.
+with its name and reason and the rest carry on, except when the archive itself is at fault (a
+forged or over-limit zip member, ``ArchiveRefused``): that refuses the whole import. The database
+rows of the whole import are written in one transaction at the end; if that fails, or the import
+is refused, the files written for it are removed again, so an import is never half-recorded.
 
 Uploads (multipart) are spooled to disk by the web framework and read from there one at a time;
 archives are read member by member from the zip without extracting them.
@@ -27,7 +28,12 @@ from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
-from control_plane.core.errors import Conflict, InvalidRequest, PayloadTooLarge
+from control_plane.core.errors import (
+    ArchiveRefused,
+    Conflict,
+    InvalidRequest,
+    PayloadTooLarge,
+)
 from control_plane.core.uploads import stage_upload
 from control_plane.datasets import formats
 from control_plane.datasets.formats import ImportFormat, ImportItem, ItemAnnotation
@@ -141,29 +147,32 @@ class ImportService:
         annotation_file: str | None,
         options: ImportOptions,
     ) -> ImportReport:
-        """A zip archive in any import format; staged to disk, then read in place."""
+        """A zip archive in any import format; staged to disk, then read in place.
+
+        The archive is refused whole (``ArchiveRefused``: 422 / 413, nothing imported) when it is
+        unsafe, over a limit or has a forged member, as every uploaded zip is; only problems of
+        one sample (an undecodable image, a bad annotation) are reported per item.
+        """
         dataset = DatasetService(self.session, self.ctx).get(dataset_id)
+        s = self.settings.datasets
         staged, _ = stage_upload(
             stream,
             self.settings.staging_dir,
-            self.settings.datasets.max_upload_bytes,
+            s.max_upload_bytes,
             ".zip",
             "dataset archive",
             durable=False,
         )
         try:
-            s = self.settings
-            source = ZipSource(
+            with ZipSource(
                 staged,
-                max_members=s.datasets.max_archive_members,
-                max_total_bytes=s.datasets.max_archive_bytes,
-                max_file_bytes=s.datasets.max_file_bytes,
-            )
-            try:
+                max_members=s.max_archive_members,
+                max_total_bytes=s.max_archive_bytes,
+                max_file_bytes=s.max_file_bytes,
+                what="dataset archive",
+            ) as source:
                 items = formats.parse(source, fmt, annotation_file)
                 return self.import_items(dataset, source, items, options)
-            finally:
-                source.close()
         finally:
             staged.unlink(missing_ok=True)
 
@@ -214,6 +223,10 @@ class ImportService:
                     anns = self._annotations(
                         dataset, labels, item, info.width, info.height, options, report
                     )
+                except ArchiveRefused:
+                    # A forged or over-limit member says the archive is hostile, not that one
+                    # sample is bad: the whole import is refused (core/archives.py).
+                    raise
                 except (InvalidRequest, PayloadTooLarge) as exc:
                     report.errors.append(ItemError(item=item.name, reason=str(exc)))
                     continue

@@ -15,6 +15,7 @@ from fastapi import APIRouter, File, Form, Path, Query, Request, Response, Uploa
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from pydantic_core import to_json
+from starlette.exceptions import HTTPException
 from starlette.types import Message
 
 from control_plane.core.context import AppContext
@@ -75,7 +76,14 @@ class UploadLimitRoute(APIRoute):
                     raise PayloadTooLarge(f"request body exceeds {limit} bytes")
                 return message
 
-            return await handler(Request(request.scope, counting))
+            try:
+                return await handler(Request(request.scope, counting))
+            except HTTPException as exc:
+                # FastAPI turns any failure while reading the form into 400 "error parsing the
+                # body"; when the limit was the failure, the caller must see the 413.
+                if isinstance(exc.__cause__, PayloadTooLarge):
+                    raise exc.__cause__ from None
+                raise
 
         return limited
 

@@ -397,7 +397,11 @@ def _finish(
 
 
 def model_limits(ctx: AppContext) -> ArchiveLimits:
-    """How large an imported model directory zip may be, inflated."""
+    """How large an imported model directory zip may be, inflated.
+
+    The per-file limit is the total: a model's weights are often one file holding nearly all of
+    it, and extraction streams each member to disk, so a large member costs no extra memory.
+    """
     s = ctx.settings.registry
     return ArchiveLimits(
         max_members=s.model_max_archive_members,

@@ -235,7 +235,12 @@ class TrainingService:
 
 
 def code_limits(ctx: AppContext) -> ArchiveLimits:
-    """How large an uploaded training-code zip may be, inflated."""
+    """How large an uploaded training-code zip may be, inflated.
+
+    No separate per-file limit: extraction streams each member to disk, so one large file (a
+    pretrained checkpoint shipped with the code) costs no more memory than many small ones, and
+    the total already bounds the disk a zip can fill.
+    """
     s = ctx.settings
     return ArchiveLimits(
         max_members=s.training.code_max_archive_members,

@@ -23,7 +23,10 @@ EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "12"))
 
 
 def _prepared(tmp: Path) -> tuple[object, str]:
-    app, _ctx = brokerless_app(make_settings(tmp, dataset_import_roots=[tmp]))
+    # schemathesis enters the app's lifespan, which starts an embedded broker: any free port,
+    # so the suite does not depend on 1883 being free.
+    settings = make_settings(tmp, dataset_import_roots=[tmp], embedded_broker_port=0)
+    app, _ctx = brokerless_app(settings)
     api = TestClient(app, headers={"Authorization": f"Bearer {API_TOKEN}"})
     r = api.post(
         f"{API}/datasets",
