@@ -22,18 +22,18 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from edge_agent import __version__
-from edge_agent.batch_jobs import BatchJobManager
 from edge_agent.config import AgentSettings
-from edge_agent.dataplane import DataPlane
 from edge_agent.errors import ModelNotFound
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.grpc.agent_servicer import AgentServicer
 from edge_agent.grpc.inference_servicer import InferenceServicer
-from edge_agent.installer import Installer
+from edge_agent.install.installer import Installer
+from edge_agent.install.store import ModelStore
+from edge_agent.jobs.batch_jobs import BatchJobManager
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository
-from edge_agent.serving import ServedModel
-from edge_agent.store import ModelStore
+from edge_agent.serving.dataplane import DataPlane
+from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.served_model import ServedModel
 from model_packager.runtimes import available_runtimes
 from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
 

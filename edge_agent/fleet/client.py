@@ -44,10 +44,10 @@ from edge_agent.fleet.link import (
 )
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.state import FleetState
-from edge_agent.installer import Installer
+from edge_agent.install.installer import Installer
+from edge_agent.install.store import ModelStore
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository
-from edge_agent.store import ModelStore
+from edge_agent.serving.repository import ModelRepository
 from protos import fleet_topics as topics
 
 log = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from edge_agent.batch_jobs import JobRecord
 from edge_agent.errors import AgentError, InstallFailed, InvalidInput
 from edge_agent.grpc.status import status_for
-from edge_agent.installer import InstallOutcome
-from edge_agent.serving import ServedModel
+from edge_agent.install.installer import InstallOutcome
+from edge_agent.jobs.batch_jobs import JobRecord
+from edge_agent.serving.served_model import ServedModel
 from protos.gen import agent_pb2 as pb
 from protos.gen import agent_pb2_grpc as pb_grpc
 

@@ -7,11 +7,11 @@ import time
 import grpc
 from prometheus_client import Counter, Histogram
 
-from edge_agent.dataplane import DataPlane
 from edge_agent.errors import AgentError
 from edge_agent.grpc.converters import metadata_to_proto, request_from_proto, response_to_proto
 from edge_agent.grpc.status import status_for
 from edge_agent.metrics import METRICS
+from edge_agent.serving.dataplane import DataPlane
 from protos.gen import inference_pb2 as pb
 from protos.gen import inference_pb2_grpc as pb_grpc
 

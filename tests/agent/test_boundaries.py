@@ -42,7 +42,7 @@ def test_importing_the_agent_loads_nothing_heavy() -> None:
     code = textwrap.dedent(
         """
         import importlib, json, pkgutil, sys
-        import edge_agent.app, edge_agent.cli, edge_agent.installer
+        import edge_agent.app, edge_agent.cli, edge_agent.install.installer
         direct = sorted(m for m in sys.modules)
         import edge_agent
         for info in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
@@ -158,7 +158,7 @@ def test_light_install_in_a_fresh_venv(
         import importlib.util, json, sys
         heavy = [m for m in {list(HEAVY)!r} if importlib.util.find_spec(m) is not None]
         runtimes = [m for m in ("onnxruntime", "ai_edge_litert") if importlib.util.find_spec(m)]
-        import edge_agent.app, edge_agent.cli, edge_agent.installer
+        import edge_agent.app, edge_agent.cli, edge_agent.install.installer
         print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes}}))
         """
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edge_agent.installer import CRASH_POINTS
+from edge_agent.install.installer import CRASH_POINTS
 from protos.gen import agent_pb2
 from tests.agent.agent_process import AgentProcess
 from tests.agent.install_checks import (

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_agent.fleet.crash import FLEET_CRASH_POINTS
-from edge_agent.installer import CRASH_POINTS
+from edge_agent.install.installer import CRASH_POINTS
 from tests.agent.agent_process import AgentProcess
 from tests.fleet.conftest import Fleet, Packages
 from tests.fleet.helpers import serving

@@ -6,7 +6,7 @@ import os
 import random
 
 from edge_agent.fleet.crash import FLEET_CRASH_POINTS
-from edge_agent.installer import CRASH_POINTS
+from edge_agent.install.installer import CRASH_POINTS
 from tests.fleet.conftest import Fleet, Packages
 from tests.fleet.crash_drill import ALL_POINTS, FLEET_POINTS, run_point
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
-from edge_agent.python_handlers import HandlerLoadError, ModelArtsHooks, load_hooks
-from edge_agent.serving import ServedModel, measure_latency_ms
+from edge_agent.serving.python_handlers import HandlerLoadError, ModelArtsHooks, load_hooks
+from edge_agent.serving.served_model import ServedModel, measure_latency_ms
 from model_packager import golden, processing
 from model_packager.errors import PackageError
 from model_packager.loading import load_variant, rank_variants

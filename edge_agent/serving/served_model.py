@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.batching import DynamicBatcher, Tensors
 from edge_agent.config import ModelSettings
 from edge_agent.errors import InferenceFailed, InstallFailed
 from edge_agent.metrics import METRICS
-from edge_agent.python_handlers import ModelArtsHooks
+from edge_agent.serving.batching import DynamicBatcher, Tensors
+from edge_agent.serving.python_handlers import ModelArtsHooks
 from model_packager import processing
 from model_packager.errors import PackageError
 from model_packager.manifest import Manifest

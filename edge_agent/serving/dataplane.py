@@ -16,9 +16,9 @@ import numpy as np
 from edge_agent import __version__
 from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
 from edge_agent.metrics import METRICS
-from edge_agent.python_handlers import RESPONSE_OUTPUT
-from edge_agent.repository import ModelRepository
-from edge_agent.serving import ServedModel
+from edge_agent.serving.python_handlers import RESPONSE_OUTPUT
+from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.served_model import ServedModel
 from model_packager.processing import ProcessingError
 from model_packager.tensors import TensorSpec
 

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
-from edge_agent.loader import load_served_model
+from edge_agent.install.store import CommittedState, ModelEntry, ModelStore
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository, close_later
-from edge_agent.serving import ServedModel
-from edge_agent.store import CommittedState, ModelEntry, ModelStore
+from edge_agent.serving.loader import load_served_model
+from edge_agent.serving.repository import ModelRepository, close_later
+from edge_agent.serving.served_model import ServedModel
 from model_packager.archive import extract_package, sha256_file, verify_package
 from model_packager.errors import PackageError
 
