@@ -23,7 +23,6 @@ from prometheus_client import start_http_server
 
 from edge_agent import __version__
 from edge_agent.config import AgentSettings
-from edge_agent.errors import ModelNotFound
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.grpc.agent_servicer import AgentServicer
 from edge_agent.grpc.inference_servicer import InferenceServicer
@@ -33,7 +32,6 @@ from edge_agent.jobs.batch_jobs import BatchJobManager
 from edge_agent.metrics import METRICS
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.repository import ModelRepository
-from edge_agent.serving.served_model import ServedModel
 from model_packager.runtimes import available_runtimes
 from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
 
@@ -68,18 +66,6 @@ class Agent:
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
-
-    async def activate(self, name: str, version: str) -> ServedModel:
-        """Switch the active version; persisted so a restart keeps the choice."""
-        served = self.repo.get(name, version)
-        self.repo.set_active(name, version)
-        state = self.store.load_state()
-        entry = state.models.get(name)
-        if entry is None or version not in entry.versions:
-            raise ModelNotFound(f"{name}:{version} is loaded but not committed")
-        entry.active = version
-        self.store.save_state(state)
-        return served
 
     async def start(self) -> None:
         s = self.settings

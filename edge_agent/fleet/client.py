@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentSettings
+from edge_agent.crash_points import crash_point
 from edge_agent.fleet import codec
 from edge_agent.fleet.codec import Desired, DesiredModel, Reported, Result
-from edge_agent.fleet.crash import checkpoint
 from edge_agent.fleet.downloads import ChunkDownload, DownloadError, remove_stale
 from edge_agent.fleet.link import (
     Connected,
@@ -235,7 +235,7 @@ class FleetClient:
     def _finish(self, key: str, m: DesiredModel, result: Result) -> None:
         self.state.set_result(key, result)
         self.state.save()
-        checkpoint("after_result_write")
+        crash_point("after_result_write")
         log_fn = log.info if result.outcome == "INSTALLED" else log.warning
         log_fn(
             "deployment %s of %s:%s: %s %s %s",
@@ -325,7 +325,7 @@ class FleetClient:
         if desired.generation > self.state.acted_generation:
             self.state.acted_generation = desired.generation
             self.state.save()
-            checkpoint("after_generation_write")
+            crash_point("after_generation_write")
         log.info(
             "reconciling desired generation %d (%d models)", desired.generation, len(desired.models)
         )
@@ -373,9 +373,9 @@ class FleetClient:
                 force=True,
             )
             self.state.save()
-            checkpoint("before_install")
+            crash_point("before_install")
             outcome, _ = await self.installer.install(path, activate=True)
-            checkpoint("after_install")
+            crash_point("after_install")
             if outcome.outcome == "COMMITTED":
                 result = Result(
                     m.deployment_id, "INSTALLED", "commit", "", total, total, m.package_digest
@@ -507,7 +507,7 @@ class FleetClient:
                     continue
                 await asyncio.to_thread(dl.write_chunk, i, answer.data)
                 stats["fetched"] += 1
-                checkpoint("after_chunk_write")
+                crash_point("after_chunk_write")
                 for rid, (idx, _) in list(outstanding.items()):
                     idx.discard(i)
                     if not idx:
@@ -537,9 +537,9 @@ class FleetClient:
             stats["rejected"],
             stats["timeouts"],
         )
-        checkpoint("before_assemble")
+        crash_point("before_assemble")
         path = await asyncio.to_thread(dl.assemble)
-        checkpoint("after_assemble")
+        crash_point("after_assemble")
         return path
 
 

@@ -130,7 +130,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         self, request: pb.ActivateVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelVersionInfo:
         try:
-            served = await self.agent.activate(request.name, request.version)
+            served = await self.agent.installer.activate(request.name, request.version)
         except AgentError as exc:
             await context.abort(status_for(exc), str(exc))
         return version_info(served, True)
