@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from edge_agent.errors import InvalidInput
-from edge_agent.serving.dataplane import (
+from edge_agent.serving.requests import (
     InferenceRequest,
     InferenceResponse,
     InputTensor,

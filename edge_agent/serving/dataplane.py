@@ -1,79 +1,73 @@
-"""The transport-neutral inference API. gRPC servicers (and any future REST route) call this.
+"""The transport-neutral inference API, and the one owner of an inference request's life.
 
-It owns request validation, so every transport rejects bad tensors with the same precise errors,
-and it bounds the number of requests in flight so overload turns into a fast
-``RESOURCE_EXHAUSTED`` instead of an unbounded queue.
+A request passes through here from the moment its transport hands it over: decoding (with the
+transport's own decoder), admission against the in-flight limit, validation, pre-processing, the
+model, post-processing, and the request count and latency metrics. Every transport therefore
+rejects bad tensors with the same precise errors, counts requests the same way, and turns
+overload into a fast ``RESOURCE_EXHAUSTED`` instead of an unbounded queue. Servicers only convert
+and map errors to their status codes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import numpy as np
+from prometheus_client import Counter, Histogram
 
 from edge_agent import __version__
-from edge_agent.errors import InvalidInput, ModelNotFound, Overloaded
+from edge_agent.errors import AgentError, InvalidInput, ModelNotFound, Overloaded
 from edge_agent.metrics import METRICS
 from edge_agent.serving.python_handlers import RESPONSE_OUTPUT
 from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.requests import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    ModelMetadata,
+    OutputTensor,
+)
 from edge_agent.serving.served_model import ServedModel
-from model_packager.processing import ProcessingError
-from model_packager.tensors import TensorSpec
+from edge_agent.serving.validation import is_tensor_request, validate_inputs, validate_outputs
 
 SERVER_NAME = "edge-agent"
 EXTENSIONS = ["model_repository", "batch_jobs", "health", "metrics"]
 
 
-@dataclass(slots=True)
-class InputTensor:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-    data: np.ndarray
+class WireRequest(Protocol):
+    """A request as its transport received it: enough to label metrics before decoding."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_version(self) -> str: ...
 
 
-@dataclass(slots=True)
-class InferenceRequest:
-    model_name: str
-    model_version: str
-    id: str
-    inputs: list[InputTensor]
-    outputs: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    data: np.ndarray
-
-
-@dataclass(slots=True)
-class InferenceResponse:
-    model_name: str
-    model_version: str
-    id: str
-    outputs: list[OutputTensor]
-
-
-@dataclass(slots=True)
-class ModelMetadata:
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    variant: str
+W = TypeVar("W", bound=WireRequest)
 
 
 class DataPlane:
-    def __init__(self, repo: ModelRepository, max_inflight: int) -> None:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        max_inflight: int,
+        status_name: Callable[[AgentError], str],
+    ) -> None:
+        """``status_name`` names a failed request's status in the request counter (the
+        transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``."""
         self.repo = repo
         self.max_inflight = max_inflight
         self.inflight = 0
         self.ready = False
+        self._status_name = status_name
+        # Metric children of successful requests per (model, version): ``.labels()`` validates
+        # and looks up its arguments under a lock on every call, a measurable share of a small
+        # model's request. Keys are served versions only, so the dict stays small.
+        self._ok_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         # The gauge reads the counter when scraped: no lock round trip per request.
         METRICS.inflight.set_function(lambda: self.inflight)
 
@@ -106,14 +100,45 @@ class DataPlane:
         )
 
     # inference
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, wire: W, decode: Callable[[W], InferenceRequest]) -> InferenceResponse:
+        """Serve one request, given in its wire form with the transport's decoder.
+
+        Decoding happens here so that its errors count like any other rejected request and its
+        time is part of the measured latency, as a client experiences it.
+        """
+        t0 = time.perf_counter()
+        try:
+            response = await self._infer(decode(wire))
+        except AgentError as exc:
+            self._count_failure(wire.model_name, wire.model_version, exc)
+            raise
+        key = (response.model_name, response.model_version)
+        children = self._ok_metrics.get(key)
+        if children is None:
+            children = self._ok_metrics[key] = (
+                METRICS.requests.labels(key[0], key[1], "OK"),
+                METRICS.latency.labels(key[0]),
+            )
+        children[1].observe(time.perf_counter() - t0)
+        children[0].inc()
+        return response
+
+    def _count_failure(self, model_name: str, model_version: str, exc: AgentError) -> None:
+        # Label by what the client asked for only when it exists, so that arbitrary names from
+        # clients cannot grow the metric without bound.
+        known = self.model_ready(model_name, model_version)
+        model = model_name if known else "_unknown"
+        version = model_version if known else ""
+        METRICS.requests.labels(model, version, self._status_name(exc)).inc()
+
+    async def _infer(self, request: InferenceRequest) -> InferenceResponse:
         if self.inflight >= self.max_inflight:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
         served = self.repo.get(request.model_name, request.model_version)
-        if served.hooks is not None and not _is_tensor_request(served, request.inputs):
+        if served.hooks is not None and not is_tensor_request(served, request.inputs):
             return await self._infer_with_hooks(served, request)
-        inputs = _validate_inputs(served, request.inputs)
-        wanted = _validate_outputs(served, request.outputs)
+        inputs = validate_inputs(served, request.inputs)
+        wanted = validate_outputs(served, request.outputs)
         self.inflight += 1
         try:
             results = await served.infer(inputs, wanted)
@@ -150,13 +175,13 @@ class DataPlane:
         self.inflight += 1
         try:
             arrays = await loop.run_in_executor(served.executor, hooks.preprocess, data)
-            specs = served.input_by_name  # unknown names: _validate_inputs names the real ones
+            specs = served.input_by_name  # unknown names: validate_inputs names the real ones
             tensors = [
                 InputTensor(n, specs[n].datatype if n in specs else "", a.shape, a)
                 for n, a in arrays.items()
             ]
             try:
-                inputs = _validate_inputs(served, tensors)
+                inputs = validate_inputs(served, tensors)
             except InvalidInput as exc:
                 raise InvalidInput(f"{hooks.module} _preprocess returned: {exc}") from exc
             results = await served.infer(inputs, None)
@@ -169,64 +194,3 @@ class DataPlane:
             id=request.id,
             outputs=[OutputTensor(RESPONSE_OUTPUT, "BYTES", np.array([body], dtype=np.object_))],
         )
-
-
-def _is_tensor_request(served: ServedModel, tensors: list[InputTensor]) -> bool:
-    """Whether a request sends the model's own tensors (names and datatypes), bypassing hooks."""
-    specs = served.input_by_name
-    return bool(tensors) and all(
-        t.name in specs and t.datatype == specs[t.name].datatype for t in tensors
-    )
-
-
-def _validate_inputs(served: ServedModel, tensors: list[InputTensor]) -> dict[str, np.ndarray]:
-    specs = served.input_by_name
-    out: dict[str, np.ndarray] = {}
-    for t in tensors:
-        spec = specs.get(t.name)
-        if spec is None:
-            raise InvalidInput(
-                f"model {served.name!r} has no input {t.name!r} (inputs: {', '.join(specs)})"
-            )
-        if t.name in out:
-            raise InvalidInput(f"input {t.name!r} is given twice")
-        pre = served.preprocessing
-        if pre is not None and t.name == pre.input and t.datatype == "BYTES" != spec.datatype:
-            # Encoded images: the manifest's preprocessing turns them into the model's tensor.
-            try:
-                data = pre.apply(t.data)
-            except ProcessingError as exc:
-                raise InvalidInput(str(exc)) from exc
-            t = InputTensor(t.name, spec.datatype, data.shape, data)
-        if t.datatype != spec.datatype:
-            raise InvalidInput(f"input {t.name!r} must be {spec.datatype}, got {t.datatype}")
-        if not spec.accepts(t.shape):
-            raise InvalidInput(
-                f"input {t.name!r} has shape {list(t.shape)}, model expects {list(spec.shape)} "
-                "(-1 = any size)"
-            )
-        if math.prod(t.shape) == 0:
-            raise InvalidInput(f"input {t.name!r} is empty (shape {list(t.shape)})")
-        out[t.name] = t.data
-    missing = [n for n in specs if n not in out]
-    if missing:
-        raise InvalidInput(f"missing input(s) {', '.join(missing)} for model {served.name!r}")
-    if served.batcher is not None and len(out) > 1:
-        rows = {a.shape[0] for a in out.values()}
-        if len(rows) > 1:
-            raise InvalidInput("all inputs must have the same batch size")
-    return out
-
-
-def _validate_outputs(served: ServedModel, names: list[str]) -> list[str] | None:
-    if not names:
-        return None
-    for n in names:
-        if n not in served.output_names:
-            raise InvalidInput(
-                f"model {served.name!r} has no output {n!r} "
-                f"(outputs: {', '.join(o.name for o in served.outputs)})"
-            )
-    if len(set(names)) != len(names):
-        raise InvalidInput("an output is requested twice")
-    return list(names)
