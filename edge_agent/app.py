@@ -11,99 +11,64 @@ import asyncio
 import logging
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from edge_agent import __version__
-from edge_agent.batch_jobs import BatchJobManager
 from edge_agent.config import AgentSettings
-from edge_agent.dataplane import DataPlane
-from edge_agent.errors import ModelNotFound
 from edge_agent.fsutil import atomic_write_json
-from edge_agent.grpc.agent_servicer import AgentServicer
+from edge_agent.grpc.agent_servicer import AgentIdentity, AgentServicer
 from edge_agent.grpc.inference_servicer import InferenceServicer
-from edge_agent.installer import Installer
+from edge_agent.grpc.server import GrpcServer
+from edge_agent.grpc.status import status_name
+from edge_agent.install.installer import Installer
+from edge_agent.install.store import ModelStore
+from edge_agent.jobs.batch_jobs import BatchJobManager
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository
-from edge_agent.serving import ServedModel
-from edge_agent.store import ModelStore
+from edge_agent.serving.dataplane import DataPlane
+from edge_agent.serving.repository import ModelRepository
 from model_packager.runtimes import available_runtimes
-from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 if TYPE_CHECKING:
     from edge_agent.fleet import FleetClient
 
 log = logging.getLogger(__name__)
 
-_INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-_AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
-
 
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.version = __version__
-        self.started = time.monotonic()
-        self.runtimes = available_runtimes()
+        self.identity = AgentIdentity(__version__, settings.device_id, available_runtimes())
         self.store = ModelStore(settings.data_dir)
         self.repo = ModelRepository(settings.max_versions_per_model)
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
         self.installer = Installer(settings, self.store, self.repo, self.executor)
-        self.dataplane = DataPlane(self.repo, settings.max_inflight_requests)
+        self.dataplane = DataPlane(self.repo, settings.max_inflight_requests, status_name)
         self.jobs = BatchJobManager(settings.jobs_dir, self.repo, settings.batch_job_workers)
-        self.health = HealthServicer()
-        self.server: grpc.aio.Server | None = None
+        self.grpc = GrpcServer(
+            settings,
+            InferenceServicer(self.dataplane),
+            AgentServicer(
+                identity=self.identity,
+                repo=self.repo,
+                store=self.store,
+                installer=self.installer,
+                jobs=self.jobs,
+                dataplane=self.dataplane,
+            ),
+        )
         self.grpc_port = 0
         self.metrics_port = 0
         self._metrics_server = None
         self._stopped = asyncio.Event()
         self.fleet: FleetClient | None = None
 
-    def uptime(self) -> float:
-        return time.monotonic() - self.started
-
-    async def activate(self, name: str, version: str) -> ServedModel:
-        """Switch the active version; persisted so a restart keeps the choice."""
-        served = self.repo.get(name, version)
-        self.repo.set_active(name, version)
-        state = self.store.load_state()
-        entry = state.models.get(name)
-        if entry is None or version not in entry.versions:
-            raise ModelNotFound(f"{name}:{version} is loaded but not committed")
-        entry.active = version
-        self.store.save_state(state)
-        return served
-
     async def start(self) -> None:
         s = self.settings
-        opts = [
-            ("grpc.max_receive_message_length", s.max_message_bytes),
-            ("grpc.max_send_message_length", s.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-        ]
-        self.server = grpc.aio.server(options=opts)
-        inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane), self.server
-        )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(self), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (_INFERENCE_SERVICE, _AGENT_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-            self.server,
-        )
-        for svc in ("", _INFERENCE_SERVICE):
-            await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.grpc_port = self.server.add_insecure_port(f"{s.grpc_host}:{s.grpc_port}")
-        if self.grpc_port == 0:
-            raise OSError(f"cannot bind gRPC on {s.grpc_host}:{s.grpc_port}")
-        await self.server.start()
+        self.grpc_port = await self.grpc.start()
         if s.metrics_port >= 0:
             self._metrics_server, _ = start_http_server(
                 s.metrics_port, addr=s.metrics_host, registry=METRICS.registry
@@ -114,8 +79,7 @@ class Agent:
         await self.installer.recover()
         await self.jobs.start()
         self.dataplane.ready = True
-        for svc in ("", _INFERENCE_SERVICE):
-            await self.health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        await self.grpc.set_serving(True)
         if s.port_file is not None:
             atomic_write_json(
                 s.port_file,
@@ -133,9 +97,7 @@ class Agent:
         if self.fleet is not None:
             await self.fleet.stop()
         self.dataplane.ready = False
-        await self.health.enter_graceful_shutdown()
-        if self.server is not None:
-            await self.server.stop(grace)
+        await self.grpc.stop(grace)
         await self.jobs.stop()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

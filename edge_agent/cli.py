@@ -13,11 +13,15 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from edge_agent import __version__
 from edge_agent.config import AgentSettings, ConfigFileError, load_settings
+
+if TYPE_CHECKING:
+    from edge_agent.grpc.client import AgentClient
 
 
 def _settings(args: argparse.Namespace) -> AgentSettings:
@@ -56,31 +60,21 @@ def _address(args: argparse.Namespace) -> str:
     return f"{host}:{s.grpc_port}"
 
 
-def _stub(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    import grpc
+def _client(args: argparse.Namespace) -> AgentClient:
+    from edge_agent.grpc.client import AgentClient
 
-    from protos.gen import agent_pb2_grpc
+    return AgentClient(_address(args))
 
-    channel = grpc.insecure_channel(_address(args), options=[("grpc.max_send_message_length", -1)])
-    return agent_pb2_grpc.AgentServiceStub(channel)
+
+def _print(doc: dict[str, Any]) -> None:
+    print(json.dumps(doc, indent=2))
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
     pkg = Path(args.package).resolve()
     if args.offline:
         return _install_offline(args, pkg)
-    from google.protobuf.json_format import MessageToDict
-
-    from protos.gen import agent_pb2
-
-    stub = _stub(args)
-    req = agent_pb2.InstallPackageRequest(path=str(pkg), activate=not args.no_activate)
-    if args.upload:
-        req = agent_pb2.InstallPackageRequest(
-            archive=pkg.read_bytes(), activate=not args.no_activate
-        )
-    resp = stub.InstallPackage(req, timeout=args.timeout)
-    print(json.dumps(MessageToDict(resp), indent=2))
+    _print(_client(args).install(pkg, not args.no_activate, args.upload, args.timeout))
     return 0
 
 
@@ -117,32 +111,23 @@ def _cmd_join(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
-    from protos.gen import agent_pb2
-
-    print(json.dumps(MessageToDict(_stub(args).GetStatus(agent_pb2.GetStatusRequest())), indent=2))
+    _print(_client(args).status())
     return 0
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from google.protobuf.json_format import MessageToDict
-
-    from protos.gen import agent_pb2
-
-    stub = _stub(args)
+    client = _client(args)
     if args.batch_command == "submit":
-        req = agent_pb2.SubmitBatchJobRequest(
-            model_name=args.model, model_version=args.model_version, output_path=args.output or ""
+        job = client.submit_batch(
+            args.model,
+            args.model_version,
+            args.output or "",
+            manifest_path=str(Path(args.manifest).resolve()) if args.manifest else "",
+            input_dir="" if args.manifest else str(Path(args.input_dir).resolve()),
         )
-        if args.manifest:
-            req.manifest_path = str(Path(args.manifest).resolve())
-        else:
-            req.input_dir = str(Path(args.input_dir).resolve())
-        job = stub.SubmitBatchJob(req)
     else:
-        job = stub.GetBatchJob(agent_pb2.GetBatchJobRequest(job_id=args.job_id))
-    print(json.dumps(MessageToDict(job), indent=2))
+        job = client.get_batch(args.job_id)
+    _print(job)
     return 0
 
 

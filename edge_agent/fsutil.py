@@ -1,7 +1,8 @@
 """Crash-safe file writes: write a temporary sibling, fsync, rename, fsync the folder.
 
 After a power cut or ``kill -9`` a reader sees either the old file or the new one, never a torn
-mix. Every piece of agent state on disk goes through here.
+mix. Every piece of agent state on disk goes through here. ``fsync_dir`` itself lives in
+``model_packager.fsutil`` (package extraction needs it too) and is re-exported for the agent.
 """
 
 from __future__ import annotations
@@ -12,13 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from model_packager.fsutil import fsync_dir
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["atomic_write_bytes", "atomic_write_json", "fsync_dir", "read_json"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from model_packager.errors import DigestMismatch, InvalidPackage, UnsafeArchive
+from model_packager.fsutil import fsync_dir
 from model_packager.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
 if TYPE_CHECKING:
@@ -263,7 +264,7 @@ def extract_package(reader: PackageReader, dest: Path) -> Path:
         if reader.signature_bytes is not None:
             (tmp / SIGNATURE_NAME).write_bytes(reader.signature_bytes)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
     except BaseException:
         if tmp is not None:
@@ -313,11 +314,3 @@ def _extract_files(reader: PackageReader, tmp: Path) -> None:
                 os.fsync(out.fileno())
             if h.hexdigest() != ref.sha256:
                 raise DigestMismatch(f"{ref.path}: sha256 does not match the manifest")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

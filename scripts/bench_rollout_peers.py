@@ -11,12 +11,12 @@ channel is compared with.
 
 ``sim``: many simulated devices in one process, each a real MQTT session with its own device
 credentials, client id and Last Will, speaking the protocol as the agent does and encoding with the
-agent's own codec (``edge_agent.fleet.codec``): retained ONLINE status and ReportedState at
-connect; on a DesiredState of a higher generation, IN_PROGRESS, then a pull of the package's
-chunks (ChunkRequest -> ChunkData, each chunk checked against ``chunk_sha256`` and the whole file
-against ``package_digest``; the benchmark deploys a one-chunk package), then INSTALLED with the
-model in ``models``. No model is loaded and nothing is written to disk: these devices load the
-control plane and the broker, not themselves.
+agent's own codec and types (``edge_agent.fleet.codec``, ``edge_agent.fleet.domain``): retained
+ONLINE status and ReportedState at connect; on a DesiredState of a higher generation, IN_PROGRESS,
+then a pull of the package's chunks (ChunkRequest -> ChunkData, each chunk checked against
+``chunk_sha256`` and the whole file against ``package_digest``; the benchmark deploys a one-chunk
+package), then INSTALLED with the model in ``models``. No model is loaded and nothing is written to
+disk: these devices load the control plane and the broker, not themselves.
 """
 
 from __future__ import annotations
@@ -118,9 +118,9 @@ class SimDevice:
     """
 
     def __init__(self, bundle: dict[str, Any], host: str, port: int) -> None:
-        from edge_agent.fleet import codec
+        from edge_agent.fleet import codec, domain
 
-        self.codec = codec
+        self.codec, self.domain = codec, domain
         self.device_id: str = bundle["device_id"]
         m = bundle["mqtt"]
         prefix = m["topic_prefix"]
@@ -168,7 +168,7 @@ class SimDevice:
 
     def _report(self) -> None:
         c = self.codec
-        state = c.Reported(
+        state = self.domain.Reported(
             self.device_id, AGENT_VERSION, self.models, self.last_result, self.acted_generation
         )
         self.client.publish(self.t_reported, c.reported_to_proto(state), qos=QOS, retain=True)
@@ -237,7 +237,7 @@ class SimDevice:
             self._set_result("FAILED", "download", len(self.chunks), "package digest mismatch")
         else:
             self.models = [r for r in self.models if r.name != m.name] + [
-                self.codec.ModelReport(m.name, m.version, "onnx", m.package_digest, True)
+                self.domain.ModelReport(m.name, m.version, "onnx", m.package_digest, True)
             ]
             self._set_result("INSTALLED", "commit", m.chunk_count)
             _say(f"installed {self.device_id} {time.time():.6f}")
@@ -245,7 +245,7 @@ class SimDevice:
 
     def _set_result(self, outcome: str, step: str, done: int, reason: str = "") -> None:
         m = self.pulling
-        self.last_result = self.codec.Result(
+        self.last_result = self.domain.Result(
             m.deployment_id, outcome, step, reason, done, m.chunk_count, m.package_digest
         )
         self._report()

@@ -16,6 +16,7 @@ from control_plane.deployments.service import DeploymentResultReport, DesiredSta
 from control_plane.devices.service import ReportedStateReport
 from control_plane.devices.telemetry.service import IncomingRecord
 from control_plane.registry.packages.service import Chunk
+from protos import fleet_state
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 
@@ -43,24 +44,23 @@ def _now_ms() -> int:
 
 
 def desired_state_to_proto(view: DesiredStateView) -> bytes:
-    msg = fleet_pb2.DesiredState(
-        device_id=view.device_id,
-        generation=view.generation,
-        deployment_id=view.deployment_id,
-        issued_at_ms=_now_ms(),
-    )
-    for m in view.models:
-        msg.models.add(
+    """Encoded by ``protos.fleet_state``, the module the agent decodes with."""
+    models = tuple(
+        fleet_state.DesiredModel.of_chunks(
             deployment_id=m.deployment_id,
             name=m.name,
             version=m.version,
             package_digest=m.package_digest,
             package_size=m.package_size,
             chunk_size=m.chunk_size,
-            chunk_count=len(m.chunk_sha256),
             chunk_sha256=m.chunk_sha256,
         )
-    return msg.SerializeToString()
+        for m in view.models
+    )
+    state = fleet_state.DesiredState(
+        view.device_id, view.generation, view.deployment_id, models, issued_at_ms=_now_ms()
+    )
+    return fleet_state.encode_desired_state(state)
 
 
 def status_from_proto(payload: bytes) -> str:

@@ -6,10 +6,11 @@ Flow for each DesiredState (retained on ``<prefix>/desired``):
    persist the new generation.
 2. For each DesiredModel: already committed (``name:version`` -> digest in ``state.json``)? Report
    INSTALLED. Already final for this ``deployment_id:digest``? Report it again, do nothing.
-   Otherwise pull the package (``downloads.ChunkDownload``: a window of ChunkRequests in flight,
-   each chunk checked against ``chunk_sha256`` and written atomically, unanswered indexes asked
-   again after ``chunk_timeout_s``), check the assembled file against ``package_digest``, and hand
-   it to ``Installer.install`` (signature, digests, golden self-test, atomic commit).
+   Otherwise pull the package (``downloads.ChunkPuller`` into a ``downloads.ChunkDownload``: a
+   window of ChunkRequests in flight, each chunk checked against ``chunk_sha256`` and written
+   atomically, unanswered indexes asked again after ``chunk_timeout_s``), check the assembled
+   file against ``package_digest``, and hand it to ``Installer.install`` (signature, digests,
+   golden self-test, atomic commit).
 3. Record and report INSTALLED or FAILED with the step and the reason. The installer leaves the
    previous version serving on any failure.
 
@@ -21,18 +22,16 @@ at start, after every change and after every reconnect; telemetry goes through t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from edge_agent.config import AgentSettings
+from edge_agent.crash_points import crash_point
 from edge_agent.fleet import codec
-from edge_agent.fleet.codec import Desired, DesiredModel, Reported, Result
-from edge_agent.fleet.crash import checkpoint
-from edge_agent.fleet.downloads import ChunkDownload, DownloadError, remove_stale
+from edge_agent.fleet.domain import INSTALLED, ModelReport, Reported, Result, TelemetryOut
+from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError, remove_stale
 from edge_agent.fleet.link import (
     Connected,
     Disconnected,
@@ -44,11 +43,12 @@ from edge_agent.fleet.link import (
 )
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.state import FleetState
-from edge_agent.installer import Installer
+from edge_agent.install.installer import Installer
+from edge_agent.install.store import ModelStore
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository
-from edge_agent.store import ModelStore
+from edge_agent.serving.repository import ModelRepository
 from protos import fleet_topics as topics
+from protos.fleet_state import DesiredModel, DesiredState
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +99,10 @@ class FleetClient:
         self.outbox = Outbox(root / "outbox.sqlite3", self.fs.outbox_max_records)
         self.link: MqttLink | None = None
         self._connected = asyncio.Event()
-        self._desired: Desired | None = None
+        self._desired: DesiredState | None = None
         self._desired_changed = asyncio.Event()
         self._reconciled_generation = -1
-        self._chunks: asyncio.Queue[codec.ChunkAnswer] = asyncio.Queue()
-        self._active_digest = ""
+        self._puller: ChunkPuller | None = None  # the download in progress, if any
         self._acks: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._outbox_wakeup = asyncio.Event()
         self._last_progress = 0.0
@@ -164,13 +163,13 @@ class FleetClient:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.topic[topics.CHUNKS_DATA]:
             answer = codec.chunk_from_proto(payload)
-            if answer.package_digest == self._active_digest:
-                self._chunks.put_nowait(answer)
+            if self._puller is not None:
+                self._puller.offer(answer)
         elif topic == self.topic[topics.DESIRED] and payload:
             # (an empty payload is a cleared retained message: the device was deleted)
             self._offer_desired(codec.desired_from_proto(payload))
 
-    def _offer_desired(self, desired: Desired) -> None:
+    def _offer_desired(self, desired: DesiredState) -> None:
         if desired.device_id and desired.device_id != self.device_id:
             log.warning("desired state for %s on my topic ignored", desired.device_id)
             return
@@ -208,9 +207,7 @@ class FleetClient:
                 variant = (
                     self.repo.get(name, version).variant if self.repo.has(name, version) else ""
                 )
-                models.append(
-                    codec.ModelReport(name, version, variant, digest, entry.active == version)
-                )
+                models.append(ModelReport(name, version, variant, digest, entry.active == version))
         return Reported(
             self.device_id,
             self.agent_version,
@@ -235,8 +232,8 @@ class FleetClient:
     def _finish(self, key: str, m: DesiredModel, result: Result) -> None:
         self.state.set_result(key, result)
         self.state.save()
-        checkpoint("after_result_write")
-        log_fn = log.info if result.outcome == "INSTALLED" else log.warning
+        crash_point("after_result_write")
+        log_fn = log.info if result.outcome == INSTALLED else log.warning
         log_fn(
             "deployment %s of %s:%s: %s %s %s",
             m.deployment_id,
@@ -279,7 +276,7 @@ class FleetClient:
                 records = self.outbox.oldest(self.fs.outbox_batch_size)
                 if not records:
                     break
-                batch = codec.TelemetryOut(self.device_id, records, self.outbox.dropped)
+                batch = TelemetryOut(self.device_id, records, self.outbox.dropped)
                 ack = self._publish_acked(
                     self.topic[topics.TELEMETRY], codec.telemetry_to_proto(batch)
                 )
@@ -317,15 +314,15 @@ class FleetClient:
             except Exception:
                 log.exception("reconciling generation %d failed", desired.generation)
 
-    def _check_current(self, desired: Desired) -> None:
+    def _check_current(self, desired: DesiredState) -> None:
         if self._desired is not desired:
             raise _Superseded
 
-    async def _reconcile(self, desired: Desired) -> None:
+    async def _reconcile(self, desired: DesiredState) -> None:
         if desired.generation > self.state.acted_generation:
             self.state.acted_generation = desired.generation
             self.state.save()
-            checkpoint("after_generation_write")
+            crash_point("after_generation_write")
         log.info(
             "reconciling desired generation %d (%d models)", desired.generation, len(desired.models)
         )
@@ -342,16 +339,12 @@ class FleetClient:
         entry = self.store.load_state().models.get(m.name)
         return entry is not None and entry.versions.get(m.version) == m.package_digest
 
-    async def _deploy(self, desired: Desired, m: DesiredModel) -> None:
+    async def _deploy(self, desired: DesiredState, m: DesiredModel) -> None:
         key = m.key
-        total = m.chunk_count
         if self._committed(m):
             previous = self.state.results.get(key)
-            if previous is None or previous.outcome != "INSTALLED":
-                done = Result(
-                    m.deployment_id, "INSTALLED", "commit", "", total, total, m.package_digest
-                )
-                self._finish(key, m, done)
+            if previous is None or previous.outcome != INSTALLED:
+                self._finish(key, m, Result.installed(m))
             ChunkDownload.discard(self.downloads_root, m.package_digest)
             return
         previous = self.state.results.get(key)
@@ -365,40 +358,19 @@ class FleetClient:
                     "install", f"the agent stopped during {attempts} install attempts; giving up"
                 )
             self.state.attempts[key] = attempts + 1
-            self._progress(
-                key,
-                Result(
-                    m.deployment_id, "IN_PROGRESS", "install", "", total, total, m.package_digest
-                ),
-                force=True,
-            )
+            self._progress(key, Result.in_progress(m, "install", m.chunk_count), force=True)
             self.state.save()
-            checkpoint("before_install")
+            crash_point("before_install")
             outcome, _ = await self.installer.install(path, activate=True)
-            checkpoint("after_install")
+            crash_point("after_install")
             if outcome.outcome == "COMMITTED":
-                result = Result(
-                    m.deployment_id, "INSTALLED", "commit", "", total, total, m.package_digest
-                )
+                result = Result.installed(m)
             else:
-                result = Result(
-                    m.deployment_id,
-                    "FAILED",
-                    outcome.failed_step,
-                    outcome.reason,
-                    total,
-                    total,
-                    m.package_digest,
-                )
+                result = Result.failed(m, outcome.failed_step, outcome.reason)
         except DownloadError as exc:
-            done = self._done_chunks(m)
-            result = Result(
-                m.deployment_id, "FAILED", "download", str(exc), done, total, m.package_digest
-            )
+            result = Result.failed(m, "download", str(exc), chunks_done=self._done_chunks(m))
         except _StepFailed as exc:
-            result = Result(
-                m.deployment_id, "FAILED", exc.step, exc.reason, total, total, m.package_digest
-            )
+            result = Result.failed(m, exc.step, exc.reason)
         self._finish(key, m, result)
         ChunkDownload.discard(self.downloads_root, m.package_digest)
 
@@ -406,140 +378,39 @@ class FleetClient:
         chunks = self.downloads_root / m.package_digest / "chunks"
         return len(list(chunks.glob("*.chunk"))) if chunks.exists() else 0
 
-    async def _download(self, desired: Desired, m: DesiredModel) -> Path:
+    async def _download(self, desired: DesiredState, m: DesiredModel) -> Path:
+        """The package, assembled and checked: resumed from disk, pulled, or already there."""
         dl = ChunkDownload(self.downloads_root, m)
-        key, total = m.key, m.chunk_count
+        key = m.key
         assembled = dl.assembled()
         if assembled is not None:
             return assembled
-        self._progress(
-            key,
-            Result(
-                m.deployment_id, "IN_PROGRESS", "download", "", dl.done, total, m.package_digest
-            ),
-            force=True,
-        )
+        self._progress(key, Result.in_progress(m, "download", dl.done), force=True)
         if self.state.results.get(key) is not None and dl.done == 0:
             self._event(m, self.state.results[key])
-        loop = asyncio.get_running_loop()
-        window, per, timeout = (
-            self.fs.chunk_window,
-            self.fs.chunks_per_request,
-            self.fs.chunk_timeout_s,
+
+        def request(indexes: list[int]) -> str | None:
+            assert self.link is not None
+            request_id = new_request_id()
+            payload = codec.chunk_request_to_proto(m.package_digest, indexes, request_id)
+            sent = self.link.publish(self.topic[topics.CHUNKS_REQUEST], payload)
+            return None if sent is None else request_id
+
+        self._puller = ChunkPuller(
+            dl,
+            self.fs,
+            send=request,
+            connected=self._connected,
+            still_wanted=lambda: self._check_current(desired),
+            on_chunk=lambda done: self._progress(key, Result.in_progress(m, "download", done)),
         )
-        outstanding: dict[str, tuple[set[int], float]] = {}
-        rejects: Counter[int] = Counter()
-        stats = Counter[str]()
-        errors = 0
-        resumed_with = dl.done
-        while not self._chunks.empty():
-            self._chunks.get_nowait()
-        self._active_digest = m.package_digest
         try:
-            while not dl.complete():
-                self._check_current(desired)
-                if not self._connected.is_set():
-                    outstanding.clear()  # those answers are lost with the session
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._connected.wait(), 0.5)
-                    continue
-                asked = set().union(*(s for s, _ in outstanding.values()))
-                todo = [i for i in dl.missing() if i not in asked]
-                while len(outstanding) < window and todo:
-                    batch, todo = todo[:per], todo[per:]
-                    rid = new_request_id()
-                    assert self.link is not None
-                    payload = codec.chunk_request_to_proto(m.package_digest, batch, rid)
-                    if self.link.publish(self.topic[topics.CHUNKS_REQUEST], payload) is None:
-                        break
-                    outstanding[rid] = (set(batch), loop.time() + timeout)
-                    stats["requested"] += len(batch)
-                wake = min((d for _, d in outstanding.values()), default=loop.time() + 0.5)
-                try:
-                    answer = await asyncio.wait_for(
-                        self._chunks.get(), max(0.01, wake - loop.time())
-                    )
-                except TimeoutError:
-                    now = loop.time()
-                    for rid, (idx, due) in list(outstanding.items()):
-                        if due <= now:
-                            del outstanding[rid]
-                            stats["timeouts"] += 1
-                            log.info(
-                                "%d chunk(s) of %s unanswered; asking again",
-                                len(idx),
-                                m.package_digest[:12],
-                            )
-                    continue
-                if answer.error:
-                    outstanding.pop(answer.request_id, None)
-                    errors += 1
-                    log.warning("control plane refused a chunk request: %s", answer.error)
-                    if errors >= self.fs.max_chunk_rejects:
-                        raise DownloadError(
-                            f"the control plane refused the chunk requests: {answer.error}"
-                        )
-                    await asyncio.sleep(min(timeout, 1.0) * errors)
-                    continue
-                i = answer.index
-                if i >= total:
-                    continue
-                if dl.has(i):
-                    stats["duplicates"] += 1
-                    continue
-                if not dl.verify_chunk(i, answer.data):
-                    rejects[i] += 1
-                    stats["rejected"] += 1
-                    for idx, _ in outstanding.values():
-                        idx.discard(i)  # ask for it again
-                    log.warning(
-                        "chunk %d of %s failed its sha256 check (%d of %d allowed)",
-                        i,
-                        m.package_digest[:12],
-                        rejects[i],
-                        self.fs.max_chunk_rejects,
-                    )
-                    if rejects[i] >= self.fs.max_chunk_rejects:
-                        raise DownloadError(
-                            f"chunk {i} failed its sha256 check {rejects[i]} times "
-                            "(tampered or corrupted in transit)"
-                        )
-                    continue
-                await asyncio.to_thread(dl.write_chunk, i, answer.data)
-                stats["fetched"] += 1
-                checkpoint("after_chunk_write")
-                for rid, (idx, _) in list(outstanding.items()):
-                    idx.discard(i)
-                    if not idx:
-                        del outstanding[rid]
-                self._progress(
-                    key,
-                    Result(
-                        m.deployment_id,
-                        "IN_PROGRESS",
-                        "download",
-                        "",
-                        dl.done,
-                        total,
-                        m.package_digest,
-                    ),
-                )
+            await self._puller.run()
         finally:
-            self._active_digest = ""
-        log.info(
-            "download of %s complete: %d chunks, %d on disk before, %d fetched now, "
-            "%d duplicate answers, %d rejected, %d timeouts",
-            m.package_digest[:12],
-            total,
-            resumed_with,
-            stats["fetched"],
-            stats["duplicates"],
-            stats["rejected"],
-            stats["timeouts"],
-        )
-        checkpoint("before_assemble")
+            self._puller = None
+        crash_point("before_assemble")
         path = await asyncio.to_thread(dl.assemble)
-        checkpoint("after_assemble")
+        crash_point("after_assemble")
         return path
 
 

@@ -1,105 +1,23 @@
-"""All ``fleet_pb2`` <-> dataclass mapping of the device side, in one place.
+"""All ``fleet_pb2`` <-> plain type mapping of the device side, in one place.
 
-The reconciler and the download code never see protobuf types. A payload that does not parse
-raises ``ValueError``.
+The reconciler and the download code never see protobuf types: they get and give the types of
+``domain.py`` and the shared ``protos.fleet_state``. A payload that does not parse raises
+``ValueError``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError, Message
 
+from edge_agent.fleet.domain import ChunkAnswer, Reported, TelemetryOut
+from protos.fleet_state import DesiredState, decode_desired_state
 from protos.gen import fleet_pb2
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-@dataclass(frozen=True)
-class DesiredModel:
-    deployment_id: str
-    name: str
-    version: str
-    package_digest: str
-    package_size: int
-    chunk_size: int
-    chunk_count: int
-    chunk_sha256: tuple[bytes, ...]
-
-    @property
-    def key(self) -> str:
-        """Idempotency key: a deployment of one package. Repeats of it are the same work."""
-        return f"{self.deployment_id}:{self.package_digest}"
-
-
-@dataclass(frozen=True)
-class Desired:
-    device_id: str
-    generation: int
-    deployment_id: str
-    models: tuple[DesiredModel, ...]
-
-
-@dataclass(frozen=True)
-class ChunkAnswer:
-    package_digest: str
-    index: int
-    data: bytes
-    request_id: str
-    error: str
-
-
-@dataclass
-class Result:
-    """A deployment's outcome as the device reports it (``DeploymentResult``)."""
-
-    deployment_id: str
-    outcome: str  # IN_PROGRESS | INSTALLED | FAILED
-    step: str = ""
-    reason: str = ""
-    chunks_done: int = 0
-    chunks_total: int = 0
-    package_digest: str = ""
-
-    @property
-    def final(self) -> bool:
-        return self.outcome in ("INSTALLED", "FAILED")
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    name: str
-    version: str
-    variant: str
-    package_digest: str
-    active: bool
-
-
-@dataclass(frozen=True)
-class Reported:
-    device_id: str
-    agent_version: str
-    models: list[ModelReport]
-    last_result: Result | None
-    desired_generation: int
-
-
-@dataclass(frozen=True)
-class OutboxRecord:
-    seq: int
-    kind: str
-    timestamp_ms: int
-    payload_json: str
-
-
-@dataclass
-class TelemetryOut:
-    device_id: str
-    records: list[OutboxRecord] = field(default_factory=list)
-    dropped: int = 0
 
 
 def _parse(cls: type[Message], payload: bytes) -> Message:
@@ -111,23 +29,9 @@ def _parse(cls: type[Message], payload: bytes) -> Message:
     return msg
 
 
-def desired_from_proto(payload: bytes) -> Desired:
-    msg = _parse(fleet_pb2.DesiredState, payload)
-    assert isinstance(msg, fleet_pb2.DesiredState)
-    models = tuple(
-        DesiredModel(
-            deployment_id=m.deployment_id,
-            name=m.name,
-            version=m.version,
-            package_digest=m.package_digest.lower(),
-            package_size=m.package_size,
-            chunk_size=m.chunk_size,
-            chunk_count=m.chunk_count,
-            chunk_sha256=tuple(bytes(h) for h in m.chunk_sha256),
-        )
-        for m in msg.models
-    )
-    return Desired(msg.device_id, msg.generation, msg.deployment_id, models)
+def desired_from_proto(payload: bytes) -> DesiredState:
+    """Decoded by ``protos.fleet_state``, the module the control plane encodes with."""
+    return decode_desired_state(payload)
 
 
 def chunk_from_proto(payload: bytes) -> ChunkAnswer:

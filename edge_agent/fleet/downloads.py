@@ -1,5 +1,8 @@
 """A package being pulled over the fleet channel, kept on disk so a break never costs a chunk.
 
+``ChunkDownload`` is the state on disk; ``ChunkPuller`` fills it over the channel, with a window
+of chunk requests in flight.
+
 Layout, per package digest, under ``data_dir/fleet/downloads/<digest>/``::
 
     meta.json          the DesiredModel's geometry and chunk digests (to check a resumed folder)
@@ -22,15 +25,22 @@ once its sha256 matched, is fsynced.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from edge_agent.fleet.codec import DesiredModel
+from edge_agent.config import FleetSettings
+from edge_agent.crash_points import crash_point
+from edge_agent.fleet.domain import ChunkAnswer
 from edge_agent.fsutil import atomic_write_json, fsync_dir, read_json
+from protos.fleet_state import DesiredModel
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +168,151 @@ class ChunkDownload:
     def discard(root: Path, digest: str) -> None:
         """Remove a package's download folder (after its install, whatever the outcome)."""
         shutil.rmtree(root / digest, ignore_errors=True)
+
+
+class ChunkPuller:
+    """Fetches the missing chunks of one ``ChunkDownload`` over the fleet channel.
+
+    Up to ``chunk_window`` ChunkRequests of ``chunks_per_request`` indexes each are in flight at
+    once, so the control plane and the broker stay busy without the device asking for the whole
+    package in one burst. Every answer is checked against its ``chunk_sha256`` before it is
+    written; indexes still unanswered after ``chunk_timeout_s`` are asked again. A chunk that
+    fails its check ``max_chunk_rejects`` times, or that many refusals from the control plane,
+    end the download with ``DownloadError``. While the link is down nothing is asked: answers to
+    the requests of a lost session never come, so they are asked again after the reconnect.
+    """
+
+    def __init__(
+        self,
+        download: ChunkDownload,
+        settings: FleetSettings,
+        *,
+        send: Callable[[list[int]], str | None],
+        connected: asyncio.Event,
+        still_wanted: Callable[[], None],
+        on_chunk: Callable[[int], None],
+    ) -> None:
+        """``send`` publishes a ChunkRequest and returns its request id (None: not sent);
+        ``still_wanted`` raises to abandon the pull between two chunks; ``on_chunk`` gets the
+        number of chunks on disk after each one written."""
+        self.download = download
+        self.settings = settings
+        self._send = send
+        self._connected = connected
+        self._still_wanted = still_wanted
+        self._on_chunk = on_chunk
+        self._answers: asyncio.Queue[ChunkAnswer] = asyncio.Queue()
+        self._outstanding: dict[str, tuple[set[int], float]] = {}  # request id -> indexes, due
+        self._rejects: Counter[int] = Counter()
+        self._refusals = 0
+        self.stats: Counter[str] = Counter()
+
+    def offer(self, answer: ChunkAnswer) -> None:
+        """Hand over a ChunkData from the channel; answers for other packages are dropped."""
+        if answer.package_digest == self.download.model.package_digest:
+            self._answers.put_nowait(answer)
+
+    async def run(self) -> None:
+        """Return once every chunk is on disk (not yet assembled)."""
+        dl = self.download
+        loop = asyncio.get_running_loop()
+        resumed_with = dl.done
+        while not dl.complete():
+            self._still_wanted()
+            if not self._connected.is_set():
+                self._outstanding.clear()  # those answers are lost with the session
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._connected.wait(), 0.5)
+                continue
+            self._ask(loop.time())
+            wake = min((d for _, d in self._outstanding.values()), default=loop.time() + 0.5)
+            try:
+                answer = await asyncio.wait_for(self._answers.get(), max(0.01, wake - loop.time()))
+            except TimeoutError:
+                self._expire(loop.time())
+                continue
+            if answer.error:
+                await self._refused(answer)
+                continue
+            await self._take(answer)
+        log.info(
+            "download of %s complete: %d chunks, %d on disk before, %d fetched now, "
+            "%d duplicate answers, %d rejected, %d timeouts",
+            dl.model.package_digest[:12],
+            dl.model.chunk_count,
+            resumed_with,
+            self.stats["fetched"],
+            self.stats["duplicates"],
+            self.stats["rejected"],
+            self.stats["timeouts"],
+        )
+
+    def _ask(self, now: float) -> None:
+        """Fill the window with requests for chunks neither on disk nor already asked for."""
+        fs = self.settings
+        asked = set().union(*(s for s, _ in self._outstanding.values()))
+        todo = [i for i in self.download.missing() if i not in asked]
+        while len(self._outstanding) < fs.chunk_window and todo:
+            batch, todo = todo[: fs.chunks_per_request], todo[fs.chunks_per_request :]
+            request_id = self._send(batch)
+            if request_id is None:
+                break
+            self._outstanding[request_id] = (set(batch), now + fs.chunk_timeout_s)
+            self.stats["requested"] += len(batch)
+
+    def _expire(self, now: float) -> None:
+        """Forget overdue requests, so their indexes are asked again."""
+        for request_id, (indexes, due) in list(self._outstanding.items()):
+            if due <= now:
+                del self._outstanding[request_id]
+                self.stats["timeouts"] += 1
+                log.info(
+                    "%d chunk(s) of %s unanswered; asking again",
+                    len(indexes),
+                    self.download.model.package_digest[:12],
+                )
+
+    async def _refused(self, answer: ChunkAnswer) -> None:
+        self._outstanding.pop(answer.request_id, None)
+        self._refusals += 1
+        log.warning("control plane refused a chunk request: %s", answer.error)
+        if self._refusals >= self.settings.max_chunk_rejects:
+            raise DownloadError(f"the control plane refused the chunk requests: {answer.error}")
+        await asyncio.sleep(min(self.settings.chunk_timeout_s, 1.0) * self._refusals)
+
+    async def _take(self, answer: ChunkAnswer) -> None:
+        dl, i = self.download, answer.index
+        if i >= dl.model.chunk_count:
+            return
+        if dl.has(i):
+            self.stats["duplicates"] += 1
+            return
+        if not dl.verify_chunk(i, answer.data):
+            self._rejects[i] += 1
+            self.stats["rejected"] += 1
+            for indexes, _ in self._outstanding.values():
+                indexes.discard(i)  # ask for it again
+            log.warning(
+                "chunk %d of %s failed its sha256 check (%d of %d allowed)",
+                i,
+                dl.model.package_digest[:12],
+                self._rejects[i],
+                self.settings.max_chunk_rejects,
+            )
+            if self._rejects[i] >= self.settings.max_chunk_rejects:
+                raise DownloadError(
+                    f"chunk {i} failed its sha256 check {self._rejects[i]} times "
+                    "(tampered or corrupted in transit)"
+                )
+            return
+        await asyncio.to_thread(dl.write_chunk, i, answer.data)
+        self.stats["fetched"] += 1
+        crash_point("after_chunk_write")
+        for request_id, (indexes, _) in list(self._outstanding.items()):
+            indexes.discard(i)
+            if not indexes:
+                del self._outstanding[request_id]
+        self._on_chunk(dl.done)
 
 
 def _index_of(path: Path) -> int | None:

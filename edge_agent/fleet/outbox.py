@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet.codec import OutboxRecord
+from edge_agent.fleet.domain import OutboxRecord
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edge_agent.fleet.codec import Result
+from edge_agent.fleet.domain import Result
 from edge_agent.fsutil import atomic_write_json, read_json
 
 

@@ -1,1 +1,4 @@
-"""gRPC transport: converters, servicers and server assembly. Translation only, no logic."""
+"""gRPC transport: converters, servicers, status mapping, server assembly, and the CLI's client.
+
+Translation only, no logic: the only agent package besides ``fleet/codec.py`` that sees protobuf.
+"""

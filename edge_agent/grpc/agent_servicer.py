@@ -1,23 +1,42 @@
-"""``edgeagent.v1.AgentService``: models, status, installs and batch jobs over gRPC."""
+"""``edgeagent.v1.AgentService``: models, status, installs and batch jobs over gRPC.
+
+Translation only. The servicer is given the parts it calls (repository, store, installer, batch
+jobs, data plane) rather than the whole agent, so what an RPC can reach is visible here, and
+``@aborts_with_status`` maps their errors to status codes.
+"""
 
 from __future__ import annotations
 
 import tempfile
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
-from edge_agent.batch_jobs import JobRecord
-from edge_agent.errors import AgentError, InstallFailed, InvalidInput
-from edge_agent.grpc.status import status_for
-from edge_agent.installer import InstallOutcome
-from edge_agent.serving import ServedModel
+from edge_agent.errors import InstallFailed, InvalidInput
+from edge_agent.grpc.status import aborts_with_status
+from edge_agent.install.installer import Installer, InstallOutcome
+from edge_agent.install.store import ModelStore
+from edge_agent.jobs.batch_jobs import BatchJobManager, JobRecord
+from edge_agent.serving.dataplane import DataPlane
+from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.served_model import ServedModel
 from protos.gen import agent_pb2 as pb
 from protos.gen import agent_pb2_grpc as pb_grpc
 
-if TYPE_CHECKING:
-    from edge_agent.app import Agent
+
+@dataclass(frozen=True)
+class AgentIdentity:
+    """What ``GetStatus`` says about the agent itself."""
+
+    version: str
+    device_id: str
+    runtimes: list[str]
+    started: float = field(default_factory=time.monotonic)
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
 
 
 def version_info(served: ServedModel, active: bool) -> pb.ModelVersionInfo:
@@ -64,11 +83,25 @@ def job_to_proto(j: JobRecord) -> pb.BatchJob:
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(
+        self,
+        *,
+        identity: AgentIdentity,
+        repo: ModelRepository,
+        store: ModelStore,
+        installer: Installer,
+        jobs: BatchJobManager,
+        dataplane: DataPlane,
+    ) -> None:
+        self.identity = identity
+        self.repo = repo
+        self.store = store
+        self.installer = installer
+        self.jobs = jobs
+        self.dataplane = dataplane
 
     def _models(self) -> list[pb.ModelInfo]:
-        repo = self.agent.repo
+        repo = self.repo
         out = []
         for name in repo.names():
             active = repo.active_version(name) or ""
@@ -81,92 +114,84 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         return out
 
+    @aborts_with_status
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(models=self._models())
 
+    @aborts_with_status
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.AgentStatus:
-        a = self.agent
+        me = self.identity
         return pb.AgentStatus(
-            agent_version=a.version,
-            device_id=a.settings.device_id,
-            uptime_seconds=a.uptime(),
-            ready=a.dataplane.server_ready(),
+            agent_version=me.version,
+            device_id=me.device_id,
+            uptime_seconds=me.uptime(),
+            ready=self.dataplane.server_ready(),
             models=self._models(),
-            last_install=install_result(a.store.last_install()),
-            runtimes=a.runtimes,
+            last_install=install_result(self.store.last_install()),
+            runtimes=me.runtimes,
         )
 
+    @aborts_with_status
     async def InstallPackage(
         self, request: pb.InstallPackageRequest, context: grpc.aio.ServicerContext
     ) -> pb.InstallPackageResponse:
         activate = request.activate if request.HasField("activate") else True
         which = request.WhichOneof("source")
-        try:
-            if which == "path":
-                outcome, served = await self.agent.installer.install(Path(request.path), activate)
-            elif which == "archive":
-                incoming = self.agent.store.incoming
-                with tempfile.NamedTemporaryFile(dir=incoming, suffix=".edgepkg") as tmp:
-                    tmp.write(request.archive)
-                    tmp.flush()
-                    outcome, served = await self.agent.installer.install(Path(tmp.name), activate)
-            else:
-                raise InvalidInput("give a package path or the archive bytes")
-            if outcome.outcome != "COMMITTED":
-                raise InstallFailed(outcome.failed_step, outcome.reason)
-        except AgentError as exc:
-            await context.abort(status_for(exc), str(exc))
+        if which == "path":
+            outcome, served = await self.installer.install(Path(request.path), activate)
+        elif which == "archive":
+            with tempfile.NamedTemporaryFile(dir=self.store.incoming, suffix=".edgepkg") as tmp:
+                tmp.write(request.archive)
+                tmp.flush()
+                outcome, served = await self.installer.install(Path(tmp.name), activate)
+        else:
+            raise InvalidInput("give a package path or the archive bytes")
+        if outcome.outcome != "COMMITTED":
+            raise InstallFailed(outcome.failed_step, outcome.reason)
         assert served is not None
-        active = self.agent.repo.active_version(served.name) == served.version
+        active = self.repo.active_version(served.name) == served.version
         return pb.InstallPackageResponse(
             result=install_result(outcome), model=version_info(served, active)
         )
 
+    @aborts_with_status
     async def ActivateVersion(
         self, request: pb.ActivateVersionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelVersionInfo:
-        try:
-            served = await self.agent.activate(request.name, request.version)
-        except AgentError as exc:
-            await context.abort(status_for(exc), str(exc))
+        served = await self.installer.activate(request.name, request.version)
         return version_info(served, True)
 
+    @aborts_with_status
     async def SubmitBatchJob(
         self, request: pb.SubmitBatchJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchJob:
-        try:
-            job = self.agent.jobs.submit(
-                request.model_name,
-                request.model_version,
-                manifest_path=request.manifest_path,
-                input_dir=request.input_dir,
-                output_path=request.output_path,
-            )
-        except AgentError as exc:
-            await context.abort(status_for(exc), str(exc))
+        job = self.jobs.submit(
+            request.model_name,
+            request.model_version,
+            manifest_path=request.manifest_path,
+            input_dir=request.input_dir,
+            output_path=request.output_path,
+        )
         return job_to_proto(job)
 
+    @aborts_with_status
     async def GetBatchJob(
         self, request: pb.GetBatchJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchJob:
-        try:
-            return job_to_proto(self.agent.jobs.get(request.job_id))
-        except AgentError as exc:
-            await context.abort(status_for(exc), str(exc))
+        return job_to_proto(self.jobs.get(request.job_id))
 
+    @aborts_with_status
     async def ListBatchJobs(
         self, request: pb.ListBatchJobsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListBatchJobsResponse:
-        return pb.ListBatchJobsResponse(jobs=[job_to_proto(j) for j in self.agent.jobs.list()])
+        return pb.ListBatchJobsResponse(jobs=[job_to_proto(j) for j in self.jobs.list()])
 
+    @aborts_with_status
     async def CancelBatchJob(
         self, request: pb.GetBatchJobRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchJob:
-        try:
-            return job_to_proto(self.agent.jobs.cancel(request.job_id))
-        except AgentError as exc:
-            await context.abort(status_for(exc), str(exc))
+        return job_to_proto(self.jobs.cancel(request.job_id))

@@ -12,8 +12,13 @@ import struct
 
 import numpy as np
 
-from edge_agent.dataplane import InferenceRequest, InferenceResponse, InputTensor, ModelMetadata
 from edge_agent.errors import InvalidInput
+from edge_agent.serving.requests import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    ModelMetadata,
+)
 from model_packager.tensors import DATATYPES, datatype_to_dtype
 from protos.gen import inference_pb2 as pb
 

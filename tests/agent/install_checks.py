@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-# The crash points the agent honours (edge_agent.installer.CRASH_POINTS), repeated here so that a
-# renamed or removed point fails the test that checks the two lists agree.
+# The crash points the agent honours (edge_agent.crash_points.INSTALL_POINTS), repeated here so
+# that a renamed or removed point fails the test that checks the two lists agree.
 STATE_WRITTEN_POINTS = ("after_state_write", "after_commit")
 
 PROBE = np.random.default_rng(1234).standard_normal((2, 784)).astype(np.float32)

@@ -42,7 +42,7 @@ def test_importing_the_agent_loads_nothing_heavy() -> None:
     code = textwrap.dedent(
         """
         import importlib, json, pkgutil, sys
-        import edge_agent.app, edge_agent.cli, edge_agent.installer
+        import edge_agent.app, edge_agent.cli, edge_agent.install.installer
         direct = sorted(m for m in sys.modules)
         import edge_agent
         for info in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
@@ -127,6 +127,96 @@ def test_packages_import_in_one_direction() -> None:
     assert not violations, "\n".join(violations)
 
 
+def test_agent_never_imports_control_plane() -> None:
+    """Neither statically (any file, lazy imports too) nor at run time (every module loaded).
+
+    The two sides meet only through ``protos`` (messages, topics, the shared desired state), so
+    a device never needs the control plane's code or dependencies.
+    """
+    code = textwrap.dedent(
+        """
+        import importlib, pkgutil, sys
+        import edge_agent, edge_agent.app, edge_agent.cli, edge_agent.fleet.client
+        for info in pkgutil.walk_packages(edge_agent.__path__, "edge_agent."):
+            importlib.import_module(info.name)
+        bad = sorted(m for m in sys.modules if m.split(".")[0] == "control_plane")
+        assert not bad, bad
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    violations = boundary_violations({"edge_agent": {"control_plane"}}, python_files)
+    assert not violations, "\n".join(violations)
+
+
+#: Wing -> agent modules it must not import. The wings depend one way: serving is the base,
+#: install and jobs use it, the fleet drives the installer, gRPC exposes all but the fleet, and
+#: only ``app``/``cli`` assemble everything. Top-level helpers import no wing at all.
+WING_RULES = {
+    "serving": {"install", "jobs", "fleet", "grpc", "app", "cli"},
+    "install": {"jobs", "fleet", "grpc", "app", "cli"},
+    "jobs": {"install", "fleet", "grpc", "app", "cli"},
+    "fleet": {"jobs", "grpc", "app", "cli"},
+    "grpc": {"fleet", "app", "cli"},
+    "config.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "errors.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "metrics.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "fsutil.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "crash_points.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+}
+
+
+def _agent_imports(path: Path) -> set[str]:
+    """``edge_agent.<part>`` names a file imports (``serving``, ``app``, ...), lazy ones too."""
+    parts: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            bits = name.split(".")
+            if bits[0] == "edge_agent" and len(bits) > 1:
+                parts.add(bits[1])
+    return parts
+
+
+def test_agent_wings_import_in_one_direction() -> None:
+    root = REPO / "edge_agent"
+    for wing in WING_RULES:
+        assert (root / wing).exists(), f"edge_agent/{wing} is gone: update WING_RULES"
+    out = []
+    for wing, forbidden in WING_RULES.items():
+        files = sorted((root / wing).rglob("*.py")) if (root / wing).is_dir() else [root / wing]
+        for path in files:
+            hits = _agent_imports(path) & {f.removesuffix(".py") for f in forbidden}
+            out.extend(f"{path.relative_to(REPO)} imports edge_agent.{h}" for h in sorted(hits))
+    assert not out, "\n".join(out)
+
+
+def test_protobuf_types_stay_in_the_codecs() -> None:
+    """Only the fleet codec and the gRPC transport touch generated messages or protobuf itself;
+    the rest of the agent works on plain types (``protos.fleet_state`` and ``fleet_topics`` are
+    plain Python over the wire contract, so anyone may use them)."""
+    root = REPO / "edge_agent"
+    allowed = {"fleet/codec.py"}
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed or rel.startswith("grpc/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            mods = []
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                mods = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            for m in mods:
+                if m.startswith(("protos.gen", "google.protobuf")) or "_pb2" in m:
+                    out.append(f"edge_agent/{rel} imports {m}")
+    assert not out, "\n".join(out)
+
+
 def test_agent_sources_never_import_heavy_frameworks() -> None:
     violations = boundary_violations({"edge_agent": {*HEAVY, *NOT_IN_AGENT_EXTRA}}, python_files)
     assert not violations, "\n".join(violations)
@@ -158,7 +248,7 @@ def test_light_install_in_a_fresh_venv(
         import importlib.util, json, sys
         heavy = [m for m in {list(HEAVY)!r} if importlib.util.find_spec(m) is not None]
         runtimes = [m for m in ("onnxruntime", "ai_edge_litert") if importlib.util.find_spec(m)]
-        import edge_agent.app, edge_agent.cli, edge_agent.installer
+        import edge_agent.app, edge_agent.cli, edge_agent.install.installer
         print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes}}))
         """
     )

@@ -1,6 +1,6 @@
 """Crash recovery: the agent SIGKILLs itself at every named install point and must restart clean.
 
-For each point in ``edge_agent.installer.CRASH_POINTS``: an agent serving v1 is started with
+For each point in ``edge_agent.crash_points.INSTALL_POINTS``: an agent serving v1 is started with
 ``EDGE_AGENT_CRASH_AT=<point>``, asked to install v2 (the process dies mid-install), and restarted
 without the variable. It must then serve v1 or v2 (exactly v1 before the state write, exactly v2
 after it), report the interrupted install as a final outcome, hold no journal, partial or
@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edge_agent.installer import CRASH_POINTS
+from edge_agent.crash_points import ENV_VAR, INSTALL_POINTS, crash_point
 from protos.gen import agent_pb2
 from tests.agent.agent_process import AgentProcess
 from tests.agent.install_checks import (
@@ -99,14 +99,22 @@ def _last_install(agent: AgentProcess) -> dict[str, str]:
 
 
 def test_crash_points_are_the_documented_ones() -> None:
-    assert set(CRASH_POINTS) == EXPECTED_POINTS
-    assert set(STATE_WRITTEN_POINTS) <= set(CRASH_POINTS)
+    assert set(INSTALL_POINTS) == EXPECTED_POINTS
+    assert set(STATE_WRITTEN_POINTS) <= set(INSTALL_POINTS)
+
+
+def test_an_undeclared_crash_point_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A misspelt point would never fire and its drill would pass without a crash."""
+    monkeypatch.setenv(ENV_VAR, "after_stage")
+    crash_point("after_verify")  # declared, not the one asked for: nothing happens
+    with pytest.raises(ValueError, match="undeclared crash point"):
+        crash_point("after_stagee")
 
 
 @pytest.mark.parametrize(
     ("point", "upload"),
-    [*((p, False) for p in CRASH_POINTS), ("after_stage", True)],
-    ids=[*CRASH_POINTS, "after_stage-upload"],
+    [*((p, False) for p in INSTALL_POINTS), ("after_stage", True)],
+    ids=[*INSTALL_POINTS, "after_stage-upload"],
 )
 def test_crash_at_point_recovers(
     point: str,

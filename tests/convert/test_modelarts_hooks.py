@@ -3,7 +3,7 @@
 The package comes from a real ModelArts folder (SavedModel + config.json + customize_service.py)
 through ``convert``; the agent runs as a subprocess and the client is the public tritonclient.
 The reference is the handler's own code, executed here with a stand-in base class, around
-onnxruntime on the package's ONNX artifact. ``edge_agent.python_handlers`` is also tested
+onnxruntime on the package's ONNX artifact. ``edge_agent.serving.python_handlers`` is also tested
 in-process: it imports neither the agent's gRPC code nor its generated protobufs.
 """
 
@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from edge_agent.errors import InferenceFailed, InvalidInput
-from edge_agent.python_handlers import HandlerLoadError, load_hooks
+from edge_agent.serving.python_handlers import HandlerLoadError, load_hooks
 from model_packager.archive import open_package
 from model_packager.build import ArtifactInput, BuildSpec, build_package
 from model_packager.convert import ConvertSpec, convert

@@ -14,15 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from edge_agent.fleet.crash import FLEET_CRASH_POINTS
-from edge_agent.installer import CRASH_POINTS
+from edge_agent import crash_points
 from tests.agent.agent_process import AgentProcess
 from tests.fleet.conftest import Fleet, Packages
 from tests.fleet.helpers import serving
 
 # The agent's own lists, so the drill covers every point the agent defines, new ones included.
-INSTALLER_POINTS = CRASH_POINTS
-FLEET_POINTS = FLEET_CRASH_POINTS
+INSTALLER_POINTS = crash_points.INSTALL_POINTS
+FLEET_POINTS = crash_points.FLEET_POINTS
 ALL_POINTS = FLEET_POINTS + INSTALLER_POINTS
 
 

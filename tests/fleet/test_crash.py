@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import random
 
-from edge_agent.fleet.crash import FLEET_CRASH_POINTS
-from edge_agent.installer import CRASH_POINTS
+from edge_agent import crash_points
 from tests.fleet.conftest import Fleet, Packages
 from tests.fleet.crash_drill import ALL_POINTS, FLEET_POINTS, run_point
 
@@ -23,7 +22,7 @@ SUITE_POINTS = (
 
 def test_suite_points_exist_in_the_agent() -> None:
     """A renamed point would otherwise never fire, and its test would pass without a crash."""
-    assert set(SUITE_POINTS) <= set(FLEET_CRASH_POINTS) | set(CRASH_POINTS)
+    assert set(SUITE_POINTS) <= set(crash_points.FLEET_POINTS) | set(crash_points.INSTALL_POINTS)
 
 
 def test_kill_at_named_points(fleet: Fleet, packages: Packages, start_fleet_agent) -> None:

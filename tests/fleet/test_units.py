@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 from pathlib import Path
 
 import pytest
 
+from edge_agent.config import FleetSettings
 from edge_agent.fleet.backoff import Backoff
-from edge_agent.fleet.codec import DesiredModel
-from edge_agent.fleet.downloads import ChunkDownload, DownloadError
+from edge_agent.fleet.domain import ChunkAnswer, Result
+from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError
 from edge_agent.fleet.outbox import Outbox
+from protos.fleet_state import DesiredModel
 
 
 def test_outbox_bounded_ordered_and_persistent(tmp_path: Path) -> None:
@@ -82,6 +85,90 @@ def test_download_refuses_inconsistent_geometry(tmp_path: Path) -> None:
     )
     with pytest.raises(DownloadError):
         ChunkDownload(tmp_path, bad)
+
+
+class _Control:
+    """A stand-in for the control plane behind ``ChunkPuller.send``: answers every request."""
+
+    def __init__(self, blob: bytes, size: int, corrupt_once: set[int] | None = None) -> None:
+        self.blob, self.size = blob, size
+        self.corrupt = set(corrupt_once or ())
+        self.requests: list[list[int]] = []
+        self.refuse = False
+        self.puller: ChunkPuller | None = None
+
+    def send(self, indexes: list[int]) -> str:
+        request_id = f"r{len(self.requests)}"
+        self.requests.append(indexes)
+        asyncio.get_running_loop().call_soon(self._answer, request_id, indexes)
+        return request_id
+
+    def _answer(self, request_id: str, indexes: list[int]) -> None:
+        assert self.puller is not None
+        digest = self.puller.download.model.package_digest
+        if self.refuse:
+            self.puller.offer(ChunkAnswer(digest, 0, b"", request_id, "unknown package"))
+            return
+        for i in indexes:
+            data = self.blob[i * self.size : (i + 1) * self.size]
+            if i in self.corrupt:
+                self.corrupt.discard(i)
+                data = b"x" * len(data)
+            self.puller.offer(ChunkAnswer(digest, i, data, request_id, ""))
+            self.puller.offer(ChunkAnswer("another-package", i, b"", request_id, ""))  # ignored
+
+
+def _puller(tmp_path: Path, control: _Control, m: DesiredModel, **limits: float) -> ChunkPuller:
+    fs = FleetSettings(url="mqtt://localhost", **limits)
+    connected = asyncio.Event()
+    connected.set()
+    progress: list[int] = []
+    puller = ChunkPuller(
+        ChunkDownload(tmp_path, m),
+        fs,
+        send=control.send,
+        connected=connected,
+        still_wanted=lambda: None,
+        on_chunk=progress.append,
+    )
+    control.puller = puller
+    return puller
+
+
+def test_chunk_puller_keeps_a_window_and_asks_again_for_rejected_chunks(tmp_path: Path) -> None:
+    blob = bytes(range(256)) * 2
+    m = _model(blob)
+    control = _Control(blob, 10, corrupt_once={3})
+    puller = _puller(tmp_path, control, m, chunk_window=2, chunks_per_request=4)
+    asyncio.run(puller.run())
+    assert puller.download.complete()
+    assert puller.download.assemble().read_bytes() == blob
+    assert control.requests[:2] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # a window of 2 requests of 4
+    assert all(len(r) <= 4 for r in control.requests)
+    assert puller.stats["rejected"] == 1 and puller.stats["fetched"] == m.chunk_count
+    assert sum(r.count(3) for r in control.requests) == 2  # the damaged chunk was asked again
+
+
+def test_chunk_puller_gives_up_after_repeated_refusals(tmp_path: Path) -> None:
+    blob = b"z" * 30
+    control = _Control(blob, 10)
+    control.refuse = True
+    puller = _puller(tmp_path, control, _model(blob), max_chunk_rejects=2, chunk_timeout_s=0.05)
+    with pytest.raises(DownloadError, match="refused"):
+        asyncio.run(puller.run())
+
+
+def test_result_constructors_fill_the_deployment_fields() -> None:
+    m = _model(b"q" * 25)
+    assert Result.installed(m) == Result("dep", "INSTALLED", "commit", "", 3, 3, m.package_digest)
+    assert Result.in_progress(m, "download", 1) == Result(
+        "dep", "IN_PROGRESS", "download", "", 1, 3, m.package_digest
+    )
+    assert Result.failed(m, "load", "bad") == Result(
+        "dep", "FAILED", "load", "bad", 3, 3, m.package_digest
+    )
+    assert Result.failed(m, "download", "cut", chunks_done=2).chunks_done == 2
+    assert Result.failed(m, "x", "y").final and not Result.in_progress(m, "install", 3).final
 
 
 def test_fleet_package_keeps_mqtt_out_of_other_agent_modules() -> None:

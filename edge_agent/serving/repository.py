@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from edge_agent.errors import ModelNotFound
 from edge_agent.metrics import METRICS
-from edge_agent.serving import ServedModel
+from edge_agent.serving.served_model import ServedModel
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import numpy as np
 from edge_agent.errors import AgentError, InvalidInput, JobNotFound, ModelNotFound
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository
+from edge_agent.serving.repository import ModelRepository
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from edge_agent.config import AgentSettings
 from edge_agent.errors import InstallFailed
-from edge_agent.python_handlers import HandlerLoadError, ModelArtsHooks, load_hooks
-from edge_agent.serving import ServedModel, measure_latency_ms
+from edge_agent.serving.python_handlers import HandlerLoadError, ModelArtsHooks, load_hooks
+from edge_agent.serving.served_model import ServedModel, measure_latency_ms
 from model_packager import golden, processing
 from model_packager.errors import PackageError
 from model_packager.loading import load_variant, rank_variants
@@ -24,7 +24,10 @@ from model_packager.runtimes import RuntimeOptions
 
 log = logging.getLogger(__name__)
 
-Checkpoint = Callable[[str], None]
+#: Called with each named point the loader passes (``after_load``, ``before_self_test``,
+#: ``after_self_test``): an install journals the self-test and offers its crash points there;
+#: loading the committed models at start-up passes nothing.
+PointHook = Callable[[str], None]
 
 
 def _noop(_: str) -> None:
@@ -73,7 +76,7 @@ def load_served_model(
     digest: str,
     settings: AgentSettings,
     executor: Executor,
-    checkpoint: Checkpoint = _noop,
+    at_point: PointHook = _noop,
 ) -> ServedModel:
     """Load the best variant that passes its golden vectors, or raise ``InstallFailed``."""
     manifest = read_manifest(package_dir)
@@ -91,8 +94,8 @@ def load_served_model(
             failures.append(f"{variant.name}: {exc}")
             log.warning("variant %s of %s failed to load: %s", variant.name, manifest.name, exc)
             continue
-        checkpoint("after_load")
-        checkpoint("before_self_test")
+        at_point("after_load")
+        at_point("before_self_test")
         try:
             golden_path = package_dir / variant.golden.path
             golden.check(model, golden_path, variant.rtol, variant.atol)
@@ -105,7 +108,7 @@ def load_served_model(
                 "variant %s of %s failed its self-test: %s", variant.name, manifest.name, exc
             )
             continue
-        checkpoint("after_self_test")
+        at_point("after_self_test")
         inline = latency < settings.inline_threshold_ms
         log.info(
             "loaded %s:%s variant %s (%.2f ms/inference, %s)",

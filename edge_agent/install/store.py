@@ -5,7 +5,7 @@ Layout under ``data_dir``::
     packages/<sha256>/      extracted, verified package (manifest.json, signature.json, files)
     incoming/               package archives received over gRPC, before verification
     state.json              the committed state: per model, installed versions and the active one
-    journal/<sha256>.json   an install in progress (deleted at commit)
+    journal/<sha256>.json   an install in progress (``journal.InstallJournal``, deleted at commit)
     last_install.json       outcome of the most recent install, for status reports
 
 ``state.json`` is the single source of truth after a restart: whatever it names is what the agent
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.fsutil import atomic_write_json, read_json
+from edge_agent.install.journal import InstallJournal
 
 
 @dataclass
@@ -56,16 +57,15 @@ class ModelStore:
         self.root = Path(data_dir)
         self.packages = self.root / "packages"
         self.incoming = self.root / "incoming"
-        self.journal_dir = self.root / "journal"
-        for d in (self.packages, self.incoming, self.journal_dir):
+        for d in (self.packages, self.incoming):
             d.mkdir(parents=True, exist_ok=True)
+        self.journal = InstallJournal(self.root / "journal")
         self._state_path = self.root / "state.json"
         self._last_install_path = self.root / "last_install.json"
         # A kill during an atomic write can leave its temporary file behind; it was never renamed
         # into place, so it holds nothing anyone relies on.
-        for folder in (self.root, self.journal_dir):
-            for tmp in folder.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
     # committed state
     def load_state(self) -> CommittedState:
@@ -86,21 +86,6 @@ class ModelStore:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
-
-    # install journal
-    def write_journal(self, digest: str, doc: dict[str, Any]) -> None:
-        atomic_write_json(self.journal_dir / f"{digest}.json", doc)
-
-    def read_journals(self) -> list[dict[str, Any]]:
-        out = []
-        for p in sorted(self.journal_dir.glob("*.json")):
-            doc = read_json(p)
-            if isinstance(doc, dict):
-                out.append(doc)
-        return out
-
-    def clear_journal(self, digest: str) -> None:
-        (self.journal_dir / f"{digest}.json").unlink(missing_ok=True)
 
     # last install outcome
     def save_last_install(self, doc: dict[str, Any]) -> None:

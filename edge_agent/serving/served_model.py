@@ -2,6 +2,7 @@
 
 It decides *where* an inference runs: on the event loop for models faster than a thread hop, in
 the inference thread pool otherwise, and through the dynamic batcher when the model allows it.
+Every result gets the manifest's post-processing (``processing.py``), online or batch.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edge_agent.batching import DynamicBatcher, Tensors
 from edge_agent.config import ModelSettings
-from edge_agent.errors import InferenceFailed, InstallFailed
+from edge_agent.errors import InferenceFailed
 from edge_agent.metrics import METRICS
-from edge_agent.python_handlers import ModelArtsHooks
-from model_packager import processing
+from edge_agent.serving.batching import DynamicBatcher, Tensors
+from edge_agent.serving.processing import ModelProcessing
+from edge_agent.serving.python_handlers import ModelArtsHooks
 from model_packager.errors import PackageError
 from model_packager.manifest import Manifest
 from model_packager.runtimes import LoadedModel
@@ -40,14 +41,14 @@ class ServedModel:
     # The package's ModelArts hooks, when it carries them and the loader admitted them.
     hooks: ModelArtsHooks | None = None
     batcher: DynamicBatcher | None = field(default=None, init=False)
-    preprocessing: processing.Preprocessing | None = field(default=None, init=False)
-    postprocessing: processing.Postprocessing | None = field(default=None, init=False)
-    python_handler: processing.PythonHandler | None = field(default=None, init=False)
+    processing: ModelProcessing = field(init=False)
 
     def __post_init__(self) -> None:
         self.inputs: list[TensorSpec] = self.manifest.input_specs()
-        self.outputs: list[TensorSpec] = self.manifest.output_specs()
-        self._declare_processing()
+        model_outputs = self.manifest.output_specs()
+        self.processing = ModelProcessing.declared(self.manifest, self.inputs, model_outputs)
+        # What clients see: the model's outputs and what post-processing adds (top-k).
+        self.outputs: list[TensorSpec] = [*model_outputs, *self.processing.extra_outputs()]
         self.input_by_name = {s.name: s for s in self.inputs}
         self.output_names = {s.name for s in self.outputs}
         batchable = all(s.has_batch_dim for s in self.inputs) and all(
@@ -84,41 +85,13 @@ class ServedModel:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self.infer_sync, inputs, outputs)
 
-    def _declare_processing(self) -> None:
-        """Read the manifest's pre/post-processing; post-processing may add outputs (top-k)."""
-        try:
-            pre, post = processing.parse(self.manifest.preprocessing, self.manifest.postprocessing)
-            if isinstance(pre, processing.PythonHandler):
-                # Admitted and loaded by the loader (``hooks``); requests that send the model's
-                # own tensors bypass them and are served as usual.
-                self.python_handler = pre
-                return
-            specs = {s.name: s for s in self.inputs}
-            if pre is not None:
-                if pre.input not in specs:
-                    raise ValueError(f"preprocessing feeds unknown input {pre.input!r}")
-                pre.check_against(specs[pre.input])
-            if post is not None and post.output not in {s.name for s in self.outputs}:
-                raise ValueError(f"postprocessing reads unknown output {post.output!r}")
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise InstallFailed("load", f"invalid pre/post-processing: {exc}") from exc
-        self.preprocessing = pre
-        self.postprocessing = post
-        if post is not None:
-            self.outputs = [*self.outputs, *post.extra_outputs()]
-
     async def infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
         """Run the model, then the manifest's post-processing (which may add outputs)."""
-        post = self.postprocessing
-        if post is None:
+        proc = self.processing
+        if proc.post is None:  # the common case, on every request: no detour
             return await self._infer(inputs, outputs)
-        wanted = outputs
-        if outputs is not None:
-            wanted = list(dict.fromkeys(post.output if n == post.topk_name else n for n in outputs))
-        results = await self._infer(inputs, wanted)
-        if post.output in results:
-            results = post.apply(results, self.manifest.labels)
-        return results
+        results = await self._infer(inputs, proc.model_outputs(outputs))
+        return proc.finish(results, self.manifest.labels)
 
     async def _infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
         if self.batcher is not None:

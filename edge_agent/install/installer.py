@@ -5,14 +5,14 @@ atomically rewrites ``state.json``, the committed state still names the previous
 crash anywhere (tests kill the process with SIGKILL at each named point) restarts into the old
 version, and ``recover`` clears the leftovers; after ``commit`` it restarts into the new one. A
 failure at any step leaves the previous version serving and records which step failed and why.
+The named points where tests kill the agent are declared in ``edge_agent.crash_points``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-import signal
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentSettings
-from edge_agent.errors import InstallFailed
-from edge_agent.loader import load_served_model
+from edge_agent.crash_points import crash_point
+from edge_agent.errors import InstallFailed, ModelNotFound
+from edge_agent.install.journal import JournalEntry
+from edge_agent.install.store import CommittedState, ModelEntry, ModelStore
 from edge_agent.metrics import METRICS
-from edge_agent.repository import ModelRepository, close_later
-from edge_agent.serving import ServedModel
-from edge_agent.store import CommittedState, ModelEntry, ModelStore
+from edge_agent.serving.loader import load_served_model
+from edge_agent.serving.repository import ModelRepository, close_later
+from edge_agent.serving.served_model import ServedModel
 from model_packager.archive import extract_package, sha256_file, verify_package
 from model_packager.errors import PackageError
 
@@ -33,19 +35,6 @@ if TYPE_CHECKING:
     from model_packager.signing import TrustStore
 
 log = logging.getLogger(__name__)
-
-STEPS = ("verify", "stage", "load", "self_test", "activate", "commit")
-#: Where a test may ask the agent to SIGKILL itself (``EDGE_AGENT_CRASH_AT``).
-CRASH_POINTS = (
-    *(f"before_{s}" for s in STEPS),
-    "after_verify",
-    "after_stage",
-    "after_load",
-    "after_self_test",
-    "after_activate",
-    "after_state_write",
-    "after_commit",
-)
 
 
 @dataclass
@@ -63,10 +52,6 @@ class InstallOutcome:
         return asdict(self)
 
 
-def _crash_point() -> str | None:
-    return os.environ.get("EDGE_AGENT_CRASH_AT") or None
-
-
 class Installer:
     def __init__(
         self,
@@ -79,8 +64,8 @@ class Installer:
         self.store = store
         self.repo = repo
         self.executor = executor
+        self.journal = store.journal
         self._lock = asyncio.Lock()
-        self._crash_at = _crash_point()
         self._trust: TrustStore | None = None
         missing = [str(p) for p in settings.trusted_keys if not Path(p).exists()]
         if missing:
@@ -99,28 +84,30 @@ class Installer:
             self._trust = _TrustStore.from_paths(self.settings.trusted_keys)
         return self._trust
 
-    def _checkpoint(self, point: str) -> None:
-        if self._crash_at == point:
-            log.warning("crash point %s reached: killing the agent", point)
-            os.kill(os.getpid(), signal.SIGKILL)
+    def _enter(self, entry: JournalEntry, step: str) -> None:
+        """Start ``step``: its crash point first, then the journal says the step began."""
+        crash_point(f"before_{step}")
+        self.journal.advance(entry, step)
+
+    def _at_loader_point(self, entry: JournalEntry, point: str) -> None:
+        """A point the loader passes. It self-tests right after loading: journal that as a step."""
+        if point == "before_self_test":
+            self.journal.advance(entry, "self_test")
+        crash_point(point)
 
     # startup
     async def recover(self) -> None:
         """Resolve interrupted installs and load every committed version."""
         state = self.store.load_state()
-        for journal in self.store.read_journals():
-            digest, name, version = (
-                journal["digest"],
-                journal.get("name", ""),
-                journal.get("version", ""),
-            )
+        for journal in self.journal.interrupted():
+            digest, name, version = journal.digest, journal.name, journal.version
             entry = state.models.get(name)
             if entry is not None and entry.versions.get(version) == digest:
                 outcome = InstallOutcome(
                     digest, name, version, "COMMITTED", finished_at=time.time()
                 )
             else:
-                step = journal.get("step", "verify")
+                step = journal.step
                 outcome = InstallOutcome(
                     digest,
                     name,
@@ -131,7 +118,7 @@ class Installer:
                     time.time(),
                 )
             self.store.save_last_install(outcome.to_json())
-            self.store.clear_journal(digest)
+            self.journal.clear(digest)
         removed = self.store.remove_unreferenced(state.digests())
         if removed:
             log.info("removed %d unreferenced package folders", len(removed))
@@ -169,12 +156,24 @@ class Installer:
             METRICS.installs.labels(outcome.outcome).inc()
             return outcome, served
 
+    async def activate(self, name: str, version: str) -> ServedModel:
+        """Make a committed version the active one; persisted, so a restart keeps the choice."""
+        served = self.repo.get(name, version)
+        self.repo.set_active(name, version)
+        state = self.store.load_state()
+        entry = state.models.get(name)
+        if entry is None or version not in entry.versions:
+            raise ModelNotFound(f"{name}:{version} is loaded but not committed")
+        entry.active = version
+        self.store.save_state(state)
+        return served
+
     async def _install(
         self, archive: Path, activate: bool
     ) -> tuple[InstallOutcome, ServedModel | None]:
         digest, name, version, step = "", "", "", "verify"
         try:
-            self._checkpoint("before_verify")
+            crash_point("before_verify")
             try:
                 reader, _kid = await asyncio.to_thread(verify_package, archive, self.trust)
             except PackageError as exc:
@@ -189,41 +188,21 @@ class Installer:
                     f"{name}:{version} is already installed from package {committed[:12]}; "
                     "versions are immutable, give the new package a new version",
                 )
-            journal = {
-                "digest": digest,
-                "name": name,
-                "version": version,
-                "step": "verify",
-                "activate": activate,
-                "started_at": time.time(),
-            }
-            self.store.write_journal(digest, journal)
-            self._checkpoint("after_verify")
+            journal = self.journal.begin(digest, name, version, activate)
+            crash_point("after_verify")
 
             step = "stage"
-            self._checkpoint("before_stage")
-            journal["step"] = step
-            self.store.write_journal(digest, journal)
+            self._enter(journal, step)
             pkg_dir = self.store.package_dir(digest)
             if not pkg_dir.exists():
                 try:
                     await asyncio.to_thread(extract_package, reader, pkg_dir)
                 except (PackageError, OSError) as exc:
                     raise InstallFailed("stage", str(exc)) from exc
-            self._checkpoint("after_stage")
+            crash_point("after_stage")
 
             step = "load"
-            self._checkpoint("before_load")
-            journal["step"] = step
-            self.store.write_journal(digest, journal)
-
-            def checkpoint(point: str) -> None:
-                # The loader runs the self-test right after loading; journal it as its own step.
-                if point == "before_self_test":
-                    journal["step"] = "self_test"
-                    self.store.write_journal(digest, journal)
-                self._checkpoint(point)
-
+            self._enter(journal, step)
             if self.repo.has(name, version) and self.repo.get(name, version).digest == digest:
                 served = self.repo.get(name, version)
             else:
@@ -233,22 +212,18 @@ class Installer:
                     digest,
                     self.settings,
                     self.executor,
-                    checkpoint,
+                    functools.partial(self._at_loader_point, journal),
                 )
             step = "activate"
-            self._checkpoint("before_activate")
-            journal["step"] = step
-            self.store.write_journal(digest, journal)
+            self._enter(journal, step)
             replaced = self.repo.add(served)
             previous = self.repo.active_version(name)
             if activate or previous is None:
                 self.repo.set_active(name, version)
-            self._checkpoint("after_activate")
+            crash_point("after_activate")
 
             step = "commit"
-            self._checkpoint("before_commit")
-            journal["step"] = step
-            self.store.write_journal(digest, journal)
+            self._enter(journal, step)
             state = self.store.load_state()
             entry = state.models.setdefault(name, ModelEntry())
             entry.versions[version] = digest
@@ -261,15 +236,15 @@ class Installer:
             if activate or entry.active is None:
                 entry.active = version
             self.store.save_state(state)
-            self._checkpoint("after_state_write")
+            crash_point("after_state_write")
             outcome = InstallOutcome(
                 digest, name, version, "COMMITTED", finished_at=time.time(), variant=served.variant
             )
             # Recorded before the journal goes: once it is gone, recovery can no longer tell.
             self.store.save_last_install(outcome.to_json())
-            self.store.clear_journal(digest)
+            self.journal.clear(digest)
             self.store.remove_unreferenced(state.digests())
-            self._checkpoint("after_commit")
+            crash_point("after_commit")
             asyncio.get_running_loop().create_task(close_later(evicted))
             log.info("installed %s:%s (%s) from %s", name, version, served.variant, digest[:12])
             return outcome, served
@@ -311,7 +286,7 @@ class Installer:
                 if served is not None:
                     asyncio.get_running_loop().create_task(close_later([served]))
             self.store.remove_unreferenced(state.digests())
-        self.store.clear_journal(digest)
+        self.journal.clear(digest)
 
 
 def _file_digest(path: Path) -> str:

@@ -1,0 +1,196 @@
+"""The transport-neutral inference API, and the one owner of an inference request's life.
+
+A request passes through here from the moment its transport hands it over: decoding (with the
+transport's own decoder), admission against the in-flight limit, validation, pre-processing, the
+model, post-processing, and the request count and latency metrics. Every transport therefore
+rejects bad tensors with the same precise errors, counts requests the same way, and turns
+overload into a fast ``RESOURCE_EXHAUSTED`` instead of an unbounded queue. Servicers only convert
+and map errors to their status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+import numpy as np
+from prometheus_client import Counter, Histogram
+
+from edge_agent import __version__
+from edge_agent.errors import AgentError, InvalidInput, ModelNotFound, Overloaded
+from edge_agent.metrics import METRICS
+from edge_agent.serving.python_handlers import RESPONSE_OUTPUT
+from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.requests import (
+    InferenceRequest,
+    InferenceResponse,
+    InputTensor,
+    ModelMetadata,
+    OutputTensor,
+)
+from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.validation import is_tensor_request, validate_inputs, validate_outputs
+
+SERVER_NAME = "edge-agent"
+EXTENSIONS = ["model_repository", "batch_jobs", "health", "metrics"]
+
+
+class WireRequest(Protocol):
+    """A request as its transport received it: enough to label metrics before decoding."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def model_version(self) -> str: ...
+
+
+W = TypeVar("W", bound=WireRequest)
+
+
+class DataPlane:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        max_inflight: int,
+        status_name: Callable[[AgentError], str],
+    ) -> None:
+        """``status_name`` names a failed request's status in the request counter (the
+        transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``."""
+        self.repo = repo
+        self.max_inflight = max_inflight
+        self.inflight = 0
+        self.ready = False
+        self._status_name = status_name
+        # Metric children of successful requests per (model, version): ``.labels()`` validates
+        # and looks up its arguments under a lock on every call, a measurable share of a small
+        # model's request. Keys are served versions only, so the dict stays small.
+        self._ok_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # The gauge reads the counter when scraped: no lock round trip per request.
+        METRICS.inflight.set_function(lambda: self.inflight)
+
+    # health and metadata
+    def live(self) -> bool:
+        return True
+
+    def server_ready(self) -> bool:
+        return self.ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.repo.get(name, version)
+        except ModelNotFound:
+            return False
+        return True
+
+    def server_metadata(self) -> tuple[str, str, list[str]]:
+        return SERVER_NAME, __version__, EXTENSIONS
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        served = self.repo.get(name, version)
+        return ModelMetadata(
+            name=served.name,
+            versions=[m.version for m in self.repo.versions(name)],
+            platform=served.platform,
+            inputs=served.inputs,
+            outputs=served.outputs,
+            variant=served.variant,
+        )
+
+    # inference
+    async def infer(self, wire: W, decode: Callable[[W], InferenceRequest]) -> InferenceResponse:
+        """Serve one request, given in its wire form with the transport's decoder.
+
+        Decoding happens here so that its errors count like any other rejected request and its
+        time is part of the measured latency, as a client experiences it.
+        """
+        t0 = time.perf_counter()
+        try:
+            response = await self._infer(decode(wire))
+        except AgentError as exc:
+            self._count_failure(wire.model_name, wire.model_version, exc)
+            raise
+        key = (response.model_name, response.model_version)
+        children = self._ok_metrics.get(key)
+        if children is None:
+            children = self._ok_metrics[key] = (
+                METRICS.requests.labels(key[0], key[1], "OK"),
+                METRICS.latency.labels(key[0]),
+            )
+        children[1].observe(time.perf_counter() - t0)
+        children[0].inc()
+        return response
+
+    def _count_failure(self, model_name: str, model_version: str, exc: AgentError) -> None:
+        # Label by what the client asked for only when it exists, so that arbitrary names from
+        # clients cannot grow the metric without bound.
+        known = self.model_ready(model_name, model_version)
+        model = model_name if known else "_unknown"
+        version = model_version if known else ""
+        METRICS.requests.labels(model, version, self._status_name(exc)).inc()
+
+    async def _infer(self, request: InferenceRequest) -> InferenceResponse:
+        if self.inflight >= self.max_inflight:
+            raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
+        served = self.repo.get(request.model_name, request.model_version)
+        if served.hooks is not None and not is_tensor_request(served, request.inputs):
+            return await self._infer_with_hooks(served, request)
+        inputs = validate_inputs(served, request.inputs)
+        wanted = validate_outputs(served, request.outputs)
+        self.inflight += 1
+        try:
+            results = await served.infer(inputs, wanted)
+        finally:
+            self.inflight -= 1
+        if wanted is None:
+            specs = served.outputs
+        else:
+            specs = [s for n in wanted for s in served.outputs if s.name == n]
+        return InferenceResponse(
+            model_name=served.name,
+            model_version=served.version,
+            id=request.id,
+            outputs=[OutputTensor(s.name, s.datatype, results[s.name]) for s in specs],
+        )
+
+    async def _infer_with_hooks(
+        self, served: ServedModel, request: InferenceRequest
+    ) -> InferenceResponse:
+        """Files or JSON -> ``_preprocess`` -> model -> ``_postprocess`` -> JSON ``response``.
+
+        Both hooks run in the inference thread pool: they are arbitrary Python (image decoding,
+        loops over lists) and must not stall the event loop that serves every other model.
+        """
+        hooks = served.hooks
+        assert hooks is not None
+        if request.outputs and request.outputs != [RESPONSE_OUTPUT]:
+            raise InvalidInput(
+                f"model {served.name!r} answers file and JSON requests with one output, "
+                f"{RESPONSE_OUTPUT!r}"
+            )
+        data = hooks.request_data(request.inputs)
+        loop = asyncio.get_running_loop()
+        self.inflight += 1
+        try:
+            arrays = await loop.run_in_executor(served.executor, hooks.preprocess, data)
+            specs = served.input_by_name  # unknown names: validate_inputs names the real ones
+            tensors = [
+                InputTensor(n, specs[n].datatype if n in specs else "", a.shape, a)
+                for n, a in arrays.items()
+            ]
+            try:
+                inputs = validate_inputs(served, tensors)
+            except InvalidInput as exc:
+                raise InvalidInput(f"{hooks.module} _preprocess returned: {exc}") from exc
+            results = await served.infer(inputs, None)
+            body = await loop.run_in_executor(served.executor, hooks.postprocess, results)
+        finally:
+            self.inflight -= 1
+        return InferenceResponse(
+            model_name=served.name,
+            model_version=served.version,
+            id=request.id,
+            outputs=[OutputTensor(RESPONSE_OUTPUT, "BYTES", np.array([body], dtype=np.object_))],
+        )

@@ -1,0 +1,92 @@
+"""The desired state both sides share (``protos.fleet_state``): cloud encode -> device decode.
+
+The control plane and the agent used to mirror the DesiredState mapping; now both call one
+module. These tests pin that the bytes the control plane publishes are exactly what the agent
+reads, and that the bytes did not change on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from control_plane.deployments.service import DesiredModelView, DesiredStateView
+from control_plane.fleet import codec as cloud_codec
+from edge_agent.fleet import codec as device_codec
+from protos.fleet_state import DesiredModel, DesiredState, decode_desired_state
+from protos.gen import fleet_pb2
+
+
+def _view() -> DesiredStateView:
+    blobs = [b"first package, three chunks!", b"second"]
+    models = [
+        DesiredModelView(
+            deployment_id=f"dep-{n}",
+            name=f"model-{n}",
+            version=str(n + 1),
+            package_digest=hashlib.sha256(blob).hexdigest(),
+            package_size=len(blob),
+            chunk_size=10,
+            chunk_sha256=[
+                hashlib.sha256(blob[i : i + 10]).digest() for i in range(0, len(blob), 10)
+            ],
+        )
+        for n, blob in enumerate(blobs)
+    ]
+    return DesiredStateView("dev-1", 7, "dep-1", models)
+
+
+def test_cloud_encode_device_decode_round_trip() -> None:
+    view = _view()
+    desired = device_codec.desired_from_proto(cloud_codec.desired_state_to_proto(view))
+    assert isinstance(desired, DesiredState)
+    assert (desired.device_id, desired.generation, desired.deployment_id) == ("dev-1", 7, "dep-1")
+    assert desired.issued_at_ms > 0
+    assert desired.models == tuple(
+        DesiredModel(
+            m.deployment_id,
+            m.name,
+            m.version,
+            m.package_digest,
+            m.package_size,
+            m.chunk_size,
+            len(m.chunk_sha256),
+            tuple(m.chunk_sha256),
+        )
+        for m in view.models
+    )
+    assert [m.chunk_count for m in desired.models] == [3, 1]
+    assert desired.models[0].key == f"dep-0:{view.models[0].package_digest}"
+
+
+def test_wire_bytes_are_the_ones_the_message_defines() -> None:
+    """The shared encoder writes what a hand-built ``fleet_pb2.DesiredState`` holds."""
+    view = _view()
+    decoded = fleet_pb2.DesiredState.FromString(cloud_codec.desired_state_to_proto(view))
+    expected = fleet_pb2.DesiredState(
+        device_id="dev-1",
+        generation=7,
+        deployment_id="dep-1",
+        issued_at_ms=decoded.issued_at_ms,
+    )
+    for m in view.models:
+        expected.models.add(
+            deployment_id=m.deployment_id,
+            name=m.name,
+            version=m.version,
+            package_digest=m.package_digest,
+            package_size=m.package_size,
+            chunk_size=m.chunk_size,
+            chunk_count=len(m.chunk_sha256),
+            chunk_sha256=m.chunk_sha256,
+        )
+    assert decoded == expected
+
+
+def test_device_normalises_digest_case_and_refuses_garbage() -> None:
+    msg = fleet_pb2.DesiredState(device_id="d", generation=1)
+    msg.models.add(package_digest="AB" * 32, chunk_count=0)
+    assert decode_desired_state(msg.SerializeToString()).models[0].package_digest == "ab" * 32
+    with pytest.raises(ValueError, match="DesiredState"):
+        device_codec.desired_from_proto(b"\xff\xff\xff")
