@@ -28,6 +28,8 @@ from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
+from control_plane.services import routes as services
+from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
 from control_plane.training.runtime import TrainingRuntime
@@ -89,6 +91,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "description": "A package as the desired state of a device or a label-selected group, with "
         "per-device progress.",
     },
+    {
+        "name": "services",
+        "description": "Online services: registered models served by supervised agent replicas "
+        "on the control plane's machine, with rolling updates.",
+    },
 ]
 
 
@@ -111,9 +118,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.training = TrainingRuntime.start(ctx)
         # Registry: marks conversions interrupted by an earlier run failed.
         app.state.conversions = Conversions.start(ctx)
+        # Services: starts (or adopts) the replicas of every online service.
+        app.state.services = Supervisor.start(ctx)
         try:
             yield
         finally:
+            app.state.services.stop()
             app.state.conversions.stop()
             app.state.training.stop()
             fleet.stop()
@@ -140,5 +150,6 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(training_jobs.router)
     api.include_router(visualizations.router)
     api.include_router(models.router)
+    api.include_router(services.router)
     app.include_router(api)
     return app

@@ -1,12 +1,12 @@
 """The control plane's settings: one class in sections, read from ``CONTROL_PLANE_*`` variables.
 
 Sections (``settings.database``, ``.storage``, ``.mqtt``, ``.datasets``, ``.training``,
-``.registry``) keep each domain's knobs together; every model is strict and refuses unknown
-keys, so a misspelt setting fails at start instead of being ignored. The environment names stay
-flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``): ``FLAT_NAMES`` says
-which section field each one sets, and the same flat names work as keyword arguments
-(``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A ``CONTROL_PLANE_*``
-variable that names no setting is refused too, with the closest known name.
+``.registry``, ``.services``) keep each domain's knobs together; every model is strict and refuses
+unknown keys, so a misspelt setting fails at start instead of being ignored. The environment
+names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
+``FLAT_NAMES`` says which section field each one sets, and the same flat names work as keyword
+arguments (``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A
+``CONTROL_PLANE_*`` variable that names no setting is refused too, with the closest known name.
 
 Every field is described here and in docs/control-plane.md. Secrets that ship with a default value
 (the API token and the broker password) are refused unless ``dev_mode`` is on, so a production
@@ -214,6 +214,22 @@ class RegistrySettings(Section):
     )
 
 
+class ServiceSettings(Section):
+    """Online services: their replicas' folders and how crashed replicas are restarted."""
+
+    dir: Path | None = Field(
+        None,
+        description="Folder of service replicas (agent config, data, log). "
+        "Default: <data_dir>/services.",
+    )
+    backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait before restarting a crashed replica (the wait doubles per "
+        "restart, from 2 s).",
+    )
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
@@ -250,6 +266,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
+    "services_dir": ("services", "dir"),
+    "service_restart_backoff_max_s": ("services", "backoff_max_s"),
 }
 
 
@@ -301,6 +319,7 @@ class Settings(BaseSettings):
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -363,6 +382,10 @@ class Settings(BaseSettings):
     def resolved_training_dir(self) -> Path:
         return self.training.dir or self.data_dir / "training"
 
+    @property
+    def resolved_services_dir(self) -> Path:
+        return self.services.dir or self.data_dir / "services"
+
 
 SECTIONS: dict[str, type[Section]] = {
     "database": DatabaseSettings,
@@ -371,4 +394,5 @@ SECTIONS: dict[str, type[Section]] = {
     "datasets": DatasetSettings,
     "training": TrainingSettings,
     "registry": RegistrySettings,
+    "services": ServiceSettings,
 }

@@ -15,6 +15,7 @@ from control_plane.core.credentials import hash_password, new_password
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.devices.models import Device
+from control_plane.devices.schemas import DeviceBundle, MqttBundle
 from protos import fleet_topics
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,22 @@ class DeviceService:
         device.reported = report.document
         device.reported_at = utcnow()
         self.session.commit()
+
+    def bundle(self, registration: Registration) -> DeviceBundle:
+        """Everything an agent needs to join the fleet as this device (shown once: the password)."""
+        settings = self.ctx.settings
+        device = registration.device
+        return DeviceBundle(
+            device_id=device.id,
+            mqtt=MqttBundle(
+                url=settings.mqtt.device_broker_url or self.ctx.broker_url,
+                client_id=device.id,
+                username=device.id,
+                password=registration.password,
+                topic_prefix=fleet_topics.device_prefix(device.id, settings.mqtt.topic_root),
+            ),
+            trusted_keys_pem=self.ctx.trusted_key_pems(),
+        )
 
     def counters(self, device_id: str) -> dict[str, int]:
         """What the fleet channel refused from the device since the control plane started."""
