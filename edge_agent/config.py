@@ -18,6 +18,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from protos.fleet_topics import MAX_TELEMETRY_BATCH_RECORDS
+
 
 class ModelSettings(BaseModel):
     """Serving options for one model name (all versions)."""
@@ -125,7 +127,11 @@ class FleetSettings(BaseModel):
         "dropped and counted.",
     )
     outbox_batch_size: int = Field(
-        default=100, ge=1, description="Telemetry records per TelemetryBatch message."
+        default=100,
+        ge=1,
+        le=MAX_TELEMETRY_BATCH_RECORDS,
+        description="Most telemetry records per TelemetryBatch message (at most 500, the "
+        "protocol's limit); a batch holds fewer when 500 would pass 256 KiB encoded.",
     )
 
 
