@@ -131,7 +131,7 @@ class FleetSettings(BaseModel):
         ge=1,
         le=MAX_TELEMETRY_BATCH_RECORDS,
         description="Most telemetry records per TelemetryBatch message (at most 500, the "
-        "protocol's limit); a batch holds fewer when 500 would pass 256 KiB encoded.",
+        "protocol's limit); a batch takes fewer when more would pass 256 KiB encoded.",
     )
 
 
