@@ -46,7 +46,8 @@ class ServerTls:
         return self.client_ca is not None
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_file(path: Path, what: str) -> bytes:
+    """The bytes of ``path``; ``TlsError`` naming the setting (``what``) if it cannot be read."""
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -71,8 +72,8 @@ def load_server_tls(settings: TlsSettings) -> ServerTls:
     logged: an edge device may boot with a wrong clock, and refusing to serve until NTP
     answers would take the device down for a problem clients judge for themselves.
     """
-    chain = _read(settings.cert_file, "tls.cert_file")
-    key = _read(settings.key_file, "tls.key_file")
+    chain = read_file(settings.cert_file, "tls.cert_file")
+    key = read_file(settings.key_file, "tls.key_file")
     leaf = _certificates(chain, settings.cert_file, "tls.cert_file")[0]
     try:
         private_key = serialization.load_pem_private_key(key, password=None)
@@ -87,9 +88,8 @@ def load_server_tls(settings: TlsSettings) -> ServerTls:
         ) from None
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     pem = serialization.Encoding.PEM
-    if private_key.public_key().public_bytes(pem, spki) != leaf.public_key().public_bytes(
-        pem, spki
-    ):
+    key_public = private_key.public_key().public_bytes(pem, spki)
+    if key_public != leaf.public_key().public_bytes(pem, spki):
         raise TlsError(
             f"tls.key_file {settings.key_file} is not the key of the certificate in "
             f"tls.cert_file {settings.cert_file}"
@@ -105,6 +105,6 @@ def load_server_tls(settings: TlsSettings) -> ServerTls:
         )
     client_ca = None
     if settings.client_ca_file is not None:
-        client_ca = _read(settings.client_ca_file, "tls.client_ca_file")
+        client_ca = read_file(settings.client_ca_file, "tls.client_ca_file")
         _certificates(client_ca, settings.client_ca_file, "tls.client_ca_file")
     return ServerTls(chain, key, client_ca)

@@ -17,19 +17,21 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from edge_agent.config import ClientTlsSettings
+from edge_agent.tls import read_file
 from protos.gen import agent_pb2, agent_pb2_grpc
 
 
 def channel_credentials(tls: ClientTlsSettings) -> grpc.ChannelCredentials:
-    """TLS credentials from the files ``tls`` names (read now; absent ones stay None)."""
+    """TLS credentials from the files ``tls`` names (read now; absent ones stay None); a file
+    that cannot be read is a ``TlsError`` naming its setting, one line on the command line."""
 
-    def read(path: Path | None) -> bytes | None:
-        return None if path is None else path.read_bytes()
+    def read(path: Path | None, what: str) -> bytes | None:
+        return None if path is None else read_file(path, f"cli_tls.{what}")
 
     return grpc.ssl_channel_credentials(
-        root_certificates=read(tls.ca_file),
-        private_key=read(tls.key_file),
-        certificate_chain=read(tls.cert_file),
+        root_certificates=read(tls.ca_file, "ca_file"),
+        private_key=read(tls.key_file, "key_file"),
+        certificate_chain=read(tls.cert_file, "cert_file"),
     )
 
 
