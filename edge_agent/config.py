@@ -8,9 +8,9 @@ described here and in ``edge_agent/README.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -69,6 +69,12 @@ class FleetSettings(BaseModel):
         description="CA bundle that signs the broker's certificate (mqtts://). Default: the "
         "system's trust store.",
     )
+    client_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM, CN = the device id) for a broker listener that "
+        "authenticates by certificate instead of password (mqtts:// only; needs client_key).",
+    )
+    client_key: Path | None = Field(default=None, description="Private key (PEM) of client_cert.")
     keepalive_s: int = Field(
         default=30,
         ge=5,
@@ -127,6 +133,14 @@ class FleetSettings(BaseModel):
     outbox_batch_size: int = Field(
         default=100, ge=1, description="Telemetry records per TelemetryBatch message."
     )
+
+    @model_validator(mode="after")
+    def _client_cert_over_tls(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("fleet client_cert and client_key go together")
+        if self.client_cert is not None and not self.url.startswith(("mqtts:", "ssl:")):
+            raise ValueError("a client certificate is presented over TLS only: use mqtts://")
+        return self
 
 
 class AgentSettings(BaseSettings):
