@@ -31,6 +31,11 @@ from tests.control_plane.mqtt_probe import MqttProbe
 API_TOKEN = "test-token-0123456789"
 MQTT_PASSWORD = "control-plane-test-password"
 CHUNK_SIZE = 1024
+# Test observers: identities of their own (passwd.local / acl.local) with the control plane's
+# rights. They cannot share the control plane's identity: the broker binds the client id to the
+# user name, so a second client with that identity would take the control plane's session over.
+OBSERVER_PASSWORD = "observer-test-password"
+OBSERVERS = [f"observer-{i}" for i in range(1, 9)]
 
 
 # --- packages --------------------------------------------------------------------------------
@@ -116,6 +121,18 @@ def package_factory(
 # --- broker ----------------------------------------------------------------------------------
 
 
+def write_observers(broker_dir: Path, root: str = "edge") -> None:
+    """Declare ``OBSERVERS`` in the operator's local files, read/write on the whole fleet tree."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import LOCAL_ACL_NAME, LOCAL_PASSWD_NAME
+
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    hashed = hash_password(OBSERVER_PASSWORD)
+    (broker_dir / LOCAL_PASSWD_NAME).write_text("".join(f"{o}:{hashed}\n" for o in OBSERVERS))
+    acl = "".join(f"user {o}\ntopic readwrite {root}/#\n" for o in OBSERVERS)
+    (broker_dir / LOCAL_ACL_NAME).write_text(acl)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,6 +200,7 @@ class ControlPlane:
     broker: Mosquitto
     ctx: AppContext
     probes: list[MqttProbe] = field(default_factory=list)
+    observers: list[MqttProbe] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -215,8 +233,9 @@ class ControlPlane:
             time.sleep(0.1)
 
     def observer(self) -> MqttProbe:
-        """A client with the control plane's identity (sees the whole fleet tree)."""
-        p = self.probe(self.settings.mqtt.username, MQTT_PASSWORD)
+        """A client with the control plane's rights (an identity of its own, see OBSERVERS)."""
+        p = self.probe(OBSERVERS[len(self.observers)], OBSERVER_PASSWORD)
+        self.observers.append(p)
         assert p.connect()
         return p
 
@@ -256,6 +275,7 @@ def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
         persistence=False,
         run_as_user="root" if os.geteuid() == 0 else None,
     )
+    write_observers(broker_dir)
     with ctx.sessions() as session:
         conf = write_broker_config(base, session, broker_dir, options)
     ctx.close()
