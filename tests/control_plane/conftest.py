@@ -299,3 +299,52 @@ def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
                     p.close()
     finally:
         broker.stop()
+
+
+# --- brokers without a control plane ---------------------------------------------------------
+
+DEVICE_PASSWORD = "device-test-password"
+
+
+def write_identity_files(folder: Path, settings: Settings, device_ids: list[str]) -> None:
+    """``passwd`` and ``acl`` for these devices (all with DEVICE_PASSWORD) and the control plane,
+    rendered by broker_config as the registry would have them: no database needed."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import ACL_NAME, PASSWD_NAME, render_acl, render_passwd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hashed = hash_password(DEVICE_PASSWORD)
+    devices = [(d, hashed) for d in device_ids]
+    (folder / PASSWD_NAME).write_text(render_passwd(settings, devices))
+    (folder / ACL_NAME).write_text(render_acl(settings, device_ids))
+
+
+def local_options(port: int, **overrides: Any) -> ListenerOptions:
+    """Listener options for a throwaway test broker on loopback."""
+    values: dict[str, Any] = {
+        "port": port,
+        "bind": "127.0.0.1",
+        "persistence": False,
+        "run_as_user": "root" if os.geteuid() == 0 else None,
+    }
+    values.update(overrides)
+    return ListenerOptions(**values)
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[Any]:
+    """start(conf_text, port) -> Mosquitto; every broker started is stopped at teardown."""
+    started: list[Mosquitto] = []
+
+    def start(conf_text: str, port: int) -> Mosquitto:
+        conf = tmp_path / f"mosquitto-{port}.conf"
+        conf.write_text(conf_text)
+        broker = start_mosquitto(conf, port, tmp_path / f"mosquitto-{port}.log")
+        started.append(broker)
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in started:
+            broker.stop()

@@ -75,10 +75,16 @@ class MqttProbe:
         if will:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self._connack.clear()
+        self.disconnected.clear()
         self.client.connect("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
-        if not self._connack.wait(timeout):
-            raise AssertionError("no CONNACK from the broker")
+        deadline = time.monotonic() + timeout
+        while not self._connack.wait(0.02):
+            if self.disconnected.is_set():  # closed before any CONNACK (e.g. TLS refused it)
+                self.client.loop_stop()
+                return False
+            if time.monotonic() > deadline:
+                raise AssertionError("no CONNACK from the broker")
         ok = self.reason is not None and not self.reason.is_failure
         if not ok:
             self.client.loop_stop()
