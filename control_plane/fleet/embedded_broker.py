@@ -253,6 +253,11 @@ class EmbeddedBroker:
             return
         self._ready.set()
         loop.run_forever()
+        # What amqtt leaves running after shutdown (its broadcast loop) ends here, not at exit.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
     def stop(self) -> None:
