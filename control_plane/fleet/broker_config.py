@@ -141,7 +141,7 @@ def read_local_identities(folder: Path, reserved: set[str]) -> LocalIdentities:
     acl: list[str] = []
     path = folder / LOCAL_PASSWD_NAME
     if path.exists():
-        for n, raw in enumerate(path.read_text().splitlines(), 1):
+        for n, raw in enumerate(_read(path), 1):
             line = raw.strip()
             if not line or line.startswith("#"):
                 continue
@@ -154,7 +154,7 @@ def read_local_identities(folder: Path, reserved: set[str]) -> LocalIdentities:
     path = folder / LOCAL_ACL_NAME
     if path.exists():
         user: str | None = None
-        for n, raw in enumerate(path.read_text().splitlines(), 1):
+        for n, raw in enumerate(_read(path), 1):
             line = raw.strip()
             where = f"{path}:{n}"
             if not line or line.startswith("#"):
@@ -173,6 +173,13 @@ def read_local_identities(folder: Path, reserved: set[str]) -> LocalIdentities:
             else:
                 raise BrokerConfigError(f"{where}: only 'user NAME' and 'topic ...' lines allowed")
     return LocalIdentities(passwd, acl)
+
+
+def _read(path: Path) -> list[str]:
+    try:
+        return path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerConfigError(f"cannot read {path}: {exc}") from exc
 
 
 def _check_local_name(name: str, reserved: set[str], where: str) -> None:

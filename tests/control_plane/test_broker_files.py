@@ -165,7 +165,8 @@ def test_production_example_works_as_written_as_root(
         certs = etc / "certs"
         args = ["broker-config", "--out", str(out), "--port", str(port), "--bind", "127.0.0.1"]
 
-        # Negative control: a key only root can read is named, and the command fails.
+        # Negative control: a key only root can read is named, and the command fails (without
+        # --run-as-user: as root it defaults to mosquitto).
         bad = ["--tls-cert", str(server.cert), "--tls-key", str(server.key)]
         assert main(args + bad) == 2
         assert f"cannot read {server.key}" in capsys.readouterr().err
@@ -175,7 +176,7 @@ def test_production_example_works_as_written_as_root(
         files = [str(server.cert), str(server.key), str(certs)]
         subprocess.run(["install", "-m", "0640", "-g", "mosquitto", *files], check=True)
         tls = ["--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key")]
-        assert main(args + tls) == 0, capsys.readouterr().err
+        assert main([*args, "--run-as-user", "mosquitto", *tls]) == 0, capsys.readouterr().err
         assert "user mosquitto" in (out / CONF_NAME).read_text().splitlines()
         group = str(mosquitto.pw_gid)
         for name in (PASSWD_NAME, ACL_NAME):
