@@ -75,10 +75,10 @@ def cmd_broker_config(args: argparse.Namespace) -> int:
         problems = access_problems(options.run_as_user, readable, writable)
         if problems:
             print(
-                f"control-plane broker-config: Mosquitto drops to user {options.run_as_user!r} "
-                "before it opens these, and then:\n  "
+                f"control-plane broker-config: Mosquitto opens these after dropping to user "
+                f"{options.run_as_user!r}, which:\n  "
                 + "\n  ".join(problems)
-                + f"\nGive them to that user's group (chgrp {options.run_as_user} F; chmod 0640 F) "
+                + f"\nGive each to that user's group (chgrp {options.run_as_user} F; chmod 0640 F) "
                 "and make every folder on the way searchable by it.",
                 file=sys.stderr,
             )

@@ -116,6 +116,32 @@ def test_sync_writes_registry_files_without_broken_local_ones(
     assert "without local identities" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (["--require-client-cert"], "TLS needs both"),
+        (["--tls-cert", "s.pem", "--tls-key", "s.key", "--cert-port", "8884"], "--tls-ca"),
+        (
+            ["--tls-cert", "s.pem", "--tls-key", "s.key", "--tls-ca", "ca", "--cert-port", "1883"],
+            "must differ",
+        ),
+        (["--run-as-user", "no-such-user-here"], "no such user"),
+    ],
+)
+def test_broker_config_refuses_options_that_cannot_work(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    error: str,
+) -> None:
+    monkeypatch.setenv("CONTROL_PLANE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CONTROL_PLANE_DEV_MODE", "true")
+    assert main(["broker-config", "--out", str(tmp_path / "broker"), *extra]) == 2
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "broker" / CONF_NAME).exists()
+
+
 # --- docs/fleet.md, "Production: Mosquitto", as root ------------------------------------------
 
 
