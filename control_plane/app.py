@@ -23,7 +23,7 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
-from control_plane.fleet.embedded_broker import EmbeddedBroker
+from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
@@ -106,7 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
         upgrade(ctx.engine)
         broker: EmbeddedBroker | None = None
         if not settings.mqtt.url:
-            broker = EmbeddedBroker(port=settings.mqtt.embedded_broker_port)
+            broker = EmbeddedBroker(
+                Identities.from_context(ctx), port=settings.mqtt.embedded_broker_port
+            )
             broker.start()
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)

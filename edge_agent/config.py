@@ -8,7 +8,7 @@ described here and in ``edge_agent/README.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import (
@@ -71,6 +71,12 @@ class FleetSettings(BaseModel):
         description="CA bundle that signs the broker's certificate (mqtts://). Default: the "
         "system's trust store.",
     )
+    client_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM, CN = the device id) for a broker listener that "
+        "authenticates by certificate instead of password (mqtts:// only; needs client_key).",
+    )
+    client_key: Path | None = Field(default=None, description="Private key (PEM) of client_cert.")
     keepalive_s: int = Field(
         default=30,
         ge=5,
@@ -133,6 +139,14 @@ class FleetSettings(BaseModel):
         description="Most telemetry records per TelemetryBatch message (at most 500, the "
         "protocol's limit); a batch takes fewer when more would pass 256 KiB encoded.",
     )
+
+    @model_validator(mode="after")
+    def _client_cert_over_tls(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("fleet client_cert and client_key go together")
+        if self.client_cert is not None and not self.url.startswith(("mqtts:", "ssl:")):
+            raise ValueError("a client certificate is presented over TLS only: use mqtts://")
+        return self
 
 
 class TlsSettings(BaseModel):

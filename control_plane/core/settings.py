@@ -75,6 +75,13 @@ class MqttSettings(Section):
     ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's TLS certificate (mqtts://)."
     )
+    client_cert: Path | None = Field(
+        None,
+        description="Client certificate (PEM) the control plane presents to a broker listener "
+        "that authenticates by certificate; its CN must be `username`. Needs client_key and "
+        "an mqtts:// URL.",
+    )
+    client_key: Path | None = Field(None, description="Private key (PEM) of client_cert.")
     device_broker_url: str | None = Field(
         None,
         description="Broker URL written into device config bundles, when devices reach the "
@@ -113,6 +120,14 @@ class MqttSettings(Section):
         "chunk_window); its further requests are dropped and counted, so a flooding device "
         "slows only itself.",
     )
+
+    @model_validator(mode="after")
+    def _client_cert_with_key(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("mqtt client_cert and client_key go together")
+        if self.client_cert is not None and not (self.url or "").startswith(("mqtts:", "ssl:")):
+            raise ValueError("a client certificate is presented over TLS only: use mqtts://")
+        return self
 
 
 class DatasetSettings(Section):
@@ -239,6 +254,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "mqtt_username": ("mqtt", "username"),
     "mqtt_password": ("mqtt", "password"),
     "mqtt_ca_file": ("mqtt", "ca_file"),
+    "mqtt_client_cert": ("mqtt", "client_cert"),
+    "mqtt_client_key": ("mqtt", "client_key"),
     "device_broker_url": ("mqtt", "device_broker_url"),
     "embedded_broker_port": ("mqtt", "embedded_broker_port"),
     "topic_root": ("mqtt", "topic_root"),

@@ -145,3 +145,11 @@ def broker_credentials(session: Session) -> list[tuple[str, str]]:
     """``(device id, password hash)`` of every device, by id: what the broker's files hold."""
     rows = session.execute(select(Device.id, Device.password_hash).order_by(Device.id)).all()
     return [(r[0], r[1]) for r in rows]
+
+
+def broker_password_hash(session: Session, device_id: str) -> str | None:
+    """The stored password hash of one device, None when it is not registered.
+
+    What the embedded broker checks a CONNECT against, as Mosquitto checks its password file.
+    """
+    return session.scalar(select(Device.password_hash).where(Device.id == device_id))
