@@ -243,6 +243,14 @@ class ServiceSettings(Section):
         description="Longest wait before restarting a crashed replica (the wait doubles per "
         "restart, from 2 s).",
     )
+    proxy_max_body_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="Largest request body the REST proxy (/services/{name}/v2/...) forwards.",
+    )
+    proxy_timeout_s: float = Field(
+        60.0, gt=0, description="How long the REST proxy waits for a replica's answer."
+    )
 
 
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
@@ -285,6 +293,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "model_max_archive_members": ("registry", "model_max_archive_members"),
     "services_dir": ("services", "dir"),
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
+    "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
+    "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
 }
 
 

@@ -54,6 +54,16 @@ class ServiceManager:
             raise NotFound(f"service {name} not found")
         return service
 
+    def http_addresses(self, name: str) -> list[str]:
+        """The OIP REST addresses of the service's running replicas (``NotFound`` if none such
+        service)."""
+        service = self.get(name)
+        return [
+            f"127.0.0.1:{r.http_port}"
+            for r in service.replicas
+            if r.state == "running" and r.http_port
+        ]
+
     def public(self, service: Service) -> ServicePublic:
         replicas = []
         for r in service.replicas:
