@@ -82,6 +82,8 @@ class Supervisor:
     def start(cls, ctx: AppContext) -> Supervisor:
         supervisor = cls(ctx)
         supervisor.root.mkdir(parents=True, exist_ok=True)
+        # Before the API can read them: rows of replicas that no longer run must not say running.
+        supervisor._adopt()
         supervisor._thread = threading.Thread(
             target=supervisor._loop, name="service-supervisor", daemon=True
         )
@@ -98,8 +100,15 @@ class Supervisor:
         if self._thread is not None:
             self._thread.join(timeout=10)
         with self._lock:
-            for key in list(self._procs):
+            keys = list(self._procs)
+            for key in keys:
                 self._terminate(key)
+        with self.ctx.sessions() as session:
+            for key in keys:
+                replica = session.get(ServiceReplica, key)
+                if replica is not None:
+                    _forget_process(replica, "stopped")
+            session.commit()
 
     # --- folders -----------------------------------------------------------------------------
 
@@ -143,7 +152,6 @@ class Supervisor:
     # --- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        self._adopt()
         while not self._stop.is_set():
             try:
                 self.tick()
@@ -153,14 +161,20 @@ class Supervisor:
             self._wake.clear()
 
     def _adopt(self) -> None:
-        """Processes an earlier control plane started and left running become ours again."""
+        """Processes an earlier control plane started and left running become ours again; the
+        rows of those that are gone are reset, to be started by the first tick."""
         with self.ctx.sessions() as session:
-            for replica in session.scalars(select(ServiceReplica)).all():
-                key = (replica.service_name, replica.index)
-                config = self.replica_dir(*key) / "agent.yaml"
-                if replica.pid and _runs(replica.pid, config):
-                    self._procs[key] = _Process(replica.pid, None)
-                    logger.info("adopted replica %s/%d (pid %d)", *key, replica.pid)
+            for service in session.scalars(select(Service)).all():
+                for replica in service.replicas:
+                    key = (replica.service_name, replica.index)
+                    if replica.pid and _runs(replica.pid, self._config(key)):
+                        self._procs[key] = _Process(replica.pid, None)
+                        logger.info("adopted replica %s/%d (pid %d)", *key, replica.pid)
+                        continue
+                    _forget_process(replica, "starting")
+                    if service.state == "running":
+                        service.state, service.reason = "deploying", "restarting replicas"
+            session.commit()
 
     def tick(self) -> None:
         with self._lock, self.ctx.sessions() as session:
@@ -343,6 +357,11 @@ class Supervisor:
             if proc.popen is not None:
                 proc.popen.wait(timeout=5)
         logger.info("stopped replica %s/%d", *key)
+
+
+def _forget_process(replica: ServiceReplica, state: str) -> None:
+    replica.state = state
+    replica.pid = replica.grpc_port = replica.http_port = None
 
 
 def _alive(proc: _Process) -> bool:
