@@ -246,6 +246,10 @@ def render_conf(
         # Reported state and desired state are retained: keep them across broker restarts.
         f"persistence {'true' if options.persistence else 'false'}",
         f"persistence_location {out_dir / DATA_NAME}/",
+        # Mosquitto writes its persistence file on a clean stop and every autosave_interval
+        # seconds (30 min by default): a broker that crashes loses what was acknowledged since,
+        # queued telemetry included. A minute bounds that window at little cost.
+        "autosave_interval 60",
         # The largest message either side sends is a chunk and its envelope (MAX_MESSAGE_BYTES);
         # a client sending a bigger packet is disconnected. (message_size_limit, which drops such
         # a message silently, is deprecated in favour of this.)
