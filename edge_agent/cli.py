@@ -63,7 +63,9 @@ def _address(args: argparse.Namespace) -> str:
 def _client(args: argparse.Namespace) -> AgentClient:
     from edge_agent.grpc.client import AgentClient
 
-    return AgentClient(_address(args))
+    # The token of the agent's own settings (auth_token / auth_token_file, or their
+    # EDGE_AGENT_ variables): the command line runs on the device next to it.
+    return AgentClient(_address(args), _settings(args).bearer_token())
 
 
 def _print(doc: dict[str, Any]) -> None:

@@ -6,6 +6,8 @@ Health starts NOT_SERVING for the whole server and the inference service, so loa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -22,11 +24,16 @@ _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 class GrpcServer:
     def __init__(
-        self, settings: AgentSettings, inference: InferenceServicer, agent: AgentServicer
+        self,
+        settings: AgentSettings,
+        inference: InferenceServicer,
+        agent: AgentServicer,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.settings = settings
         self._inference = inference
         self._agent = agent
+        self._interceptors = list(interceptors)  # e.g. grpc/auth.py's token check
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -39,7 +46,7 @@ class GrpcServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=opts)
+        self.server = grpc.aio.server(options=opts, interceptors=self._interceptors)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._inference, self.server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agent, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
