@@ -66,8 +66,9 @@ def exposed_without_token(settings: AgentSettings, token: str | None) -> None:
     if settings.http_port >= 0 and not is_loopback(settings.http_host):
         exposed.append(f"http_host {settings.http_host!r}")
     if exposed:
+        verb = "accepts" if len(exposed) == 1 else "accept"
         raise ValueError(
-            f"{' and '.join(exposed)} accept connections from other machines: set auth_token "
+            f"{' and '.join(exposed)} {verb} connections from other machines: set auth_token "
             "or auth_token_file, so that only clients with the token can install packages and "
             "run inferences"
         )

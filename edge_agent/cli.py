@@ -191,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ValidationError as exc:
-        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        # Without the input values: they may hold the token or the broker password.
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        print("error: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
         return 1
     except (FileNotFoundError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

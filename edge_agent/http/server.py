@@ -207,10 +207,7 @@ class _Connection(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _admit(self) -> HttpError | None:
-        """Refusals decided by the headers alone: body too large, no or a wrong token."""
-        length = self.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.server.max_body:
-            return _too_large(self.server.max_body)
+        """Refusals decided by the headers alone: no or a wrong token, then a body too large."""
         auth = self.server.auth
         if (
             auth is not None
@@ -218,6 +215,9 @@ class _Connection(asyncio.Protocol):
             and not auth.accepts(self.headers.get("authorization"))
         ):
             return HttpError(401, UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
+        length = self.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.server.max_body:
+            return _too_large(self.server.max_body)
         return None
 
     def on_body(self, body: bytes) -> None:
