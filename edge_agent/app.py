@@ -30,6 +30,7 @@ from edge_agent.http.server import HttpServer
 from edge_agent.install.installer import Installer
 from edge_agent.install.store import ModelStore
 from edge_agent.jobs.batch_jobs import BatchJobManager
+from edge_agent.memory import release_free_heap
 from edge_agent.metrics import METRICS
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.repository import ModelRepository
@@ -106,6 +107,7 @@ class Agent:
 
         await self.installer.recover()
         await self.jobs.start()
+        release_free_heap()  # what loading freed: ~1.4 MB of RSS, see memory.py
         self.dataplane.ready = True
         await self.grpc.set_serving(True)
         if s.port_file is not None:

@@ -19,7 +19,6 @@ protocol's ``{"error": "..."}`` body.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
@@ -153,7 +152,7 @@ class Router:
         ready = False
         if request.body.strip():
             try:
-                doc = json.loads(request.body)
+                doc = codec.loads(request.body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise InvalidInput(f"the index request is not valid JSON: {exc}") from None
             if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):

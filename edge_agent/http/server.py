@@ -42,7 +42,7 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1024
 MAX_PIPELINED = 16
 #: A request whose sender goes silent this long gets 408; an idle keep-alive connection this
-#: long is closed.
+#: long is closed, and so is one whose client stops reading its answer.
 READ_TIMEOUT_S = 30.0
 IDLE_TIMEOUT_S = 75.0
 
@@ -327,8 +327,11 @@ class _Connection(asyncio.Protocol):
         self.timer = self.loop.call_later(seconds, self._timed_out)
 
     def _timed_out(self) -> None:
-        if self.busy:  # a request is being answered: its own limits apply
-            self._arm(IDLE_TIMEOUT_S)
+        if self.busy:
+            if not self.writable.is_set():  # the client stopped reading its answer
+                self.abort()
+                return
+            self._arm(IDLE_TIMEOUT_S)  # a request being answered: the data plane's limits apply
         elif self.in_message:
             self._fail(
                 HttpError(408, f"no data for {READ_TIMEOUT_S:g} s in the middle of a request")

@@ -166,6 +166,7 @@ WING_RULES = {
     "fsutil.py": _ALL,
     "crash_points.py": _ALL,
     "auth.py": _ALL,
+    "memory.py": _ALL,
 }
 
 
