@@ -91,9 +91,12 @@ class HttpServer:
     async def start(self) -> int:
         """Bind and listen; returns the bound port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=256
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=256
+            )
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot bind HTTP on {self.host}:{self.port}: {exc}") from exc
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
