@@ -832,3 +832,38 @@ def test_accept_encoding_gets_identity(http: httpx.Client) -> None:
         "/v2/models/mlp/infer", json=mlp_json(_X1), headers={"accept-encoding": "gzip, deflate"}
     )
     assert r.status_code == 200 and "content-encoding" not in r.headers
+
+
+def test_stop_lets_an_http_request_in_flight_finish(
+    start_agent, make_package, tmp_path: Path
+) -> None:
+    """SIGTERM while a slow inference runs: it is answered, then the agent exits cleanly."""
+    import threading
+    import time
+    import urllib.request
+
+    from tests.agent.test_protocol import build_slow_onnx
+
+    pkg = make_package("slower", "1", [build_slow_onnx(tmp_path / "slower.onnx", layers=24)])
+    a = start_agent("graceful")
+    assert a.install(pkg).result.outcome == "COMMITTED"
+    doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [3.0] * 4}]}
+    result: list[httpx.Response] = []
+    caller = threading.Thread(
+        target=lambda: result.append(
+            httpx.post(f"{a.http_url}/v2/models/slower/infer", json=doc, timeout=30)
+        )
+    )
+    caller.start()
+    metrics = f"http://127.0.0.1:{a.metrics_port}/metrics"
+    in_flight = False
+    deadline = time.monotonic() + 10
+    while not in_flight and time.monotonic() < deadline:
+        with urllib.request.urlopen(metrics, timeout=5) as r:
+            in_flight = b"edge_agent_inflight_requests 1.0" in r.read()
+    assert in_flight
+    a.stop()
+    caller.join(30)
+    assert result and result[0].status_code == 200, result
+    assert result[0].json()["outputs"][0]["data"] == [3.0] * 4
+    assert a.proc is not None and a.proc.returncode == 0
