@@ -271,6 +271,8 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidInput(f"the {encoding} body does not decompress: {exc}") from None
     if len(out) > limit or inflater.unconsumed_tail:
         raise HttpError(413, f"the decompressed body is larger than {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"the {encoding} body is truncated")
     return out
 
 

@@ -128,6 +128,7 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.in_message = False
         self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
         self.writable = asyncio.Event()
         self.writable.set()
         self._reset_message()
@@ -183,20 +184,30 @@ class _Connection(asyncio.Protocol):
         self._arm(READ_TIMEOUT_S)
 
     def on_url(self, url: bytes) -> None:
+        if len(self.url) + len(url) > MAX_URL_BYTES:
+            if self.refused is None:
+                self.refused = HttpError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
+            self.header_bytes += len(url)  # not kept; counted against the hard cap below
+            self._check_head_cap()
+            return
         self.url += url
-        if len(self.url) > MAX_URL_BYTES and self.refused is None:
-            self.refused = HttpError(414, f"the URL is longer than {MAX_URL_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > MAX_HEADER_BYTES:
             if self.refused is None:
                 self.refused = HttpError(431, f"headers exceed {MAX_HEADER_BYTES} bytes")
+            self._check_head_cap()
             return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         old = self.headers.get(key)
         self.headers[key] = text if old is None else f"{old}, {text}"
+
+    def _check_head_cap(self) -> None:
+        """Refused heads are read to their end so the client gets its answer, but not forever."""
+        if self.header_bytes > 4 * MAX_HEADER_BYTES and self.refused is not None:
+            self._fail(self.refused)
 
     def on_headers_complete(self) -> None:
         if self.refused is None:
@@ -253,7 +264,7 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
         else:
             self.busy = True
-            self.loop.create_task(self._serve())
+            self.task = self.loop.create_task(self._serve())  # held: the loop keeps weak refs
 
     # ---------------------------------------------------------------- answering
     async def _serve(self) -> None:

@@ -596,6 +596,12 @@ BAD = {
     "empty_tensor": ("mlp", _raw(_one("input", "FP32", [0, 784], data=[])), 400, "empty"),
     "unknown_model": ("nope", _raw(_one("input", "FP32", [1, 1], data=[0.0])), 404, "nope"),
     "bad_gzip": ("mlp", (b"not gzip", {"content-encoding": "gzip"}), 400, "decompress"),
+    "truncated_gzip": (
+        "mlp",
+        (gzip.compress(json.dumps(mlp_json(_X1)).encode())[:-12], {"content-encoding": "gzip"}),
+        400,
+        "truncated",
+    ),
     "unknown_encoding": ("mlp", (b"{}", {"content-encoding": "br"}), 415, "br"),
     "multipart_no_boundary": (
         "digits",
@@ -695,9 +701,11 @@ def test_raw_http_edge_cases(agent: AgentProcess, still_serving: None) -> None:
     assert _exchange(agent, live * 3, expect=3).count(b"HTTP/1.1 200 OK") == 3
     # malformed request line
     assert _exchange(agent, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
-    # an oversized header block
+    # an oversized header block, an overlong URL
     big = b"GET /v2 HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"
     assert _exchange(agent, big).startswith(b"HTTP/1.1 431")
+    long_url = b"GET /v2/models/" + b"m" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert _exchange(agent, long_url).startswith(b"HTTP/1.1 414")
     # Expect: 100-continue is answered before the body is sent
     body = json.dumps(mlp_json(_X1)).encode()
     head = (
