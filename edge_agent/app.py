@@ -96,9 +96,10 @@ class Agent:
             )
             self.metrics_port = self._metrics_server.server_port
         log.info(
-            "gRPC on %s:%d, HTTP on %s:%d, metrics on %d%s",
+            "gRPC on %s:%d (%s), HTTP on %s:%d, metrics on %d%s",
             s.grpc_host,
             self.grpc_port,
+            self.grpc.security,
             s.http_host,
             self.http_port,
             self.metrics_port,

@@ -23,8 +23,9 @@ time and about 150 MB of memory per agent, which this machine has. The package i
 with one ~N MiB initializer (random weights, so nothing compresses), built and signed with
 model_packager. Measured: from the ``POST /deployments`` call to the last of the N devices
 publishing a ReportedState whose ``last_result`` is INSTALLED for that deployment (read on the
-reported-state topic by an observer with the control plane's identity; confirmed on the API
-afterwards).
+reported-state topic by an observer with an identity of its own, declared in the broker's
+``passwd.local``/``acl.local``: the control plane's identity is bound to the control plane's own
+session; confirmed on the API afterwards).
 
 In the same run, through the same broker, with the agents idle: the package's bytes, cut into
 the control plane's chunk size, are published once with QoS 1 to one topic that N plain paho
@@ -58,7 +59,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
@@ -91,7 +91,15 @@ from protos.gen import fleet_pb2  # noqa: E402
 PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
 ROLLOUT_TARGET_RATIO = 4.0
 SIM_TARGET_S = 60.0
-CP_USER = "control-plane"
+# Identities of the benchmark's own clients (broker_config's local identity files): the broker
+# binds each client id to its user name, so none of them may share the control plane's identity.
+OBSERVER_USER = "bench-observer"
+RAW_PUBLISHER_USER = "bench-raw-publisher"
+RAW_TOPIC = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
+
+
+def raw_subscriber_user(i: int) -> str:
+    return f"bench-raw-{i:02d}"
 
 
 def log(msg: str) -> None:
@@ -178,7 +186,22 @@ def mosquitto_binary() -> str:
     return path
 
 
-def start_broker(stack: Stack) -> None:
+def write_bench_identities(folder: Path, password: str, raw_subscribers: int) -> None:
+    """The benchmark's clients in the broker's local identity files, each with only what it uses."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import LOCAL_ACL_NAME, LOCAL_PASSWD_NAME
+
+    reported = fleet_topics.all_devices_filter(fleet_topics.REPORTED)
+    rules = {OBSERVER_USER: f"read {reported}", RAW_PUBLISHER_USER: f"write {RAW_TOPIC}"}
+    rules |= {raw_subscriber_user(i): f"read {RAW_TOPIC}" for i in range(raw_subscribers)}
+    hashed = hash_password(password)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCAL_PASSWD_NAME).write_text("".join(f"{u}:{hashed}\n" for u in rules))
+    acl = "".join(f"user {u}\ntopic {rule}\n" for u, rule in rules.items())
+    (folder / LOCAL_ACL_NAME).write_text(acl)
+
+
+def start_broker(stack: Stack, raw_subscribers: int) -> None:
     """Write the broker files from the (empty) registry with broker_config, start Mosquitto."""
     from control_plane.core.context import AppContext
     from control_plane.core.database import upgrade
@@ -199,6 +222,7 @@ def start_broker(stack: Stack) -> None:
         persistence=True,  # as `control-plane broker-config` writes it for production
         run_as_user="root" if os.geteuid() == 0 else None,
     )
+    write_bench_identities(stack.work / "broker", stack.mqtt_password, raw_subscribers)
     with ctx.sessions() as session:
         conf = write_broker_config(settings, session, stack.work / "broker", options)
     ctx.close()
@@ -485,16 +509,16 @@ class ReportEvent:
 
 
 class ReportedWatcher:
-    """Follows ``edge/+/reported`` with the control plane's identity (the ACL lets it read all)."""
+    """Follows ``edge/+/reported`` as ``bench-observer`` (its local ACL lets it read that)."""
 
     def __init__(self, stack: Stack) -> None:
         self.events: list[ReportEvent] = []
         self._lock = threading.Lock()
         self.client = mqtt_client(
             stack.broker_port,
-            CP_USER,
+            OBSERVER_USER,
             stack.mqtt_password,
-            f"bench-observer-{uuid.uuid4().hex[:6]}",
+            OBSERVER_USER,
         )
         self.client.on_message = self._on_message
         self.client.subscribe(fleet_topics.all_devices_filter(fleet_topics.REPORTED), 1)
@@ -557,7 +581,7 @@ class RawResult:
 def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) -> RawResult:
     """Publish ``data`` in ``chunk_size`` pieces once, QoS 1; N subscriber processes read it."""
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    topic = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
+    topic = RAW_TOPIC
     env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.mqtt_password}
     procs = [
         subprocess.Popen(
@@ -566,7 +590,7 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
                 str(PEERS),
                 "raw-sub",
                 f"--port={stack.broker_port}",
-                f"--username={CP_USER}",
+                f"--username={raw_subscriber_user(i)}",
                 f"--client-id=bench-raw-{i:02d}",
                 f"--topic={topic}",
                 f"--count={len(chunks)}",
@@ -583,7 +607,9 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"raw subscriber: {line or 'exited'}")
-        pub = mqtt_client(stack.broker_port, CP_USER, stack.mqtt_password, "bench-raw-publisher")
+        pub = mqtt_client(
+            stack.broker_port, RAW_PUBLISHER_USER, stack.mqtt_password, RAW_PUBLISHER_USER
+        )
         assert stack.broker is not None
         sampler = Sampler(
             {"mosquitto": [stack.broker.pid], "subscribers": [p.pid for p in procs]}
@@ -912,7 +938,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     )
     agents: list[Agent] = []
     with ExitStack() as cleanup:
-        start_broker(stack)
+        start_broker(stack, raw_subscribers=args.agents)
         assert stack.broker is not None
         cleanup.callback(stop_process, stack.broker)
         log(f"mosquitto pid {stack.broker.pid} on 127.0.0.1:{stack.broker_port}")

@@ -167,6 +167,7 @@ WING_RULES = {
     "crash_points.py": _ALL,
     "auth.py": _ALL,
     "memory.py": _ALL,
+    "tls.py": _ALL,
 }
 
 
