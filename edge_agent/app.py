@@ -77,6 +77,7 @@ class Agent:
                 error_response,
                 settings.http_max_body_bytes,
                 self.auth,
+                settings.tls,
             )
         self.grpc_port = 0
         self.http_port = 0
@@ -96,12 +97,13 @@ class Agent:
             )
             self.metrics_port = self._metrics_server.server_port
         log.info(
-            "gRPC on %s:%d (%s), HTTP on %s:%d, metrics on %d%s",
+            "gRPC on %s:%d (%s), HTTP on %s:%d (%s), metrics on %d%s",
             s.grpc_host,
             self.grpc_port,
             self.grpc.security,
             s.http_host,
             self.http_port,
+            self.http.security if self.http is not None else "off",
             self.metrics_port,
             ", bearer token required" if self.auth is not None else "",
         )

@@ -158,7 +158,7 @@ class FleetSettings(BaseModel):
 
 
 class TlsSettings(BaseModel):
-    """The agent's server identity: TLS on its gRPC port (and on any HTTP port it gains later).
+    """The agent's server identity: TLS on its gRPC port and its HTTP/REST port.
 
     Files are checked to exist here; their contents (PEM, a key that matches the certificate)
     are checked when the server starts (``edge_agent.tls``), because the command line also loads
@@ -227,8 +227,8 @@ class AgentSettings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, description="gRPC port; 0 picks a free one.")
     tls: TlsSettings | None = Field(
         default=None,
-        description="TLS on the gRPC port (certificate, key, optional client CA for mutual "
-        "TLS); absent: plaintext. See `tls.*` below.",
+        description="TLS on the gRPC and HTTP ports (certificate, key, optional client CA for "
+        "mutual TLS); absent: plaintext. See `tls.*` below.",
     )
     cli_tls: ClientTlsSettings | None = Field(
         default=None,

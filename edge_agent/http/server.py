@@ -16,7 +16,8 @@ device safe from its clients:
 
 ``Expect: 100-continue`` (curl sends it for large uploads) is answered at once, or replaced by the
 refusal. Stopping closes the listener, lets in-flight requests finish for the grace period, then
-closes every connection.
+closes every connection. With the agent's ``tls`` section the port speaks only HTTPS, with the
+gRPC port's certificate and client policy (``server_tls_context``).
 """
 
 from __future__ import annotations
@@ -24,14 +25,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httptools
 
 from edge_agent.auth import UNAUTHORIZED, TokenAuth
 from edge_agent.http.status import REASONS, HttpError
+
+if TYPE_CHECKING:
+    from edge_agent.config import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +83,7 @@ class HttpServer:
         error_response: ErrorBody,
         max_body: int,
         auth: TokenAuth | None = None,
+        tls: TlsSettings | None = None,
     ) -> None:
         """``error_response`` renders the server's own refusals in the handler's format."""
         self.host = host
@@ -85,15 +92,27 @@ class HttpServer:
         self.error_response = error_response
         self.max_body = max_body
         self.auth = auth
+        self.tls = tls
+        self.security = "plaintext"  # or "TLS", "mutual TLS": for the start-up log line
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
 
     async def start(self) -> int:
         """Bind and listen; returns the bound port."""
         loop = asyncio.get_running_loop()
+        context = None
+        if self.tls is not None:
+            context = server_tls_context(self.tls)
+            mutual = context.verify_mode == ssl.CERT_REQUIRED
+            self.security = "mutual TLS" if mutual else "TLS"
         try:
             self._server = await loop.create_server(
-                lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=256
+                lambda: _Connection(self),
+                self.host,
+                self.port,
+                reuse_address=True,
+                backlog=256,
+                ssl=context,
             )
         except OSError as exc:
             raise OSError(exc.errno, f"cannot bind HTTP on {self.host}:{self.port}: {exc}") from exc
@@ -363,6 +382,20 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 self.transport.abort()
+
+
+def server_tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The ``tls`` section as an ``ssl.SSLContext``: the same certificate and client policy as
+    the gRPC port. The files go through ``edge_agent.tls`` first, for its named errors."""
+    from edge_agent.tls import load_server_tls  # cryptography: only when TLS is configured
+
+    checked = load_server_tls(tls)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if checked.client_ca is not None:
+        context.load_verify_locations(cadata=checked.client_ca.decode("ascii", "replace"))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def _too_large(limit: int) -> HttpError:
