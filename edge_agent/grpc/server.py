@@ -11,6 +11,7 @@ CA. The files are read and checked by ``edge_agent.tls`` before binding.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -20,8 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from edge_agent.config import AgentSettings
 from edge_agent.grpc.agent_servicer import AgentServicer
 from edge_agent.grpc.inference_servicer import InferenceServicer
-from edge_agent.tls import ServerTls, load_server_tls
 from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from edge_agent.tls import ServerTls
 
 _INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -65,6 +68,10 @@ class GrpcServer:
         if s.tls is None:
             self.port = self.server.add_insecure_port(address)
         else:
+            # Imported here: edge_agent.tls needs cryptography (~8 MB resident), which a device
+            # serving without TLS must not carry (the 100 MB budget, scripts/bench-serving).
+            from edge_agent.tls import load_server_tls
+
             tls = load_server_tls(s.tls)
             self.port = self.server.add_secure_port(address, _credentials(tls))
             self.security = "mutual TLS" if tls.mutual else "TLS"
