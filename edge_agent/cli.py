@@ -85,7 +85,9 @@ def _client(args: argparse.Namespace) -> AgentClient:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from edge_agent.grpc.client import AgentClient
 
-    return AgentClient(_address(args), _client_tls(args))
+    # The token of the agent's own settings (auth_token / auth_token_file, or their
+    # EDGE_AGENT_ variables): the command line runs on the device next to it.
+    return AgentClient(_address(args), _client_tls(args), _settings(args).bearer_token())
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -216,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ValidationError as exc:
-        print(f"error: invalid settings:\n{exc}", file=sys.stderr)
+        # Without the input values: they may hold the token or the broker password.
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        print("error: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
         return 1
     except (FileNotFoundError, ConfigFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    PrivateAttr,
+    SecretStr,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -150,7 +158,7 @@ class FleetSettings(BaseModel):
 
 
 class TlsSettings(BaseModel):
-    """The agent's server identity: TLS on its gRPC port (and on any HTTP port it gains later).
+    """The agent's server identity: TLS on its gRPC port and its HTTP/REST port.
 
     Files are checked to exist here; their contents (PEM, a key that matches the certificate)
     are checked when the server starts (``edge_agent.tls``), because the command line also loads
@@ -219,8 +227,8 @@ class AgentSettings(BaseSettings):
     grpc_port: int = Field(default=8001, ge=0, description="gRPC port; 0 picks a free one.")
     tls: TlsSettings | None = Field(
         default=None,
-        description="TLS on the gRPC port (certificate, key, optional client CA for mutual "
-        "TLS); absent: plaintext. See `tls.*` below.",
+        description="TLS on the gRPC and HTTP ports (certificate, key, optional client CA for "
+        "mutual TLS); absent: plaintext. See `tls.*` below.",
     )
     cli_tls: ClientTlsSettings | None = Field(
         default=None,
@@ -235,6 +243,28 @@ class AgentSettings(BaseSettings):
         default=None,
         description="If set, the agent writes its bound ports here as JSON once it serves "
         "(useful with port 0).",
+    )
+    http_host: str = Field(
+        default="127.0.0.1", description="Address the HTTP/REST (KServe v2) server binds."
+    )
+    http_port: int = Field(
+        default=8000, ge=-1, description="HTTP/REST port; 0 picks a free one, -1 disables."
+    )
+    http_max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest HTTP request body (after decompression); beyond, 413.",
+    )
+    auth_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every client must send (HTTP `Authorization: Bearer <token>`, "
+        "gRPC metadata `authorization`); health checks stay open. Required when gRPC or HTTP "
+        "binds a non-loopback address. At least 16 characters.",
+    )
+    auth_token_file: Path | None = Field(
+        default=None,
+        description="File holding the token instead of `auth_token` (surrounding whitespace "
+        "is ignored), read at start.",
     )
     trusted_keys: list[Path] = Field(
         default_factory=list,
@@ -288,6 +318,21 @@ class AgentSettings(BaseSettings):
 
     def for_model(self, name: str) -> ModelSettings:
         return self.models.get(name, self.default_model)
+
+    _token: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> AgentSettings:
+        """Resolve the token once, and refuse to expose a server without one."""
+        from edge_agent.auth import exposed_without_token, resolve_token
+
+        self._token = resolve_token(self.auth_token, self.auth_token_file)
+        exposed_without_token(self, self._token)
+        return self
+
+    def bearer_token(self) -> str | None:
+        """The token clients must present, from `auth_token` or `auth_token_file`."""
+        return self._token
 
     @classmethod
     def settings_customise_sources(

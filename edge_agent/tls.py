@@ -6,9 +6,9 @@ at ports. So the files are read and checked here first, and a problem is a ``Tls
 the file and what is wrong with it. ``edge-agent validate-config`` runs the same check.
 
 Every server of the agent takes its identity from here: the gRPC server builds
-``grpc.ssl_server_credentials`` from a ``ServerTls``; an HTTP server added later (the REST
-binding of the inference protocol) should load the same ``tls`` section through
-``load_server_tls`` and build an ``ssl.SSLContext`` from it (``load_cert_chain``, and with
+``grpc.ssl_server_credentials`` from a ``ServerTls``; the HTTP server
+(``http/server.py``, ``server_tls_context``) loads the same ``tls`` section through
+``load_server_tls`` and builds an ``ssl.SSLContext`` from it (``load_cert_chain``, and with
 ``client_ca_file`` ``load_verify_locations`` plus ``verify_mode = CERT_REQUIRED``), so both
 ports present one certificate and apply one client policy.
 """

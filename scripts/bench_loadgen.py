@@ -1,8 +1,13 @@
 """Load generator of ``scripts/bench-serving``, run as its own process.
 
 ``grpc`` mode drives any OIP v2 server with tritonclient's gRPC client: ``--concurrency`` threads,
-each with its own client, send the same request back to back (closed loop). ``raw`` mode is the
-in-process reference: ``--concurrency`` threads call ``session.run`` on one onnxruntime session.
+each with its own client, send the same request back to back (closed loop). ``http`` mode does the
+same with ``tritonclient.http`` against the KServe v2 REST API, tensors as JSON or, with
+``--binary``, as binary tensor data both ways. ``http-lean`` sends the same requests with the
+standard library's ``http.client`` and orjson, encoding every request and decoding every answer
+itself: what a client costs without tritonclient's per-request JSON encoding (~300 us for the
+MLP's 784 floats), so the server's own JSON cost shows. ``raw`` mode is the in-process reference:
+``--concurrency`` threads call ``session.run`` on one onnxruntime session.
 
 Clients (or the session) are created once. With ``--serve`` the process stays up and runs one
 window per JSON line on stdin, so an orchestrator can interleave short windows of several
@@ -147,6 +152,105 @@ def grpc_calls(args: argparse.Namespace) -> list[Call]:
     return calls
 
 
+def http_calls(args: argparse.Namespace) -> list[Call]:
+    import tritonclient.http as httpclient
+
+    shape = _shape(args.shape)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    out_shape: list[tuple[int, ...]] = []
+    binary = args.binary
+
+    def make_call(i: int) -> Callable[[], None]:
+        # tritonclient.http runs on gevent, whose sockets belong to the thread that made them,
+        # and every window runs in new threads: one client per thread, made on its first call.
+        local = threading.local()
+        inp = httpclient.InferInput(args.input_name, shape, "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        inputs = [inp]
+        outputs = [httpclient.InferRequestedOutput(args.output_name, binary_data=binary)]
+        model = args.model
+
+        def call() -> None:
+            client = getattr(local, "client", None)
+            if client is None:
+                client = local.client = httpclient.InferenceServerClient(
+                    args.url, connection_timeout=args.timeout, network_timeout=args.timeout
+                )
+            result = client.infer(model, inputs, outputs=outputs)
+            if not out_shape:  # check once that a real tensor comes back, in the asked form
+                out = result.as_numpy(args.output_name)
+                if out is None:
+                    raise RuntimeError(f"response has no output {args.output_name!r}")
+                (meta,) = result.get_response()["outputs"]
+                if ("data" in meta) == binary:
+                    raise RuntimeError(f"asked binary={binary}, got {list(meta)}")
+                out_shape.append(out.shape)
+
+        return call
+
+    calls = _make_calls(make_call, args.concurrency)
+    print(f"output shape {list(out_shape[0])}", file=sys.stderr)
+    return calls
+
+
+def lean_http_calls(args: argparse.Namespace) -> list[Call]:
+    import http.client
+    from urllib.parse import quote
+
+    import orjson
+
+    shape = _shape(args.shape)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    path = f"/v2/models/{quote(args.model)}/infer"
+    host, _, port = args.url.rpartition(":")
+    binary = args.binary
+    out_shape: list[tuple[int, ...]] = []
+    length_header = "Inference-Header-Content-Length"
+
+    def request() -> tuple[bytes, dict[str, str]]:
+        tensor: dict = {"name": args.input_name, "shape": shape, "datatype": "FP32"}
+        out = {"name": args.output_name, "parameters": {"binary_data": binary}}
+        if not binary:
+            tensor["data"] = x.reshape(-1)
+            body = orjson.dumps(
+                {"inputs": [tensor], "outputs": [out]}, option=orjson.OPT_SERIALIZE_NUMPY
+            )
+            return body, {"Content-Type": "application/json"}
+        tensor["parameters"] = {"binary_data_size": x.nbytes}
+        header = orjson.dumps({"inputs": [tensor], "outputs": [out]})
+        headers = {"Content-Type": "application/octet-stream", length_header: str(len(header))}
+        return header + x.tobytes(), headers
+
+    def make_call(i: int) -> Callable[[], None]:
+        local = threading.local()
+
+        def call() -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection(host, int(port), args.timeout)
+            body, headers = request()
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
+            n = resp.getheader(length_header)
+            doc = orjson.loads(data[: int(n)] if n else data)
+            (meta,) = doc["outputs"]
+            if n:
+                arr = np.frombuffer(data, np.float32, offset=int(n)).reshape(meta["shape"])
+            else:
+                arr = np.asarray(meta["data"], np.float32).reshape(meta["shape"])
+            if not out_shape:
+                out_shape.append(arr.shape)
+
+        return call
+
+    calls = _make_calls(make_call, args.concurrency)
+    print(f"output shape {list(out_shape[0])}", file=sys.stderr)
+    return calls
+
+
 def raw_calls(args: argparse.Namespace) -> list[Call]:
     session = ort_cpu_session(args.model_path, args.intra_op_threads, args.inter_op_threads)
     x = np.random.default_rng(0).standard_normal(_shape(args.shape)).astype(np.float32)
@@ -163,9 +267,12 @@ def raw_calls(args: argparse.Namespace) -> list[Call]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description="bench-serving load generator")
-    p.add_argument("mode", choices=["grpc", "raw"])
-    p.add_argument("--url", help="host:port (grpc mode)")
-    p.add_argument("--model", help="model name (grpc mode)")
+    p.add_argument("mode", choices=["grpc", "http", "http-lean", "raw"])
+    p.add_argument("--url", help="host:port (grpc and http modes)")
+    p.add_argument("--model", help="model name (grpc and http modes)")
+    p.add_argument(
+        "--binary", action="store_true", help="http modes: binary tensor data instead of JSON"
+    )
     p.add_argument("--model-path", help="ONNX file (raw mode)")
     p.add_argument("--input-name", default="input")
     p.add_argument("--output-name", default="logits")
@@ -185,7 +292,8 @@ def main() -> int:
         '{"warmup": s, "duration": s, "samples_out": path}; one JSON result line each',
     )
     args = p.parse_args()
-    calls = grpc_calls(args) if args.mode == "grpc" else raw_calls(args)
+    modes = {"grpc": grpc_calls, "http": http_calls, "http-lean": lean_http_calls, "raw": raw_calls}
+    calls = modes[args.mode](args)
 
     def window(warmup: float, duration: float, samples_out: str | None) -> None:
         res = _run_window(calls, warmup, duration, args.requests)

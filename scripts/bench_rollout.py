@@ -455,6 +455,7 @@ def start_agents(stack: Stack, bundles: list[dict[str, Any]]) -> list[Agent]:
             a.workdir,
             data_dir=str(a.workdir / "data"),
             grpc_port=0,
+            http_port=-1,
             metrics_port=-1,
             port_file=str(a.port_file),
             log_level="INFO",

@@ -10,12 +10,15 @@ throughput of
   (c) the edge agent: a real ``edge-agent run`` process; the package is built, signed and
       installed through ``AgentService/InstallPackage``; the MLP is measured with dynamic
       batching off and on,
+  (d) the same agent (unbatched) over HTTP/REST: KServe v2 with tensors as binary data both
+      ways (``REST binary``), and as JSON both ways (``REST JSON``),
 
-with gRPC load from a separate process (``bench_loadgen.py grpc``: tritonclient, one thread and one
-client per concurrent request, warmup excluded) at concurrency 1 and 8, the same onnxruntime
-thread settings everywhere. It then prints the issue's targets as ratios with PASS/FAIL, the
-agent's RSS with the MLP loaded, and the time from spawning ``edge-agent run`` (MLP already
-committed) to the first successful ModelInfer. It is a benchmark, not a test: it always exits 0.
+with load from a separate process (``bench_loadgen.py grpc`` / ``http``: tritonclient's gRPC or
+HTTP client, one thread and one client per concurrent request, warmup excluded) at concurrency 1
+and 8, the same onnxruntime thread settings everywhere. It then prints the issue's targets as
+ratios with PASS/FAIL, the agent's RSS with the MLP loaded, and the time from spawning
+``edge-agent run`` (MLP already committed) to the first successful inference, over gRPC and over
+REST. It is a benchmark, not a test: it always exits 0.
 
 This process never imports tritonclient (it polls ModelInfer with ``protos.gen`` stubs, which
 register the same protobuf package ``inference`` as tritonclient).
@@ -121,6 +124,7 @@ class Server:
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.http_port = 0
         self.ports: dict[str, Any] = {}
         self.log_path = workdir / f"{name}.log"
 
@@ -132,6 +136,7 @@ class Server:
         try:
             self.ports = wait_port_file(self.port_file, self.proc, self.name, timeout, every=0.02)
             self.port = int(self.ports["grpc"])
+            self.http_port = int(self.ports.get("http") or 0)
         except Exception:
             log(f"{self.name} failed; log tail:\n{self.log_tail()}")
             self.stop()
@@ -141,6 +146,10 @@ class Server:
     @property
     def url(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
 
     def log_tail(self, n: int = 30) -> str:
         if not self.log_path.exists():
@@ -197,6 +206,7 @@ class Variant:
     label: str
     concurrency: int
     server: Server | None = None  # None: raw onnxruntime inside the load generator
+    transport: str = "grpc"  # or REST_BINARY / REST_JSON: tritonclient.http
     count: int = 0
     seconds: float = 0.0
     errors: int = 0
@@ -266,8 +276,12 @@ class Bench:
             cmd += ["raw", "--model-path", str(m.path), "--shape", shape]
             cmd += ["--intra-op-threads", str(m.intra)]
             cmd += ["--inter-op-threads", str(a.inter_op_threads)]
-        else:
+        elif v.transport == "grpc":
             cmd += ["grpc", "--url", v.server.url, "--model", m.key, "--shape", shape]
+        else:
+            mode = "http-lean" if v.transport.endswith(LEAN) else "http"
+            cmd += [mode, "--url", v.server.http_address, "--model", m.key, "--shape", shape]
+            cmd += ["--binary"] if v.transport.startswith(REST_BINARY) else []
         cmd += ["--concurrency", str(v.concurrency), "--serve"]
         v.loadgen_log = open(self.workdir / f"loadgen-{id(v)}.log", "ab")  # noqa: SIM115
         v.loadgen = subprocess.Popen(
@@ -332,11 +346,13 @@ class Bench:
         models: dict[str, dict] | None = None,
         grpc_port: int = 0,
         src: Path | None = None,
+        http_port: int = 0,
     ) -> Server:
         port_file = self.workdir / f"agent-{tag}.port.json"
         config: dict[str, Any] = {
             "data_dir": str(data_dir),
             "grpc_port": grpc_port,
+            "http_port": http_port,
             "metrics_port": 0,
             "port_file": str(port_file),
             "trusted_keys": [str(self.key_dir / "bench.pub")],
@@ -435,6 +451,15 @@ class Bench:
                     continue
                 agents.append((label, server))
                 variants += [Variant(m.key, label, c, server) for c in a.concurrency]
+                if label == "agent" and server.http_port:
+                    rest = [REST_BINARY, REST_JSON]
+                    if m.key == "mlp":
+                        rest += [f"{REST_BINARY}{LEAN}", f"{REST_JSON}{LEAN}"]
+                    variants += [
+                        Variant(m.key, f"agent {t}", c, server, transport=t)
+                        for t in rest
+                        for c in a.concurrency
+                    ]
             if m.key == "mlp" and agents and agents[0][0] == "agent":
                 self.extra["agent_rss_mb_idle"] = agents[0][1].rss_mb()
 
@@ -460,6 +485,7 @@ class Bench:
         self.rows += [v.row() for v in variants]
         if m.key == "mlp" and (self.workdir / "data-mlp").is_dir():
             self.startup(m, self.workdir / "data-mlp")
+            self.startup_rest(m, self.workdir / "data-mlp")
 
     def startup(self, m: BenchModel, data_dir: Path) -> None:
         """Popen of ``edge-agent run`` (MLP committed) to the first successful ModelInfer."""
@@ -520,9 +546,82 @@ class Bench:
             self.extra["startup_s_all"] = times
             self.extra["startup_s"] = statistics.median(times)
 
+    def startup_rest(self, m: BenchModel, data_dir: Path) -> None:
+        """Popen of ``edge-agent run`` (MLP committed) to the first successful REST inference
+        (binary tensor data, as tritonclient.http sends it), then RSS after 500 more."""
+        import http.client
+
+        x = np.zeros(m.shape, dtype=np.float32)
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "shape": list(m.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": x.nbytes},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        body = header + x.tobytes()
+        headers = {
+            "Inference-Header-Content-Length": str(len(header)),
+            "Content-Type": "application/octet-stream",
+        }
+
+        def infer(conn: http.client.HTTPConnection) -> None:
+            conn.request("POST", "/v2/models/mlp/infer", body, headers)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}")
+
+        times = []
+        for trial in range(self.args.startup_trials):
+            port = free_port()
+            server = self.agent(f"startup-rest{trial}", m, data_dir, http_port=port)
+            elapsed = None
+            t0 = time.perf_counter()
+            server.proc = spawn_logged(
+                server.cmd, server.log_path, env=server.env, cwd=self.workdir, append=True
+            )
+            try:
+                while time.perf_counter() < t0 + 60:
+                    if server.proc.poll() is not None:
+                        raise RuntimeError(f"agent exited: {server.log_tail()}")
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                    try:
+                        infer(conn)
+                        elapsed = time.perf_counter() - t0
+                    except (OSError, RuntimeError, http.client.HTTPException):
+                        conn.close()
+                        time.sleep(0.005)
+                        continue
+                    for _ in range(500):  # keep-alive, like a real client
+                        infer(conn)
+                    conn.close()
+                    self.extra.setdefault("restart_rest_rss_mb_all", []).append(server.rss_mb())
+                    break
+            except Exception as exc:
+                log(f"REST startup trial {trial} failed: {exc}")
+            finally:
+                server.stop()
+            if elapsed is None:
+                continue
+            times.append(elapsed)
+            log(f"REST startup trial {trial}: first served request {elapsed:.3f}s after Popen")
+        if times:
+            self.extra["startup_rest_s_all"] = times
+            self.extra["startup_rest_s"] = statistics.median(times)
+
 
 FLOOR_LABEL = "floor (bare grpc.aio)"
 BASELINE_TAG = "[baseline]"
+REST_BINARY = "REST binary"
+REST_JSON = "REST JSON"
+LEAN = ", lean"  # http.client + orjson instead of tritonclient.http
 
 
 def batched_label(a: argparse.Namespace) -> str:
@@ -559,10 +658,10 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
         )
     workers = a.inference_workers or "agent default (2)"
     print(
-        f"  load: tritonclient gRPC from a separate process, 1 thread + 1 client per concurrent "
-        f"request, clients connected once; {a.duration:g}s measured per row in {a.rounds} "
-        f"window(s) interleaved across rows, each after {a.warmup:g}s warmup (first: >= 1s); "
-        f"agent inference_workers={workers}"
+        f"  load: tritonclient gRPC / HTTP from a separate process, 1 thread + 1 client per "
+        f"concurrent request, clients connected once; {a.duration:g}s measured per row in "
+        f"{a.rounds} window(s) interleaved across rows, each after {a.warmup:g}s warmup "
+        f"(first: >= 1s); agent inference_workers={workers}"
     )
     if a.agent_option:
         print(f"  agent options: {', '.join(a.agent_option)}")
@@ -662,6 +761,37 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
             find(rows, "cnn", "raw onnxruntime (2 thr)", 2),
             0.8,
         )
+    for m in models:
+        for c in a.concurrency:
+            thr_ratio(
+                f"{m.key.upper()} c={c} throughput, agent REST binary / agent gRPC",
+                find(rows, m.key, f"agent {REST_BINARY}", c),
+                find(rows, m.key, "agent", c),
+                0.8,
+            )
+    json1 = find(rows, "mlp", f"agent {REST_JSON}", 1)
+    bin1 = find(rows, "mlp", f"agent {REST_BINARY}", 1)
+    if json1 is not None and bin1 is not None:
+        ratio = bin1.throughput / json1.throughput
+        fig = (
+            f"{ratio:.2f}x ({bin1.throughput:.0f} vs {json1.throughput:.0f} req/s; p50 "
+            f"{json1.p50_ms:.3f} vs {bin1.p50_ms:.3f} ms)"
+        )
+        target("MLP c=1 throughput, REST binary / REST JSON", fig, "<= 2.0x", ratio <= 2.0)
+    else:
+        target("MLP c=1 throughput, REST binary / REST JSON", "not measured", "<= 2.0x", None)
+    json1 = find(rows, "mlp", f"agent {REST_JSON}{LEAN}", 1)
+    bin1 = find(rows, "mlp", f"agent {REST_BINARY}{LEAN}", 1)
+    if json1 is not None and bin1 is not None:
+        ratio = bin1.throughput / json1.throughput
+        fig = f"{ratio:.2f}x ({bin1.throughput:.0f} vs {json1.throughput:.0f} req/s)"
+        target("  (info) same, lean client (http.client + orjson)", fig, "<= 2.0x", ratio <= 2.0)
+    json1 = find(rows, "mlp", f"agent {REST_JSON}", 1)
+    bin1 = find(rows, "mlp", f"agent {REST_BINARY}", 1)
+    if json1 and bin1 and json1.server_cpu_us and bin1.server_cpu_us:
+        ratio = json1.server_cpu_us / bin1.server_cpu_us
+        fig = f"{ratio:.2f}x ({json1.server_cpu_us:.0f} vs {bin1.server_cpu_us:.0f} us)"
+        target("  (info) MLP c=1 server CPU/req, REST JSON / binary", fig, "<= 2.0x", ratio <= 2.0)
     if "agent_rss_mb" in extra:
         rss = extra["agent_rss_mb"]
         fig = (
@@ -684,6 +814,16 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
         target("process start to first served request", fig, "<= 1.5 s", extra["startup_s"] <= 1.5)
     else:
         target("process start to first served request", "not measured", "<= 1.5 s", None)
+    if extra.get("restart_rest_rss_mb_all"):
+        rss_all = extra["restart_rest_rss_mb_all"]
+        rss = statistics.median(rss_all)
+        fig = f"{rss:.1f} MB (median of {', '.join(f'{v:.1f}' for v in rss_all)})"
+        target("agent RSS, restarted into the MLP, 500 over REST", fig, "<= 100 MB", rss <= 100)
+    if "startup_rest_s" in extra:
+        all_s = ", ".join(f"{t:.2f}" for t in extra["startup_rest_s_all"])
+        fig = f"{extra['startup_rest_s']:.2f} s (median of {all_s})"
+        ok = extra["startup_rest_s"] <= 1.5
+        target("process start to first served REST request", fig, "<= 1.5 s", ok)
 
     w = max(len(t["target"]) for t in targets)
     wf = max(len(t["figure"]) for t in targets)

@@ -103,6 +103,7 @@ def start_agent(work: Path, trusted: Path) -> tuple[subprocess.Popen[bytes], int
                 "device_id": "demo-device",
                 "data_dir": str(work / "agent-data"),
                 "grpc_port": 0,
+                "http_port": 0,
                 "metrics_port": 0,
                 "port_file": str(ports),
                 "trusted_keys": [str(trusted)],

@@ -187,6 +187,7 @@ def start_agent(demo: FleetDemo, bundle: Path) -> int:
     ports = demo.work / "fleet-agent-ports.json"
     env = _clean_env(
         EDGE_AGENT_GRPC_PORT="0",
+        EDGE_AGENT_HTTP_PORT="0",
         EDGE_AGENT_METRICS_PORT="0",
         EDGE_AGENT_PORT_FILE=str(ports),
     )

@@ -136,6 +136,8 @@ class Supervisor:
             "data_dir": str(folder / "data"),
             "grpc_host": "127.0.0.1",
             "grpc_port": 0,
+            "http_host": "127.0.0.1",
+            "http_port": 0,
             "metrics_port": -1,
             "port_file": str(folder / "ports.json"),
             "trusted_keys": key_files,

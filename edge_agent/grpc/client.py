@@ -6,6 +6,8 @@ protobuf types. Errors are ``grpc.RpcError``, which the command line reports as 
 With ``ClientTlsSettings`` the channel is TLS: the CA to trust for the agent's certificate (else
 the system's), the client certificate an agent with mutual TLS asks for, and the name to check
 the certificate against when the address is not that name (``127.0.0.1`` on the device itself).
+With a token (the agent's ``auth_token`` / ``auth_token_file``) every call carries
+``authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ def channel_credentials(tls: ClientTlsSettings) -> grpc.ChannelCredentials:
 
 
 class AgentClient:
-    def __init__(self, address: str, tls: ClientTlsSettings | None = None) -> None:
+    def __init__(
+        self, address: str, tls: ClientTlsSettings | None = None, token: str | None = None
+    ) -> None:
         options: list[tuple[str, str | int]] = [("grpc.max_send_message_length", -1)]
         if tls is None:
             channel = grpc.insecure_channel(address, options=options)
@@ -45,6 +49,7 @@ class AgentClient:
                 options.append(("grpc.ssl_target_name_override", tls.server_name))
             channel = grpc.secure_channel(address, channel_credentials(tls), options=options)
         self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def install(
         self, package: Path, activate: bool, upload: bool, timeout: float
@@ -54,10 +59,14 @@ class AgentClient:
             req = agent_pb2.InstallPackageRequest(archive=package.read_bytes(), activate=activate)
         else:
             req = agent_pb2.InstallPackageRequest(path=str(package), activate=activate)
-        return MessageToDict(self._stub.InstallPackage(req, timeout=timeout))
+        return MessageToDict(
+            self._stub.InstallPackage(req, timeout=timeout, metadata=self._metadata)
+        )
 
     def status(self) -> dict[str, Any]:
-        return MessageToDict(self._stub.GetStatus(agent_pb2.GetStatusRequest()))
+        return MessageToDict(
+            self._stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=self._metadata)
+        )
 
     def submit_batch(
         self,
@@ -74,7 +83,8 @@ class AgentClient:
             req.manifest_path = manifest_path
         else:
             req.input_dir = input_dir
-        return MessageToDict(self._stub.SubmitBatchJob(req))
+        return MessageToDict(self._stub.SubmitBatchJob(req, metadata=self._metadata))
 
     def get_batch(self, job_id: str) -> dict[str, Any]:
-        return MessageToDict(self._stub.GetBatchJob(agent_pb2.GetBatchJobRequest(job_id=job_id)))
+        req = agent_pb2.GetBatchJobRequest(job_id=job_id)
+        return MessageToDict(self._stub.GetBatchJob(req, metadata=self._metadata))

@@ -7,19 +7,27 @@ copy) after the byte length is checked against shape and datatype. Responses alw
 
 from __future__ import annotations
 
-import math
-import struct
-
 import numpy as np
 
 from edge_agent.errors import InvalidInput
 from edge_agent.serving.requests import (
+    CONFIG_DATATYPES,
     InferenceRequest,
     InferenceResponse,
     InputTensor,
+    ModelConfig,
     ModelMetadata,
+    RepositoryEntry,
 )
-from model_packager.tensors import DATATYPES, datatype_to_dtype
+from edge_agent.serving.stats import Duration, ModelStats
+from edge_agent.serving.tensor_bytes import (
+    LE,
+    check_datatype,
+    check_shape,
+    decode_raw,
+    encode_raw,
+)
+from model_packager.tensors import TensorSpec, datatype_to_dtype
 from protos.gen import inference_pb2 as pb
 
 # Which InferTensorContents field carries each datatype (FP16 has none: raw only).
@@ -37,32 +45,6 @@ _CONTENTS_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_LE = {dt: datatype_to_dtype(dt).newbyteorder("<") for dt in DATATYPES if dt != "BYTES"}
-
-
-def _decode_bytes_tensor(raw: bytes, count: int, name: str) -> np.ndarray:
-    items: list[bytes] = []
-    pos = 0
-    while pos < len(raw):
-        if pos + 4 > len(raw):
-            raise InvalidInput(f"input {name!r}: BYTES element length prefix is truncated")
-        (n,) = struct.unpack_from("<I", raw, pos)
-        pos += 4
-        if pos + n > len(raw):
-            raise InvalidInput(f"input {name!r}: BYTES element is truncated")
-        items.append(raw[pos : pos + n])
-        pos += n
-    if len(items) != count:
-        raise InvalidInput(f"input {name!r} holds {len(items)} BYTES elements, shape needs {count}")
-    return np.array(items, dtype=np.object_)
-
-
-def encode_bytes_tensor(arr: np.ndarray) -> bytes:
-    parts = []
-    for item in arr.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(struct.pack("<I", len(b)) + b)
-    return b"".join(parts)
 
 
 def request_from_proto(req: pb.ModelInferRequest) -> InferenceRequest:
@@ -74,29 +56,14 @@ def request_from_proto(req: pb.ModelInferRequest) -> InferenceRequest:
     tensors = []
     for i, t in enumerate(req.inputs):
         datatype = t.datatype  # each protobuf field read costs; this is the per-request path
-        if datatype not in _LE and datatype != "BYTES":
-            if datatype == "BF16":
-                raise InvalidInput(f"input {t.name!r}: BF16 is not supported")
-            raise InvalidInput(f"input {t.name!r} has unknown datatype {datatype!r}")
+        if datatype not in LE:
+            check_datatype(t.name, datatype)
         shape = tuple(t.shape)
-        if shape and min(shape) < 0:
-            raise InvalidInput(f"input {t.name!r} has a negative dimension in {list(shape)}")
-        count = math.prod(shape)
+        count = check_shape(t.name, shape)
         if raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input {t.name!r} has both raw and typed contents")
-            data = raw[i]
-            if datatype == "BYTES":
-                arr = _decode_bytes_tensor(data, count, t.name)
-            else:
-                dtype = _LE[datatype]
-                need = count * dtype.itemsize
-                if len(data) != need:
-                    raise InvalidInput(
-                        f"input {t.name!r} has {len(data)} bytes; {datatype} of shape "
-                        f"{list(shape)} needs {need}"
-                    )
-                arr = np.frombuffer(data, dtype=dtype)
+            arr = decode_raw(t.name, datatype, shape, count, raw[i])
         else:
             field = _CONTENTS_FIELD.get(datatype)
             if field is None:
@@ -139,10 +106,7 @@ def response_to_proto(resp: InferenceResponse) -> pb.ModelInferResponse:
     for t in resp.outputs:
         arr = t.data
         out.outputs.add(name=t.name, datatype=t.datatype, shape=arr.shape)
-        if t.datatype == "BYTES":
-            raws.append(encode_bytes_tensor(arr))
-        else:
-            raws.append(np.ascontiguousarray(arr, dtype=_LE[t.datatype]).tobytes())
+        raws.append(encode_raw(arr, t.datatype))
     out.raw_output_contents.extend(raws)
     return out
 
@@ -160,4 +124,80 @@ def metadata_to_proto(md: ModelMetadata) -> pb.ModelMetadataResponse:
             pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape)
             for s in md.outputs
         ],
+    )
+
+
+def _config_input(spec: TensorSpec) -> pb.ModelInput:
+    return pb.ModelInput(
+        name=spec.name,
+        data_type=CONFIG_DATATYPES.get(spec.datatype, "TYPE_INVALID"),
+        dims=spec.shape,
+    )
+
+
+def _config_output(spec: TensorSpec) -> pb.ModelOutput:
+    return pb.ModelOutput(
+        name=spec.name,
+        data_type=CONFIG_DATATYPES.get(spec.datatype, "TYPE_INVALID"),
+        dims=spec.shape,
+    )
+
+
+def config_to_proto(cfg: ModelConfig) -> pb.ModelConfigResponse:
+    return pb.ModelConfigResponse(
+        config=pb.ModelConfig(
+            name=cfg.name,
+            platform=cfg.platform,
+            backend=cfg.backend,
+            max_batch_size=cfg.max_batch_size,
+            input=[_config_input(s) for s in cfg.inputs],
+            output=[_config_output(s) for s in cfg.outputs],
+        )
+    )
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def statistics_to_proto(entries: list[tuple[str, str, ModelStats]]) -> pb.ModelStatisticsResponse:
+    return pb.ModelStatisticsResponse(
+        model_stats=[
+            pb.ModelStatistics(
+                name=name,
+                version=version,
+                last_inference=s.last_inference_ms,
+                inference_count=s.inference_count,
+                execution_count=s.execution_count,
+                inference_stats=pb.InferStatistics(
+                    success=_duration(s.success),
+                    fail=_duration(s.fail),
+                    queue=_duration(s.queue),
+                    compute_input=_duration(s.compute_input),
+                    compute_infer=_duration(s.compute_infer),
+                    compute_output=_duration(s.compute_output),
+                ),
+                batch_stats=[
+                    pb.InferBatchStatistics(
+                        batch_size=size,
+                        compute_input=_duration(b.compute_input),
+                        compute_infer=_duration(b.compute_infer),
+                        compute_output=_duration(b.compute_output),
+                    )
+                    for size, b in sorted(s.batches.items())
+                ],
+            )
+            for name, version, s in entries
+        ]
+    )
+
+
+def index_to_proto(entries: list[RepositoryEntry]) -> pb.RepositoryIndexResponse:
+    return pb.RepositoryIndexResponse(
+        models=[
+            pb.RepositoryIndexResponse.ModelIndex(
+                name=e.name, version=e.version, state=e.state, reason=e.reason
+            )
+            for e in entries
+        ]
     )

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import grpc
 
-from edge_agent.grpc.converters import metadata_to_proto, request_from_proto, response_to_proto
+from edge_agent.grpc.converters import (
+    config_to_proto,
+    index_to_proto,
+    metadata_to_proto,
+    request_from_proto,
+    response_to_proto,
+    statistics_to_proto,
+)
 from edge_agent.grpc.status import aborts_with_status
 from edge_agent.serving.dataplane import DataPlane
 from protos.gen import inference_pb2 as pb
@@ -59,3 +66,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         return response_to_proto(await self.dp.infer(request, request_from_proto))
+
+    @aborts_with_status
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        return config_to_proto(self.dp.model_config(request.name, request.version))
+
+    @aborts_with_status
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        return statistics_to_proto(self.dp.statistics(request.name, request.version))
+
+    @aborts_with_status
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        return index_to_proto(self.dp.repository_index(request.ready))

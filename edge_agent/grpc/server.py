@@ -10,6 +10,9 @@ CA. The files are read and checked by ``edge_agent.tls`` before binding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -18,8 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from edge_agent.config import AgentSettings
 from edge_agent.grpc.agent_servicer import AgentServicer
 from edge_agent.grpc.inference_servicer import InferenceServicer
-from edge_agent.tls import ServerTls, load_server_tls
 from protos.gen import agent_pb2, agent_pb2_grpc, inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from edge_agent.tls import ServerTls
 
 _INFERENCE_SERVICE = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -27,11 +32,16 @@ _AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 class GrpcServer:
     def __init__(
-        self, settings: AgentSettings, inference: InferenceServicer, agent: AgentServicer
+        self,
+        settings: AgentSettings,
+        inference: InferenceServicer,
+        agent: AgentServicer,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     ) -> None:
         self.settings = settings
         self._inference = inference
         self._agent = agent
+        self._interceptors = list(interceptors)  # e.g. grpc/auth.py's token check
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -45,7 +55,7 @@ class GrpcServer:
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ]
-        self.server = grpc.aio.server(options=opts)
+        self.server = grpc.aio.server(options=opts, interceptors=self._interceptors)
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(self._inference, self.server)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self._agent, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -58,6 +68,10 @@ class GrpcServer:
         if s.tls is None:
             self.port = self.server.add_insecure_port(address)
         else:
+            # Imported here: edge_agent.tls needs cryptography (~8 MB resident), which a device
+            # serving without TLS must not carry (the 100 MB budget, scripts/bench-serving).
+            from edge_agent.tls import load_server_tls
+
             tls = load_server_tls(s.tls)
             self.port = self.server.add_secure_port(address, _credentials(tls))
             self.security = "mutual TLS" if tls.mutual else "TLS"

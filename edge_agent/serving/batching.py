@@ -22,7 +22,19 @@ from edge_agent.errors import ModelNotReady, Overloaded
 log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
-RunFn = Callable[[Tensors, list[str] | None], Awaitable[Tensors]]
+
+
+@dataclass(slots=True)
+class Executed:
+    """A model run's outputs and when the runtime started and finished it (``perf_counter_ns``),
+    so that every request of a batch learns its own queueing time."""
+
+    outputs: Tensors
+    start_ns: int
+    end_ns: int
+
+
+RunFn = Callable[[Tensors, list[str] | None], Awaitable[Executed]]
 
 
 @dataclass
@@ -31,7 +43,7 @@ class _Item:
     outputs: list[str] | None
     rows: int
     key: tuple
-    future: asyncio.Future[Tensors] = field(repr=False)
+    future: asyncio.Future[Executed] = field(repr=False)
 
 
 class DynamicBatcher:
@@ -56,7 +68,7 @@ class DynamicBatcher:
     def queued(self) -> int:
         return self._queue.qsize() + (1 if self._carry else 0)
 
-    async def submit(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+    async def submit(self, inputs: Tensors, outputs: list[str] | None) -> Executed:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop())
         rows = next(iter(inputs.values())).shape[0]
@@ -64,7 +76,7 @@ class DynamicBatcher:
             tuple(sorted((k, v.shape[1:], v.dtype.str) for k, v in inputs.items())),
             tuple(outputs) if outputs else None,
         )
-        fut: asyncio.Future[Tensors] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Executed] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Item(inputs, outputs, rows, key, fut))
         except asyncio.QueueFull:
@@ -149,5 +161,6 @@ class DynamicBatcher:
         for i in batch:
             end = start + i.rows
             if not i.future.done():
-                i.future.set_result({k: v[start:end] for k, v in out.items()})
+                rows = {k: v[start:end] for k, v in out.outputs.items()}
+                i.future.set_result(Executed(rows, out.start_ns, out.end_ns))
             start = end

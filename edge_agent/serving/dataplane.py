@@ -27,14 +27,36 @@ from edge_agent.serving.requests import (
     InferenceRequest,
     InferenceResponse,
     InputTensor,
+    ModelConfig,
     ModelMetadata,
     OutputTensor,
+    RepositoryEntry,
 )
 from edge_agent.serving.served_model import ServedModel
-from edge_agent.serving.validation import is_tensor_request, validate_inputs, validate_outputs
+from edge_agent.serving.stats import ModelStats, RequestTiming
+from edge_agent.serving.validation import (
+    is_tensor_request,
+    route_uploads,
+    validate_inputs,
+    validate_outputs,
+)
+from model_packager.tensors import TensorSpec
 
 SERVER_NAME = "edge-agent"
-EXTENSIONS = ["model_repository", "batch_jobs", "health", "metrics"]
+#: Triton's names where the agent implements Triton's extension (``model_repository``: the index;
+#: models are installed through ``AgentService``, not loaded from a folder).
+EXTENSIONS = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+    "batch_jobs",
+    "health",
+    "metrics",
+]
+
+#: Runtime -> Triton's backend name, for the model configuration.
+_BACKENDS = {"onnx": "onnxruntime", "tflite": "tflite"}
 
 
 class WireRequest(Protocol):
@@ -99,6 +121,43 @@ class DataPlane:
             variant=served.variant,
         )
 
+    def model_config(self, name: str, version: str = "") -> ModelConfig:
+        """The version's configuration as Triton reports it (see ``ModelConfig``)."""
+        served = self.repo.get(name, version)
+        batch = served.batcher.max_batch_size if served.batcher is not None else 0
+
+        def dims(specs: list[TensorSpec]) -> list[TensorSpec]:
+            if not batch:
+                return list(specs)
+            return [TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs]
+
+        return ModelConfig(
+            name=served.name,
+            version=served.version,
+            platform=served.platform,
+            backend=_BACKENDS.get(served.runtime, served.runtime),
+            max_batch_size=batch,
+            inputs=dims(served.inputs),
+            outputs=dims(served.outputs),
+        )
+
+    def statistics(self, name: str = "", version: str = "") -> list[tuple[str, str, ModelStats]]:
+        """(name, version, stats) of every loaded version, of one model, or of one version."""
+        if version:
+            served = [self.repo.get(name, version)]
+        elif name:
+            served = self.repo.versions(name)
+            if not served:
+                self.repo.get(name)  # raises the precise ModelNotFound
+        else:
+            served = list(self.repo)
+        return [(m.name, m.version, m.stats) for m in served]
+
+    def repository_index(self, ready_only: bool = False) -> list[RepositoryEntry]:
+        """Every loaded version. Only loaded versions are known here, and all of them serve,
+        so ``ready_only`` changes nothing today; it is accepted because the protocol has it."""
+        return [RepositoryEntry(m.name, m.version, "READY") for m in self.repo]
+
     # inference
     async def infer(self, wire: W, decode: Callable[[W], InferenceRequest]) -> InferenceResponse:
         """Serve one request, given in its wire form with the transport's decoder.
@@ -106,11 +165,11 @@ class DataPlane:
         Decoding happens here so that its errors count like any other rejected request and its
         time is part of the measured latency, as a client experiences it.
         """
-        t0 = time.perf_counter()
+        t0 = time.perf_counter_ns()
         try:
-            response = await self._infer(decode(wire))
+            response = await self._infer(decode(wire), t0)
         except AgentError as exc:
-            self._count_failure(wire.model_name, wire.model_version, exc)
+            self._count_failure(wire.model_name, wire.model_version, exc, t0)
             raise
         key = (response.model_name, response.model_version)
         children = self._ok_metrics.get(key)
@@ -119,35 +178,45 @@ class DataPlane:
                 METRICS.requests.labels(key[0], key[1], "OK"),
                 METRICS.latency.labels(key[0]),
             )
-        children[1].observe(time.perf_counter() - t0)
+        children[1].observe((time.perf_counter_ns() - t0) / 1e9)
         children[0].inc()
         return response
 
-    def _count_failure(self, model_name: str, model_version: str, exc: AgentError) -> None:
+    def _count_failure(self, model_name: str, model_version: str, exc: AgentError, t0: int) -> None:
         # Label by what the client asked for only when it exists, so that arbitrary names from
         # clients cannot grow the metric without bound.
-        known = self.model_ready(model_name, model_version)
-        model = model_name if known else "_unknown"
-        version = model_version if known else ""
+        try:
+            served = self.repo.get(model_name, model_version)
+        except ModelNotFound:
+            model, version = "_unknown", ""
+        else:
+            model, version = model_name, model_version
+            served.stats.request_failed(time.perf_counter_ns() - t0)
         METRICS.requests.labels(model, version, self._status_name(exc)).inc()
 
-    async def _infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def _infer(self, request: InferenceRequest, t0: int) -> InferenceResponse:
         if self.inflight >= self.max_inflight:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
         served = self.repo.get(request.model_name, request.model_version)
+        if request.uploads:
+            request.inputs = route_uploads(served, request.inputs)
         if served.hooks is not None and not is_tensor_request(served, request.inputs):
-            return await self._infer_with_hooks(served, request)
+            return await self._infer_with_hooks(served, request, t0)
         inputs = validate_inputs(served, request.inputs)
         wanted = validate_outputs(served, request.outputs)
         self.inflight += 1
         try:
-            results = await served.infer(inputs, wanted)
+            t_model = time.perf_counter_ns()
+            results, timing = await served.infer_timed(inputs, wanted)
         finally:
             self.inflight -= 1
         if wanted is None:
             specs = served.outputs
         else:
             specs = [s for n in wanted for s in served.outputs if s.name == n]
+        served.stats.request_succeeded(
+            time.perf_counter_ns() - t0, t_model - t0, timing, served.rows(inputs)
+        )
         return InferenceResponse(
             model_name=served.name,
             model_version=served.version,
@@ -156,7 +225,7 @@ class DataPlane:
         )
 
     async def _infer_with_hooks(
-        self, served: ServedModel, request: InferenceRequest
+        self, served: ServedModel, request: InferenceRequest, t0: int
     ) -> InferenceResponse:
         """Files or JSON -> ``_preprocess`` -> model -> ``_postprocess`` -> JSON ``response``.
 
@@ -184,10 +253,15 @@ class DataPlane:
                 inputs = validate_inputs(served, tensors)
             except InvalidInput as exc:
                 raise InvalidInput(f"{hooks.module} _preprocess returned: {exc}") from exc
-            results = await served.infer(inputs, None)
+            t_model = time.perf_counter_ns()
+            results, timing = await served.infer_timed(inputs, None)
+            t_post = time.perf_counter_ns()
             body = await loop.run_in_executor(served.executor, hooks.postprocess, results)
         finally:
             self.inflight -= 1
+        t_end = time.perf_counter_ns()
+        timing = RequestTiming(timing.queue_ns, timing.infer_ns, timing.output_ns + t_end - t_post)
+        served.stats.request_succeeded(t_end - t0, t_model - t0, timing, served.rows(inputs))
         return InferenceResponse(
             model_name=served.name,
             model_version=served.version,

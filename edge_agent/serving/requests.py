@@ -28,6 +28,9 @@ class InferenceRequest:
     id: str
     inputs: list[InputTensor]
     outputs: list[str] = field(default_factory=list)
+    #: The inputs are uploaded files (BYTES, one element per file) named by their form field,
+    #: not by the model's inputs: ``validation.route_uploads`` maps them onto the model.
+    uploads: bool = False
 
 
 @dataclass(slots=True)
@@ -53,3 +56,50 @@ class ModelMetadata:
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     variant: str
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    """What Triton's model configuration extension reports, for clients that size requests.
+
+    ``max_batch_size`` > 0 means requests are batched along the first dimension, which then is
+    not part of ``inputs``/``outputs`` dims (Triton's convention); 0 means the dims are the full
+    shapes, -1 marking a dimension of any size.
+    """
+
+    name: str
+    version: str
+    platform: str
+    backend: str
+    max_batch_size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(slots=True)
+class RepositoryEntry:
+    """One model version in the repository index (Triton's model repository extension)."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+#: OIP datatype -> the ``DataType`` name of Triton's model configuration.
+CONFIG_DATATYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32",
+    "UINT64": "TYPE_UINT64",
+    "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+    "BF16": "TYPE_BF16",
+}

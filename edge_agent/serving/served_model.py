@@ -17,9 +17,10 @@ import numpy as np
 from edge_agent.config import ModelSettings
 from edge_agent.errors import InferenceFailed
 from edge_agent.metrics import METRICS
-from edge_agent.serving.batching import DynamicBatcher, Tensors
+from edge_agent.serving.batching import DynamicBatcher, Executed, Tensors
 from edge_agent.serving.processing import ModelProcessing
 from edge_agent.serving.python_handlers import ModelArtsHooks
+from edge_agent.serving.stats import ModelStats, RequestTiming
 from model_packager.errors import PackageError
 from model_packager.manifest import Manifest
 from model_packager.runtimes import LoadedModel
@@ -42,6 +43,7 @@ class ServedModel:
     hooks: ModelArtsHooks | None = None
     batcher: DynamicBatcher | None = field(default=None, init=False)
     processing: ModelProcessing = field(init=False)
+    stats: ModelStats = field(default_factory=ModelStats, init=False)
 
     def __post_init__(self) -> None:
         self.inputs: list[TensorSpec] = self.manifest.input_specs()
@@ -51,9 +53,8 @@ class ServedModel:
         self.outputs: list[TensorSpec] = [*model_outputs, *self.processing.extra_outputs()]
         self.input_by_name = {s.name: s for s in self.inputs}
         self.output_names = {s.name for s in self.outputs}
-        batchable = all(s.has_batch_dim for s in self.inputs) and all(
-            s.has_batch_dim for s in self.outputs
-        )
+        self.has_batch_dim = all(s.has_batch_dim for s in self.inputs)
+        batchable = self.has_batch_dim and all(s.has_batch_dim for s in self.outputs)
         # Greedy batching (no queue delay) merges what queued while the runtime was busy. A model
         # that runs inline keeps the event loop busy while it runs, so nothing queues meanwhile:
         # the batcher would only add its hops (MLP, scripts/bench-serving: 1.05 rows per batch at
@@ -79,21 +80,48 @@ class ServedModel:
         except PackageError as exc:
             raise InferenceFailed(str(exc)) from exc
 
-    async def _run(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+    def rows(self, inputs: Tensors) -> int:
+        """Inferences in a request or batch: its first dimension, when the model batches."""
+        if self.has_batch_dim and inputs:
+            return int(next(iter(inputs.values())).shape[0])
+        return 1
+
+    def _timed_infer(self, inputs: Tensors, outputs: list[str] | None) -> Executed:
+        start = time.perf_counter_ns()
+        out = self.infer_sync(inputs, outputs)
+        return Executed(out, start, time.perf_counter_ns())
+
+    async def _run(self, inputs: Tensors, outputs: list[str] | None) -> Executed:
         if self.inline:
-            return self.infer_sync(inputs, outputs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.infer_sync, inputs, outputs)
+            done = self._timed_infer(inputs, outputs)
+        else:
+            loop = asyncio.get_running_loop()
+            done = await loop.run_in_executor(self.executor, self._timed_infer, inputs, outputs)
+        self.stats.executed(self.rows(inputs), done.end_ns - done.start_ns)
+        return done
 
     async def infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
         """Run the model, then the manifest's post-processing (which may add outputs)."""
+        return (await self.infer_timed(inputs, outputs))[0]
+
+    async def infer_timed(
+        self, inputs: Tensors, outputs: list[str] | None
+    ) -> tuple[Tensors, RequestTiming]:
+        """``infer``, and how long the request queued, ran and was post-processed."""
+        arrived = time.perf_counter_ns()
         proc = self.processing
         if proc.post is None:  # the common case, on every request: no detour
-            return await self._infer(inputs, outputs)
-        results = await self._infer(inputs, proc.model_outputs(outputs))
-        return proc.finish(results, self.manifest.labels)
+            done = await self._infer(inputs, outputs)
+            return done.outputs, RequestTiming(done.start_ns - arrived, done.end_ns - done.start_ns)
+        done = await self._infer(inputs, proc.model_outputs(outputs))
+        t = time.perf_counter_ns()
+        results = proc.finish(done.outputs, self.manifest.labels)
+        timing = RequestTiming(
+            done.start_ns - arrived, done.end_ns - done.start_ns, time.perf_counter_ns() - t
+        )
+        return results, timing
 
-    async def _infer(self, inputs: Tensors, outputs: list[str] | None) -> Tensors:
+    async def _infer(self, inputs: Tensors, outputs: list[str] | None) -> Executed:
         if self.batcher is not None:
             rows = next(iter(inputs.values())).shape[0]
             if rows < self.settings.max_batch_size:

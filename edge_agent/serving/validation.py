@@ -72,3 +72,33 @@ def validate_outputs(served: ServedModel, names: list[str]) -> list[str] | None:
     if len(set(names)) != len(names):
         raise InvalidInput("an output is requested twice")
     return list(names)
+
+
+def route_uploads(served: ServedModel, tensors: list[InputTensor]) -> list[InputTensor]:
+    """Uploaded files (one BYTES tensor per form field) -> the model's inputs.
+
+    A field named like a model input feeds it. Files under any other field name (``file``,
+    ``image``, ...) feed the input that the package's image preprocessing decodes, in upload
+    order, so ``curl -F file=@digit.png`` works without knowing the tensor's name. A ModelArts
+    handler receives the fields as they are (its ``_preprocess`` reads them by name).
+    """
+    if served.hooks is not None:
+        return tensors
+    specs = served.input_by_name
+    named = [t for t in tensors if t.name in specs]
+    others = [t for t in tensors if t.name not in specs]
+    if not others:
+        return named
+    pre = served.processing.pre
+    if pre is None:
+        fields = ", ".join(sorted({t.name for t in others}))
+        raise InvalidInput(
+            f"model {served.name!r} declares no image preprocessing, so uploaded files must be "
+            f"named after its inputs ({', '.join(specs)}), not {fields}"
+        )
+    if any(t.name == pre.input for t in named):
+        raise InvalidInput(
+            f"files for input {pre.input!r} arrive both under its name and under other fields"
+        )
+    data = np.concatenate([t.data.reshape(-1) for t in others])
+    return [*named, InputTensor(pre.input, "BYTES", data.shape, data)]

@@ -32,6 +32,7 @@ class AgentProcess:
         config = {
             "data_dir": str(self.workdir / "data"),
             "grpc_port": 0,
+            "http_port": 0,
             "metrics_port": 0,
             "port_file": str(self.port_file),
             "trusted_keys": [str(k) for k in trusted_keys],
@@ -41,11 +42,23 @@ class AgentProcess:
         self.config_path.write_text(yaml.safe_dump(config))
         self.proc: subprocess.Popen[bytes] | None = None
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
+        # Sent with every AgentService call when the agent requires a token.
+        self.token: str | None = None
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http_address(self) -> str:
+        """host:port of the HTTP/REST server (tritonclient.http's ``url``)."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.http_address}"
 
     def start(self, env: dict[str, str] | None = None, timeout: float = 30.0) -> AgentProcess:
         self.port_file.unlink(missing_ok=True)
@@ -64,6 +77,7 @@ class AgentProcess:
             if self.port_file.exists():
                 ports = json.loads(self.port_file.read_text())
                 self.grpc_port, self.metrics_port = ports["grpc"], ports["metrics"]
+                self.http_port = ports.get("http", 0)
                 return self
             time.sleep(0.05)
         raise TimeoutError(f"agent did not become ready in {timeout}s:\n{self.log()}")
@@ -77,12 +91,17 @@ class AgentProcess:
         )
         return agent_pb2_grpc.AgentServiceStub(channel)
 
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
     def install(self, package: Path, activate: bool = True) -> agent_pb2.InstallPackageResponse:
         req = agent_pb2.InstallPackageRequest(path=str(package), activate=activate)
-        return self.agent_stub().InstallPackage(req, timeout=120)
+        return self.agent_stub().InstallPackage(req, timeout=120, metadata=self._metadata())
 
     def status(self) -> agent_pb2.AgentStatus:
-        return self.agent_stub().GetStatus(agent_pb2.GetStatusRequest(), timeout=10)
+        return self.agent_stub().GetStatus(
+            agent_pb2.GetStatusRequest(), timeout=10, metadata=self._metadata()
+        )
 
     def wait_exit(self, timeout: float = 30.0) -> int:
         assert self.proc is not None

@@ -149,20 +149,25 @@ def test_agent_never_imports_control_plane() -> None:
 
 
 #: Wing -> agent modules it must not import. The wings depend one way: serving is the base,
-#: install and jobs use it, the fleet drives the installer, gRPC exposes all but the fleet, and
-#: only ``app``/``cli`` assemble everything. Top-level helpers import no wing at all.
+#: install and jobs use it, the fleet drives the installer, gRPC exposes all but the fleet, HTTP
+#: exposes the data plane only, and only ``app``/``cli`` assemble everything. The transports never
+#: import each other. Top-level helpers import no wing at all.
+_ALL = {"serving", "install", "jobs", "fleet", "grpc", "http", "app", "cli"}
 WING_RULES = {
-    "serving": {"install", "jobs", "fleet", "grpc", "app", "cli"},
-    "install": {"jobs", "fleet", "grpc", "app", "cli"},
-    "jobs": {"install", "fleet", "grpc", "app", "cli"},
-    "fleet": {"jobs", "grpc", "app", "cli"},
-    "grpc": {"fleet", "app", "cli"},
-    "config.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
-    "errors.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
-    "metrics.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
-    "fsutil.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
-    "crash_points.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
-    "tls.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "serving": _ALL - {"serving"},
+    "install": {"jobs", "fleet", "grpc", "http", "app", "cli"},
+    "jobs": {"install", "fleet", "grpc", "http", "app", "cli"},
+    "fleet": {"jobs", "grpc", "http", "app", "cli"},
+    "grpc": {"fleet", "http", "app", "cli"},
+    "http": {"install", "jobs", "fleet", "grpc", "app", "cli"},
+    "config.py": _ALL,
+    "errors.py": _ALL,
+    "metrics.py": _ALL,
+    "fsutil.py": _ALL,
+    "crash_points.py": _ALL,
+    "auth.py": _ALL,
+    "memory.py": _ALL,
+    "tls.py": _ALL,
 }
 
 

@@ -291,3 +291,50 @@ def test_tls_files_are_checked_before_binding(
     finally:
         agent.stop()
     assert "Traceback" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# the HTTP/REST port takes the same tls section
+
+
+def _https(agent: AgentProcess) -> str:
+    return f"https://127.0.0.1:{agent.http_port}"
+
+
+def _context(ca: Path, client: Issued | None = None) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca))
+    if client is not None:
+        context.load_cert_chain(str(client.cert), str(client.key))
+    return context
+
+
+def test_http_port_speaks_https_with_the_same_certificate(
+    tls_agent: AgentProcess, pki: Pki
+) -> None:
+    import httpx
+
+    with httpx.Client(verify=_context(pki.ca.cert), timeout=10) as client:
+        assert client.get(f"{_https(tls_agent)}/v2/health/ready").status_code == 200
+        data = [0.5] * 784
+        doc = {"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": data}]}
+        r = client.post(f"{_https(tls_agent)}/v2/models/mlp/infer", json=doc)
+        assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [1, 10]
+    with pytest.raises(httpx.TransportError):  # plaintext on the TLS port
+        httpx.get(f"http://127.0.0.1:{tls_agent.http_port}/v2/health/ready", timeout=5)
+    with pytest.raises(httpx.ConnectError):  # a client that does not trust the CA
+        httpx.get(f"{_https(tls_agent)}/v2", verify=_context(pki.rogue_ca.cert), timeout=5)
+
+
+def test_http_port_demands_client_certificates_with_mtls(
+    mtls_agent: AgentProcess, pki: Pki
+) -> None:
+    import httpx
+
+    url = f"{_https(mtls_agent)}/v2/models/mlp"
+    for client in (None, pki.rogue_client):
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url, verify=_context(pki.ca.cert, client), timeout=5)
+    r = httpx.get(url, verify=_context(pki.ca.cert, pki.client), timeout=5)
+    assert r.status_code == 200 and r.json()["name"] == "mlp"

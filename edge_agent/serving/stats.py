@@ -1,0 +1,92 @@
+"""Per model version inference statistics, in the shape of Triton's statistics extension.
+
+Prometheus metrics (``metrics.py``) answer "how is the fleet doing"; these answer a client's
+question "where does my request's time go" through the protocol itself (``ModelStatistics`` on
+gRPC, ``GET /v2/models/{name}/stats`` on HTTP), which perf_analyzer-style tools read. Each
+``ServedModel`` owns one ``ModelStats``: unloading a version drops its figures, and a restart
+starts from zero, as in Triton ("since the server started").
+
+Everything is recorded on the event loop (the inference thread only returns its timestamps), so
+plain integer counters need no lock. Request-level figures (success, fail, queue, compute_*)
+count requests; ``execution_count`` and ``batch_stats`` count model runs, which the dynamic
+batcher makes fewer than requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+#: Distinct batch sizes itemised in ``batch_stats``; a client sending every size from 1 to
+#: 10 000 must not grow the table without bound. Executions of further sizes still count in
+#: ``execution_count`` and ``inference_stats``.
+MAX_BATCH_SIZES = 64
+
+
+@dataclass(slots=True)
+class Duration:
+    """Triton's ``StatisticDuration``: how many times, and nanoseconds in total."""
+
+    count: int = 0
+    ns: int = 0
+
+    def add(self, ns: int, count: int = 1) -> None:
+        self.count += count
+        self.ns += max(ns, 0)
+
+
+@dataclass(slots=True)
+class BatchStats:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class RequestTiming:
+    """Where one request's time went inside the served model (nanoseconds)."""
+
+    queue_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(slots=True)
+class ModelStats:
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    batches: dict[int, BatchStats] = field(default_factory=dict)
+
+    def request_succeeded(
+        self, total_ns: int, input_ns: int, timing: RequestTiming, rows: int
+    ) -> None:
+        """A successful request: ``total_ns`` from arrival (decoding included) to its result,
+        ``input_ns`` spent decoding, validating and pre-processing, ``rows`` inferences."""
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.inference_count += rows
+        self.success.add(total_ns)
+        self.compute_input.add(input_ns)
+        self.queue.add(timing.queue_ns)
+        self.compute_infer.add(timing.infer_ns)
+        self.compute_output.add(timing.output_ns)
+
+    def request_failed(self, total_ns: int) -> None:
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.fail.add(total_ns)
+
+    def executed(self, batch_size: int, infer_ns: int) -> None:
+        """One run of the model over ``batch_size`` rows (one request, or a dynamic batch)."""
+        self.execution_count += 1
+        b = self.batches.get(batch_size)
+        if b is None:
+            if len(self.batches) >= MAX_BATCH_SIZES:
+                return
+            b = self.batches[batch_size] = BatchStats()
+        b.compute_infer.add(infer_ns)
