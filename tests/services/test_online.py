@@ -87,6 +87,25 @@ def _infer(address: str) -> str:
         client.close()
 
 
+def _rest_infer(api: TestClient) -> str:
+    """One OIP REST request through the control plane's proxy; returns the answering version."""
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [1, 784],
+                "datatype": "FP32",
+                "data": np.random.default_rng(1).random(784).round(3).tolist(),
+            }
+        ]
+    }
+    r = api.post(f"{API}/services/mlp/v2/models/mlp/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["outputs"][0]["name"] == "logits" and out["outputs"][0]["shape"] == [1, 10]
+    return str(out["model_version"])
+
+
 def _running(api: TestClient, generation: int = 1) -> dict[str, Any] | None:
     s = api.get(f"{API}/services/mlp").json()
     ok = s["state"] == "running" and s["generation"] == generation
@@ -126,6 +145,17 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
     service = _wait("the service running", lambda: _running(api))
     addresses = service["grpc_addresses"]
     assert len(addresses) == 2 and all(_infer(a) == "1" for a in addresses)
+    # OIP REST through the control plane, spread over the replicas.
+    assert {_rest_infer(api) for _ in range(4)} == {"1"}
+    ready = api.get(f"{API}/services/mlp/v2/models/mlp/ready")
+    assert ready.status_code == 200
+    meta = api.get(f"{API}/services/mlp/v2/models/mlp").json()
+    assert meta["name"] == "mlp" and meta["inputs"][0]["name"] == "input"
+    bad = api.post(f"{API}/services/mlp/v2/models/mlp/infer", content=b"{not json")
+    assert bad.status_code == 400 and "error" in bad.json()  # the agent's own answer
+    assert api.post(f"{API}/services/nope/v2/models/mlp/infer", json={}).status_code == 404
+    unauthenticated = TestClient(api.app).get(f"{API}/services/mlp/v2/models/mlp")
+    assert unauthenticated.status_code == 401
     # The replicas are fleet devices of their own, labelled with the service.
     devices = api.get(f"{API}/devices", params={"label": "service=mlp"}).json()
     assert sorted(d["id"] for d in devices) == ["svc-mlp-0", "svc-mlp-1"]
@@ -137,6 +167,7 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
         assert _infer(second["grpc_address"]) == "1"
+        assert _rest_infer(api) == "1"  # the proxy skips the dead replica
         answered += 1
         s = api.get(f"{API}/services/mlp").json()
         r0 = s["replicas"][0]
