@@ -8,6 +8,7 @@ replica answers. Only the headers the protocol needs travel (content type and en
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -33,9 +34,20 @@ class Answer:
 
 class ReplicaProxy:
     def __init__(self, timeout_s: float) -> None:
-        self.client = httpx.AsyncClient(timeout=timeout_s)
+        self.timeout_s = timeout_s
+        # One connection pool per event loop: a pool is bound to the loop that created it (one
+        # loop when served by uvicorn; tests may serve the same app from two).
+        self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
         self._turns: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
+
+    def _client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = httpx.AsyncClient(timeout=self.timeout_s)
+            return client
 
     def _order(self, service: str, addresses: Sequence[str]) -> list[str]:
         with self._lock:
@@ -60,7 +72,7 @@ class ReplicaProxy:
         for address in self._order(service, addresses):
             url = f"http://{address}/v2/{path}" + (f"?{query}" if query else "")
             try:
-                r = await self.client.request(method, url, headers=sent, content=body)
+                r = await self._client().request(method, url, headers=sent, content=body)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
                 logger.warning("service %s: replica %s unreachable (%s)", service, address, exc)
                 continue
@@ -69,4 +81,7 @@ class ReplicaProxy:
         raise Unavailable(f"service {service}: no replica answered")
 
     async def close(self) -> None:
-        await self.client.aclose()
+        """Close the pool of the running loop (the others go with their loops)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()

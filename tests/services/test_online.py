@@ -9,8 +9,11 @@ stops everything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +22,8 @@ from typing import Any
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import uvicorn
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
@@ -106,6 +111,24 @@ def _rest_infer(api: TestClient) -> str:
     return str(out["model_version"])
 
 
+@contextlib.contextmanager
+def _served(app: Any) -> Iterator[str]:
+    """The running app behind a real HTTP server on a free loopback port (its lifespan already
+    runs in the TestClient), for clients that need a socket, like tritonclient.http."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    _wait("the HTTP server", lambda: server.started, timeout=10)
+    try:
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 def _running(api: TestClient, generation: int = 1) -> dict[str, Any] | None:
     s = api.get(f"{API}/services/mlp").json()
     ok = s["state"] == "running" and s["generation"] == generation
@@ -156,6 +179,18 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
     assert api.post(f"{API}/services/nope/v2/models/mlp/infer", json={}).status_code == 404
     unauthenticated = TestClient(api.app).get(f"{API}/services/mlp/v2/models/mlp")
     assert unauthenticated.status_code == 401
+    # The stock tritonclient.http, binary tensors both ways, with the service's URL as its base.
+    with _served(api.app) as host:
+        client = httpclient.InferenceServerClient(f"{host}{API}/services/mlp")
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        x = np.random.default_rng(2).random((1, 784), dtype=np.float32)
+        inp = httpclient.InferInput("input", [1, 784], "FP32")
+        inp.set_data_from_numpy(x, binary_data=True)
+        out = httpclient.InferRequestedOutput("logits", binary_data=True)
+        result = client.infer("mlp", [inp], outputs=[out], headers=auth)
+        assert result.as_numpy("logits").shape == (1, 10)
+        assert client.is_model_ready("mlp", headers=auth)
+        client.close()
     # The replicas are fleet devices of their own, labelled with the service.
     devices = api.get(f"{API}/devices", params={"label": "service=mlp"}).json()
     assert sorted(d["id"] for d in devices) == ["svc-mlp-0", "svc-mlp-1"]
