@@ -1,15 +1,20 @@
-"""Demo steps 15-18: the AI flow end to end on the running control plane and device.
+"""Demo steps 15-19: the AI flow end to end on the running control plane and device.
 
 Data (a digits dataset, imported as a zip, labelled, published as V001) -> training (the built-in
 image classifier as a worker process) -> registry (conversion to ONNX + TFLite variants, parity
 gate, signed package) -> deployment to the device over MQTT -> the device's predictions on the
 validation split, sent as PNG bytes that the package's declared preprocessing decodes on the
-device, and their accuracy against the labels.
+device, and their accuracy against the labels -> the same model as an online service (two agent
+replicas run by the control plane), called over OIP REST through the control plane with curl and
+the stock tritonclient.http.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -61,6 +66,75 @@ def predict_validation(grpc_port: int, model: str, data_url: str) -> float:
     return accuracy
 
 
+def validation_split(data_url: str) -> tuple[list[bytes], list[str]]:
+    """The PNG bytes and labels of a published version's validation split."""
+    folder = Path(data_url)
+    entries = [json.loads(ln) for ln in (folder / "manifest.jsonl").read_text().splitlines() if ln]
+    val = [e for e in entries if e["usage"] == "EVAL"]
+    return [(folder / e["source"]).read_bytes() for e in val], [
+        e["annotation"][0]["name"] for e in val
+    ]
+
+
+def serve_online(
+    demo: FleetDemo, base_url: str, token: str, model: str, version: str, data_url: str
+) -> float:
+    """The model as an online service; curl one image, tritonclient.http the validation split."""
+    import tritonclient.http as httpclient
+
+    t0 = time.monotonic()
+    demo.call(
+        "POST",
+        "/services",
+        json={"name": "digits", "models": [{"model": model, "version": version}], "replicas": 2},
+    )
+    deadline = time.monotonic() + 300
+    while (service := demo.call("GET", "/services/digits"))["state"] != "running":
+        if service["state"] == "failed" or time.monotonic() > deadline:
+            raise SystemExit(f"demo: service not running: {service['state']} {service['reason']}")
+        time.sleep(0.5)
+    pids = [r["pid"] for r in service["replicas"]]
+    print(f"service digits running in {time.monotonic() - t0:.1f} s: replicas (pids) {pids}")
+    print(f"gRPC replicas: {service['grpc_addresses']}")
+    url = f"{base_url}/api/v1/services/digits/v2/models/{model}/infer"
+    images, labels = validation_split(data_url)
+    png = demo.work / "digit.png"
+    png.write_bytes(images[0])
+    curl = ["curl", "-sS", "-H", f"Authorization: Bearer {token}", "-F", f"file=@{png}", url]
+    shown = shlex.join(curl).replace(token, "$TOKEN")
+    if shutil.which("curl"):
+        print(f"$ {shown}")
+        out = subprocess.run(curl, capture_output=True, text=True, timeout=60, check=True).stdout
+    else:  # the same multipart request, for a machine without curl
+        print(f"(curl not installed; the same request with httpx) {shown}")
+        with open(png, "rb") as f:
+            assert demo.api is not None
+            out = demo.api.post(url, files={"file": ("digit.png", f, "image/png")}).text
+    outputs = json.loads(out)["outputs"]
+    topk = [o for o in outputs if o["name"].endswith("_topk")]
+    answer = topk[0]["data"] if topk else f"argmax {int(np.argmax(outputs[0]['data']))}"
+    print(f"image labelled {labels[0]}: the service answers {answer}")
+
+    client = httpclient.InferenceServerClient(
+        base_url.split("://", 1)[1] + "/api/v1/services/digits"
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    md = client.get_model_metadata(model, headers=auth)
+    inp_name, out_name = md["inputs"][0]["name"], md["outputs"][0]["name"]
+    predicted: list[str] = []
+    for start in range(0, len(images), 16):
+        chunk = np.array(images[start : start + 16], dtype=np.object_)
+        tensor = httpclient.InferInput(inp_name, [len(chunk)], "BYTES")
+        tensor.set_data_from_numpy(chunk, binary_data=True)
+        wanted = [httpclient.InferRequestedOutput(out_name, binary_data=True)]
+        scores = client.infer(model, [tensor], outputs=wanted, headers=auth).as_numpy(out_name)
+        predicted += [str(i) for i in scores.argmax(axis=1)]
+    client.close()
+    accuracy = float(np.mean([p == t for p, t in zip(predicted, labels, strict=True)]))
+    print(f"online service accuracy on the validation split (tritonclient.http): {accuracy:.3f}")
+    return accuracy
+
+
 def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> None:
     step("15. Data: create a digits dataset, import a zip, label it, publish V001")
     version = run_datasets_demo(base_url, token, per_class=60)
@@ -77,3 +151,5 @@ def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> N
     deploy_digest(demo, trained["package_digest"])
     step("18. The device's predictions on the validation split")
     predict_validation(grpc_port, trained["model"], version["data_url"])
+    step("19. The same model as an online service: two agent replicas, OIP REST via the API")
+    serve_online(demo, base_url, token, trained["model"], trained["version"], version["data_url"])
