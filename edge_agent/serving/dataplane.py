@@ -184,10 +184,13 @@ class DataPlane:
         time is part of the measured latency, as a client experiences it.
         """
         t0 = time.perf_counter_ns()
+        request: InferenceRequest | None = None
         try:
-            response = await self._infer(decode(wire), t0)
+            request = decode(wire)
+            response = await self._infer(request, t0)
         except AgentError as exc:
-            self._count_failure(wire.model_name, wire.model_version, exc, t0)
+            routed = request.routed_version if request is not None else ""
+            self._count_failure(wire.model_name, wire.model_version, exc, t0, routed)
             raise
         key = (response.model_name, response.model_version)
         children = self._ok_metrics.get(key)
@@ -200,7 +203,11 @@ class DataPlane:
         children[0].inc()
         return response
 
-    def _count_failure(self, model_name: str, model_version: str, exc: AgentError, t0: int) -> None:
+    def _count_failure(
+        self, model_name: str, model_version: str, exc: AgentError, t0: int, routed: str = ""
+    ) -> None:
+        """Count a failed request: the metric by what the client asked for, the statistics on
+        the version that was to answer (``routed``, once the traffic split chose one)."""
         # Label by what the client asked for only when it exists, so that arbitrary names from
         # clients cannot grow the metric without bound.
         try:
@@ -209,6 +216,8 @@ class DataPlane:
             model, version = "_unknown", ""
         else:
             model, version = model_name, model_version
+            if routed and routed != served.version and self.repo.has(model_name, routed):
+                served = self.repo.get(model_name, routed)
             served.stats.request_failed(time.perf_counter_ns() - t0)
         METRICS.requests.labels(model, version, self._status_name(exc)).inc()
 
@@ -216,6 +225,7 @@ class DataPlane:
         if self.inflight >= self.max_inflight:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
         served, shadow = self.repo.route(request.model_name, request.model_version)
+        request.routed_version = served.version
         if request.uploads:
             request.inputs = route_uploads(served, request.inputs)
         if served.hooks is not None and not is_tensor_request(served, request.inputs):

@@ -167,6 +167,15 @@ def test_split_routes_by_weight_and_named_version_wins(
         assert version == "1"
         np.testing.assert_allclose(out, probe["1"], rtol=RTOL, atol=ATOL)
 
+    # a request failing after routing counts against the version it was routed to
+    bad = tc.InferInput("input", [1, 10], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, 10), np.float32))
+    fails = {v.version: v.fail for v in get_traffic(agent).versions}
+    with pytest.raises(Exception, match="shape"):
+        client.infer("mlp", [bad])
+    after_fail = {v.version: v.fail for v in get_traffic(agent).versions}
+    assert (after_fail["1"] - fails["1"], after_fail["2"] - fails["2"]) == (0, 1)
+
     # back to the default
     set_traffic(agent, {})
     assert {infer_mlp(client, probe["x"])[0] for _ in range(10)} == {"1"}
