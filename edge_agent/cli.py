@@ -1,8 +1,8 @@
 """``edge-agent``: run the daemon, check its config, and talk to a running agent.
 
-``install``, ``status`` and ``batch`` speak to a running agent over its gRPC AgentService;
-``install --offline`` installs straight into the data folder when no agent runs (the next start
-serves it). Errors print one line on stderr and exit 1; usage errors exit 2.
+``install``, ``status``, ``traffic`` and ``batch`` speak to a running agent over its gRPC
+AgentService; ``install --offline`` installs straight into the data folder when no agent runs (the
+next start serves it). Errors print one line on stderr and exit 1; usage errors exit 2.
 """
 
 from __future__ import annotations
@@ -139,6 +139,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weight(text: str) -> tuple[str, float]:
+    """``VERSION=WEIGHT`` from the command line."""
+    version, sep, weight = text.partition("=")
+    try:
+        if not sep or not version:
+            raise ValueError
+        return version, float(weight)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected VERSION=WEIGHT, got {text!r}") from None
+
+
+def _cmd_traffic(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.traffic_command == "get":
+        _print(client.get_traffic(args.model))
+        return 0
+    if args.traffic_command == "clear":
+        _print(client.set_traffic(args.model, {}, "", 0.0))
+        return 0
+    weights = dict(args.weight or [])
+    fraction = args.shadow_fraction if args.shadow else 0.0
+    _print(client.set_traffic(args.model, weights, args.shadow or "", fraction))
+    return 0
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     client = _client(args)
     if args.batch_command == "submit":
@@ -196,6 +221,28 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show a running agent's status")
     common(s, address=True)
     s.set_defaults(func=_cmd_status)
+
+    t = sub.add_parser("traffic", help="split requests over versions; shadow a candidate")
+    common(t, address=True)
+    tsub = t.add_subparsers(dest="traffic_command", required=True)
+    ts = tsub.add_parser("set", help="replace the model's split (and shadow) at once")
+    ts.add_argument("--model", required=True)
+    ts.add_argument(
+        "--weight",
+        action="append",
+        type=_weight,
+        metavar="VERSION=WEIGHT",
+        help="relative weight of a loaded version (repeat: --weight 1=90 --weight 2=10)",
+    )
+    ts.add_argument("--shadow", metavar="VERSION", help="mirror requests to this version too")
+    ts.add_argument(
+        "--shadow-fraction", type=float, default=0.1, help="share mirrored (default 0.1)"
+    )
+    tg = tsub.add_parser("get", help="the split, per version counts, shadow agreement")
+    tg.add_argument("--model", required=True)
+    tc = tsub.add_parser("clear", help="back to the active version answering everything")
+    tc.add_argument("--model", required=True)
+    t.set_defaults(func=_cmd_traffic)
 
     b = sub.add_parser("batch", help="batch prediction jobs")
     common(b, address=True)

@@ -1,4 +1,4 @@
-"""``edgeagent.v1.AgentService``: models, status, installs and batch jobs over gRPC.
+"""``edgeagent.v1.AgentService``: models, status, installs, traffic and batch jobs over gRPC.
 
 Translation only. The servicer is given the parts it calls (repository, store, installer, batch
 jobs, data plane) rather than the whole agent, so what an RPC can reach is visible here, and
@@ -22,6 +22,8 @@ from edge_agent.jobs.batch_jobs import BatchJobManager, JobRecord
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.stats import ShadowStats
+from edge_agent.serving.traffic import TrafficSplit
 from protos.gen import agent_pb2 as pb
 from protos.gen import agent_pb2_grpc as pb_grpc
 
@@ -63,6 +65,40 @@ def install_result(o: InstallOutcome | dict | None) -> pb.InstallResult | None:
         failed_step=str(d.get("failed_step", "")),
         reason=str(d.get("reason", "")),
         finished_at_unix=float(d.get("finished_at", 0.0)),  # type: ignore[arg-type]
+    )
+
+
+def shadow_to_proto(s: ShadowStats) -> pb.ShadowStats:
+    return pb.ShadowStats(
+        compared=s.compared,
+        skipped=s.skipped,
+        failed=s.failed,
+        rows=s.rows,
+        agreed_rows=s.agreed_rows,
+        max_abs_diff=s.max_abs_diff,
+    )
+
+
+def traffic_info(repo: ModelRepository, name: str) -> pb.TrafficInfo:
+    split = repo.traffic(name)
+    active = repo.active_version(name) or ""
+    return pb.TrafficInfo(
+        model=name,
+        weights=dict(split.weights),
+        shadow_version=split.shadow_version,
+        shadow_fraction=split.shadow_fraction,
+        active_version=active,
+        versions=[
+            pb.VersionTraffic(
+                version=m.version,
+                weight=split.weights.get(m.version, 0.0),
+                active=m.version == active,
+                success=m.stats.success.count,
+                fail=m.stats.fail.count,
+                shadow=shadow_to_proto(m.stats.shadow),
+            )
+            for m in repo.versions(name)
+        ],
     )
 
 
@@ -164,6 +200,20 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     ) -> pb.ModelVersionInfo:
         served = await self.installer.activate(request.name, request.version)
         return version_info(served, True)
+
+    @aborts_with_status
+    async def SetTraffic(
+        self, request: pb.SetTrafficRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TrafficInfo:
+        split = TrafficSplit(dict(request.weights), request.shadow_version, request.shadow_fraction)
+        await self.installer.set_traffic(request.model, split)
+        return traffic_info(self.repo, request.model)
+
+    @aborts_with_status
+    async def GetTraffic(
+        self, request: pb.GetTrafficRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TrafficInfo:
+        return traffic_info(self.repo, request.model)
 
     @aborts_with_status
     async def SubmitBatchJob(

@@ -68,6 +68,21 @@ class AgentClient:
             self._stub.GetStatus(agent_pb2.GetStatusRequest(), metadata=self._metadata)
         )
 
+    def set_traffic(
+        self, model: str, weights: dict[str, float], shadow_version: str, shadow_fraction: float
+    ) -> dict[str, Any]:
+        req = agent_pb2.SetTrafficRequest(
+            model=model,
+            weights=weights,
+            shadow_version=shadow_version,
+            shadow_fraction=shadow_fraction,
+        )
+        return MessageToDict(self._stub.SetTraffic(req, metadata=self._metadata))
+
+    def get_traffic(self, model: str) -> dict[str, Any]:
+        req = agent_pb2.GetTrafficRequest(model=model)
+        return MessageToDict(self._stub.GetTraffic(req, metadata=self._metadata))
+
     def submit_batch(
         self,
         model: str,

@@ -186,6 +186,14 @@ def statistics_to_proto(entries: list[tuple[str, str, ModelStats]]) -> pb.ModelS
                     )
                     for size, b in sorted(s.batches.items())
                 ],
+                shadow_stats=pb.ShadowStatistics(
+                    compared=s.shadow.compared,
+                    skipped=s.shadow.skipped,
+                    failed=s.shadow.failed,
+                    rows=s.shadow.rows,
+                    agreed_rows=s.shadow.agreed_rows,
+                    max_abs_diff=s.shadow.max_abs_diff,
+                ),
             )
             for name, version, s in entries
         ]

@@ -464,6 +464,15 @@ def model_statistics(entries: list[tuple[str, str, ModelStats]]) -> dict[str, An
                     }
                     for size, b in sorted(s.batches.items())
                 ],
+                # The agent's extension: this version's comparison as a shadow version.
+                "shadow_stats": {
+                    "compared": s.shadow.compared,
+                    "skipped": s.shadow.skipped,
+                    "failed": s.shadow.failed,
+                    "rows": s.shadow.rows,
+                    "agreed_rows": s.shadow.agreed_rows,
+                    "max_abs_diff": s.shadow.max_abs_diff,
+                },
             }
         )
     return {"model_stats": out}

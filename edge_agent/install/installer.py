@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 
 from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
-from edge_agent.errors import InstallFailed, ModelNotFound
+from edge_agent.errors import AgentError, InstallFailed, ModelNotFound
 from edge_agent.install.journal import JournalEntry
 from edge_agent.install.store import CommittedState, ModelEntry, ModelStore
 from edge_agent.metrics import METRICS
 from edge_agent.serving.loader import load_served_model
 from edge_agent.serving.repository import ModelRepository, close_later
 from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.traffic import TrafficSplit
 from model_packager.archive import extract_package, sha256_file, verify_package
 from model_packager.errors import PackageError
 
@@ -125,6 +126,19 @@ class Installer:
         for p in self.store.incoming.iterdir():
             p.unlink(missing_ok=True)
         await self._load_committed(state)
+        self._restore_traffic()
+
+    def _restore_traffic(self) -> None:
+        """Apply the saved splits to what loaded; versions that did not load are left out."""
+        for name, split in self.store.load_traffic().items():
+            loaded = {m.version for m in self.repo.versions(name)}
+            for version in split.versions() - loaded:
+                log.warning("traffic split of %s names %s, which is not loaded", name, version)
+                split = split.without(version)
+            try:
+                self.repo.set_traffic(name, split)
+            except AgentError as exc:
+                log.error("traffic split of %s not restored: %s", name, exc)
 
     async def _load_committed(self, state: CommittedState) -> None:
         for name, entry in state.models.items():
@@ -167,6 +181,22 @@ class Installer:
         entry.active = version
         self.store.save_state(state)
         return served
+
+    async def set_traffic(self, name: str, split: TrafficSplit) -> TrafficSplit:
+        """Check and swap in a model's split, then persist every split (``traffic.json``).
+
+        The swap comes first so that only a split the repository accepted is written; if the
+        write fails the previous split is put back, so what serves is always what a restart
+        would serve.
+        """
+        previous = self.repo.traffic(name)
+        self.repo.set_traffic(name, split)
+        try:
+            self.store.save_traffic(self.repo.splits())
+        except BaseException:
+            self.repo.set_traffic(name, previous)
+            raise
+        return self.repo.traffic(name)
 
     async def _install(
         self, archive: Path, activate: bool

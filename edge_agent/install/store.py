@@ -7,9 +7,12 @@ Layout under ``data_dir``::
     state.json              the committed state: per model, installed versions and the active one
     journal/<sha256>.json   an install in progress (``journal.InstallJournal``, deleted at commit)
     last_install.json       outcome of the most recent install, for status reports
+    traffic.json            per model traffic split and shadow (``serving/traffic.py``)
 
 ``state.json`` is the single source of truth after a restart: whatever it names is what the agent
 serves. It changes only through ``commit``, an atomic rename, so a crash leaves it old or new.
+``traffic.json`` sits beside it, written the same way; it only says how requests spread over
+what ``state.json`` serves, so a split naming a version that is gone is trimmed when read back.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.install.journal import InstallJournal
+from edge_agent.serving.traffic import TrafficSplit
 
 
 @dataclass
@@ -62,6 +66,7 @@ class ModelStore:
         self.journal = InstallJournal(self.root / "journal")
         self._state_path = self.root / "state.json"
         self._last_install_path = self.root / "last_install.json"
+        self._traffic_path = self.root / "traffic.json"
         # A kill during an atomic write can leave its temporary file behind; it was never renamed
         # into place, so it holds nothing anyone relies on.
         for tmp in self.root.glob(".*.tmp"):
@@ -73,6 +78,16 @@ class ModelStore:
 
     def save_state(self, state: CommittedState) -> None:
         atomic_write_json(self._state_path, state.to_json())
+
+    # traffic splits
+    def load_traffic(self) -> dict[str, TrafficSplit]:
+        doc = read_json(self._traffic_path) or {}
+        return {n: TrafficSplit.from_json(d) for n, d in dict(doc.get("models", {})).items()}
+
+    def save_traffic(self, splits: dict[str, TrafficSplit]) -> None:
+        """Every model's split, whole and atomically (models with the default split left out)."""
+        doc = {"models": {n: s.to_json() for n, s in sorted(splits.items()) if not s.is_default}}
+        atomic_write_json(self._traffic_path, doc)
 
     # packages
     def package_dir(self, digest: str) -> Path:

@@ -6,11 +6,18 @@ model, post-processing, and the request count and latency metrics. Every transpo
 rejects bad tensors with the same precise errors, counts requests the same way, and turns
 overload into a fast ``RESOURCE_EXHAUSTED`` instead of an unbounded queue. Servicers only convert
 and map errors to their status codes.
+
+Requests without a version are routed by the model's traffic split (``traffic.py``). A request
+due to the shadow version is mirrored to it *after* the live answer is complete, as a background
+task whose answer is only compared and discarded; at most ``SHADOW_MAX_INFLIGHT`` mirror runs per
+candidate are in flight, further ones are skipped and counted, so the shadow neither queues without
+bound nor delays or fails a live request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -21,6 +28,7 @@ from prometheus_client import Counter, Histogram
 from edge_agent import __version__
 from edge_agent.errors import AgentError, InvalidInput, ModelNotFound, Overloaded
 from edge_agent.metrics import METRICS
+from edge_agent.serving.batching import Tensors
 from edge_agent.serving.python_handlers import RESPONSE_OUTPUT
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.requests import (
@@ -34,6 +42,7 @@ from edge_agent.serving.requests import (
 )
 from edge_agent.serving.served_model import ServedModel
 from edge_agent.serving.stats import ModelStats, RequestTiming
+from edge_agent.serving.traffic import Comparison, compare
 from edge_agent.serving.validation import (
     is_tensor_request,
     route_uploads,
@@ -42,7 +51,12 @@ from edge_agent.serving.validation import (
 )
 from model_packager.tensors import TensorSpec
 
+log = logging.getLogger(__name__)
+
 SERVER_NAME = "edge-agent"
+#: Shadow runs in flight per candidate version; a request due to the shadow beyond this is skipped
+#: (and counted), so a slow candidate costs at most this many inference threads.
+SHADOW_MAX_INFLIGHT = 2
 #: Triton's names where the agent implements Triton's extension (``model_repository``: the index;
 #: models are installed through ``AgentService``, not loaded from a folder).
 EXTENSIONS = [
@@ -90,6 +104,10 @@ class DataPlane:
         # and looks up its arguments under a lock on every call, a measurable share of a small
         # model's request. Keys are served versions only, so the dict stays small.
         self._ok_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        # Shadow runs in flight per (model, version), and their tasks (held so they are not
+        # garbage collected mid-run); both bounded by SHADOW_MAX_INFLIGHT per candidate.
+        self._shadow_inflight: dict[tuple[str, str], int] = {}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         # The gauge reads the counter when scraped: no lock round trip per request.
         METRICS.inflight.set_function(lambda: self.inflight)
 
@@ -166,10 +184,13 @@ class DataPlane:
         time is part of the measured latency, as a client experiences it.
         """
         t0 = time.perf_counter_ns()
+        request: InferenceRequest | None = None
         try:
-            response = await self._infer(decode(wire), t0)
+            request = decode(wire)
+            response = await self._infer(request, t0)
         except AgentError as exc:
-            self._count_failure(wire.model_name, wire.model_version, exc, t0)
+            routed = request.routed_version if request is not None else ""
+            self._count_failure(wire.model_name, wire.model_version, exc, t0, routed)
             raise
         key = (response.model_name, response.model_version)
         children = self._ok_metrics.get(key)
@@ -182,7 +203,11 @@ class DataPlane:
         children[0].inc()
         return response
 
-    def _count_failure(self, model_name: str, model_version: str, exc: AgentError, t0: int) -> None:
+    def _count_failure(
+        self, model_name: str, model_version: str, exc: AgentError, t0: int, routed: str = ""
+    ) -> None:
+        """Count a failed request: the metric by what the client asked for, the statistics on
+        the version that was to answer (``routed``, once the traffic split chose one)."""
         # Label by what the client asked for only when it exists, so that arbitrary names from
         # clients cannot grow the metric without bound.
         try:
@@ -191,13 +216,16 @@ class DataPlane:
             model, version = "_unknown", ""
         else:
             model, version = model_name, model_version
+            if routed and routed != served.version and self.repo.has(model_name, routed):
+                served = self.repo.get(model_name, routed)
             served.stats.request_failed(time.perf_counter_ns() - t0)
         METRICS.requests.labels(model, version, self._status_name(exc)).inc()
 
     async def _infer(self, request: InferenceRequest, t0: int) -> InferenceResponse:
         if self.inflight >= self.max_inflight:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
-        served = self.repo.get(request.model_name, request.model_version)
+        served, shadow = self.repo.route(request.model_name, request.model_version)
+        request.routed_version = served.version
         if request.uploads:
             request.inputs = route_uploads(served, request.inputs)
         if served.hooks is not None and not is_tensor_request(served, request.inputs):
@@ -217,12 +245,49 @@ class DataPlane:
         served.stats.request_succeeded(
             time.perf_counter_ns() - t0, t_model - t0, timing, served.rows(inputs)
         )
+        if shadow is not None:
+            self._mirror(shadow, inputs, {s.name: results[s.name] for s in specs})
         return InferenceResponse(
             model_name=served.name,
             model_version=served.version,
             id=request.id,
             outputs=[OutputTensor(s.name, s.datatype, results[s.name]) for s in specs],
         )
+
+    # shadow
+    def _mirror(self, shadow: ServedModel, inputs: Tensors, live: Tensors) -> None:
+        """Start a shadow run of an answered request, or count it skipped when the candidate
+        already has ``SHADOW_MAX_INFLIGHT`` runs: never waits, never raises."""
+        key = (shadow.name, shadow.version)
+        busy = self._shadow_inflight.get(key, 0)
+        if busy >= SHADOW_MAX_INFLIGHT:
+            shadow.stats.shadow.skipped += 1
+            return
+        self._shadow_inflight[key] = busy + 1
+        task = asyncio.get_running_loop().create_task(self._shadow_run(shadow, inputs, live))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow_run(self, shadow: ServedModel, inputs: Tensors, live: Tensors) -> None:
+        key = (shadow.name, shadow.version)
+        try:
+            loop = asyncio.get_running_loop()
+            # Always in the thread pool, even for an inline model: the event loop belongs to
+            # live requests. The dynamic batcher is bypassed so mirrors never take queue slots.
+            result = await loop.run_in_executor(
+                shadow.executor, _run_and_compare, shadow, inputs, live
+            )
+        except Exception as exc:  # the shadow must never take anything else down
+            shadow.stats.shadow.failed += 1
+            log.debug("shadow run on %s:%s failed: %s", shadow.name, shadow.version, exc)
+        else:
+            shadow.stats.shadow.record(result.rows, result.agreed, result.max_abs_diff)
+        finally:
+            left = self._shadow_inflight.get(key, 1) - 1
+            if left > 0:
+                self._shadow_inflight[key] = left
+            else:
+                self._shadow_inflight.pop(key, None)
 
     async def _infer_with_hooks(
         self, served: ServedModel, request: InferenceRequest, t0: int
@@ -268,3 +333,13 @@ class DataPlane:
             id=request.id,
             outputs=[OutputTensor(RESPONSE_OUTPUT, "BYTES", np.array([body], dtype=np.object_))],
         )
+
+
+def _run_and_compare(shadow: ServedModel, inputs: Tensors, live: Tensors) -> Comparison:
+    """The candidate's model outputs for ``inputs``, compared with the live answer (in a worker
+    thread). Only the model's own outputs run: post-processing adds nothing comparable."""
+    own = {s.name for s in shadow.manifest.output_specs()}
+    names = [n for n in live if n in own]
+    if not names:
+        raise ValueError("the shadow version has none of the live outputs")
+    return compare({n: live[n] for n in names}, shadow.infer_sync(inputs, names))

@@ -4,6 +4,11 @@ Swapping the active version is one dict assignment on the event loop, so a reque
 the old version or the new one; a request already holding the old version finishes on it, and old
 versions are closed only after ``max_versions_per_model`` newer ones exist. That is what makes a
 hot swap lose no request.
+
+A model may also have a traffic split (``traffic.py``): requests without a version are then
+routed over several versions by weight, and a share mirrored to a shadow version. The split's
+``Route`` is swapped the same way, one assignment, so weights change under load without a failed
+request. Versions a split refers to are never evicted; removing one drops it from the split.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterator
 from edge_agent.errors import ModelNotFound
 from edge_agent.metrics import METRICS
 from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.traffic import Route, TrafficSplit
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +32,7 @@ class ModelRepository:
         self._versions: dict[str, dict[str, ServedModel]] = {}
         self._active: dict[str, str] = {}
         self._order: dict[str, list[str]] = {}  # versions in the order they were added
+        self._routes: dict[str, Route] = {}  # models with a traffic split only
         self.max_versions = max_versions_per_model
 
     def get(self, name: str, version: str = "") -> ServedModel:
@@ -41,6 +48,43 @@ class ModelRepository:
             have = ", ".join(sorted(versions)) or "none"
             raise ModelNotFound(f"model {name!r} has no version {version!r} (loaded: {have})")
         return served
+
+    def route(self, name: str, version: str = "") -> tuple[ServedModel, ServedModel | None]:
+        """The version that answers a request, and the shadow version to mirror it to, if any.
+
+        A request naming a version gets that version and no shadow (the client chose). Without
+        one, the model's split picks (the active version when it has no weights), and every
+        ``1 / shadow_fraction``-th request is also due to the shadow version.
+        """
+        route = self._routes.get(name)
+        if version or route is None:
+            return self.get(name, version), None
+        served = self.get(name, route.pick())
+        if not route.take_shadow():
+            return served, None
+        shadow = self._versions[name].get(route.split.shadow_version)
+        return served, shadow if shadow is not served else None
+
+    def traffic(self, name: str) -> TrafficSplit:
+        """The model's split (the default, empty one when none is set)."""
+        if name not in self._versions:
+            raise ModelNotFound(f"model {name!r} is not installed")
+        route = self._routes.get(name)
+        return route.split if route is not None else TrafficSplit()
+
+    def splits(self) -> dict[str, TrafficSplit]:
+        """Every model's split that is not the default."""
+        return {n: r.split for n, r in self._routes.items()}
+
+    def set_traffic(self, name: str, split: TrafficSplit) -> None:
+        """Check ``split`` against the loaded versions and swap it in (``InvalidInput`` if not)."""
+        if name not in self._versions:
+            raise ModelNotFound(f"model {name!r} is not installed")
+        split.check(name, self._versions[name])
+        if split.is_default:
+            self._routes.pop(name, None)
+        else:
+            self._routes[name] = Route(split)
 
     def has(self, name: str, version: str) -> bool:
         return version in self._versions.get(name, {})
@@ -75,7 +119,10 @@ class ModelRepository:
         order = self._order.get(name, [])
         evicted = []
         while len(order) > self.max_versions:
-            victim = next((v for v in order if v != self._active.get(name)), None)
+            route = self._routes.get(name)
+            pinned = route.split.versions() if route is not None else set()
+            keep = {self._active.get(name), *pinned}
+            victim = next((v for v in order if v not in keep), None)
             if victim is None:
                 break
             evicted.append(self.remove(name, victim))
@@ -92,9 +139,17 @@ class ModelRepository:
             self._order[name].remove(version)
             if self._active.get(name) == version:
                 del self._active[name]
+            route = self._routes.get(name)
+            if route is not None and version in route.split.versions():
+                split = route.split.without(version)
+                if split.is_default:
+                    del self._routes[name]
+                else:
+                    self._routes[name] = Route(split)
             if not self._versions[name]:
                 del self._versions[name]
                 del self._order[name]
+                self._routes.pop(name, None)
         METRICS.models_ready.set(sum(len(v) for v in self._versions.values()))
         return served
 

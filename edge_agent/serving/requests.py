@@ -31,6 +31,9 @@ class InferenceRequest:
     #: The inputs are uploaded files (BYTES, one element per file) named by their form field,
     #: not by the model's inputs: ``validation.route_uploads`` maps them onto the model.
     uploads: bool = False
+    #: The version the data plane routed the request to (set once routed), so a failure after
+    #: routing counts against the version that was asked to answer, not the active one.
+    routed_version: str = ""
 
 
 @dataclass(slots=True)

@@ -52,6 +52,32 @@ class RequestTiming:
 
 
 @dataclass(slots=True)
+class ShadowStats:
+    """How a shadow candidate's answers compare with the live version's (``traffic.py``).
+
+    Kept on the candidate version, like its other figures. ``rows`` / ``agreed_rows`` count
+    top-1 agreement over outputs with classes (a last dimension over 1); ``max_abs_diff`` is the
+    largest element difference seen on any compared output, for regressors and classifiers alike.
+    """
+
+    #: Requests mirrored to the candidate and compared.
+    compared: int = 0
+    #: Requests that were due a shadow run but found the candidate busy (bounded, never queued).
+    skipped: int = 0
+    #: Shadow runs that raised, or whose outputs did not match the live ones in name or shape.
+    failed: int = 0
+    rows: int = 0
+    agreed_rows: int = 0
+    max_abs_diff: float = 0.0
+
+    def record(self, rows: int, agreed: int, max_abs_diff: float) -> None:
+        self.compared += 1
+        self.rows += rows
+        self.agreed_rows += agreed
+        self.max_abs_diff = max(self.max_abs_diff, max_abs_diff)
+
+
+@dataclass(slots=True)
 class ModelStats:
     last_inference_ms: int = 0
     inference_count: int = 0
@@ -63,6 +89,7 @@ class ModelStats:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
+    shadow: ShadowStats = field(default_factory=ShadowStats)
 
     def request_succeeded(
         self, total_ns: int, input_ns: int, timing: RequestTiming, rows: int

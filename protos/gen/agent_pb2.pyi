@@ -167,3 +167,83 @@ class ListBatchJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[BatchJob]
     def __init__(self, jobs: _Optional[_Iterable[_Union[BatchJob, _Mapping]]] = ...) -> None: ...
+
+class SetTrafficRequest(_message.Message):
+    __slots__ = ("model", "weights", "shadow_version", "shadow_fraction")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: _containers.ScalarMap[str, float]
+    shadow_version: str
+    shadow_fraction: float
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., shadow_version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ...) -> None: ...
+
+class GetTrafficRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ShadowStats(_message.Message):
+    __slots__ = ("compared", "skipped", "failed", "rows", "agreed_rows", "max_abs_diff")
+    COMPARED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    AGREED_ROWS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    compared: int
+    skipped: int
+    failed: int
+    rows: int
+    agreed_rows: int
+    max_abs_diff: float
+    def __init__(self, compared: _Optional[int] = ..., skipped: _Optional[int] = ..., failed: _Optional[int] = ..., rows: _Optional[int] = ..., agreed_rows: _Optional[int] = ..., max_abs_diff: _Optional[float] = ...) -> None: ...
+
+class VersionTraffic(_message.Message):
+    __slots__ = ("version", "weight", "active", "success", "fail", "shadow")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_FIELD_NUMBER: _ClassVar[int]
+    FAIL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    weight: float
+    active: bool
+    success: int
+    fail: int
+    shadow: ShadowStats
+    def __init__(self, version: _Optional[str] = ..., weight: _Optional[float] = ..., active: _Optional[bool] = ..., success: _Optional[int] = ..., fail: _Optional[int] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ...) -> None: ...
+
+class TrafficInfo(_message.Message):
+    __slots__ = ("model", "weights", "shadow_version", "shadow_fraction", "active_version", "versions")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    weights: _containers.ScalarMap[str, float]
+    shadow_version: str
+    shadow_fraction: float
+    active_version: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionTraffic]
+    def __init__(self, model: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., shadow_version: _Optional[str] = ..., shadow_fraction: _Optional[float] = ..., active_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionTraffic, _Mapping]]] = ...) -> None: ...

@@ -74,6 +74,16 @@ class AgentServiceStub:
                 request_serializer=protos_dot_gen_dot_agent__pb2.GetBatchJobRequest.SerializeToString,
                 response_deserializer=protos_dot_gen_dot_agent__pb2.BatchJob.FromString,
                 _registered_method=True)
+        self.SetTraffic = channel.unary_unary(
+                '/edgeagent.v1.AgentService/SetTraffic',
+                request_serializer=protos_dot_gen_dot_agent__pb2.SetTrafficRequest.SerializeToString,
+                response_deserializer=protos_dot_gen_dot_agent__pb2.TrafficInfo.FromString,
+                _registered_method=True)
+        self.GetTraffic = channel.unary_unary(
+                '/edgeagent.v1.AgentService/GetTraffic',
+                request_serializer=protos_dot_gen_dot_agent__pb2.GetTrafficRequest.SerializeToString,
+                response_deserializer=protos_dot_gen_dot_agent__pb2.TrafficInfo.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -134,6 +144,23 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTraffic(self, request, context):
+        """Spread the requests that name no version over loaded versions by weight,
+        and optionally mirror a fraction of them to a shadow version whose answers
+        are only compared. Takes effect at once, persisted across restarts.
+        INVALID_ARGUMENT for an unloaded version, a negative weight or a zero sum.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTraffic(self, request, context):
+        """A model's split, per version request counts and the shadow comparison.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -176,6 +203,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.CancelBatchJob,
                     request_deserializer=protos_dot_gen_dot_agent__pb2.GetBatchJobRequest.FromString,
                     response_serializer=protos_dot_gen_dot_agent__pb2.BatchJob.SerializeToString,
+            ),
+            'SetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTraffic,
+                    request_deserializer=protos_dot_gen_dot_agent__pb2.SetTrafficRequest.FromString,
+                    response_serializer=protos_dot_gen_dot_agent__pb2.TrafficInfo.SerializeToString,
+            ),
+            'GetTraffic': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTraffic,
+                    request_deserializer=protos_dot_gen_dot_agent__pb2.GetTrafficRequest.FromString,
+                    response_serializer=protos_dot_gen_dot_agent__pb2.TrafficInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +431,60 @@ class AgentService:
             '/edgeagent.v1.AgentService/CancelBatchJob',
             protos_dot_gen_dot_agent__pb2.GetBatchJobRequest.SerializeToString,
             protos_dot_gen_dot_agent__pb2.BatchJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeagent.v1.AgentService/SetTraffic',
+            protos_dot_gen_dot_agent__pb2.SetTrafficRequest.SerializeToString,
+            protos_dot_gen_dot_agent__pb2.TrafficInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTraffic(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgeagent.v1.AgentService/GetTraffic',
+            protos_dot_gen_dot_agent__pb2.GetTrafficRequest.SerializeToString,
+            protos_dot_gen_dot_agent__pb2.TrafficInfo.FromString,
             options,
             channel_credentials,
             insecure,
