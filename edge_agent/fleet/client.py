@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,8 @@ from edge_agent.install.installer import Installer
 from edge_agent.install.store import ModelStore
 from edge_agent.metrics import METRICS
 from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.stats import ModelStats, quantile_ms
 from protos import fleet_topics as topics
 from protos.fleet_state import DesiredModel, DesiredState
 
@@ -97,6 +100,7 @@ class FleetClient:
         self.downloads_root = root / "downloads"
         self.state = FleetState(root / "state.json")
         self.outbox = Outbox(root / "outbox.sqlite3", self.fs.outbox_max_records)
+        self._versions = VersionTelemetry()
         self.link: MqttLink | None = None
         self._connected = asyncio.Event()
         self._desired: DesiredState | None = None
@@ -313,7 +317,13 @@ class FleetClient:
             return
         while True:
             await asyncio.sleep(self.fs.telemetry_interval_s)
-            self.record("metrics", metrics_snapshot())
+            self.record("metrics", self._metrics_snapshot())
+
+    def _metrics_snapshot(self) -> dict[str, Any]:
+        """The registry's sums, and per model version figures so versions can be compared."""
+        snapshot: dict[str, Any] = dict(metrics_snapshot())
+        snapshot.update(self._versions.snapshot(self.repo))
+        return snapshot
 
     # --- reconciliation ---------------------------------------------------------------------
 
@@ -432,6 +442,58 @@ class FleetClient:
         path = await asyncio.to_thread(dl.assemble)
         crash_point("after_assemble")
         return path
+
+
+#: Versions itemised in one snapshot: with their figures (~150 bytes each) the record stays far
+#: below the protocol's batch limit, so the outbox never has to shrink it. Busiest first.
+MAX_SNAPSHOT_VERSIONS = 200
+
+
+class VersionTelemetry:
+    """Per model version request figures for the periodic ``metrics`` record.
+
+    Counts are cumulative since the version was loaded (as the statistics extension reports
+    them), so a lost record loses no request; latency percentiles cover the successful requests
+    since the previous snapshot, the window in which versions are compared. Read from each
+    version's ``ModelStats`` (no second bookkeeping on the request path).
+    """
+
+    def __init__(self, limit: int = MAX_SNAPSHOT_VERSIONS) -> None:
+        self.limit = limit
+        # (model, version) -> (the stats object seen, its latency counts then): a version
+        # unloaded and loaded again has a new stats object and starts a new window.
+        self._last: dict[tuple[str, str], tuple[ModelStats, list[int]]] = {}
+
+    def snapshot(self, served: Iterable[ServedModel]) -> dict[str, Any]:
+        rows = []
+        last: dict[tuple[str, str], tuple[ModelStats, list[int]]] = {}
+        for m in served:
+            st = m.stats
+            counts = list(st.latency.counts)
+            prev = self._last.get((m.name, m.version))
+            window = counts if prev is None or prev[0] is not st else _minus(counts, prev[1])
+            last[(m.name, m.version)] = (st, counts)
+            rows.append((m.name, m.version, st, window))
+        self._last = last
+        rows.sort(key=lambda r: r[2].success.count + r[2].fail.count, reverse=True)
+        versions: dict[str, dict[str, Any]] = {}
+        for name, version, st, window in rows[: self.limit]:
+            entry: dict[str, Any] = {"requests": st.success.count + st.fail.count}
+            entry["errors"] = st.fail.count
+            n = sum(window)
+            entry["window"] = n
+            if n:
+                for label, q in (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99)):
+                    entry[label] = round(quantile_ms(window, q), 3)
+            versions.setdefault(name, {})[version] = entry
+        out: dict[str, Any] = {"versions": versions}
+        if len(rows) > self.limit:
+            out["versions_omitted"] = len(rows) - self.limit
+        return out
+
+
+def _minus(a: list[int], b: list[int]) -> list[int]:
+    return [x - y for x, y in zip(a, b, strict=True)]
 
 
 def metrics_snapshot() -> dict[str, float]:

@@ -1,4 +1,9 @@
-"""On-device batch predictions over local .npy files, persisted so they survive restarts.
+"""On-device batch predictions over local files, persisted so they survive restarts.
+
+Inputs are ``.npy`` arrays, encoded images (decoded by the package's declared preprocessing, the
+same code as online BYTES image inputs) and JSON Lines of tensors, one input per line. The list
+of inputs is fixed when the job is submitted: a tensor line is named ``<file>.jsonl#<line>``
+(1-based), so resuming after a restart addresses exactly the same input at each index.
 
 Each job lives in ``jobs/<id>/``: ``job.json`` (the record, rewritten atomically on every state
 change) and ``results.jsonl`` (one line per input, appended and fsynced in order). After a
@@ -6,16 +11,20 @@ restart a RUNNING or QUEUED job resumes from the number of complete result lines
 last line, so no input is lost or written twice. A job whose pinned model version is gone is
 marked FAILED with the reason: never silently lost.
 
-Inference goes through the same ``ServedModel`` as online requests (one code path), one input at
-a time so a single bad file fails that line, not the job.
+Inference goes through the same validation (``validate_inputs``, which applies the
+preprocessing) and ``ServedModel`` (which applies the postprocessing) as online requests: one
+code path. Inputs run one at a time so a single bad input fails its line, not the job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -30,6 +39,11 @@ from edge_agent.errors import AgentError, InvalidInput, JobNotFound, ModelNotFou
 from edge_agent.fsutil import atomic_write_json, read_json
 from edge_agent.metrics import METRICS
 from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.requests import InputTensor
+from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.validation import validate_inputs
+from model_packager.processing import TOPK_SUFFIX
+from model_packager.tensors import datatype_to_dtype
 
 log = logging.getLogger(__name__)
 
@@ -58,22 +72,73 @@ class JobRecord:
         return asdict(self)
 
 
+#: Encoded image files a folder or manifest may name; Pillow decodes them (``processing.py``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+#: Files whose every non-blank line is one input (``{"inputs": {...}}``).
+TENSOR_LINES_SUFFIX = ".jsonl"
+_INPUT_SUFFIXES = (".npy", TENSOR_LINES_SUFFIX, *IMAGE_SUFFIXES)
+
+
+def _line_ref(path: Path, lineno: int) -> str:
+    return f"{path}#{lineno}"
+
+
+def _parse_line_ref(source: str) -> tuple[str, int] | None:
+    """``x.jsonl#12`` -> (``x.jsonl``, 12); any other source names a whole file."""
+    path, sep, num = source.rpartition("#")
+    if sep and num.isdigit() and path.lower().endswith(TENSOR_LINES_SUFFIX):
+        return path, int(num)
+    return None
+
+
+def _tensor_lines(path: Path) -> list[str]:
+    """One source per non-blank line of a tensors JSONL, each addressed by its line number."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read {path}: {exc}") from None
+    return [_line_ref(path, n) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _expand(path: Path) -> list[str]:
+    """A file named as an input -> its sources: a tensors JSONL yields one per line.
+
+    A JSONL that cannot be read is kept as one source, so that it fails its own line (as a
+    missing .npy does) instead of refusing the whole job.
+    """
+    if path.suffix.lower() == TENSOR_LINES_SUFFIX and path.is_file():
+        try:
+            return _tensor_lines(path)
+        except InvalidInput:
+            return [str(path)]
+    return [str(path)]
+
+
 def _sources_from_manifest(path: Path) -> list[str]:
+    """Sources of a manifest: ``{"source": file}`` lines and inline ``{"inputs": ...}`` lines.
+
+    An inline input stays in the manifest and is addressed by its line number, so the job
+    record holds only references, whatever the size of the tensors.
+    """
     if not path.is_file():
         raise InvalidInput(f"manifest {path} does not exist")
-    sources = []
+    sources: list[str] = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
-            src = doc["source"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except json.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict) and "inputs" in doc:
+            sources.append(_line_ref(path, n))
+            continue
+        if not isinstance(doc, dict) or not isinstance(doc.get("source"), str):
             raise InvalidInput(
-                f"{path.name} line {n}: expected a JSON object with 'source'"
-            ) from None
-        p = Path(src)
-        sources.append(str(p if p.is_absolute() else (path.parent / p)))
+                f"{path.name} line {n}: expected a JSON object with 'source' or 'inputs'"
+            )
+        p = Path(doc["source"])
+        sources.extend(_expand(p if p.is_absolute() else (path.parent / p)))
     if not sources:
         raise InvalidInput(f"manifest {path} lists no inputs")
     return sources
@@ -82,9 +147,12 @@ def _sources_from_manifest(path: Path) -> list[str]:
 def _sources_from_dir(path: Path) -> list[str]:
     if not path.is_dir():
         raise InvalidInput(f"input folder {path} does not exist")
-    sources = sorted(str(p) for p in path.glob("*.npy"))
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _INPUT_SUFFIXES)
+    sources = [s for p in files if p.is_file() for s in _expand(p)]
     if not sources:
-        raise InvalidInput(f"input folder {path} holds no .npy files")
+        raise InvalidInput(
+            f"input folder {path} holds no inputs ({', '.join(_INPUT_SUFFIXES)} files)"
+        )
     return sources
 
 
@@ -231,12 +299,10 @@ class BatchJobManager:
         results.parent.mkdir(parents=True, exist_ok=True)
         start = self._resume_point(results)
         job.done = start
-        job.failed = (
-            sum(1 for line in results.read_text().splitlines() if '"error"' in line) if start else 0
-        )
+        job.failed = _failed_lines(results) if start else 0
         job.state = "RUNNING"
         self._save(job)
-        input_name = served.inputs[0].name
+        reader = _InputReader(served)
         loop = asyncio.get_running_loop()
         with open(results, "ab") as out:
             for index in range(start, job.total):
@@ -246,20 +312,13 @@ class BatchJobManager:
                 source = job.sources[index]
                 line: dict[str, Any] = {"index": index, "source": source}
                 try:
-                    arr = await loop.run_in_executor(None, _load_npy, source)
-                    spec = served.input_by_name[input_name]
-                    if arr.dtype != spec.dtype:
-                        raise InvalidInput(f"{source}: dtype {arr.dtype}, model wants {spec.dtype}")
-                    if not spec.accepts(arr.shape):
-                        if spec.accepts((1, *arr.shape)):
-                            arr = arr[np.newaxis]
-                        else:
-                            raise InvalidInput(
-                                f"{source}: shape {list(arr.shape)}, model wants {list(spec.shape)}"
-                            )
-                    outputs = await served.infer({input_name: arr}, None)
+                    inputs = await loop.run_in_executor(None, reader.read, source)
+                    outputs = await served.infer(inputs, None)
                     line["outputs"] = {k: _to_jsonable(v) for k, v in outputs.items()}
-                except (AgentError, OSError, ValueError) as exc:
+                    top = _top_k(served, outputs)
+                    if top is not None:
+                        line["top_k"] = top
+                except (AgentError, OSError, ValueError, TypeError, binascii.Error) as exc:
                     line["error"] = str(exc)
                     job.failed += 1
                 out.write((json.dumps(line) + "\n").encode())
@@ -271,5 +330,119 @@ class BatchJobManager:
         self._finish(job, "SUCCEEDED")
 
 
-def _load_npy(source: str) -> np.ndarray:
-    return np.load(source, allow_pickle=False)
+def _failed_lines(results: Path) -> int:
+    """Result lines that hold an error (parsed: a label may well contain the word)."""
+    return sum(1 for line in results.read_text().splitlines() if "error" in json.loads(line))
+
+
+def _top_k(served: ServedModel, outputs: dict[str, np.ndarray]) -> list[list[dict]] | None:
+    """The post-processing's ``score:index:label`` strings as objects, per row, best first.
+
+    The online path returns the strings (Triton's classification format); a results file is
+    read by scripts, which should not have to split them.
+    """
+    post = served.processing.post
+    if post is None or not post.top_k or post.output + TOPK_SUFFIX not in outputs:
+        return None
+    rows = outputs[post.output + TOPK_SUFFIX]
+    out = []
+    for row in rows.reshape(rows.shape[0], -1):
+        items = []
+        for item in row:
+            text = item.decode() if isinstance(item, bytes) else str(item)
+            score, index, label = text.split(":", 2)
+            items.append({"label": label, "index": int(index), "score": float(score)})
+        out.append(items)
+    return out
+
+
+class _InputReader:
+    """A job's sources -> the model's validated inputs, in the executor (files, decoding).
+
+    Every kind ends in ``validate_inputs``, the online requests' own check, which also decodes
+    images through the package's preprocessing. Tensor files are read once per run, not once
+    per line.
+    """
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self._lines: dict[str, list[str]] = {}
+
+    def read(self, source: str) -> dict[str, np.ndarray]:
+        ref = _parse_line_ref(source)
+        if ref is not None:
+            return validate_inputs(self.served, self._tensor_line(*ref))
+        if Path(source).suffix.lower() in IMAGE_SUFFIXES:
+            return self._image(source)
+        if Path(source).suffix.lower() == TENSOR_LINES_SUFFIX:
+            # A tensors file that could not be read at submit time (see ``_expand``).
+            raise InvalidInput(f"{source}: cannot read its lines")
+        return self._npy(source)
+
+    def _npy(self, source: str) -> dict[str, np.ndarray]:
+        arr = np.load(source, allow_pickle=False)
+        spec = self.served.inputs[0]
+        if arr.dtype != spec.dtype:
+            raise InvalidInput(f"{source}: dtype {arr.dtype}, model wants {spec.dtype}")
+        if not spec.accepts(arr.shape) and spec.accepts((1, *arr.shape)):
+            arr = arr[np.newaxis]  # a bare sample: add the batch dimension
+        return validate_inputs(self.served, [InputTensor(spec.name, spec.datatype, arr.shape, arr)])
+
+    def _image(self, source: str) -> dict[str, np.ndarray]:
+        pre = self.served.processing.pre
+        if pre is None:
+            raise InvalidInput(
+                f"{source}: model {self.served.name!r} declares no image preprocessing"
+            )
+        data = np.array([Path(source).read_bytes()], dtype=np.object_)
+        return validate_inputs(self.served, [InputTensor(pre.input, "BYTES", data.shape, data)])
+
+    def _tensor_line(self, path: str, lineno: int) -> list[InputTensor]:
+        lines = self._lines.get(path)
+        if lines is None:
+            lines = self._lines[path] = Path(path).read_text().splitlines()
+        if not 1 <= lineno <= len(lines):
+            raise InvalidInput(f"{path} has no line {lineno} any more")
+        try:
+            doc = json.loads(lines[lineno - 1])
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"line {lineno}: not JSON ({exc})") from None
+        inputs = doc.get("inputs") if isinstance(doc, dict) else None
+        if not isinstance(inputs, dict) or not inputs:
+            raise InvalidInput(f'line {lineno}: expected {{"inputs": {{name: tensor}}}}')
+        return [self._tensor(name, value) for name, value in inputs.items()]
+
+    def _tensor(self, name: str, value: Any) -> InputTensor:
+        """``{"shape", "datatype", "data"}`` as in the protocol's JSON, or just the (nested)
+        data, whose datatype is then the model's and shape the nesting's."""
+        spec = self.served.input_by_name.get(name)
+        if not isinstance(value, dict):
+            value = {"data": value}
+        if "data" not in value:
+            raise InvalidInput(f"input {name!r}: no 'data'")
+        datatype = value.get("datatype") or (spec.datatype if spec is not None else "")
+        if not datatype:
+            known = ", ".join(self.served.input_by_name)
+            raise InvalidInput(f"model {self.served.name!r} has no input {name!r} ({known})")
+        data = value["data"]
+        if datatype == "BYTES":
+            b64 = (value.get("parameters") or {}).get("content_type") == "base64"
+            flat = np.array(data, dtype=np.object_)
+            arr = np.array(
+                [base64.b64decode(v, validate=True) if b64 else str(v).encode() for v in flat.flat],
+                dtype=np.object_,
+            ).reshape(flat.shape)
+        else:
+            try:
+                dtype = datatype_to_dtype(datatype)
+            except KeyError as exc:
+                raise InvalidInput(f"input {name!r}: {exc.args[0]}") from None
+            arr = np.asarray(data, dtype=dtype)
+        if "shape" in value:
+            shape = tuple(int(d) for d in value["shape"])
+            if math.prod(shape) != arr.size:
+                raise InvalidInput(f"input {name!r}: {arr.size} values do not fill shape {shape}")
+            arr = arr.reshape(shape)
+        elif spec is not None and not spec.accepts(arr.shape) and spec.accepts((1, *arr.shape)):
+            arr = arr[np.newaxis]  # a bare sample, as for .npy files
+        return InputTensor(name, datatype, arr.shape, arr)

@@ -9,11 +9,15 @@ starts from zero, as in Triton ("since the server started").
 Everything is recorded on the event loop (the inference thread only returns its timestamps), so
 plain integer counters need no lock. Request-level figures (success, fail, queue, compute_*)
 count requests; ``execution_count`` and ``batch_stats`` count model runs, which the dynamic
-batcher makes fewer than requests.
+batcher makes fewer than requests. ``latency`` keeps successful requests' latencies in fixed
+buckets, so the fleet's telemetry can report percentiles per version (Triton's sums give only
+means, and the Prometheus histogram is per model) at the cost of one bisect per request.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -49,6 +53,41 @@ class RequestTiming:
     queue_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
+
+
+#: Upper bounds (ns) of the latency buckets: 2**(1/4) apart (a percentile read from them is within
+#: ~10% of the true figure) from 25 us to about 2 minutes, plus one open bucket above.
+LATENCY_BOUNDS_NS: tuple[int, ...] = tuple(round(25_000 * 2 ** (i / 4)) for i in range(90))
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """Counts of request latencies per bucket of ``LATENCY_BOUNDS_NS`` (last: above them all)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BOUNDS_NS) + 1))
+
+    def observe(self, ns: int) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BOUNDS_NS, ns)] += 1
+
+
+def quantile_ms(counts: list[int], q: float) -> float:
+    """The ``q`` quantile (0..1) of bucket ``counts`` in milliseconds: the geometric middle of
+    the bucket holding it (the upper bound for the first bucket, the lower for the open one)."""
+    n = sum(counts)
+    if n == 0:
+        return 0.0
+    rank = max(1, math.ceil(q * n))
+    i, seen = 0, counts[0]
+    while seen < rank:
+        i += 1
+        seen += counts[i]
+    if i == 0:
+        ns = float(LATENCY_BOUNDS_NS[0])
+    elif i >= len(LATENCY_BOUNDS_NS):
+        ns = float(LATENCY_BOUNDS_NS[-1])
+    else:
+        ns = math.sqrt(LATENCY_BOUNDS_NS[i - 1] * LATENCY_BOUNDS_NS[i])
+    return ns / 1e6
 
 
 @dataclass(slots=True)
@@ -90,6 +129,7 @@ class ModelStats:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
     shadow: ShadowStats = field(default_factory=ShadowStats)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
     def request_succeeded(
         self, total_ns: int, input_ns: int, timing: RequestTiming, rows: int
@@ -99,6 +139,7 @@ class ModelStats:
         self.last_inference_ms = time.time_ns() // 1_000_000
         self.inference_count += rows
         self.success.add(total_ns)
+        self.latency.observe(total_ns)
         self.compute_input.add(input_ns)
         self.queue.add(timing.queue_ns)
         self.compute_infer.add(timing.infer_ns)

@@ -180,11 +180,13 @@ def test_submit_errors(agent: AgentProcess, tmp_path: Path) -> None:
             grpc.StatusCode.NOT_FOUND,
         ),
         ({"input_dir": str(tmp_path / "missing")}, grpc.StatusCode.INVALID_ARGUMENT),
-        ({"input_dir": str(tmp_path)}, grpc.StatusCode.INVALID_ARGUMENT),  # no .npy in it
+        ({"input_dir": str(tmp_path)}, grpc.StatusCode.INVALID_ARGUMENT),  # no inputs in it
         ({"manifest_path": str(tmp_path / "none.jsonl")}, grpc.StatusCode.INVALID_ARGUMENT),
         ({}, grpc.StatusCode.INVALID_ARGUMENT),
     ]
-    bad_manifest = tmp_path / "bad.jsonl"
+    # Not in tmp_path itself: a folder's .jsonl files are inputs.
+    bad_manifest = tmp_path / "manifests" / "bad.jsonl"
+    bad_manifest.parent.mkdir()
     bad_manifest.write_text('{"src": "x.npy"}\n')
     cases.append(({"manifest_path": str(bad_manifest)}, grpc.StatusCode.INVALID_ARGUMENT))
     for kw, code in cases:
@@ -287,3 +289,173 @@ def test_job_whose_version_is_gone_after_restart_is_failed(
     assert "no longer available" in job.error and "'1'" in job.error
     listed = agent.agent_stub().ListBatchJobs(agent_pb2.ListBatchJobsRequest(), timeout=10)
     assert [j.state for j in listed.jobs if j.job_id == job.job_id] == ["FAILED"]
+
+
+# --------------------------------------------------------------------------------------------
+# images and JSON Lines of tensors
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> tuple[Path, Path]:
+    """The HTTP tests' image classifier (image preprocessing, softmax, top-3 with labels):
+    (package, onnx file for the reference answers)."""
+    from model_packager.build import ArtifactInput, BuildSpec, build_package
+    from model_packager.signing import load_private_key
+    from tests.agent.test_http import LABELS, POST, PRE, digits_onnx
+
+    d = tmp_path_factory.mktemp("digits")
+    onnx_path = digits_onnx(d / "digits.onnx")
+    spec = BuildSpec(
+        name="digits",
+        version="1",
+        artifacts=[ArtifactInput(onnx_path)],
+        labels=LABELS,
+        preprocessing=PRE,
+        postprocessing=POST,
+    )
+    return build_package(spec, d / "pkg", load_private_key(keys["private"])), onnx_path
+
+
+def test_image_folder_goes_through_preprocessing_and_top_k(
+    agent: AgentProcess, digits: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import io
+    import random
+
+    from PIL import Image
+
+    from tests.agent.test_http import LABELS, expected_probs
+    from tests.datasets.digits import digit_png
+
+    pkg, onnx_path = digits
+    assert agent.install(pkg).result.outcome == "COMMITTED"
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = random.Random(7)
+    images = {f"a-{d}.png": digit_png(d, rng) for d in (3, 7, 0)}
+    # Any format Pillow decodes: the first digit again as JPEG and BMP.
+    img = Image.open(io.BytesIO(images["a-3.png"])).convert("L")
+    for fmt, name in (("JPEG", "b.jpg"), ("BMP", "c.BMP")):
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        images[name] = buf.getvalue()
+    for name, data in images.items():
+        (folder / name).write_bytes(data)
+    (folder / "d-broken.png").write_bytes(b"\x89PNG not really")
+    (folder / "notes.txt").write_text("ignored")
+
+    job = wait(agent, submit(agent, model_name="digits", input_dir=str(folder)).job_id)
+    assert job.state == "SUCCEEDED", job.error
+    assert (job.total, job.done, job.failed) == (6, 6, 1)
+    lines = results(job)
+    assert [Path(line["source"]).name for line in lines] == sorted([*images, "d-broken.png"])
+    assert [line["index"] for line in lines] == list(range(6))
+    for line in lines[:-1]:
+        probs = expected_probs(onnx_path, [images[Path(line["source"]).name]])[0]
+        best = np.argsort(-probs, kind="stable")[:3]
+        (top,) = line["top_k"]
+        assert [(t["index"], t["label"]) for t in top] == [(int(i), LABELS[i]) for i in best]
+        np.testing.assert_allclose([t["score"] for t in top], probs[best], atol=2e-6)
+        # The online path's strings and the softmaxed scores are there too.
+        strings = line["outputs"]["logits_topk"]
+        assert strings["shape"] == [1, 3] and strings["data"][0].endswith(f":{LABELS[best[0]]}")
+        np.testing.assert_allclose(line["outputs"]["logits"]["data"], [probs], atol=2e-6)
+    assert "error" in lines[-1] and "outputs" not in lines[-1]
+
+    # A model without image preprocessing fails image lines, with the reason, not the job.
+    job = wait(agent, submit(agent, model_name="mlp", input_dir=str(folder)).job_id)
+    assert job.state == "SUCCEEDED" and job.failed == job.total == 6
+    assert all("no image preprocessing" in line["error"] for line in results(job))
+
+
+def test_jsonl_tensor_files_one_line_per_input(
+    agent: AgentProcess, tmp_path: Path, ort_mlp: Callable
+) -> None:
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 784)).astype(np.float32) for _ in range(4)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    np.save(folder / "a.npy", xs[0])
+    tensor_lines = [
+        # The protocol's JSON form, flat data and an explicit shape.
+        {
+            "inputs": {
+                "input": {"shape": [1, 784], "datatype": "FP32", "data": xs[1].ravel().tolist()}
+            }
+        },
+        # The short form: just the data; a bare sample gets its batch dimension.
+        {"inputs": {"input": xs[2][0].tolist()}},
+        {"inputs": {"nope": [1.0]}},
+        {"inputs": {"input": {"shape": [2, 3], "data": [1.0]}}},
+        {"inputs": {"input": {"datatype": "FP64", "data": xs[3].tolist()}}},
+    ]
+    text = "\n".join(json.dumps(d) for d in tensor_lines[:2]) + "\n\n"  # a blank line is skipped
+    text += "not json\n" + "\n".join(json.dumps(d) for d in tensor_lines[2:]) + "\n"
+    (folder / "b.jsonl").write_text(text)
+
+    job = wait(agent, submit(agent, input_dir=str(folder)).job_id)
+    assert job.state == "SUCCEEDED", job.error
+    assert (job.total, job.done, job.failed) == (7, 7, 4)
+    lines = results(job)
+    jsonl = str(folder / "b.jsonl")
+    assert [line["source"] for line in lines] == [
+        str(folder / "a.npy"),
+        *(f"{jsonl}#{n}" for n in (1, 2, 4, 5, 6, 7)),
+    ]
+    assert_matches(lines[0], xs[0], ort_mlp)
+    assert_matches(lines[1], xs[1], ort_mlp)
+    assert_matches(lines[2], xs[2], ort_mlp)
+    assert "not JSON" in lines[3]["error"]
+    assert "no input 'nope'" in lines[4]["error"]
+    assert "shape" in lines[5]["error"]
+    assert "FP32" in lines[6]["error"]
+
+    # A manifest mixes file sources (a .jsonl expands to its lines) and inline inputs.
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        json.dumps({"source": "in/b.jsonl"})
+        + "\n"
+        + json.dumps({"inputs": {"input": xs[3].tolist()}})
+        + "\n"
+    )
+    job = wait(agent, submit(agent, manifest_path=str(manifest)).job_id)
+    assert job.state == "SUCCEEDED" and (job.total, job.failed) == (7, 4)
+    lines = results(job)
+    assert lines[-1]["source"] == f"{manifest}#2"
+    assert_matches(lines[0], xs[1], ort_mlp)
+    assert_matches(lines[-1], xs[3], ort_mlp)
+
+
+def test_jsonl_job_survives_kill_9(
+    start_agent: Callable[..., AgentProcess], v1: Path, tmp_path: Path, ort_mlp: Callable
+) -> None:
+    n = 800
+    rng = np.random.default_rng(11)
+    xs = rng.standard_normal((n, 784)).astype(np.float32)
+    tensors = tmp_path / "tensors.jsonl"
+    with tensors.open("w") as f:
+        for i, x in enumerate(xs):
+            if i % 97 == 5:
+                f.write('{"inputs": "broken"}\n')  # a bad line at known indexes
+            f.write(json.dumps({"inputs": {"input": x.tolist()}}) + "\n")
+    agent = start_agent()
+    agent.install(v1)
+    job = submit(agent, manifest_path=str(tensors))
+    before = _wait_running(agent, job.job_id, at_least=60)
+    agent.kill()
+    total = job.total
+    assert before.done < total
+
+    agent.start()
+    job = wait(agent, job.job_id, timeout=90)
+    assert job.state == "SUCCEEDED", job.error
+    bad = sum(1 for i in range(n) if i % 97 == 5)
+    assert (job.done, job.failed, job.total) == (total, bad, n + bad)
+    lines = results(job)
+    assert [line["index"] for line in lines] == list(range(total))  # no gap, no duplicate
+    assert [line["source"] for line in lines] == [f"{tensors}#{k}" for k in range(1, total + 1)]
+    good = [line for line in lines if "error" not in line]
+    assert len(good) == n
+    got = np.concatenate([np.asarray(line["outputs"]["logits"]["data"]) for line in good])
+    want = np.concatenate([ort_mlp(x) for x in xs])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
