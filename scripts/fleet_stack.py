@@ -294,10 +294,11 @@ def stop_broker(stack: Stack) -> None:
     stack.broker = None
 
 
-def start_control_plane(stack: Stack, timeout: float = 60.0) -> None:
-    """``control-plane serve`` on the run's data folder; waits until it serves and is connected.
+def spawn_control_plane(stack: Stack) -> None:
+    """Start ``control-plane serve`` on the run's data folder and return at once.
 
-    Also a restart after a kill: same port, same SQLite file, same broker files.
+    Also a restart after a kill: same port, same SQLite file, same broker files. Whether it is
+    up yet is ``control_plane_healthy``; ``start_control_plane`` waits for it.
     """
     stack.cp = spawn_logged(
         [*console_script("control-plane"), "serve"],
@@ -310,16 +311,28 @@ def start_control_plane(stack: Stack, timeout: float = 60.0) -> None:
         stack.api, _ = api_client(f"http://127.0.0.1:{stack.api_port}", stack.api_token)
         stack.api.timeout = httpx.Timeout(stack.api_timeout)
 
-    def healthy() -> bool:
-        assert stack.cp is not None and stack.api is not None
-        if stack.cp.poll() is not None:
-            raise RuntimeError((stack.work / "control-plane.log").read_text()[-3000:])
-        try:
-            return bool(stack.api.get("/health").json().get("broker_connected"))
-        except (httpx.HTTPError, ValueError):
-            return False
 
-    wait_until("control plane healthy and connected to the broker", healthy, timeout, 0.2)
+def control_plane_healthy(stack: Stack) -> bool:
+    """Serving its API and connected to the broker; RuntimeError when the process died."""
+    assert stack.cp is not None and stack.api is not None
+    if stack.cp.poll() is not None:
+        log_tail = (stack.work / "control-plane.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"control plane exited with {stack.cp.returncode}:\n{log_tail}")
+    try:
+        return bool(stack.api.get("/health", timeout=2).json().get("broker_connected"))
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def start_control_plane(stack: Stack, timeout: float = 60.0) -> None:
+    """``spawn_control_plane``, then wait until it serves and is connected to the broker."""
+    spawn_control_plane(stack)
+    wait_until(
+        "control plane healthy and connected to the broker",
+        lambda: control_plane_healthy(stack),
+        timeout,
+        0.2,
+    )
 
 
 def mqtt_client(port: int, username: str, password: str, client_id: str) -> mqtt.Client:
