@@ -176,8 +176,17 @@ class RolloutResult:
 
 
 def rollout(
-    stack: Stack, digest: str, agents: list[Agent], watcher: ReportedWatcher, timeout: float
+    stack: Stack,
+    digest: str,
+    agents: list[Agent],
+    watcher: ReportedWatcher,
+    timeout: float,
+    also_sample: dict[str, list[int]] | None = None,
 ) -> RolloutResult:
+    """Deploy ``digest`` to the agents (label ``bench=rollout``) and time it to all final.
+
+    ``also_sample`` adds process groups to the CPU/RSS sampling (bench-flood's flood device).
+    """
     assert stack.broker is not None and stack.cp is not None
     ids = {a.device_id for a in agents}
     sampler = Sampler(
@@ -185,6 +194,7 @@ def rollout(
             "control plane": [stack.cp.pid],
             "mosquitto": [stack.broker.pid],
             "agents": [a.proc.pid for a in agents if a.proc is not None],
+            **(also_sample or {}),
         }
     ).start()
     t0 = time.time()
