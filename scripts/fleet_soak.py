@@ -10,8 +10,8 @@ must be installed before the faults start.
 Then, for ``--minutes``, faults hit at random times drawn from ``--seed`` (each kind once early
 on, so even a short run sees all of them, then at random), overlapping as they happen to:
 
-* ``broker_restart``: Mosquitto stopped (SIGTERM, so it saves its persistence file) and started
-  again on the same port 1-4 s later;
+* ``broker_restart``: Mosquitto stopped (SIGTERM, so it saves its persistence file; SIGKILL with
+  ``--broker-crash``) and started again on the same port 1-4 s later;
 * ``cp_kill``: the control plane SIGKILLed and started again 1-4 s later, same port and data;
 * ``agent_kill``: an agent SIGKILLed and started again 0.5-3 s later on its data folder;
 * ``flood``: a fake device (``fleet_flood.py``, its own registered credentials) given the latest
@@ -382,10 +382,15 @@ class Soak:
         if self.st.broker is None:
             self.push(1.0, ev.kind)
             return
-        stop_broker(self.st)
+        if self.args.broker_crash:
+            kill_hard(self.st.broker, self.st.ledger)
+            self.st.broker = None
+        else:
+            stop_broker(self.st)
         self.injected[ev.kind] += 1
         down = self.rng.uniform(1.0, 4.0)
-        self.note(f"FAULT broker_restart: mosquitto stopped, back in {down:.1f} s")
+        how = "SIGKILLed" if self.args.broker_crash else "stopped"
+        self.note(f"FAULT broker_restart: mosquitto {how}, back in {down:.1f} s")
         self.push(down, "broker_start")
 
     def on_broker_start(self, _ev: Event) -> None:
@@ -1037,6 +1042,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--package-mib", type=int, default=4, help="size of the model package")
     parser.add_argument("--flood-rate", type=float, default=400.0, help="flood chunk requests/s")
+    parser.add_argument(
+        "--broker-crash",
+        action="store_true",
+        help="restart the broker with SIGKILL instead of SIGTERM (it saves no persistence file)",
+    )
     parser.add_argument("--json", type=Path, help="also write the report here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
