@@ -133,7 +133,13 @@ class Event:
     args: dict[str, Any] = field(compare=False, default_factory=dict)
 
 
-def plan(rng: random.Random, seconds: float, mean_gap: float, deploy_gap: float) -> list[Event]:
+def plan(
+    rng: random.Random,
+    seconds: float,
+    mean_gap: float,
+    deploy_gap: float,
+    faults: tuple[str, ...] = FAULTS,
+) -> list[Event]:
     """The faults and ordinary deployments of a run, as offsets from its start.
 
     Every fault kind once, in random order, within the first part of the run (so a short run
@@ -148,8 +154,8 @@ def plan(rng: random.Random, seconds: float, mean_gap: float, deploy_gap: float)
         events.append(Event(at, seq, kind))
         seq += 1
 
-    first_window = max(5.0, min(0.6 * seconds, 8.0 * len(FAULTS)))
-    kinds = list(FAULTS)
+    first_window = max(5.0, min(0.6 * seconds, 8.0 * len(faults)))
+    kinds = list(faults)
     rng.shuffle(kinds)
     starts = sorted(rng.uniform(1.0, first_window) for _ in kinds)
     for at, kind in zip(starts, kinds, strict=True):
@@ -159,7 +165,7 @@ def plan(rng: random.Random, seconds: float, mean_gap: float, deploy_gap: float)
         t += rng.expovariate(1.0 / mean_gap)
         if t >= seconds:
             break
-        add(t, rng.choice(FAULTS))
+        add(t, rng.choice(faults))
     t = rng.uniform(0.3, 1.0) * deploy_gap
     while t < seconds:
         add(t, "deploy")
@@ -332,7 +338,8 @@ class Soak:
         flood = register(self.st, FLOOD_ID, {"soak": "flood"})
         self.flood_bundle.write_text(json.dumps(flood))
         wait_credentials(self.st, flood)
-        self.agents = [write_agent_config(self.st, b, AGENT_FLEET) for b in bundles]
+        fleet = {**AGENT_FLEET, "telemetry_interval_s": args.telemetry_interval}
+        self.agents = [write_agent_config(self.st, b, fleet) for b in bundles]
         for a in self.agents:
             a.spawn(self.st.ledger)
         wait_until(
@@ -532,12 +539,14 @@ class Soak:
         )
 
     def on_supersede_poll(self, ev: Event) -> None:
-        """Deploy the next version once the first is seen mid-transfer (or it is too late)."""
+        """Deploy the next version once the first is seen mid-transfer (or it is too late: 30 s
+        passed, a device finished it, or another deployment already superseded it)."""
         assert self.watcher is not None
         first = ev.args["first"]
         pulling = self.watcher.mid_transfer(first) if first else set()
         finished = set(self.watcher.final(first)) if first else set()
-        late = self.now() >= ev.args["deadline"]
+        overtaken = self.next_version > ev.args["version"] + 1
+        late = self.now() >= ev.args["deadline"] or overtaken
         if not pulling and not late and first and not finished:
             self.push(0.05, ev.kind, **ev.args)
             return
@@ -552,6 +561,7 @@ class Soak:
             "after_s": round(self.now() - ev.args["since"], 2),
             "devices_mid_transfer": len(pulling),
             "devices_finished_first": len(finished),
+            "overtaken": overtaken,
         }
         self.supersedes.append(info)
         self.note(f"FAULT supersede: {info}")
@@ -602,7 +612,9 @@ class Soak:
     def run_faults(self) -> None:
         start = self.now()
         seconds = self.args.minutes * 60.0
-        self._events = plan(self.rng, seconds, self.args.mean_gap, self.args.deploy_gap)
+        self._events = plan(
+            self.rng, seconds, self.args.mean_gap, self.args.deploy_gap, self.args.faults
+        )
         for ev in self._events:
             ev.due += start
         self.note(
@@ -1043,6 +1055,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--package-mib", type=int, default=4, help="size of the model package")
     parser.add_argument("--flood-rate", type=float, default=400.0, help="flood chunk requests/s")
     parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated fault kinds to inject (default: all of {','.join(FAULTS)})",
+    )
+    parser.add_argument(
+        "--telemetry-interval",
+        type=float,
+        default=AGENT_FLEET["telemetry_interval_s"],
+        help="seconds between the agents' metrics snapshots (telemetry records)",
+    )
+    parser.add_argument(
         "--broker-crash",
         action="store_true",
         help="restart the broker with SIGKILL instead of SIGTERM (it saves no persistence file)",
@@ -1054,6 +1077,10 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = random.SystemRandom().randrange(1 << 31)
     if args.minutes <= 0 or args.agents < 1:
         parser.error("--minutes must be > 0 and --agents >= 1")
+    args.faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    unknown = set(args.faults) - set(FAULTS)
+    if unknown or not args.faults:
+        parser.error(f"--faults: unknown {sorted(unknown)}; choose from {', '.join(FAULTS)}")
 
     def interrupted(_sig: int, _frame: object) -> None:
         raise Interrupted
