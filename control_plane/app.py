@@ -23,11 +23,13 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
-from control_plane.fleet.embedded_broker import EmbeddedBroker
+from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
+from control_plane.services import routes as services
+from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
 from control_plane.training.runtime import TrainingRuntime
@@ -89,6 +91,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "description": "A package as the desired state of a device or a label-selected group, with "
         "per-device progress.",
     },
+    {
+        "name": "services",
+        "description": "Online services: registered models served by supervised agent replicas "
+        "on the control plane's machine, with rolling updates.",
+    },
 ]
 
 
@@ -99,7 +106,9 @@ def create_app(settings: Settings) -> FastAPI:
         upgrade(ctx.engine)
         broker: EmbeddedBroker | None = None
         if not settings.mqtt.url:
-            broker = EmbeddedBroker(port=settings.mqtt.embedded_broker_port)
+            broker = EmbeddedBroker(
+                Identities.from_context(ctx), port=settings.mqtt.embedded_broker_port
+            )
             broker.start()
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)
@@ -111,9 +120,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.training = TrainingRuntime.start(ctx)
         # Registry: marks conversions interrupted by an earlier run failed.
         app.state.conversions = Conversions.start(ctx)
+        # Services: starts (or adopts) the replicas of every online service.
+        app.state.services = Supervisor.start(ctx)
         try:
             yield
         finally:
+            app.state.services.stop()
             app.state.conversions.stop()
             app.state.training.stop()
             fleet.stop()
@@ -140,5 +152,6 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(training_jobs.router)
     api.include_router(visualizations.router)
     api.include_router(models.router)
+    api.include_router(services.router)
     app.include_router(api)
     return app

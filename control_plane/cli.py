@@ -37,23 +37,52 @@ def cmd_serve(_args: argparse.Namespace) -> int:
 def cmd_broker_config(args: argparse.Namespace) -> int:
     from control_plane.core.context import AppContext
     from control_plane.core.database import upgrade
-    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
-
-    ctx = AppContext.from_settings(_settings())
-    upgrade(ctx.engine)
-    options = ListenerOptions(
-        port=args.port,
-        bind=args.bind,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_ca=args.tls_ca,
-        persistence=not args.no_persistence,
-        run_as_user=args.run_as_user,
+    from control_plane.fleet.broker_config import (
+        BrokerConfigError,
+        ListenerOptions,
+        access_problems,
+        files_the_broker_reads,
+        resolve_run_as_user,
+        write_broker_config,
     )
-    with ctx.sessions() as session:
-        conf = write_broker_config(ctx.settings, session, args.out, options)
-    ctx.close()
+
+    try:
+        options = ListenerOptions(
+            port=args.port,
+            bind=args.bind,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            require_client_cert=args.require_client_cert,
+            cert_port=args.cert_port,
+            persistence=not args.no_persistence,
+            run_as_user=resolve_run_as_user(args.run_as_user),
+        )
+        ctx = AppContext.from_settings(_settings())
+        upgrade(ctx.engine)
+        try:
+            with ctx.sessions() as session:
+                conf = write_broker_config(ctx.settings, session, args.out, options)
+        finally:
+            ctx.close()
+    except BrokerConfigError as exc:
+        print(f"control-plane broker-config: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {conf} (+ passwd, acl); run: mosquitto -c {conf}")
+    if options.run_as_user:
+        readable, data = files_the_broker_reads(args.out, options)
+        writable = [data] if options.persistence else []
+        problems = access_problems(options.run_as_user, readable, writable)
+        if problems:
+            print(
+                f"control-plane broker-config: Mosquitto opens these after dropping to user "
+                f"{options.run_as_user!r}, which:\n  "
+                + "\n  ".join(problems)
+                + f"\nGive each to that user's group (chgrp {options.run_as_user} F; chmod 0640 F) "
+                "and make every folder on the way searchable by it.",
+                file=sys.stderr,
+            )
+            return 2
     return 0
 
 
@@ -86,9 +115,27 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--bind", default="0.0.0.0")
     bc.add_argument("--tls-cert", type=Path, help="server certificate (PEM): enables TLS")
     bc.add_argument("--tls-key", type=Path, help="server private key (PEM)")
-    bc.add_argument("--tls-ca", type=Path, help="CA file for client certificates (optional)")
+    bc.add_argument(
+        "--tls-ca", type=Path, help="CA that signs client certificates (needed by the next two)"
+    )
+    bc.add_argument(
+        "--require-client-cert",
+        action="store_true",
+        help="the listener on --port authenticates by client certificate (CN = device id or the "
+        "control plane's user name) instead of password",
+    )
+    bc.add_argument(
+        "--cert-port",
+        type=int,
+        help="also open a TLS listener on this port that authenticates by client certificate; "
+        "--port keeps passwords",
+    )
     bc.add_argument("--no-persistence", action="store_true", help="keep retained state in memory")
-    bc.add_argument("--run-as-user", help="user Mosquitto drops to when started as root")
+    bc.add_argument(
+        "--run-as-user",
+        help="user Mosquitto drops to when started as root (default as root: mosquitto); the "
+        "password and ACL files and the persistence folder are given to it",
+    )
     bc.set_defaults(func=cmd_broker_config)
 
     sub.add_parser("migrate", help="apply database migrations and exit").set_defaults(

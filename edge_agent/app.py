@@ -74,7 +74,13 @@ class Agent:
                 s.metrics_port, addr=s.metrics_host, registry=METRICS.registry
             )
             self.metrics_port = self._metrics_server.server_port
-        log.info("gRPC on %s:%d, metrics on %d", s.grpc_host, self.grpc_port, self.metrics_port)
+        log.info(
+            "gRPC on %s:%d (%s), metrics on %d",
+            s.grpc_host,
+            self.grpc_port,
+            self.grpc.security,
+            self.metrics_port,
+        )
 
         await self.installer.recover()
         await self.jobs.start()

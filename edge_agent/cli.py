@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from edge_agent import __version__
-from edge_agent.config import AgentSettings, ConfigFileError, load_settings
+from edge_agent.config import AgentSettings, ClientTlsSettings, ConfigFileError, load_settings
 
 if TYPE_CHECKING:
     from edge_agent.grpc.client import AgentClient
@@ -46,6 +47,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings.tls is not None:
+        from edge_agent.tls import load_server_tls
+
+        load_server_tls(settings.tls)  # what `run` checks before binding
     print(settings.model_dump_json(indent=2))
     if not settings.trusted_keys:
         print("warning: no trusted_keys: the agent will refuse every package", file=sys.stderr)
@@ -60,10 +65,27 @@ def _address(args: argparse.Namespace) -> str:
     return f"{host}:{s.grpc_port}"
 
 
+_TLS_FLAGS = ("ca_file", "cert_file", "key_file", "server_name")
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTlsSettings | None:
+    """``cli_tls`` with the command's flags over it; TLS whenever the agent's config has
+    ``tls`` (this config is the agent's), ``cli_tls`` is set, or a TLS flag is given."""
+    s = _settings(args)
+    flags = {k: v for k in _TLS_FLAGS if (v := getattr(args, k, None)) is not None}
+    if s.cli_tls is None and s.tls is None and not flags:
+        return None
+    base = s.cli_tls.model_dump(exclude_none=True) if s.cli_tls is not None else {}
+    return ClientTlsSettings(**{**base, **flags})
+
+
 def _client(args: argparse.Namespace) -> AgentClient:
+    # gRPC's core logs a failed TLS handshake on stderr itself; the command already reports
+    # it as its one error line. GRPC_VERBOSITY set by the caller (to debug) still wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from edge_agent.grpc.client import AgentClient
 
-    return AgentClient(_address(args))
+    return AgentClient(_address(args), _client_tls(args))
 
 
 def _print(doc: dict[str, Any]) -> None:
@@ -140,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", help="YAML settings file (env EDGE_AGENT_* overrides it)")
         if address:
             sp.add_argument("--address", help="host:port of the agent (default: from config)")
+            tls = sp.add_argument_group("TLS (over cli_tls from the config)")
+            tls.add_argument("--ca-file", help="CA certificates (PEM) to trust for the agent")
+            tls.add_argument("--cert-file", help="client certificate (PEM), for mutual TLS")
+            tls.add_argument("--key-file", help="the client certificate's private key (PEM)")
+            tls.add_argument("--server-name", help="name to check the agent's certificate for")
 
     r = sub.add_parser("run", help="run the agent")
     common(r)
@@ -197,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         import grpc
 
+        from edge_agent.tls import TlsError
+
+        if isinstance(exc, TlsError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if isinstance(exc, grpc.RpcError):
             print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
             return 1

@@ -8,15 +8,17 @@ described here and in ``edge_agent/README.md``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, FilePath, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from protos.fleet_topics import MAX_TELEMETRY_BATCH_RECORDS
 
 
 class ModelSettings(BaseModel):
@@ -69,6 +71,12 @@ class FleetSettings(BaseModel):
         description="CA bundle that signs the broker's certificate (mqtts://). Default: the "
         "system's trust store.",
     )
+    client_cert: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM, CN = the device id) for a broker listener that "
+        "authenticates by certificate instead of password (mqtts:// only; needs client_key).",
+    )
+    client_key: Path | None = Field(default=None, description="Private key (PEM) of client_cert.")
     keepalive_s: int = Field(
         default=30,
         ge=5,
@@ -125,8 +133,76 @@ class FleetSettings(BaseModel):
         "dropped and counted.",
     )
     outbox_batch_size: int = Field(
-        default=100, ge=1, description="Telemetry records per TelemetryBatch message."
+        default=100,
+        ge=1,
+        le=MAX_TELEMETRY_BATCH_RECORDS,
+        description="Most telemetry records per TelemetryBatch message (at most 500, the "
+        "protocol's limit); a batch takes fewer when more would pass 256 KiB encoded.",
     )
+
+    @model_validator(mode="after")
+    def _client_cert_over_tls(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("fleet client_cert and client_key go together")
+        if self.client_cert is not None and not self.url.startswith(("mqtts:", "ssl:")):
+            raise ValueError("a client certificate is presented over TLS only: use mqtts://")
+        return self
+
+
+class TlsSettings(BaseModel):
+    """The agent's server identity: TLS on its gRPC port (and on any HTTP port it gains later).
+
+    Files are checked to exist here; their contents (PEM, a key that matches the certificate)
+    are checked when the server starts (``edge_agent.tls``), because the command line also loads
+    these settings and may run as a user who cannot read the private key.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: FilePath = Field(
+        description="The server's certificate (PEM), followed by any intermediate certificates."
+    )
+    key_file: FilePath = Field(description="The private key of cert_file (PEM, unencrypted).")
+    client_ca_file: FilePath | None = Field(
+        default=None,
+        description="CA certificates (PEM) that sign client certificates. Set: every client "
+        "must present a certificate they sign (mutual TLS). Absent: any client may connect.",
+    )
+
+
+class ClientTlsSettings(BaseModel):
+    """How ``edge-agent install``, ``status`` and ``batch`` reach a running agent over TLS.
+
+    Used when this section is present or the agent's own ``tls`` is (the command line reading
+    the agent's config talks to that agent); ``--ca-file``, ``--cert-file``, ``--key-file`` and
+    ``--server-name`` override it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: FilePath | None = Field(
+        default=None,
+        description="CA certificates (PEM) trusted for the agent's certificate. Default: the "
+        "system's trust store.",
+    )
+    cert_file: FilePath | None = Field(
+        default=None,
+        description="Client certificate (PEM) to present, for an agent with tls.client_ca_file.",
+    )
+    key_file: FilePath | None = Field(
+        default=None, description="The private key of cert_file (PEM, unencrypted)."
+    )
+    server_name: str | None = Field(
+        default=None,
+        description="Name the agent's certificate is checked against, when it differs from the "
+        "host in the address (e.g. connecting to 127.0.0.1, certificate for cam-1.local).",
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> ClientTlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
 
 
 class AgentSettings(BaseSettings):
@@ -141,6 +217,16 @@ class AgentSettings(BaseSettings):
     )
     grpc_host: str = Field(default="127.0.0.1", description="Address the gRPC server binds.")
     grpc_port: int = Field(default=8001, ge=0, description="gRPC port; 0 picks a free one.")
+    tls: TlsSettings | None = Field(
+        default=None,
+        description="TLS on the gRPC port (certificate, key, optional client CA for mutual "
+        "TLS); absent: plaintext. See `tls.*` below.",
+    )
+    cli_tls: ClientTlsSettings | None = Field(
+        default=None,
+        description="How the command line connects to a running agent over TLS. See "
+        "`cli_tls.*` below.",
+    )
     metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics endpoint.")
     metrics_port: int = Field(
         default=8002, ge=-1, description="Prometheus HTTP port; 0 picks a free one, -1 disables."

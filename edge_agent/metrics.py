@@ -47,6 +47,11 @@ class AgentMetrics:
         self.batch_jobs = Counter(
             "edge_agent_batch_jobs", "Batch jobs finished by state.", ["state"], registry=r
         )
+        self.telemetry_truncated = Counter(
+            "edge_agent_telemetry_truncated",
+            "Telemetry records whose payload was shrunk to fit the protocol's batch size limit.",
+            registry=r,
+        )
 
 
 METRICS = AgentMetrics()

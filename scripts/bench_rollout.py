@@ -23,12 +23,14 @@ time and about 150 MB of memory per agent, which this machine has. The package i
 with one ~N MiB initializer (random weights, so nothing compresses), built and signed with
 model_packager. Measured: from the ``POST /deployments`` call to the last of the N devices
 publishing a ReportedState whose ``last_result`` is INSTALLED for that deployment (read on the
-reported-state topic by an observer with the control plane's identity; confirmed on the API
-afterwards).
+reported-state topic by an observer with an identity of its own, declared in the broker's
+``passwd.local``/``acl.local``: the control plane's identity is bound to the control plane's own
+session; confirmed on the API afterwards).
 
 In the same run, through the same broker, with the agents idle: the package's bytes, cut into
 the control plane's chunk size, are published once with QoS 1 to one topic that N plain paho
-subscribers (N processes) read with QoS 1. Measured: first publish to the last subscriber's last
+subscribers (N processes) read with QoS 1 (each of them, and the publisher, a local identity
+allowed only that topic). Measured: first publish to the last subscriber's last
 message, once just before the rollout and once just after it; the reference is their mean, so a
 machine whose other load changes during the run skews the comparison less (both are printed, with
 what the whole machine was doing in each phase). Target: rollout <= 4x that raw broadcast.
@@ -68,7 +70,6 @@ for _p in (REPO, REPO / "scripts"):
         sys.path.insert(0, str(_p))
 
 from fleet_stack import (  # noqa: E402
-    CP_USER,
     Agent,
     Machine,
     ReportedWatcher,
@@ -94,6 +95,20 @@ from protos import fleet_topics  # noqa: E402
 PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
 ROLLOUT_TARGET_RATIO = 4.0
 SIM_TARGET_S = 60.0
+# Identities of the raw broadcast's clients (fleet_stack's local identities): the broker binds
+# each client id to its user name, so none of them may share the control plane's identity.
+RAW_PUBLISHER_USER = "bench-raw-publisher"
+RAW_TOPIC = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
+
+
+def raw_subscriber_user(i: int) -> str:
+    return f"bench-raw-{i:02d}"
+
+
+def raw_identities(subscribers: int) -> dict[str, list[str]]:
+    """The raw broadcast's publisher and subscribers, each with only what it uses."""
+    rules = {RAW_PUBLISHER_USER: [f"write {RAW_TOPIC}"]}
+    return rules | {raw_subscriber_user(i): [f"read {RAW_TOPIC}"] for i in range(subscribers)}
 
 
 # --- the measurements ---------------------------------------------------------------------------
@@ -112,8 +127,8 @@ class RawResult:
 def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) -> RawResult:
     """Publish ``data`` in ``chunk_size`` pieces once, QoS 1; N subscriber processes read it."""
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    topic = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
-    env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.mqtt_password}
+    topic = RAW_TOPIC
+    env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.local_password}
     procs = [
         subprocess.Popen(
             [
@@ -121,8 +136,8 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
                 str(PEERS),
                 "raw-sub",
                 f"--port={stack.broker_port}",
-                f"--username={CP_USER}",
-                f"--client-id=bench-raw-{i:02d}",
+                f"--username={raw_subscriber_user(i)}",
+                f"--client-id={raw_subscriber_user(i)}",
                 f"--topic={topic}",
                 f"--count={len(chunks)}",
             ],
@@ -138,7 +153,9 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
             line = p.stdout.readline().strip()
             if line != "ready":
                 raise RuntimeError(f"raw subscriber: {line or 'exited'}")
-        pub = mqtt_client(stack.broker_port, CP_USER, stack.mqtt_password, "bench-raw-publisher")
+        pub = mqtt_client(
+            stack.broker_port, RAW_PUBLISHER_USER, stack.local_password, RAW_PUBLISHER_USER
+        )
         assert stack.broker is not None
         sampler = Sampler(
             {"mosquitto": [stack.broker.pid], "subscribers": [p.pid for p in procs]}
@@ -468,6 +485,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         mqtt_password=secrets.token_hex(16),
         trusted_pub=keys / "release.pub",
     )
+    stack.local_identities |= raw_identities(args.agents)
     agents: list[Agent] = []
     with ExitStack() as cleanup:
         cleanup.callback(stack.close)  # the control plane, then the broker

@@ -8,6 +8,11 @@ stack, started the way production runs it, on loopback:
   persistence on;
 * the control plane as a subprocess, ``control-plane serve``, on a SQLite file, connected to that
   Mosquitto with its own identity and HUPing it when the registry changes;
+* the scripts' own clients (the reported-state observer, a benchmark's raw publisher and
+  subscribers) under identities of their own, declared in the broker's local identity files
+  (``passwd.local``/``acl.local``), each allowed only what it uses: the broker binds every client
+  id to its user name, so a client using the control plane's identity would take the control
+  plane's session over;
 * devices registered over the REST API, their bundles turned into agent configs by
   ``edge_agent.fleet.bundle.config_from_bundle`` (what ``edge-agent join`` runs), each agent an
   ``edge-agent run`` process on free ports.
@@ -23,13 +28,13 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-import uuid
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +57,8 @@ from script_support import (
 from protos import fleet_topics
 from protos.gen import fleet_pb2
 
-CP_USER = "control-plane"
+# The reported-state observer's identity (a local identity, see write_local_identities).
+OBSERVER_USER = "fleet-observer"
 
 
 def log(msg: str) -> None:
@@ -166,6 +172,10 @@ class Stack:
     """The broker and the control plane of one run, and how to (re)start each of them.
 
     ``cp_extra_env`` holds further ``CONTROL_PLANE_*`` settings (e.g. a smaller chunk size).
+    ``local_identities`` are the scripts' own MQTT clients, user name -> ACL rules
+    (``"read edge/+/reported"``), written to the broker's local identity files with the
+    password ``local_password`` when the broker files are first written (``observer_rules`` by
+    default; a script adds its own before ``start_broker``).
     """
 
     work: Path
@@ -175,6 +185,8 @@ class Stack:
     mqtt_password: str
     trusted_pub: Path
     cp_extra_env: dict[str, str] = field(default_factory=dict)
+    local_identities: dict[str, list[str]] = field(default_factory=lambda: observer_rules())
+    local_password: str = field(default_factory=lambda: secrets.token_hex(16))
     broker: subprocess.Popen[bytes] | None = None
     cp: subprocess.Popen[bytes] | None = None
     api: httpx.Client | None = None
@@ -232,8 +244,30 @@ def mosquitto_binary() -> str:
     return path
 
 
+def observer_rules() -> dict[str, list[str]]:
+    """The reported-state observer's identity: it reads every device's reported state, no more."""
+    return {OBSERVER_USER: [f"read {fleet_topics.all_devices_filter(fleet_topics.REPORTED)}"]}
+
+
+def write_local_identities(folder: Path, password: str, rules: dict[str, list[str]]) -> None:
+    """The scripts' clients in the broker's local identity files (``passwd.local``/``acl.local``),
+    each with only the rules given; broker_config appends them to ``passwd``/``acl``."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import LOCAL_ACL_NAME, LOCAL_PASSWD_NAME
+
+    hashed = hash_password(password)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCAL_PASSWD_NAME).write_text("".join(f"{u}:{hashed}\n" for u in rules))
+    acl = "".join(
+        f"user {u}\n" + "".join(f"topic {r}\n" for r in user_rules)
+        for u, user_rules in rules.items()
+    )
+    (folder / LOCAL_ACL_NAME).write_text(acl)
+
+
 def write_broker_files(stack: Stack) -> Path:
-    """Write the broker files from the (empty) registry with broker_config; returns the conf."""
+    """Write the broker files from the (empty) registry and the scripts' local identities with
+    broker_config; returns the conf."""
     from control_plane.core.context import AppContext
     from control_plane.core.database import upgrade
     from control_plane.core.settings import Settings
@@ -253,6 +287,7 @@ def write_broker_files(stack: Stack) -> Path:
         persistence=True,  # as `control-plane broker-config` writes it for production
         run_as_user="root" if os.geteuid() == 0 else None,
     )
+    write_local_identities(stack.work / "broker", stack.local_password, stack.local_identities)
     with ctx.sessions() as session:
         conf = write_broker_config(settings, session, stack.work / "broker", options)
     ctx.close()
@@ -262,8 +297,9 @@ def write_broker_files(stack: Stack) -> Path:
 def start_broker(stack: Stack) -> None:
     """Start Mosquitto (writing its files first, the first time) and wait until it listens.
 
-    A restart reuses the files the control plane has kept current since, and the persistence
-    folder, so retained messages and the control plane's session survive it.
+    A restart reuses the files the control plane has kept current since (the local identities
+    included), and the persistence folder, so retained messages and the control plane's session
+    survive it.
     """
     if stack.broker_conf is None:
         stack.broker_conf = write_broker_files(stack)
@@ -359,14 +395,16 @@ def mqtt_client(port: int, username: str, password: str, client_id: str) -> mqtt
 
 
 def wait_credentials(stack: Stack, bundle: dict[str, Any]) -> None:
-    """Mosquitto rereads passwd on HUP; wait until the newest device's credentials work."""
+    """Mosquitto rereads passwd on HUP; wait until the newest device's credentials work.
+
+    The probe is that device as far as the broker is concerned (it binds the client id to the
+    user name): call this before the device itself connects, or the probe takes its connection.
+    """
     m = bundle["mqtt"]
 
     def accepted() -> bool:
         try:
-            c = mqtt_client(
-                stack.broker_port, m["username"], m["password"], f"probe-{m['username']}"
-            )
+            c = mqtt_client(stack.broker_port, m["username"], m["password"], m["username"])
         except ConnectionError:
             return False
         c.disconnect()
@@ -648,7 +686,7 @@ class ReportEvent:
 
 
 class ReportedWatcher:
-    """Follows ``edge/+/reported`` with the control plane's identity (the ACL lets it read all).
+    """Follows ``edge/+/reported`` as ``OBSERVER_USER`` (its local ACL lets it read that only).
 
     paho reconnects it by itself after a broker restart (``loop_start``), re-subscribing in
     ``on_connect``.
@@ -657,11 +695,9 @@ class ReportedWatcher:
     def __init__(self, stack: Stack) -> None:
         self.events: list[ReportEvent] = []
         self._lock = threading.Lock()
+        # Client id = user name: the broker binds the one to the other (one observer per stack).
         self.client = mqtt_client(
-            stack.broker_port,
-            CP_USER,
-            stack.mqtt_password,
-            f"bench-observer-{uuid.uuid4().hex[:6]}",
+            stack.broker_port, OBSERVER_USER, stack.local_password, OBSERVER_USER
         )
         self.client.on_message = self._on_message
         self.client.on_connect = self._on_connect

@@ -7,8 +7,10 @@ free of globals and lets tests build as many independent control planes as they 
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -83,3 +85,21 @@ class AppContext:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+_app_state_lock = threading.Lock()
+S = TypeVar("S")
+
+
+def app_state(app: Any, name: str, start: Callable[[AppContext], S]) -> S:
+    """``app.state.<name>``, started from the app's context on first use if the lifespan did not.
+
+    The app's lifespan starts the long-lived parts (the training runtime, the conversion
+    executor); an app built without running its lifespan (some tests) gets them lazily, once.
+    """
+    with _app_state_lock:
+        value: S | None = getattr(app.state, name, None)
+        if value is None:
+            value = start(app.state.ctx)
+            setattr(app.state, name, value)
+        return value

@@ -54,3 +54,7 @@ class Unauthorized(ControlPlaneError):
 
 class BrokerUnavailable(ControlPlaneError):
     """The MQTT broker cannot be reached or refused the control plane."""
+
+
+class Unavailable(ControlPlaneError):
+    """What the request needs is not running right now (e.g. no replica of a service)."""

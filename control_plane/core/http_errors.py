@@ -40,6 +40,7 @@ STATUS_BY_ERROR: dict[type[errors.ControlPlaneError], int] = {
     errors.InvalidRequest: 422,
     errors.PackageRejected: 422,
     errors.BrokerUnavailable: 503,
+    errors.Unavailable: 503,
 }
 
 # Status names that would otherwise differ from the error classes raised for the same status

@@ -1,12 +1,12 @@
 """The control plane's settings: one class in sections, read from ``CONTROL_PLANE_*`` variables.
 
 Sections (``settings.database``, ``.storage``, ``.mqtt``, ``.datasets``, ``.training``,
-``.registry``) keep each domain's knobs together; every model is strict and refuses unknown
-keys, so a misspelt setting fails at start instead of being ignored. The environment names stay
-flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``): ``FLAT_NAMES`` says
-which section field each one sets, and the same flat names work as keyword arguments
-(``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A ``CONTROL_PLANE_*``
-variable that names no setting is refused too, with the closest known name.
+``.registry``, ``.services``) keep each domain's knobs together; every model is strict and refuses
+unknown keys, so a misspelt setting fails at start instead of being ignored. The environment
+names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
+``FLAT_NAMES`` says which section field each one sets, and the same flat names work as keyword
+arguments (``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A
+``CONTROL_PLANE_*`` variable that names no setting is refused too, with the closest known name.
 
 Every field is described here and in docs/control-plane.md. Secrets that ship with a default value
 (the API token and the broker password) are refused unless ``dev_mode`` is on, so a production
@@ -75,6 +75,13 @@ class MqttSettings(Section):
     ca_file: Path | None = Field(
         None, description="CA bundle to verify the broker's TLS certificate (mqtts://)."
     )
+    client_cert: Path | None = Field(
+        None,
+        description="Client certificate (PEM) the control plane presents to a broker listener "
+        "that authenticates by certificate; its CN must be `username`. Needs client_key and "
+        "an mqtts:// URL.",
+    )
+    client_key: Path | None = Field(None, description="Private key (PEM) of client_cert.")
     device_broker_url: str | None = Field(
         None,
         description="Broker URL written into device config bundles, when devices reach the "
@@ -113,6 +120,14 @@ class MqttSettings(Section):
         "chunk_window); its further requests are dropped and counted, so a flooding device "
         "slows only itself.",
     )
+
+    @model_validator(mode="after")
+    def _client_cert_with_key(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("mqtt client_cert and client_key go together")
+        if self.client_cert is not None and not (self.url or "").startswith(("mqtts:", "ssl:")):
+            raise ValueError("a client certificate is presented over TLS only: use mqtts://")
+        return self
 
 
 class DatasetSettings(Section):
@@ -214,6 +229,30 @@ class RegistrySettings(Section):
     )
 
 
+class ServiceSettings(Section):
+    """Online services: their replicas' folders and how crashed replicas are restarted."""
+
+    dir: Path | None = Field(
+        None,
+        description="Folder of service replicas (agent config, data, log). "
+        "Default: <data_dir>/services.",
+    )
+    backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest wait before restarting a crashed replica (the wait doubles per "
+        "restart, from 2 s).",
+    )
+    proxy_max_body_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="Largest request body the REST proxy (/services/{name}/v2/...) forwards.",
+    )
+    proxy_timeout_s: float = Field(
+        60.0, gt=0, description="How long the REST proxy waits for a replica's answer."
+    )
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
@@ -223,6 +262,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "mqtt_username": ("mqtt", "username"),
     "mqtt_password": ("mqtt", "password"),
     "mqtt_ca_file": ("mqtt", "ca_file"),
+    "mqtt_client_cert": ("mqtt", "client_cert"),
+    "mqtt_client_key": ("mqtt", "client_key"),
     "device_broker_url": ("mqtt", "device_broker_url"),
     "embedded_broker_port": ("mqtt", "embedded_broker_port"),
     "topic_root": ("mqtt", "topic_root"),
@@ -250,6 +291,10 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
+    "services_dir": ("services", "dir"),
+    "service_restart_backoff_max_s": ("services", "backoff_max_s"),
+    "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
+    "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
 }
 
 
@@ -301,6 +346,7 @@ class Settings(BaseSettings):
     datasets: DatasetSettings = Field(default_factory=DatasetSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -363,6 +409,10 @@ class Settings(BaseSettings):
     def resolved_training_dir(self) -> Path:
         return self.training.dir or self.data_dir / "training"
 
+    @property
+    def resolved_services_dir(self) -> Path:
+        return self.services.dir or self.data_dir / "services"
+
 
 SECTIONS: dict[str, type[Section]] = {
     "database": DatabaseSettings,
@@ -371,4 +421,5 @@ SECTIONS: dict[str, type[Section]] = {
     "datasets": DatasetSettings,
     "training": TrainingSettings,
     "registry": RegistrySettings,
+    "services": ServiceSettings,
 }

@@ -179,6 +179,16 @@ class DeploymentService:
             ).all()
         )
 
+    def device_targets(self, device_id: str) -> list[DeploymentTarget]:
+        """The device's current (not superseded) targets, each with its deployment and package."""
+        return list(
+            self.session.scalars(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.device_id == device_id, DeploymentTarget.state != "superseded"
+                )
+            ).all()
+        )
+
     def is_desired(self, device_id: str, package_digest: str) -> bool:
         """Whether the package is in the device's current desired state.
 

@@ -9,16 +9,13 @@ from fastapi import APIRouter, Query, status
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import InvalidRequest
 from control_plane.devices.schemas import (
-    DeviceBundle,
     DeviceCreate,
     DevicePublic,
     DeviceRegistered,
-    MqttBundle,
     TelemetryRecordPublic,
 )
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
-from protos import fleet_topics
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -36,20 +33,9 @@ def _parse_selector(raw: list[str]) -> dict[str, str]:
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register_device(body: DeviceCreate, session: SessionDep, ctx: ContextDep) -> DeviceRegistered:
     """Register a device. The response holds its broker password: it is shown only once."""
-    reg = DeviceService(session, ctx).register(body.name, body.labels, body.device_id)
-    settings = ctx.settings
-    broker_url = settings.mqtt.device_broker_url or ctx.broker_url
-    bundle = DeviceBundle(
-        device_id=reg.device.id,
-        mqtt=MqttBundle(
-            url=broker_url,
-            client_id=reg.device.id,
-            username=reg.device.id,
-            password=reg.password,
-            topic_prefix=fleet_topics.device_prefix(reg.device.id, settings.mqtt.topic_root),
-        ),
-        trusted_keys_pem=ctx.trusted_key_pems(),
-    )
+    service = DeviceService(session, ctx)
+    reg = service.register(body.name, body.labels, body.device_id)
+    bundle = service.bundle(reg)
     return DeviceRegistered(device=DevicePublic.of(reg.device), bundle=bundle)
 
 

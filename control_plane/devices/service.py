@@ -15,6 +15,7 @@ from control_plane.core.credentials import hash_password, new_password
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.devices.models import Device
+from control_plane.devices.schemas import DeviceBundle, MqttBundle
 from protos import fleet_topics
 
 logger = logging.getLogger(__name__)
@@ -111,6 +112,22 @@ class DeviceService:
         device.reported_at = utcnow()
         self.session.commit()
 
+    def bundle(self, registration: Registration) -> DeviceBundle:
+        """Everything an agent needs to join the fleet as this device (shown once: the password)."""
+        settings = self.ctx.settings
+        device = registration.device
+        return DeviceBundle(
+            device_id=device.id,
+            mqtt=MqttBundle(
+                url=settings.mqtt.device_broker_url or self.ctx.broker_url,
+                client_id=device.id,
+                username=device.id,
+                password=registration.password,
+                topic_prefix=fleet_topics.device_prefix(device.id, settings.mqtt.topic_root),
+            ),
+            trusted_keys_pem=self.ctx.trusted_key_pems(),
+        )
+
     def counters(self, device_id: str) -> dict[str, int]:
         """What the fleet channel refused from the device since the control plane started."""
         return self.ctx.publisher.counters(device_id)
@@ -128,3 +145,11 @@ def broker_credentials(session: Session) -> list[tuple[str, str]]:
     """``(device id, password hash)`` of every device, by id: what the broker's files hold."""
     rows = session.execute(select(Device.id, Device.password_hash).order_by(Device.id)).all()
     return [(r[0], r[1]) for r in rows]
+
+
+def broker_password_hash(session: Session, device_id: str) -> str | None:
+    """The stored password hash of one device, None when it is not registered.
+
+    What the embedded broker checks a CONNECT against, as Mosquitto checks its password file.
+    """
+    return session.scalar(select(Device.password_hash).where(Device.id == device_id))

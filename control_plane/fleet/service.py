@@ -129,8 +129,12 @@ class FleetService:
             self.settings.mqtt.username, self.settings.mqtt.password.get_secret_value()
         )
         if self.address.tls:
-            ca = self.settings.mqtt.ca_file
-            self.client.tls_set(ca_certs=str(ca) if ca else None)
+            m = self.settings.mqtt  # a client certificate too, for a certificate listener
+            self.client.tls_set(
+                ca_certs=str(m.ca_file) if m.ca_file else None,
+                certfile=str(m.client_cert) if m.client_cert else None,
+                keyfile=str(m.client_key) if m.client_key else None,
+            )
         self.client.max_inflight_messages_set(64)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.on_connect = self._on_connect

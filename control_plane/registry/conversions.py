@@ -8,19 +8,16 @@ responsive on a small machine. Starting it marks conversions that a previous run
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import update
 
-from control_plane.core.context import AppContext
+from control_plane.core.context import AppContext, app_state
 from control_plane.registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
-
-_lock = threading.Lock()
 
 
 class Conversions:
@@ -57,10 +54,5 @@ class Conversions:
 
 
 def conversions_for(app: Any) -> Conversions:
-    """The app's executor (``app.state.conversions``), started on first use if needed."""
-    with _lock:
-        conversions: Conversions | None = getattr(app.state, "conversions", None)
-        if conversions is None:
-            conversions = Conversions.start(app.state.ctx)
-            app.state.conversions = conversions
-        return conversions
+    """The app's Conversions (``app.state.conversions``), started on first use if needed."""
+    return app_state(app, "conversions", Conversions.start)

@@ -9,16 +9,13 @@ the lifespan did not run (tests build the app without it).
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
-from control_plane.core.context import AppContext
+from control_plane.core.context import AppContext, app_state
 from control_plane.training.runner import JobRunner
 from control_plane.training.tensorboard import VisualizationManager
 
 logger = logging.getLogger(__name__)
-
-_lock = threading.Lock()
 
 
 class TrainingRuntime:
@@ -41,10 +38,5 @@ class TrainingRuntime:
 
 
 def runtime_for(app: Any) -> TrainingRuntime:
-    """The app's runtime (``app.state.training``), started on first use if needed."""
-    with _lock:
-        runtime: TrainingRuntime | None = getattr(app.state, "training", None)
-        if runtime is None:
-            runtime = TrainingRuntime.start(app.state.ctx)
-            app.state.training = runtime
-        return runtime
+    """The app's TrainingRuntime (``app.state.training``), started on first use if needed."""
+    return app_state(app, "training", TrainingRuntime.start)

@@ -249,8 +249,13 @@ class FleetClient:
     # --- telemetry --------------------------------------------------------------------------
 
     def record(self, kind: str, payload: dict[str, Any]) -> int:
-        """Append a telemetry record to the outbox; it is sent when the broker is reachable."""
-        seq = self.outbox.append(kind, payload)
+        """Append a telemetry record to the outbox; it is sent when the broker is reachable.
+
+        A payload too large to travel even alone in a batch is shrunk on the way in
+        (``outbox.py``), so it can never block the records behind it.
+        """
+        budget = codec.telemetry_payload_budget(self.device_id, kind)
+        seq = self.outbox.append(kind, payload, max_payload_bytes=budget)
         self._outbox_wakeup.set()
         return seq
 
@@ -269,6 +274,14 @@ class FleetClient:
         )
 
     async def _outbox_loop(self) -> None:
+        """Send the outbox in seq order, one batch at a time, each within the protocol's limits.
+
+        A batch takes up to ``outbox_batch_size`` records (at most
+        ``MAX_TELEMETRY_BATCH_RECORDS``, by validation) and fewer when their encoding would pass
+        ``MAX_TELEMETRY_BATCH_BYTES``: the control plane refuses an oversized batch whole, and
+        since the PUBACK would still delete its records, they would be lost. Records are deleted
+        only up to the last one the acknowledged batch carried.
+        """
         while True:
             await self._outbox_wakeup.wait()
             self._outbox_wakeup.clear()
@@ -276,17 +289,24 @@ class FleetClient:
                 records = self.outbox.oldest(self.fs.outbox_batch_size)
                 if not records:
                     break
-                batch = TelemetryOut(self.device_id, records, self.outbox.dropped)
-                ack = self._publish_acked(
-                    self.topic[topics.TELEMETRY], codec.telemetry_to_proto(batch)
+                payload, taken = codec.pack_telemetry(
+                    TelemetryOut(self.device_id, records, self.outbox.dropped)
                 )
+                if taken == 0:
+                    # Stored by an agent that predates the limit (or before the device id grew
+                    # longer): too large to travel even alone. Shrunk in place, then sent.
+                    first = records[0]
+                    budget = codec.telemetry_payload_budget(self.device_id, first.kind)
+                    self.outbox.shrink(first.seq, first.kind, budget)
+                    continue
+                ack = self._publish_acked(self.topic[topics.TELEMETRY], payload)
                 if ack is None:
                     break
                 try:
                     await asyncio.wait_for(ack, _ACK_TIMEOUT_S)
                 except (TimeoutError, ConnectionError):
                     break  # sent again after the next Connected
-                self.outbox.acknowledge(records[-1].seq)
+                self.outbox.acknowledge(records[taken - 1].seq)
 
     async def _snapshot_loop(self) -> None:
         if self.fs.telemetry_interval_s <= 0:

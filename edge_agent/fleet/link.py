@@ -142,7 +142,11 @@ class MqttLink:
                 s.username, s.password.get_secret_value() if s.password is not None else None
             )
         if self.address.tls:
-            client.tls_set(ca_certs=str(s.ca_file) if s.ca_file else None)
+            client.tls_set(
+                ca_certs=str(s.ca_file) if s.ca_file else None,
+                certfile=str(s.client_cert) if s.client_cert else None,
+                keyfile=str(s.client_key) if s.client_key else None,
+            )
         client.will_set(self.status_topic, self.offline_payload, qos=QOS, retain=True)
         client.max_inflight_messages_set(max(20, s.chunk_window * 2 + 4))
 

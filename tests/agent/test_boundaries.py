@@ -162,6 +162,7 @@ WING_RULES = {
     "metrics.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
     "fsutil.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
     "crash_points.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
+    "tls.py": {"serving", "install", "jobs", "fleet", "grpc", "app", "cli"},
 }
 
 

@@ -31,6 +31,11 @@ from tests.control_plane.mqtt_probe import MqttProbe
 API_TOKEN = "test-token-0123456789"
 MQTT_PASSWORD = "control-plane-test-password"
 CHUNK_SIZE = 1024
+# Test observers: identities of their own (passwd.local / acl.local) with the control plane's
+# rights. They cannot share the control plane's identity: the broker binds the client id to the
+# user name, so a second client with that identity would take the control plane's session over.
+OBSERVER_PASSWORD = "observer-test-password"
+OBSERVERS = [f"observer-{i}" for i in range(1, 9)]
 
 
 # --- packages --------------------------------------------------------------------------------
@@ -116,6 +121,18 @@ def package_factory(
 # --- broker ----------------------------------------------------------------------------------
 
 
+def write_observers(broker_dir: Path, root: str = "edge") -> None:
+    """Declare ``OBSERVERS`` in the operator's local files, read/write on the whole fleet tree."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import LOCAL_ACL_NAME, LOCAL_PASSWD_NAME
+
+    broker_dir.mkdir(parents=True, exist_ok=True)
+    hashed = hash_password(OBSERVER_PASSWORD)
+    (broker_dir / LOCAL_PASSWD_NAME).write_text("".join(f"{o}:{hashed}\n" for o in OBSERVERS))
+    acl = "".join(f"user {o}\ntopic readwrite {root}/#\n" for o in OBSERVERS)
+    (broker_dir / LOCAL_ACL_NAME).write_text(acl)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -183,6 +200,7 @@ class ControlPlane:
     broker: Mosquitto
     ctx: AppContext
     probes: list[MqttProbe] = field(default_factory=list)
+    observers: list[MqttProbe] = field(default_factory=list)
 
     @property
     def port(self) -> int:
@@ -215,8 +233,9 @@ class ControlPlane:
             time.sleep(0.1)
 
     def observer(self) -> MqttProbe:
-        """A client with the control plane's identity (sees the whole fleet tree)."""
-        p = self.probe(self.settings.mqtt.username, MQTT_PASSWORD)
+        """A client with the control plane's rights (an identity of its own, see OBSERVERS)."""
+        p = self.probe(OBSERVERS[len(self.observers)], OBSERVER_PASSWORD)
+        self.observers.append(p)
         assert p.connect()
         return p
 
@@ -256,6 +275,7 @@ def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
         persistence=False,
         run_as_user="root" if os.geteuid() == 0 else None,
     )
+    write_observers(broker_dir)
     with ctx.sessions() as session:
         conf = write_broker_config(base, session, broker_dir, options)
     ctx.close()
@@ -279,3 +299,52 @@ def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
                     p.close()
     finally:
         broker.stop()
+
+
+# --- brokers without a control plane ---------------------------------------------------------
+
+DEVICE_PASSWORD = "device-test-password"
+
+
+def write_identity_files(folder: Path, settings: Settings, device_ids: list[str]) -> None:
+    """``passwd`` and ``acl`` for these devices (all with DEVICE_PASSWORD) and the control plane,
+    rendered by broker_config as the registry would have them: no database needed."""
+    from control_plane.core.credentials import hash_password
+    from control_plane.fleet.broker_config import ACL_NAME, PASSWD_NAME, render_acl, render_passwd
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hashed = hash_password(DEVICE_PASSWORD)
+    devices = [(d, hashed) for d in device_ids]
+    (folder / PASSWD_NAME).write_text(render_passwd(settings, devices))
+    (folder / ACL_NAME).write_text(render_acl(settings, device_ids))
+
+
+def local_options(port: int, **overrides: Any) -> ListenerOptions:
+    """Listener options for a throwaway test broker on loopback."""
+    values: dict[str, Any] = {
+        "port": port,
+        "bind": "127.0.0.1",
+        "persistence": False,
+        "run_as_user": "root" if os.geteuid() == 0 else None,
+    }
+    values.update(overrides)
+    return ListenerOptions(**values)
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[Any]:
+    """start(conf_text, port) -> Mosquitto; every broker started is stopped at teardown."""
+    started: list[Mosquitto] = []
+
+    def start(conf_text: str, port: int) -> Mosquitto:
+        conf = tmp_path / f"mosquitto-{port}.conf"
+        conf.write_text(conf_text)
+        broker = start_mosquitto(conf, port, tmp_path / f"mosquitto-{port}.log")
+        started.append(broker)
+        return broker
+
+    try:
+        yield start
+    finally:
+        for broker in started:
+            broker.stop()

@@ -20,8 +20,20 @@ class Received:
 
 
 class MqttProbe:
-    def __init__(self, port: int, username: str | None, password: str | None) -> None:
+    """One paho client. Its client id is its user name unless told otherwise: both brokers bind
+    the client id to the identity (Mosquitto rewrites it, the embedded broker refuses others)."""
+
+    def __init__(
+        self,
+        port: int,
+        username: str | None,
+        password: str | None,
+        client_id: str | None = None,
+        clean_session: bool = True,
+        tls: dict[str, str] | None = None,
+    ) -> None:
         self.port = port
+        self.session_present: bool | None = None
         self.messages: queue.Queue[Received] = queue.Queue()
         self._connack = threading.Event()
         self.disconnected = threading.Event()
@@ -30,18 +42,22 @@ class MqttProbe:
         self.reason: mqtt.ReasonCode | None = None
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"probe-{uuid.uuid4().hex[:8]}",
+            client_id=client_id or username or f"probe-{uuid.uuid4().hex[:8]}",
+            clean_session=clean_session,
             protocol=mqtt.MQTTv311,
         )
         if username is not None:
             self.client.username_pw_set(username, password)
+        if tls is not None:  # ca_certs, and certfile/keyfile for a client certificate
+            self.client.tls_set(**tls)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
 
-    def _on_connect(self, _c, _u, _f, rc, _p) -> None:  # type: ignore[no-untyped-def]
+    def _on_connect(self, _c, _u, flags, rc, _p) -> None:  # type: ignore[no-untyped-def]
         self.reason = rc
+        self.session_present = bool(flags.session_present)
         self._connack.set()
 
     def _on_disconnect(self, _c, _u, _f, _rc, _p) -> None:  # type: ignore[no-untyped-def]
@@ -59,10 +75,16 @@ class MqttProbe:
         if will:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
         self._connack.clear()
+        self.disconnected.clear()
         self.client.connect("127.0.0.1", self.port, keepalive=30)
         self.client.loop_start()
-        if not self._connack.wait(timeout):
-            raise AssertionError("no CONNACK from the broker")
+        deadline = time.monotonic() + timeout
+        while not self._connack.wait(0.02):
+            if self.disconnected.is_set():  # closed before any CONNACK (e.g. TLS refused it)
+                self.client.loop_stop()
+                return False
+            if time.monotonic() > deadline:
+                raise AssertionError("no CONNACK from the broker")
         ok = self.reason is not None and not self.reason.is_failure
         if not ok:
             self.client.loop_stop()

@@ -3,8 +3,8 @@
 - It never imports the agent; only the fleet codec and service touch protobuf types; only the
   fleet package touches MQTT.
 - Domains depend one way (``DOMAIN_DEPENDS``): core <- datasets <- training <- registry, core <-
-  devices, registry + devices <- deployments <- fleet; the top-level modules (app, cli, tables,
-  health, migrations) assemble everything.
+  devices, registry + devices <- deployments <- fleet and services; the top-level modules (app,
+  cli, tables, health, migrations) assemble everything.
 - Inside a domain, routes -> service -> models; a domain reaches another only through that
   domain's service (or its schemas, to nest a response; or its tables, for a foreign-key
   relationship between tables); nothing but the app imports routes.
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,10 @@ def test_broker_config_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CONTROL_PLANE_API_TOKEN", "a-token-for-this-test")
     monkeypatch.setenv("CONTROL_PLANE_MQTT_PASSWORD", "a-password-for-this-test")
     out = tmp_path / "broker"
-    assert main(["broker-config", "--out", str(out), "--port", "18830", "--bind", "127.0.0.1"]) == 0
+    # As root the files would go to the 'mosquitto' user, who cannot reach pytest's 0700 folders.
+    as_root = ["--run-as-user", "root"] if os.geteuid() == 0 else []
+    args = ["broker-config", "--out", str(out), "--port", "18830", "--bind", "127.0.0.1"]
+    assert main(args + as_root) == 0
     conf = (out / "mosquitto.conf").read_text()
     assert "listener 18830 127.0.0.1" in conf and "allow_anonymous false" in conf
     assert (out / "passwd").read_text().startswith("control-plane:$7$")
@@ -79,6 +83,7 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     "devices": {"core"},
     "deployments": {"core", "devices", "registry"},
     "fleet": {"core", "devices", "deployments", "registry"},
+    "services": {"core", "devices", "deployments", "registry"},
 }
 # What another domain may import of a domain: its service(s), its schemas, and (from tables only)
 # its tables.

@@ -86,3 +86,23 @@ def test_oversized_and_overlong_batches_refused_unread_and_counted(
     assert dev["fleet"] == {"telemetry_batches_refused": 2, "chunk_requests_dropped": 0}
     listed = {d["id"]: d for d in api.get("/api/v1/devices").json()}
     assert listed[device_id]["fleet"]["telemetry_batches_refused"] == 2
+
+
+def test_late_older_batches_are_stored(control_plane: ControlPlane) -> None:
+    """A broker may deliver a device's queued batches out of order (Mosquitto does, to a client
+    that reconnects to a backlog): an older batch arriving after a newer one is still stored."""
+    reg = control_plane.register("reordered")
+    device_id = reg["device"]["id"]
+    device = control_plane.device_probe(reg)
+    topic = topics.device_topic(device_id, topics.TELEMETRY)
+    api = control_plane.api
+    url = f"/api/v1/devices/{device_id}/telemetry"
+
+    device.publish(topic, _batch(device_id, [4, 5]))
+    wait_for(lambda: [r["seq"] for r in api.get(url).json()] == [4, 5])
+    device.publish(topic, _batch(device_id, [1, 2, 3]))  # older, later
+    device.publish(topic, _batch(device_id, [2, 5]))  # repeats of both
+    device.publish(topic, _batch(device_id, [6]))
+    records = wait_for(lambda: (r := api.get(url).json()) and r[-1]["seq"] == 6 and r)
+    assert [r["seq"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert api.get(f"/api/v1/devices/{device_id}").json()["telemetry_seq"] == 6

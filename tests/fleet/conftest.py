@@ -34,11 +34,14 @@ from tests.agent.agent_process import AgentProcess
 from tests.control_plane.conftest import (
     API_TOKEN,
     MQTT_PASSWORD,
+    OBSERVER_PASSWORD,
+    OBSERVERS,
     Keys,
     Mosquitto,
     free_port,
     start_mosquitto,
     wait_for,
+    write_observers,
 )
 from tests.control_plane.mqtt_probe import MqttProbe
 
@@ -119,6 +122,7 @@ class Fleet:
     broker: Mosquitto
     tmp: Path
     probes: list[MqttProbe] = field(default_factory=list)
+    observers: int = 0
 
     @property
     def port(self) -> int:
@@ -164,8 +168,13 @@ class Fleet:
         return dict(self.api.get(f"/api/v1/devices/{device_id}").json())
 
     def observer(self) -> MqttProbe:
-        """A client with the control plane's identity: sees (and may publish to) every subtree."""
-        p = MqttProbe(self.port, self.ctx.settings.mqtt.username, MQTT_PASSWORD)
+        """A client with the control plane's rights: sees (and may publish to) every subtree.
+
+        An identity of its own (tests.control_plane.conftest.OBSERVERS): the control plane's
+        would take the control plane's own session over.
+        """
+        p = MqttProbe(self.port, OBSERVERS[self.observers], OBSERVER_PASSWORD)
+        self.observers += 1
         assert p.connect()
         self.probes.append(p)
         return p
@@ -206,6 +215,7 @@ def fleet(tmp_path: Path, fleet_keys: dict[str, Keys]) -> Iterator[Fleet]:
         persistence=True,
         run_as_user="root" if os.geteuid() == 0 else None,
     )
+    write_observers(broker_dir)
     with ctx.sessions() as session:
         conf = write_broker_config(base, session, broker_dir, options)
     ctx.close()

@@ -1,8 +1,8 @@
 """Telemetry records from devices, deduplicated by their per-device sequence number.
 
-Devices deliver their outbox at least once (QoS 1, resent after reconnects); keeping only records
-above the highest sequence number already stored turns that into exactly once, provided a device
-sends in sequence order, which the protocol requires.
+Devices deliver their outbox at least once (QoS 1, resent after reconnects); storing a record
+only when its (device, sequence number) is not stored yet turns that into exactly once, whatever
+order the broker delivers batches in.
 """
 
 from __future__ import annotations
@@ -35,16 +35,27 @@ class TelemetryService:
         self.ctx = ctx
 
     def record_batch(self, device_id: str, records: list[IncomingRecord], dropped: int) -> int:
-        """Store the records not seen before; returns how many were new."""
+        """Store the records not seen before; returns how many were new.
+
+        A record is new when its (device, sequence number) is not stored yet, whatever arrived
+        before it: a broker may deliver a device's queued batches out of order (Mosquitto does,
+        to a client that reconnects to a backlog), so "above the highest stored" would drop the
+        older batches that come late.
+        """
         device = self.session.get(Device, device_id)
         if device is None:
             logger.warning("telemetry from unknown device %s ignored", device_id)
             return 0
-        accepted = 0
-        high = device.telemetry_seq
-        for rec in sorted(records, key=lambda r: r.seq):
-            if rec.seq <= high:
-                continue
+        by_seq = {r.seq: r for r in records}
+        stored = set(
+            self.session.scalars(
+                select(TelemetryRecord.seq).where(
+                    TelemetryRecord.device_id == device_id, TelemetryRecord.seq.in_(list(by_seq))
+                )
+            ).all()
+        )
+        fresh = [by_seq[s] for s in sorted(by_seq) if s not in stored]
+        for rec in fresh:
             self.session.add(
                 TelemetryRecord(
                     device_id=device_id,
@@ -56,18 +67,17 @@ class TelemetryService:
                     else None,
                 )
             )
-            high = rec.seq
-            accepted += 1
-        device.telemetry_seq = high
+        if fresh:
+            device.telemetry_seq = max(device.telemetry_seq, fresh[-1].seq)
         device.telemetry_dropped = max(device.telemetry_dropped, dropped)
         self.session.commit()
-        if accepted < len(records):
+        if len(fresh) < len(records):
             logger.debug(
                 "device %s: %d duplicate telemetry record(s) ignored",
                 device_id,
-                len(records) - accepted,
+                len(records) - len(fresh),
             )
-        return accepted
+        return len(fresh)
 
     def list(self, device_id: str, after_seq: int = 0, limit: int = 1000) -> list[TelemetryRecord]:
         if self.session.get(Device, device_id) is None:

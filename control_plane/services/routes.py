@@ -1,0 +1,119 @@
+"""/services: online services (create, list, get, roll to new versions, delete)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from control_plane.core.context import app_state
+from control_plane.core.deps import ContextDep, SessionDep
+from control_plane.core.errors import PayloadTooLarge
+from control_plane.services.proxy import ReplicaProxy
+from control_plane.services.schemas import ServiceCreate, ServicePublic, ServiceUpdate
+from control_plane.services.service import ServiceManager
+from control_plane.services.supervisor import Supervisor
+
+router = APIRouter(prefix="/services", tags=["services"])
+
+
+def get_supervisor(request: Request) -> Supervisor:
+    return app_state(request.app, "services", Supervisor.start)
+
+
+SupervisorDep = Annotated[Supervisor, Depends(get_supervisor)]
+
+
+def get_proxy(request: Request) -> ReplicaProxy:
+    return app_state(
+        request.app,
+        "service_proxy",
+        lambda ctx: ReplicaProxy(ctx.settings.services.proxy_timeout_s),
+    )
+
+
+ProxyDep = Annotated[ReplicaProxy, Depends(get_proxy)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_service(
+    spec: ServiceCreate, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> ServicePublic:
+    """Start the service's replicas and deploy its models to them (state ``deploying``)."""
+    manager = ServiceManager(session, ctx, supervisor)
+    return manager.public(manager.create(spec))
+
+
+@router.get("")
+def list_services(
+    session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> list[ServicePublic]:
+    manager = ServiceManager(session, ctx, supervisor)
+    return [manager.public(s) for s in manager.list()]
+
+
+@router.get("/{name}")
+def get_service(
+    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> ServicePublic:
+    manager = ServiceManager(session, ctx, supervisor)
+    return manager.public(manager.get(name))
+
+
+@router.patch("/{name}")
+def update_service(
+    name: str,
+    change: ServiceUpdate,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+) -> ServicePublic:
+    """New model versions, rolled out one replica at a time (each hot-swaps without dropping a
+    request)."""
+    manager = ServiceManager(session, ctx, supervisor)
+    return manager.public(manager.update(name, change))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_service(
+    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> None:
+    """Stop the replicas and remove them (and their devices)."""
+    ServiceManager(session, ctx, supervisor).delete(name)
+
+
+@router.api_route("/{name}/v2/{path:path}", methods=["GET", "POST"], name="service_oip_rest")
+async def call_service(
+    name: str,
+    path: str,
+    request: Request,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    proxy: ProxyDep,
+) -> Response:
+    """The service's OIP v2 REST API (``/v2/...`` of its agents, KServe v2 paths), spread over its
+    running replicas: ``tritonclient.http`` works against ``<host>/api/v1/services/{name}`` with
+    the control plane's bearer token."""
+    limit = ctx.settings.services.proxy_max_body_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {limit}")
+    body = await request.body()
+    if len(body) > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+
+    def addresses() -> list[str]:
+        with ctx.sessions() as session:
+            return ServiceManager(session, ctx, supervisor).http_addresses(name)
+
+    answer = await proxy.forward(
+        name,
+        await run_in_threadpool(addresses),
+        request.method,
+        path,
+        request.url.query,
+        dict(request.headers),
+        body,
+    )
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)

@@ -1,0 +1,162 @@
+"""Online services: create, read, update (rolling) and delete; the supervisor does the running.
+
+Creating a service records it and its replicas, registers each replica as a fleet device
+(``svc-<name>-<n>``, labelled ``service=<name>``) and writes its agent config; the supervisor
+then starts the agents and deploys the models to them. Nothing long runs inside a request except
+a delete, which waits for the replicas to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.database import utcnow
+from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.devices.service import DeviceService
+from control_plane.registry.service import ModelService
+from control_plane.services.models import Service, ServiceReplica
+from control_plane.services.schemas import (
+    ReplicaPublic,
+    ServiceCreate,
+    ServiceModel,
+    ServicePublic,
+    ServiceUpdate,
+)
+from control_plane.services.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+
+
+def replica_device_id(service: str, index: int) -> str:
+    return f"svc-{service}-{index}"
+
+
+class ServiceManager:
+    def __init__(self, session: Session, ctx: AppContext, supervisor: Supervisor) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.supervisor = supervisor
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def list(self) -> list[Service]:
+        return list(self.session.scalars(select(Service).order_by(Service.name)).all())
+
+    def get(self, name: str) -> Service:
+        service = self.session.get(Service, name)
+        if service is None:
+            raise NotFound(f"service {name} not found")
+        return service
+
+    def http_addresses(self, name: str) -> list[str]:
+        """The OIP REST addresses of the service's running replicas (``NotFound`` if none such
+        service)."""
+        service = self.get(name)
+        return [
+            f"127.0.0.1:{r.http_port}"
+            for r in service.replicas
+            if r.state == "running" and r.http_port
+        ]
+
+    def public(self, service: Service) -> ServicePublic:
+        replicas = []
+        for r in service.replicas:
+            view = self.supervisor.view(self.session, service, r)
+            public = ReplicaPublic.model_validate(r)
+            public.installed = view.installed
+            if r.grpc_port and r.state == "running":
+                public.grpc_address = f"127.0.0.1:{r.grpc_port}"
+            if r.http_port and r.state == "running":
+                public.http_address = f"127.0.0.1:{r.http_port}"
+            replicas.append(public)
+        return ServicePublic(
+            name=service.name,
+            type=service.type,
+            state=service.state,
+            reason=service.reason,
+            models=[ServiceModel(**m) for m in service.spec["models"]],
+            generation=service.generation,
+            replicas=replicas,
+            grpc_addresses=[r.grpc_address for r in replicas if r.grpc_address],
+            created_at=service.created_at,
+            updated_at=service.updated_at,
+        )
+
+    # --- changes -----------------------------------------------------------------------------
+
+    def create(self, spec: ServiceCreate) -> Service:
+        if self.session.get(Service, spec.name) is not None:
+            raise Conflict(f"service {spec.name} already exists")
+        self._check_models(spec.models)
+        service = Service(
+            name=spec.name,
+            type=spec.type,
+            spec={"models": [m.model_dump() for m in spec.models], "replicas": spec.replicas},
+        )
+        devices = DeviceService(self.session, self.ctx)
+        for index in range(spec.replicas):
+            device_id = replica_device_id(spec.name, index)
+            reg = devices.register(device_id, {"service": spec.name}, device_id)
+            bundle = devices.bundle(reg).model_dump()
+            self.supervisor.write_config(spec.name, index, bundle, _model_settings(spec.models))
+            service.replicas.append(ServiceReplica(index=index, device_id=device_id))
+        self.session.add(service)
+        self.session.commit()
+        logger.info("service %s: %d replica(s) of %s", spec.name, spec.replicas, _names(spec))
+        self.supervisor.wake()
+        return service
+
+    def update(self, name: str, change: ServiceUpdate) -> Service:
+        """New model versions, rolled out one replica at a time by the supervisor."""
+        service = self.get(name)
+        self._check_models(change.models)
+        service.spec = {**service.spec, "models": [m.model_dump() for m in change.models]}
+        service.generation += 1
+        service.state, service.reason = "deploying", "rolling update"
+        service.updated_at = utcnow()
+        self.session.commit()
+        self.supervisor.wake()
+        return service
+
+    def delete(self, name: str) -> None:
+        """Stop the replicas, remove their devices and files, forget the service."""
+        service = self.get(name)
+        replicas = [(r.index, r.device_id) for r in service.replicas]
+        self.supervisor.stop_service(name, [i for i, _ in replicas])
+        devices = DeviceService(self.session, self.ctx)
+        for _, device_id in replicas:
+            if devices.find(device_id) is not None:
+                devices.delete(device_id)
+        self.session.delete(self.get(name))
+        self.session.commit()
+        shutil.rmtree(self.supervisor.service_dir(name), ignore_errors=True)
+        logger.info("deleted service %s", name)
+
+    def _check_models(self, models: list[ServiceModel]) -> None:
+        names = [m.model for m in models]
+        if len(set(names)) != len(names):
+            raise InvalidRequest("a service serves one version of each model")
+        registry = ModelService(self.session, self.ctx)
+        for m in models:
+            mv = registry.get(m.model, m.version)
+            if mv.state != "ready" or not mv.package_digest:
+                raise InvalidRequest(
+                    f"model {m.model} version {m.version} is {mv.state}, not ready to serve"
+                )
+
+
+def _model_settings(models: list[ServiceModel]) -> dict[str, Any]:
+    return {
+        m.model: {"max_batch_size": m.max_batch_size, "max_queue_delay_ms": m.max_queue_delay_ms}
+        for m in models
+    }
+
+
+def _names(spec: ServiceCreate) -> str:
+    return ", ".join(f"{m.model}:{m.version}" for m in spec.models)

@@ -1,0 +1,385 @@
+"""The replica supervisor: keeps every online service's agent processes running and up to date.
+
+One thread, one tick every ``TICK_S``. For each replica of each service it:
+
+- starts the agent (``python -m edge_agent run --config <replica>/agent.yaml``) when no process
+  runs, and restarts a crashed one after a backoff that doubles per restart (at most
+  ``services.restart_backoff_max_s``);
+- reads the agent's port file to learn its gRPC (and HTTP) address;
+- gives it the service's models: a deployment of each model version's signed package to the
+  replica's device. A fresh replica gets them at once; when the service's models change, the
+  replicas get the new ones one at a time, the next only once the previous has installed them,
+  so a rolling update never leaves the service without a replica serving;
+- and sets the service's state from what it sees: ``running`` once every replica runs and has
+  its models installed, ``failed`` when an install failed (with the device's reason).
+
+Processes are started in their own session, so a control plane killed with SIGKILL leaves them
+running: the next start adopts them by pid (when ``/proc/<pid>/cmdline`` still names the
+replica's config) instead of starting a second copy. A graceful stop ends them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.database import utcnow
+from control_plane.deployments.service import DeploymentService
+from control_plane.registry.service import ModelService
+from control_plane.services.models import Service, ServiceReplica
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.5
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class _Process:
+    pid: int
+    popen: subprocess.Popen[bytes] | None  # None: adopted from an earlier control plane
+    next_start: float = 0.0  # after a crash: not before this (monotonic)
+
+
+@dataclass
+class ReplicaView:
+    """What the supervisor knows of a replica beyond its row: its models' install state."""
+
+    installed: bool = False
+    failed: str = ""
+    digests: dict[str, str] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.root = ctx.settings.resolved_services_dir
+        self._procs: dict[tuple[str, int], _Process] = {}
+        self._backoff: dict[tuple[str, int], float] = {}
+        self._lock = threading.RLock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, ctx: AppContext) -> Supervisor:
+        supervisor = cls(ctx)
+        supervisor.root.mkdir(parents=True, exist_ok=True)
+        # Before the API can read them: rows of replicas that no longer run must not say running.
+        supervisor._adopt()
+        supervisor._thread = threading.Thread(
+            target=supervisor._loop, name="service-supervisor", daemon=True
+        )
+        supervisor._thread.start()
+        return supervisor
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Stop the thread and every replica process (a restart starts or adopts them again)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            keys = list(self._procs)
+            for key in keys:
+                self._terminate(key)
+        with self.ctx.sessions() as session:
+            for key in keys:
+                replica = session.get(ServiceReplica, key)
+                if replica is not None:
+                    _forget_process(replica, "stopped")
+            session.commit()
+
+    # --- folders -----------------------------------------------------------------------------
+
+    def replica_dir(self, service: str, index: int) -> Path:
+        return self.root / service / str(index)
+
+    def service_dir(self, service: str) -> Path:
+        return self.root / service
+
+    def write_config(
+        self, service: str, index: int, bundle: dict[str, Any], models: dict[str, Any]
+    ) -> Path:
+        """The replica's agent config: the device bundle, loopback ports, its own data folder,
+        and each model's batching settings."""
+        folder = self.replica_dir(service, index)
+        keys = folder / "keys"
+        keys.mkdir(parents=True, exist_ok=True)
+        key_files = []
+        for i, pem in enumerate(bundle["trusted_keys_pem"]):
+            path = keys / f"trusted-{i}.pub"
+            path.write_text(pem)
+            key_files.append(str(path))
+        config = {
+            "device_id": bundle["device_id"],
+            "data_dir": str(folder / "data"),
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "metrics_port": -1,
+            "port_file": str(folder / "ports.json"),
+            "trusted_keys": key_files,
+            "fleet": dict(bundle["mqtt"]),
+            "models": models,
+        }
+        path = folder / "agent.yaml"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.chmod(tmp, 0o600)  # it holds the device's broker password
+        os.replace(tmp, path)
+        return path
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("service supervisor tick failed")
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+
+    def _adopt(self) -> None:
+        """Processes an earlier control plane started and left running become ours again; the
+        rows of those that are gone are reset, to be started by the first tick."""
+        with self.ctx.sessions() as session:
+            for service in session.scalars(select(Service)).all():
+                for replica in service.replicas:
+                    key = (replica.service_name, replica.index)
+                    if replica.pid and _runs(replica.pid, self._config(key)):
+                        self._procs[key] = _Process(replica.pid, None)
+                        logger.info("adopted replica %s/%d (pid %d)", *key, replica.pid)
+                        continue
+                    _forget_process(replica, "starting")
+                    if service.state == "running":
+                        service.state, service.reason = "deploying", "restarting replicas"
+            session.commit()
+
+    def tick(self) -> None:
+        with self._lock, self.ctx.sessions() as session:
+            services = session.scalars(select(Service)).all()
+            for service in services:
+                if service.state == "stopped":
+                    continue
+                views = {}
+                for replica in service.replicas:
+                    self._keep_running(service, replica)
+                    views[replica.index] = self.view(session, service, replica)
+                self._roll_out(session, service, views)
+                self._set_state(service, views)
+            session.commit()
+
+    def _keep_running(self, service: Service, replica: ServiceReplica) -> None:
+        key = (service.name, replica.index)
+        proc = self._procs.get(key)
+        if proc is not None:
+            code = proc.popen.poll() if proc.popen is not None else None
+            alive = code is None and (proc.popen is not None or _runs(proc.pid, self._config(key)))
+            if alive:
+                if replica.grpc_port is None:
+                    self._read_ports(key, replica, proc.pid)
+                return
+            del self._procs[key]
+            replica.state = "crashed"
+            replica.reason = f"agent exited with {code}" if code is not None else "agent is gone"
+            replica.restarts += 1
+            replica.pid = replica.grpc_port = replica.http_port = None
+            delay = min(2.0 ** min(replica.restarts, 6), self.ctx.settings.services.backoff_max_s)
+            self._backoff[key] = time.monotonic() + delay
+            logger.warning("replica %s/%d: %s; restart in %.0f s", *key, replica.reason, delay)
+            return
+        if time.monotonic() < self._backoff.get(key, 0.0):
+            return
+        self._spawn(key, replica)
+
+    def _config(self, key: tuple[str, int]) -> Path:
+        return self.replica_dir(*key) / "agent.yaml"
+
+    def _spawn(self, key: tuple[str, int], replica: ServiceReplica) -> None:
+        folder = self.replica_dir(*key)
+        (folder / "ports.json").unlink(missing_ok=True)
+        with open(folder / "agent.log", "ab") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "edge_agent", "run", "--config", str(self._config(key))],
+                cwd=folder,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives a control plane killed with SIGKILL
+            )
+        self._procs[key] = _Process(popen.pid, popen)
+        replica.pid = popen.pid
+        replica.state = "starting"
+        replica.grpc_port = replica.http_port = None
+        replica.started_at = utcnow()
+        logger.info("started replica %s/%d (pid %d)", *key, popen.pid)
+
+    def _read_ports(self, key: tuple[str, int], replica: ServiceReplica, pid: int) -> None:
+        try:
+            ports = json.loads((self.replica_dir(*key) / "ports.json").read_text())
+        except (OSError, ValueError):
+            return  # not written yet
+        if ports.get("pid") != pid:
+            return
+        replica.grpc_port = int(ports["grpc"])
+        replica.http_port = int(ports["http"]) if ports.get("http") else None
+        replica.state = "running"
+        replica.reason = ""
+
+    # --- models ------------------------------------------------------------------------------
+
+    def view(self, session: Session, service: Service, replica: ServiceReplica) -> ReplicaView:
+        """Whether the replica has its generation's models installed (or why one failed)."""
+        wanted = self._digests(session, service)
+        view = ReplicaView(digests=wanted)
+        if replica.generation != service.generation:
+            return view
+        by_digest = {
+            t.deployment.package_digest: t
+            for t in DeploymentService(session, self.ctx).device_targets(replica.device_id)
+        }
+        states = [by_digest[d].state if d in by_digest else "pending" for d in wanted.values()]
+        failed = [by_digest[d] for d in wanted.values() if d in by_digest]
+        failed = [t for t in failed if t.state == "failed"]
+        if failed:
+            view.failed = f"{replica.device_id}: {failed[0].reason or 'install failed'}"
+        view.installed = all(s == "installed" for s in states)
+        return view
+
+    def _digests(self, session: Session, service: Service) -> dict[str, str]:
+        models = ModelService(session, self.ctx)
+        out = {}
+        for m in service.spec["models"]:
+            digest = models.get(m["model"], m["version"]).package_digest
+            if digest:
+                out[m["model"]] = digest
+        return out
+
+    def _roll_out(self, session: Session, service: Service, views: dict[int, ReplicaView]) -> None:
+        """Give replicas the current models: fresh ones at once, the others one at a time."""
+        behind = [r for r in service.replicas if r.generation != service.generation]
+        if not behind:
+            return
+        updating = any(
+            r.generation == service.generation and not views[r.index].installed
+            for r in service.replicas
+        )
+        for replica in behind:
+            if replica.generation != 0 and updating:
+                continue
+            self._give(session, service, replica)
+            if replica.generation != 0:
+                updating = True
+            replica.generation = service.generation
+            views[replica.index] = ReplicaView(digests=views[replica.index].digests)
+
+    def _give(self, session: Session, service: Service, replica: ServiceReplica) -> None:
+        deployments = DeploymentService(session, self.ctx)
+        current = {
+            t.deployment.package_digest for t in deployments.device_targets(replica.device_id)
+        }
+        for digest in self._digests(session, service).values():
+            if digest not in current:
+                deployments.create(
+                    package_digest=digest,
+                    package_name=None,
+                    package_version=None,
+                    device_id=replica.device_id,
+                    selector=None,
+                )
+        logger.info(
+            "replica %s/%d given generation %d", service.name, replica.index, service.generation
+        )
+
+    def _set_state(self, service: Service, views: dict[int, ReplicaView]) -> None:
+        failed = next((v.failed for v in views.values() if v.failed), "")
+        if failed:
+            state, reason = "failed", failed
+        elif all(r.state == "running" and views[r.index].installed for r in service.replicas):
+            state, reason = "running", ""
+        else:
+            state = "deploying"
+            reason = ", ".join(
+                f"replica {r.index} {r.state}"
+                + ("" if views[r.index].installed else ", installing")
+                for r in service.replicas
+                if not (r.state == "running" and views[r.index].installed)
+            )
+        if (state, reason) != (service.state, service.reason):
+            service.state, service.reason = state, reason
+            service.updated_at = utcnow()
+            logger.info("service %s: %s %s", service.name, state, reason)
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def stop_service(self, name: str, indexes: list[int]) -> None:
+        """End the service's replica processes (for a delete)."""
+        with self._lock:
+            for index in indexes:
+                self._terminate((name, index))
+
+    def _terminate(self, key: tuple[str, int]) -> None:
+        proc = self._procs.pop(key, None)
+        self._backoff.pop(key, None)
+        if proc is None:
+            return
+        if proc.popen is None and not _runs(proc.pid, self._config(key)):
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and _alive(proc):
+            time.sleep(0.05)
+        if _alive(proc):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.popen is not None:
+                proc.popen.wait(timeout=5)
+        logger.info("stopped replica %s/%d", *key)
+
+
+def _forget_process(replica: ServiceReplica, state: str) -> None:
+    replica.state = state
+    replica.pid = replica.grpc_port = replica.http_port = None
+
+
+def _alive(proc: _Process) -> bool:
+    if proc.popen is not None:
+        return proc.popen.poll() is None
+    try:
+        os.kill(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runs(pid: int, config: Path) -> bool:
+    """Whether ``pid`` is an agent running ``config`` (not a reused pid of something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(config).encode() in cmdline

@@ -1,0 +1,204 @@
+"""Online services: real agent replicas started, supervised and updated by the control plane.
+
+One control plane (with its lifespan: embedded broker, fleet channel, supervisor) imports the test
+MLP as two registered versions, serves version 1 with two replicas, then: a replica killed is
+restarted while the other keeps answering; a rolling update to version 2 fails no request; a
+control plane that stops gracefully restarts the replicas, one that dies adopts them; a delete
+stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from fastapi.testclient import TestClient
+
+from control_plane.app import create_app
+from control_plane.core.settings import Settings
+
+API = "/api/v1"
+TOKEN = "services-test-token-0123456789"
+TIMEOUT = 120.0
+
+
+def _wait(what: str, check: Callable[[], Any], timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _settings(data_dir: Path) -> Settings:
+    return Settings(
+        dev_mode=True,
+        api_token=TOKEN,
+        data_dir=data_dir,
+        embedded_broker_port=0,
+        service_restart_backoff_max_s=1.0,
+    )
+
+
+def _client(data_dir: Path) -> TestClient:
+    return TestClient(create_app(_settings(data_dir)), headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def _import(api: TestClient, path: Path, name: str) -> str:
+    with open(path, "rb") as f:
+        r = api.post(
+            f"{API}/models/import",
+            files={"file": (path.name, f, "application/octet-stream")},
+            data={"name": name},
+        )
+    assert r.status_code == 202, r.text
+    version = r.json()["version"]
+    mv = _wait(
+        "conversion",
+        lambda: (
+            (m := api.get(f"{API}/models/{name}/versions/{version}").json())["state"]
+            != "converting"
+            and m
+        ),
+    )
+    assert mv["state"] == "ready", mv["error"]
+    return str(version)
+
+
+def _infer(address: str) -> str:
+    """One request to a replica; returns the model version that answered."""
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        inp = grpcclient.InferInput("input", [1, 784], "FP32")
+        inp.set_data_from_numpy(np.random.default_rng(0).random((1, 784), dtype=np.float32))
+        result = client.infer("mlp", [inp])
+        assert result.as_numpy("logits").shape == (1, 10)
+        return str(result.get_response().model_version)
+    finally:
+        client.close()
+
+
+def _running(api: TestClient, generation: int = 1) -> dict[str, Any] | None:
+    s = api.get(f"{API}/services/mlp").json()
+    ok = s["state"] == "running" and s["generation"] == generation
+    ok = ok and all(r["installed"] and r["grpc_address"] for r in s["replicas"])
+    return s if ok else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="module")
+def api(data_dir: Path, models_dir: Path) -> Iterator[TestClient]:
+    with _client(data_dir) as client:
+        assert _import(client, models_dir / "mlp.tflite", "mlp") == "1"
+        assert _import(client, models_dir / "mlp_v2.onnx", "mlp") == "2"
+        yield client
+
+
+def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
+    r = api.post(
+        f"{API}/services",
+        json={"name": "mlp", "models": [{"model": "mlp", "version": "1"}], "replicas": 2},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["state"] == "deploying"
+    assert api.post(f"{API}/services", json=r.json() | {"type": "online"}).status_code in (409, 422)
+    service = _wait("the service running", lambda: _running(api))
+    addresses = service["grpc_addresses"]
+    assert len(addresses) == 2 and all(_infer(a) == "1" for a in addresses)
+    # The replicas are fleet devices of their own, labelled with the service.
+    devices = api.get(f"{API}/devices", params={"label": "service=mlp"}).json()
+    assert sorted(d["id"] for d in devices) == ["svc-mlp-0", "svc-mlp-1"]
+
+    # A replica killed is restarted; the other keeps answering meanwhile.
+    first, second = service["replicas"]
+    os.kill(first["pid"], signal.SIGKILL)
+    answered = 0
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        assert _infer(second["grpc_address"]) == "1"
+        answered += 1
+        s = api.get(f"{API}/services/mlp").json()
+        r0 = s["replicas"][0]
+        if r0["restarts"] >= 1 and r0["state"] == "running" and r0["pid"] != first["pid"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the killed replica was not restarted")
+    assert answered > 0
+    service = _wait("the service running again", lambda: _running(api))
+    assert _infer(service["replicas"][0]["grpc_address"]) == "1"
+
+    # A rolling update to version 2: requests to both replicas all along, none fails.
+    r = api.patch(f"{API}/services/mlp", json={"models": [{"model": "mlp", "version": "2"}]})
+    assert r.status_code == 200 and r.json()["generation"] == 2
+    seen: set[str] = set()
+    while not (updated := _running(api, generation=2)):
+        replicas = api.get(f"{API}/services/mlp").json()["replicas"]
+        # One replica at a time: never two given the new version and both still installing.
+        assert sum(r["generation"] == 2 and not r["installed"] for r in replicas) <= 1
+        for replica in replicas:
+            if replica["grpc_address"]:
+                seen.add(_infer(replica["grpc_address"]))
+    assert all(_infer(a) == "2" for a in updated["grpc_addresses"])
+    assert seen <= {"1", "2"}
+
+    # Bad requests are refused clearly.
+    unknown = api.post(
+        f"{API}/services", json={"name": "x", "models": [{"model": "nope", "version": "1"}]}
+    )
+    assert unknown.status_code == 404
+    assert api.get(f"{API}/services/nope").status_code == 404
+
+
+def test_replicas_outlive_a_control_plane_restart(api: TestClient, data_dir: Path) -> None:
+    before = _wait("the service running", lambda: _running(api, generation=2))
+    pids = [r["pid"] for r in before["replicas"]]
+    # Simulate a control plane killed with SIGKILL: its supervisor stops without ending the
+    # replicas (a graceful stop would end them).
+    supervisor = api.app.state.services  # type: ignore[attr-defined]
+    supervisor._stop.set()
+    supervisor._wake.set()
+    supervisor._thread.join(timeout=10)
+    supervisor._procs.clear()
+    assert all(_alive(p) for p in pids)
+    with _client(data_dir) as again:
+        after = _wait("the service running", lambda: _running(again, generation=2))
+        assert [r["pid"] for r in after["replicas"]] == pids  # adopted, not restarted
+        assert all(_infer(a) == "2" for a in after["grpc_addresses"])
+        # A graceful stop of this one ends the replicas...
+    _wait("replicas stopped", lambda: not any(_alive(p) for p in pids), timeout=30)
+    # ...and the next start starts them again.
+    with _client(data_dir) as third:
+        after = _wait("the service running", lambda: _running(third, generation=2))
+        assert all(_infer(a) == "2" for a in after["grpc_addresses"])
+        new_pids = [r["pid"] for r in after["replicas"]]
+        assert r_delete(third) == 204
+        _wait("replicas stopped", lambda: not any(_alive(p) for p in new_pids), timeout=30)
+        assert third.get(f"{API}/services/mlp").status_code == 404
+        assert third.get(f"{API}/devices", params={"label": "service=mlp"}).json() == []
+        assert not (data_dir / "services" / "mlp").exists()
+
+
+def r_delete(api: TestClient) -> int:
+    return api.delete(f"{API}/services/mlp").status_code
