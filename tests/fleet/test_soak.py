@@ -6,10 +6,10 @@ same faults are drawn every time: 45 s of faults, then the settle period and the
 ``--json`` report says which faults it injected and how each invariant fared; its exit code is 0
 only when all of them held.
 
-The seed draws one broker restart and one control-plane kill apart from each other. Longer or other
-runs can fail "telemetry exactly once" through a known control-plane issue: batches the broker
-delivers out of order after the control plane resumes with a backlog are dropped as duplicates
-(docs/fleet.md, "Soak").
+The seed draws one broker restart and one control-plane kill apart from each other. "Telemetry
+exactly once" also holds when the broker delivers a device's batches out of order after the control
+plane resumes with a backlog, which longer soaks caught before telemetry was stored by (device,
+sequence number) (docs/fleet.md, "Soak").
 
 The soak is started in its own session so that, should it hang past the timeout, SIGTERM lets it
 stop its children itself and, failing that, its whole process group (ours alone) is killed.
