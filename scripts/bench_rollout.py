@@ -29,7 +29,8 @@ session; confirmed on the API afterwards).
 
 In the same run, through the same broker, with the agents idle: the package's bytes, cut into
 the control plane's chunk size, are published once with QoS 1 to one topic that N plain paho
-subscribers (N processes) read with QoS 1. Measured: first publish to the last subscriber's last
+subscribers (N processes) read with QoS 1 (each of them, and the publisher, a local identity
+allowed only that topic). Measured: first publish to the last subscriber's last
 message, once just before the rollout and once just after it; the reference is their mean, so a
 machine whose other load changes during the run skews the comparison less (both are printed, with
 what the whole machine was doing in each phase). Target: rollout <= 4x that raw broadcast.
@@ -51,8 +52,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,30 +69,34 @@ for _p in (REPO, REPO / "scripts"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import httpx  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-import psutil  # noqa: E402
-import yaml  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
-from script_support import (  # noqa: E402
-    api_client,
-    console_script,
-    free_port,
-    request_json,
-    spawn_logged,
-    stop_process,
-    wait_until,
+from fleet_stack import (  # noqa: E402
+    Agent,
+    Machine,
+    ReportedWatcher,
+    Sampler,
+    Stack,
+    Usage,
+    build_signed,
+    fmt_usage,
+    log,
+    make_onnx,
+    mqtt_client,
+    start_agents,
+    start_broker,
+    start_control_plane,
+    stop_agents,
+    wait_credentials,
+    wait_online,
 )
+from script_support import free_port, stop_process, wait_until  # noqa: E402
 
 from protos import fleet_topics  # noqa: E402
-from protos.gen import fleet_pb2  # noqa: E402
 
 PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
 ROLLOUT_TARGET_RATIO = 4.0
 SIM_TARGET_S = 60.0
-# Identities of the benchmark's own clients (broker_config's local identity files): the broker
-# binds each client id to its user name, so none of them may share the control plane's identity.
-OBSERVER_USER = "bench-observer"
+# Identities of the raw broadcast's clients (fleet_stack's local identities): the broker binds
+# each client id to its user name, so none of them may share the control plane's identity.
 RAW_PUBLISHER_USER = "bench-raw-publisher"
 RAW_TOPIC = fleet_topics.device_topic("bench-raw", fleet_topics.CHUNKS_DATA)
 
@@ -102,467 +105,10 @@ def raw_subscriber_user(i: int) -> str:
     return f"bench-raw-{i:02d}"
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# --- models and packages ------------------------------------------------------------------------
-
-
-def make_onnx(path: Path, in_dim: int, out_dim: int, seed: int) -> Path:
-    """y = x @ W with a random float32 W of in_dim x out_dim (random: the bytes do not compress)."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((in_dim, out_dim), dtype=np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])],
-        "bench",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_dim])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, out_dim])],
-        initializer=[numpy_helper.from_array(w, "w")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
-
-
-def build_signed(model: Path, name: str, version: str, key: Path, out: Path) -> Path:
-    from model_packager.build import ArtifactInput, BuildSpec, build_package
-    from model_packager.signing import load_private_key
-
-    spec = BuildSpec(name=name, version=version, artifacts=[ArtifactInput(path=model)])
-    return build_package(spec, out, load_private_key(key))
-
-
-# --- broker and control plane -------------------------------------------------------------------
-
-
-@dataclass
-class Stack:
-    work: Path
-    broker_port: int
-    api_port: int
-    api_token: str
-    mqtt_password: str
-    trusted_pub: Path
-    broker: subprocess.Popen[bytes] | None = None
-    cp: subprocess.Popen[bytes] | None = None
-    api: httpx.Client | None = None
-
-    @property
-    def broker_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.broker_port}"
-
-    def cp_env(self) -> dict[str, str]:
-        assert self.broker is not None
-        return {
-            **os.environ,
-            "CONTROL_PLANE_API_TOKEN": self.api_token,
-            "CONTROL_PLANE_MQTT_PASSWORD": self.mqtt_password,
-            "CONTROL_PLANE_DATA_DIR": str(self.work / "cp"),
-            "CONTROL_PLANE_TRUSTED_KEYS": json.dumps([str(self.trusted_pub)]),
-            "CONTROL_PLANE_MQTT_URL": self.broker_url,
-            "CONTROL_PLANE_HOST": "127.0.0.1",
-            "CONTROL_PLANE_PORT": str(self.api_port),
-            "CONTROL_PLANE_BROKER_CONFIG_DIR": str(self.work / "broker"),
-            "CONTROL_PLANE_BROKER_RELOAD_COMMAND": f"kill -HUP {self.broker.pid}",
-        }
-
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        assert self.api is not None
-        return request_json(self.api, method, path, **kw)
-
-
-def mosquitto_binary() -> str:
-    path = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
-    if path is None:
-        raise SystemExit("bench-rollout needs mosquitto (apt-get install mosquitto)")
-    return path
-
-
-def write_bench_identities(folder: Path, password: str, raw_subscribers: int) -> None:
-    """The benchmark's clients in the broker's local identity files, each with only what it uses."""
-    from control_plane.core.credentials import hash_password
-    from control_plane.fleet.broker_config import LOCAL_ACL_NAME, LOCAL_PASSWD_NAME
-
-    reported = fleet_topics.all_devices_filter(fleet_topics.REPORTED)
-    rules = {OBSERVER_USER: f"read {reported}", RAW_PUBLISHER_USER: f"write {RAW_TOPIC}"}
-    rules |= {raw_subscriber_user(i): f"read {RAW_TOPIC}" for i in range(raw_subscribers)}
-    hashed = hash_password(password)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / LOCAL_PASSWD_NAME).write_text("".join(f"{u}:{hashed}\n" for u in rules))
-    acl = "".join(f"user {u}\ntopic {rule}\n" for u, rule in rules.items())
-    (folder / LOCAL_ACL_NAME).write_text(acl)
-
-
-def start_broker(stack: Stack, raw_subscribers: int) -> None:
-    """Write the broker files from the (empty) registry with broker_config, start Mosquitto."""
-    from control_plane.core.context import AppContext
-    from control_plane.core.database import upgrade
-    from control_plane.core.settings import Settings
-    from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
-
-    settings = Settings(
-        api_token=stack.api_token,
-        mqtt_password=stack.mqtt_password,
-        data_dir=stack.work / "cp",
-        trusted_keys=[stack.trusted_pub],
-    )
-    ctx = AppContext.from_settings(settings)
-    upgrade(ctx.engine)
-    options = ListenerOptions(
-        port=stack.broker_port,
-        bind="127.0.0.1",
-        persistence=True,  # as `control-plane broker-config` writes it for production
-        run_as_user="root" if os.geteuid() == 0 else None,
-    )
-    write_bench_identities(stack.work / "broker", stack.mqtt_password, raw_subscribers)
-    with ctx.sessions() as session:
-        conf = write_broker_config(settings, session, stack.work / "broker", options)
-    ctx.close()
-    stack.broker = spawn_logged([mosquitto_binary(), "-c", str(conf)], stack.work / "mosquitto.log")
-
-    def listening() -> bool:
-        assert stack.broker is not None
-        if stack.broker.poll() is not None:
-            raise RuntimeError((stack.work / "mosquitto.log").read_text())
-        try:
-            with socket.create_connection(("127.0.0.1", stack.broker_port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    wait_until("mosquitto listening", listening, 10, 0.05)
-
-
-def start_control_plane(stack: Stack) -> None:
-    stack.cp = spawn_logged(
-        [*console_script("control-plane"), "serve"],
-        stack.work / "control-plane.log",
-        env=stack.cp_env(),
-    )
-    stack.api, _ = api_client(f"http://127.0.0.1:{stack.api_port}", stack.api_token)
-
-    def healthy() -> bool:
-        assert stack.cp is not None and stack.api is not None
-        if stack.cp.poll() is not None:
-            raise RuntimeError((stack.work / "control-plane.log").read_text()[-3000:])
-        try:
-            return bool(stack.api.get("/health").json().get("broker_connected"))
-        except httpx.HTTPError:
-            return False
-
-    wait_until("control plane healthy and connected to the broker", healthy, 60, 0.2)
-
-
-def mqtt_client(port: int, username: str, password: str, client_id: str) -> mqtt.Client:
-    """A connected paho client with its network thread running."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=mqtt.MQTTv311
-    )
-    client.username_pw_set(username, password)
-    connected = threading.Event()
-    refused: list[str] = []
-
-    def on_connect(_c: mqtt.Client, _u: object, _f: object, rc: object, _p: object) -> None:
-        if getattr(rc, "is_failure", False):
-            refused.append(str(rc))
-        connected.set()
-
-    client.on_connect = on_connect
-    client.connect("127.0.0.1", port, keepalive=60)
-    client.loop_start()
-    if not connected.wait(10) or refused:
-        client.loop_stop()
-        raise ConnectionError(f"{username}: {refused or 'no CONNACK'}")
-    return client
-
-
-def wait_credentials(stack: Stack, bundle: dict[str, Any]) -> None:
-    """Mosquitto rereads passwd on HUP; wait until the newest device's credentials work."""
-    m = bundle["mqtt"]
-
-    def accepted() -> bool:
-        try:
-            c = mqtt_client(
-                stack.broker_port, m["username"], m["password"], f"probe-{m['username']}"
-            )
-        except ConnectionError:
-            return False
-        c.disconnect()
-        c.loop_stop()
-        return True
-
-    wait_until("broker accepts the registered credentials", accepted, 20, 0.2)
-
-
-# --- sampling -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Usage:
-    cpu_s: float = 0.0
-    cpu_mean_pct: float = 0.0
-    cpu_peak_pct: float = 0.0
-    rss_start_mb: float = 0.0
-    rss_peak_mb: float = 0.0
-
-
-@dataclass
-class Machine:
-    """What the whole machine did in a phase: the benchmark shares it with whatever else runs."""
-
-    wall_s: float = 0.0
-    busy_s: float = 0.0
-    ours_s: float = 0.0
-    cpus: int = field(default_factory=lambda: psutil.cpu_count() or 1)
-
-    def __str__(self) -> str:
-        other = max(0.0, self.busy_s - self.ours_s)
-        return (
-            f"machine busy {self.busy_s:.1f} of {self.wall_s * self.cpus:.1f} core-s "
-            f"({self.cpus} CPUs); this benchmark {self.ours_s:.1f} core-s, "
-            f"other processes {other:.1f} core-s"
-        )
-
-
-class Sampler:
-    """CPU and RSS of groups of processes (summed per group), sampled every ``interval``."""
-
-    def __init__(self, groups: dict[str, list[int]], interval: float = 0.5) -> None:
-        self.groups = {
-            name: [psutil.Process(p) for p in pids] for name, pids in groups.items() if pids
-        }
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: dict[str, list[tuple[float, float]]] = {g: [] for g in self.groups}
-        self._cpu0: dict[str, float] = {}
-        self._rss0: dict[str, float] = {}
-        self._t0 = 0.0
-        self.wall = 0.0
-        self._machine0 = self._ours0 = 0.0
-        self.machine = Machine()
-
-    def _cpu(self, procs: list[psutil.Process]) -> float:
-        total = 0.0
-        for p in procs:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
-        return total
-
-    def _rss(self, procs: list[psutil.Process]) -> float:
-        total = 0
-        for p in procs:
-            with suppress(psutil.Error):
-                total += p.memory_info().rss
-        return total / 2**20
-
-    @staticmethod
-    def machine_busy() -> float:
-        """CPU seconds all cores spent not idle since boot."""
-        t = psutil.cpu_times()
-        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-    @staticmethod
-    def ours() -> float:
-        """CPU seconds of this benchmark: itself, its reaped children and its live descendants."""
-        me = psutil.Process()
-        t = me.cpu_times()
-        total = t.user + t.system + t.children_user + t.children_system
-        for child in me.children(recursive=True):
-            with suppress(psutil.Error):
-                c = child.cpu_times()
-                total += c.user + c.system
-        return total
-
-    def start(self) -> Sampler:
-        self._t0 = time.monotonic()
-        self._machine0, self._ours0 = self.machine_busy(), self.ours()
-        for g, procs in self.groups.items():
-            self._cpu0[g] = self._cpu(procs)
-            self._rss0[g] = self._rss(procs)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        last = {g: (time.monotonic(), self._cpu0[g]) for g in self.groups}
-        while not self._stop.wait(self.interval):
-            for g, procs in self.groups.items():
-                now, cpu = time.monotonic(), self._cpu(procs)
-                t_prev, c_prev = last[g]
-                pct = 100 * (cpu - c_prev) / max(1e-6, now - t_prev)
-                last[g] = (now, cpu)
-                self.samples[g].append((pct, self._rss(procs)))
-
-    def stop(self) -> dict[str, Usage]:
-        self._stop.set()
-        self._thread.join()
-        self.wall = time.monotonic() - self._t0
-        self.machine = Machine(
-            wall_s=self.wall,
-            busy_s=self.machine_busy() - self._machine0,
-            ours_s=self.ours() - self._ours0,
-        )
-        out = {}
-        for g, procs in self.groups.items():
-            cpu = self._cpu(procs) - self._cpu0[g]
-            s = self.samples[g]
-            mean = 100 * cpu / max(1e-6, self.wall)
-            out[g] = Usage(
-                cpu_s=cpu,
-                cpu_mean_pct=mean,
-                cpu_peak_pct=max((p for p, _ in s), default=mean),  # a phase shorter than a sample
-                rss_start_mb=self._rss0[g],
-                rss_peak_mb=max([self._rss0[g], *(r for _, r in s)]),
-            )
-        return out
-
-
-# --- agents -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Agent:
-    device_id: str
-    workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port_file(self) -> Path:
-        return self.workdir / "ports.json"
-
-
-def start_agents(stack: Stack, bundles: list[dict[str, Any]]) -> list[Agent]:
-    """``edge-agent run`` per bundle, configured by config_from_bundle (``edge-agent join``)."""
-    from edge_agent.fleet.bundle import config_from_bundle
-
-    agents = []
-    for bundle in bundles:
-        a = Agent(bundle["device_id"], stack.work / "agents" / bundle["device_id"])
-        a.workdir.mkdir(parents=True)
-        config = config_from_bundle(
-            bundle,
-            a.workdir,
-            data_dir=str(a.workdir / "data"),
-            grpc_port=0,
-            http_port=-1,
-            metrics_port=-1,
-            port_file=str(a.port_file),
-            log_level="INFO",
-        )
-        (a.workdir / "agent.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        a.proc = spawn_logged(
-            [*console_script("edge-agent"), "run", "--config", str(a.workdir / "agent.yaml")],
-            a.workdir / "agent.log",
-        )
-        agents.append(a)
-
-    def all_serving() -> bool:
-        for a in agents:
-            assert a.proc is not None
-            if a.proc.poll() is not None:
-                raise RuntimeError(f"agent {a.device_id} exited: {(a.workdir / 'agent.log')}")
-        return all(a.port_file.exists() for a in agents)
-
-    wait_until(f"{len(agents)} agents serving", all_serving, 60 + 5 * len(agents), 0.2)
-    return agents
-
-
-def stop_agents(agents: list[Agent]) -> None:
-    for a in agents:
-        if a.proc is not None and a.proc.poll() is None:
-            a.proc.send_signal(signal.SIGTERM)
-    for a in agents:
-        if a.proc is not None:
-            stop_process(a.proc)
-
-
-def wait_online(stack: Stack, label: str, count: int, timeout: float) -> None:
-    def online() -> bool:
-        devices = stack.call("GET", "/devices", params={"label": f"bench={label}"})
-        return sum(d["status"] == "online" for d in devices) >= count
-
-    wait_until(f"{count} {label} devices online", online, timeout, 0.25)
-
-
-# --- reported-state observer --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReportEvent:
-    at: float
-    device_id: str
-    deployment_id: str
-    outcome: str
-    step: str
-    reason: str
-
-
-class ReportedWatcher:
-    """Follows ``edge/+/reported`` as ``bench-observer`` (its local ACL lets it read that)."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.events: list[ReportEvent] = []
-        self._lock = threading.Lock()
-        self.client = mqtt_client(
-            stack.broker_port,
-            OBSERVER_USER,
-            stack.mqtt_password,
-            OBSERVER_USER,
-        )
-        self.client.on_message = self._on_message
-        self.client.subscribe(fleet_topics.all_devices_filter(fleet_topics.REPORTED), 1)
-
-    def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        at = time.time()
-        parsed = fleet_topics.parse_topic(msg.topic)
-        if parsed is None or not msg.payload:
-            return
-        state = fleet_pb2.ReportedState()
-        state.ParseFromString(msg.payload)
-        if not state.HasField("last_result"):
-            return
-        r = state.last_result
-        outcome = fleet_pb2.DeploymentResult.Outcome.Name(r.outcome)
-        with self._lock:
-            self.events.append(
-                ReportEvent(at, parsed.device_id, r.deployment_id, outcome, r.step, r.reason)
-            )
-
-    def final(self, deployment_id: str) -> dict[str, ReportEvent]:
-        """First INSTALLED or FAILED report per device for this deployment."""
-        out: dict[str, ReportEvent] = {}
-        with self._lock:
-            for e in self.events:
-                if e.deployment_id == deployment_id and e.outcome in ("INSTALLED", "FAILED"):
-                    out.setdefault(e.device_id, e)
-        return out
-
-    def downloaded(self, deployment_id: str) -> dict[str, float]:
-        """When each device said it holds the checked package (IN_PROGRESS at step install)."""
-        out: dict[str, float] = {}
-        with self._lock:
-            for e in self.events:
-                if e.deployment_id == deployment_id and (e.step, e.outcome) == (
-                    "install",
-                    "IN_PROGRESS",
-                ):
-                    out.setdefault(e.device_id, e.at)
-        return out
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def raw_identities(subscribers: int) -> dict[str, list[str]]:
+    """The raw broadcast's publisher and subscribers, each with only what it uses."""
+    rules = {RAW_PUBLISHER_USER: [f"write {RAW_TOPIC}"]}
+    return rules | {raw_subscriber_user(i): [f"read {RAW_TOPIC}"] for i in range(subscribers)}
 
 
 # --- the measurements ---------------------------------------------------------------------------
@@ -582,7 +128,7 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
     """Publish ``data`` in ``chunk_size`` pieces once, QoS 1; N subscriber processes read it."""
     chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     topic = RAW_TOPIC
-    env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.mqtt_password}
+    env = {**os.environ, "BENCH_MQTT_PASSWORD": stack.local_password}
     procs = [
         subprocess.Popen(
             [
@@ -591,7 +137,7 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
                 "raw-sub",
                 f"--port={stack.broker_port}",
                 f"--username={raw_subscriber_user(i)}",
-                f"--client-id=bench-raw-{i:02d}",
+                f"--client-id={raw_subscriber_user(i)}",
                 f"--topic={topic}",
                 f"--count={len(chunks)}",
             ],
@@ -608,7 +154,7 @@ def raw_broadcast(stack: Stack, data: bytes, chunk_size: int, subscribers: int) 
             if line != "ready":
                 raise RuntimeError(f"raw subscriber: {line or 'exited'}")
         pub = mqtt_client(
-            stack.broker_port, RAW_PUBLISHER_USER, stack.mqtt_password, RAW_PUBLISHER_USER
+            stack.broker_port, RAW_PUBLISHER_USER, stack.local_password, RAW_PUBLISHER_USER
         )
         assert stack.broker is not None
         sampler = Sampler(
@@ -647,8 +193,17 @@ class RolloutResult:
 
 
 def rollout(
-    stack: Stack, digest: str, agents: list[Agent], watcher: ReportedWatcher, timeout: float
+    stack: Stack,
+    digest: str,
+    agents: list[Agent],
+    watcher: ReportedWatcher,
+    timeout: float,
+    also_sample: dict[str, list[int]] | None = None,
 ) -> RolloutResult:
+    """Deploy ``digest`` to the agents (label ``bench=rollout``) and time it to all final.
+
+    ``also_sample`` adds process groups to the CPU/RSS sampling (bench-flood's flood device).
+    """
     assert stack.broker is not None and stack.cp is not None
     ids = {a.device_id for a in agents}
     sampler = Sampler(
@@ -656,6 +211,7 @@ def rollout(
             "control plane": [stack.cp.pid],
             "mosquitto": [stack.broker.pid],
             "agents": [a.proc.pid for a in agents if a.proc is not None],
+            **(also_sample or {}),
         }
     ).start()
     t0 = time.time()
@@ -801,13 +357,6 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
-def fmt_usage(u: Usage) -> str:
-    return (
-        f"CPU {u.cpu_s:.1f} s (mean {u.cpu_mean_pct:.0f}%, peak {u.cpu_peak_pct:.0f}%), "
-        f"RSS {u.rss_start_mb:.0f} -> peak {u.rss_peak_mb:.0f} MB"
-    )
-
-
 def print_report(
     args: argparse.Namespace,
     pkg_size: int,
@@ -936,15 +485,15 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         mqtt_password=secrets.token_hex(16),
         trusted_pub=keys / "release.pub",
     )
+    stack.local_identities |= raw_identities(args.agents)
     agents: list[Agent] = []
     with ExitStack() as cleanup:
-        start_broker(stack, raw_subscribers=args.agents)
+        cleanup.callback(stack.close)  # the control plane, then the broker
+        start_broker(stack)
         assert stack.broker is not None
-        cleanup.callback(stop_process, stack.broker)
         log(f"mosquitto pid {stack.broker.pid} on 127.0.0.1:{stack.broker_port}")
         start_control_plane(stack)
         assert stack.cp is not None
-        cleanup.callback(stop_process, stack.cp)
         log(f"control-plane serve pid {stack.cp.pid} on 127.0.0.1:{stack.api_port}")
 
         t = time.monotonic()

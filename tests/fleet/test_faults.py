@@ -69,7 +69,7 @@ def test_broker_cut_mid_transfer_resumes(
     # Device side: chunks received that were already on disk.
     assert stats["duplicates"] <= allowed, stats
     assert stats["fetched"] == chunks == stats["total"]
-    # Wire side, seen by a subscriber with the control plane's identity: answers per index.
+    # Wire side, seen by an observer with the control plane's rights: answers per index.
     refetched = sum(n - 1 for n in counter.per_index.values() if n > 1)
     assert refetched <= allowed, (refetched, counter.per_index)
     print(
