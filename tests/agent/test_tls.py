@@ -28,8 +28,8 @@ from edge_agent.config import AgentSettings, ClientTlsSettings
 from edge_agent.tls import TlsError, load_server_tls
 from protos.gen import agent_pb2, agent_pb2_grpc
 from tests.agent.agent_process import AgentProcess
-from tests.agent.pki import CertificateAuthority, Issued
 from tests.agent.test_cli import assert_clean_error, edge_agent
+from tests.pki import CertificateAuthority, Issued
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ from control_plane.core.settings import Settings
 from control_plane.fleet.broker_config import render_conf, write_broker_config
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
-from tests.control_plane.certs import Issued, TestCA
 from tests.control_plane.conftest import (
     API_TOKEN,
     DEVICE_PASSWORD,
@@ -36,6 +35,7 @@ from tests.control_plane.conftest import (
     write_identity_files,
 )
 from tests.control_plane.mqtt_probe import MqttProbe
+from tests.pki import Issued, TestCA
 
 WINDOW = 1.0
 BINDING = "use_username_as_clientid true\n"

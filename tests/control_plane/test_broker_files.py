@@ -32,9 +32,9 @@ from control_plane.fleet.broker_config import (
     sync_registry_files,
     write_registry_files,
 )
-from tests.control_plane.certs import TestCA
 from tests.control_plane.conftest import MQTT_PASSWORD, free_port, start_mosquitto
 from tests.control_plane.mqtt_probe import MqttProbe
+from tests.pki import TestCA
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from control_plane.fleet.broker_config import render_conf
 from edge_agent.config import FleetSettings
 from edge_agent.fleet.link import Connected, LinkEvent, Message, MqttLink
 from protos import fleet_topics as topics
-from tests.control_plane.certs import TestCA
 from tests.control_plane.conftest import (
     MQTT_PASSWORD,
     brokers,  # noqa: F401 - the fixture, used by name
@@ -31,6 +30,7 @@ from tests.control_plane.conftest import (
     write_identity_files,
 )
 from tests.control_plane.mqtt_probe import MqttProbe
+from tests.pki import TestCA
 
 DEVICE = "cam-a"
 

@@ -1,7 +1,9 @@
 """A throw-away certificate authority for TLS tests, made with ``cryptography`` in milliseconds.
 
 EC P-256 keys (fast to generate), certificates valid from five minutes ago for a day, written as
-PEM files so they are passed to the agent exactly as an operator would pass them.
+PEM files so they are passed to the agent, the broker and the control plane exactly as an
+operator would pass them. Client certificates carry the identity as their CN (a device id, or
+the control plane's user name), which is how the broker's certificate listeners read it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
 
 
 class CertificateAuthority:
-    def __init__(self, folder: Path, name: str) -> None:
+    """A CA in a folder; what it issues is written as ``<name>.pem`` and ``<name>.key``."""
+
+    __test__ = False  # imported as TestCA: not a test class, whatever pytest thinks of the name
+
+    def __init__(self, folder: Path, name: str = "test-ca") -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -81,7 +87,9 @@ class CertificateAuthority:
             .not_valid_after(now + dt.timedelta(days=1))
         )
 
-    def _issue(self, name: str, extensions: list[x509.ExtensionType]) -> Issued:
+    def _issue(
+        self, name: str, extensions: list[x509.ExtensionType], file_name: str = ""
+    ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = self._builder(_name(name), key.public_key()).add_extension(
             x509.BasicConstraints(ca=False, path_length=None), critical=True
@@ -89,22 +97,40 @@ class CertificateAuthority:
         for ext in extensions:
             builder = builder.add_extension(ext, critical=False)
         cert = builder.sign(self._key, hashes.SHA256())
-        issued = Issued(self.folder / f"{name}.pem", self.folder / f"{name}.key")
+        stem = file_name or name
+        issued = Issued(self.folder / f"{stem}.pem", self.folder / f"{stem}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(key, issued.key)
         return issued
 
     def server(self, name: str = "server") -> Issued:
         """A server certificate for ``localhost`` and ``127.0.0.1``."""
-        return self._issue(
-            name,
-            [
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-            ],
-        )
+        return self.issue(name, server=True)
 
     def client(self, name: str = "client") -> Issued:
-        return self._issue(name, [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])])
+        return self.issue(name)
+
+    def issue(self, common_name: str, server: bool = False, file_name: str = "") -> Issued:
+        """A certificate for ``common_name``: a server's (for localhost and 127.0.0.1) or a
+        client's, written under ``file_name`` (default: the common name)."""
+        if server:
+            return self._issue(
+                common_name,
+                [
+                    x509.SubjectAlternativeName(
+                        [
+                            x509.DNSName("localhost"),
+                            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        ]
+                    ),
+                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                ],
+                file_name,
+            )
+        return self._issue(
+            common_name, [x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])], file_name
+        )
+
+
+#: The name the broker tests use.
+TestCA = CertificateAuthority
