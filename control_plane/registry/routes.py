@@ -65,6 +65,12 @@ def import_model(
     labels: Annotated[str | None, Form(description="JSON list of class names")] = None,
     input_shapes: Annotated[str | None, Form(description='JSON: {"data": [-1, 3, 32, 32]}')] = None,
     targets: Annotated[str | None, Form(description="JSON list of conversion targets")] = None,
+    preprocessing: Annotated[
+        str | None, Form(description='JSON: {"input": "image", "color": "L", ...}')
+    ] = None,
+    postprocessing: Annotated[
+        str | None, Form(description='JSON: {"output": "logits", "softmax": true, "top_k": 3}')
+    ] = None,
 ) -> ModelVersionPublic:
     """Import ONNX / TFLite / Keras files, or a zip of a SavedModel, an MXNet pair or a
     ModelArts model folder; converted and signed in the background."""
@@ -79,6 +85,8 @@ def import_model(
         labels=_json_field(labels, "labels"),
         input_shapes=_json_field(input_shapes, "input_shapes"),
         targets=_json_field(targets, "targets"),
+        preprocessing=_json_field(preprocessing, "preprocessing"),
+        postprocessing=_json_field(postprocessing, "postprocessing"),
     )
     return ModelVersionPublic.model_validate(mv)
 

@@ -208,8 +208,14 @@ class ModelService:
         labels: list[str] | None = None,
         input_shapes: dict[str, list[int]] | None = None,
         targets: list[str] | None = None,
+        preprocessing: dict[str, Any] | None = None,
+        postprocessing: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """A model file or zip (SavedModel, MXNet pair, ModelArts folder) as a new version."""
+        """A model file or zip (SavedModel, MXNet pair, ModelArts folder) as a new version.
+
+        ``preprocessing`` / ``postprocessing`` are the package's declared processing (image
+        decoding, softmax, top-k), so a plain ONNX file can take images and answer with labels;
+        given, they replace what a ModelArts folder would declare."""
         if kind is not None and kind not in KINDS:
             raise InvalidRequest(f"unknown model kind {kind!r} (known: {', '.join(KINDS)})")
         suffix = Path(filename).suffix.lower()
@@ -262,6 +268,8 @@ class ModelService:
                     "input_shapes": input_shapes,
                     "labels": labels,
                     "upload": {"filename": filename, "sha256": digest},
+                    **({"preprocessing": preprocessing} if preprocessing else {}),
+                    **({"postprocessing": postprocessing} if postprocessing else {}),
                 },
             )
         )

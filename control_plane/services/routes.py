@@ -1,17 +1,25 @@
-"""/services: online services (create, list, get, roll to new versions, delete)."""
+"""/services: online services (create, list, get, roll to new versions, delete) and batch
+services (create, follow, read the results, delete)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.core.context import app_state
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import PayloadTooLarge
+from control_plane.services.batch import csv_chunks
 from control_plane.services.proxy import ReplicaProxy
-from control_plane.services.schemas import ServiceCreate, ServicePublic, ServiceUpdate
+from control_plane.services.schemas import (
+    ResultPage,
+    ServiceCreate,
+    ServicePublic,
+    ServiceUpdate,
+)
 from control_plane.services.service import ServiceManager
 from control_plane.services.supervisor import Supervisor
 
@@ -81,6 +89,53 @@ def delete_service(
 ) -> None:
     """Stop the replicas and remove them (and their devices)."""
     ServiceManager(session, ctx, supervisor).delete(name)
+
+
+@router.get("/{name}/results")
+def get_results(
+    name: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ResultPage:
+    """A page of a batch service's result rows, one per input (none until its job has ended)."""
+    return ServiceManager(session, ctx, supervisor).result_page(name, offset, limit)
+
+
+@router.get(
+    "/{name}/results.jsonl",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}}},
+)
+def download_results_jsonl(
+    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> StreamingResponse:
+    """Every result row, one JSON object a line."""
+    rows = ServiceManager(session, ctx, supervisor).results(name)
+    return StreamingResponse(
+        (row.model_dump_json() + "\n" for row in rows),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}-results.jsonl"'},
+    )
+
+
+@router.get(
+    "/{name}/results.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+def download_results_csv(
+    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> StreamingResponse:
+    """Every result row as CSV (``top_k`` as JSON in its cell)."""
+    rows = ServiceManager(session, ctx, supervisor).results(name)
+    return StreamingResponse(
+        csv_chunks(rows),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}-results.csv"'},
+    )
 
 
 @router.api_route("/{name}/v2/{path:path}", methods=["GET", "POST"], name="service_oip_rest")

@@ -4,6 +4,10 @@ Creating a service records it and its replicas, registers each replica as a flee
 (``svc-<name>-<n>``, labelled ``service=<name>``) and writes its agent config; the supervisor
 then starts the agents and deploys the models to them. Nothing long runs inside a request except
 a delete, which waits for the replicas to stop.
+
+A batch service (``type: batch``) is the same with one replica and an input: creating it
+selects the dataset version's samples (a bad reference fails the request) and writes them where
+the supervisor's batch follower finds them; its results are read back here.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.devices.service import DeviceService
 from control_plane.registry.service import ModelService
+from control_plane.services import batch
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import (
+    BatchInput,
+    BatchProgress,
+    Evaluation,
     ReplicaPublic,
+    ResultPage,
+    ResultRow,
     ServiceCreate,
     ServiceModel,
     ServicePublic,
@@ -84,9 +94,25 @@ class ServiceManager:
             generation=service.generation,
             replicas=replicas,
             grpc_addresses=[r.grpc_address for r in replicas if r.grpc_address],
+            input=BatchInput(**service.spec["input"]) if "input" in service.spec else None,
+            batch=BatchProgress(**_progress(service.spec)) if service.type == "batch" else None,
+            evaluation=(
+                Evaluation(**service.spec["evaluation"]) if "evaluation" in service.spec else None
+            ),
             created_at=service.created_at,
             updated_at=service.updated_at,
         )
+
+    def results(self, name: str) -> list[ResultRow]:
+        """A batch service's result rows (empty until its job has ended)."""
+        service = self.get(name)
+        if service.type != "batch":
+            raise InvalidRequest(f"service {name} is an online service; it has no results")
+        return batch.result_rows(self.supervisor.service_dir(name))
+
+    def result_page(self, name: str, offset: int, limit: int) -> ResultPage:
+        rows = self.results(name)
+        return ResultPage(total=len(rows), offset=offset, items=rows[offset : offset + limit])
 
     # --- changes -----------------------------------------------------------------------------
 
@@ -99,6 +125,26 @@ class ServiceManager:
             type=spec.type,
             spec={"models": [m.model_dump() for m in spec.models], "replicas": spec.replicas},
         )
+        if spec.input is not None:
+            folder = self.supervisor.service_dir(spec.name)
+            shutil.rmtree(folder, ignore_errors=True)  # a deleted namesake's leftovers
+            try:
+                info = batch.prepare_inputs(
+                    self.session,
+                    self.ctx,
+                    spec.input,
+                    folder,
+                    self.supervisor.replica_dir(spec.name, 0),
+                )
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            service.spec = {
+                **service.spec,
+                "input": spec.input.model_dump(),
+                "input_info": info,
+                "batch": {"total": info["count"]},
+            }
         devices = DeviceService(self.session, self.ctx)
         for index in range(spec.replicas):
             device_id = replica_device_id(spec.name, index)
@@ -115,6 +161,8 @@ class ServiceManager:
     def update(self, name: str, change: ServiceUpdate) -> Service:
         """New model versions, rolled out one replica at a time by the supervisor."""
         service = self.get(name)
+        if service.type == "batch":
+            raise InvalidRequest("a batch service runs one model version; create another one")
         self._check_models(change.models)
         service.spec = {**service.spec, "models": [m.model_dump() for m in change.models]}
         service.generation += 1
@@ -156,6 +204,11 @@ def _model_settings(models: list[ServiceModel]) -> dict[str, Any]:
         m.model: {"max_batch_size": m.max_batch_size, "max_queue_delay_ms": m.max_queue_delay_ms}
         for m in models
     }
+
+
+def _progress(spec: dict[str, Any]) -> dict[str, Any]:
+    job = spec.get("batch") or {}
+    return {k: job[k] for k in ("job_id", "state", "total", "done", "failed") if k in job}
 
 
 def _names(spec: ServiceCreate) -> str:

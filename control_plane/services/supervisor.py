@@ -13,6 +13,10 @@ One thread, one tick every ``TICK_S``. For each replica of each service it:
 - and sets the service's state from what it sees: ``running`` once every replica runs and has
   its models installed, ``failed`` when an install failed (with the device's reason).
 
+A batch service (``services/batch.py``) goes through the same steps with its one replica; once
+it runs with its model installed, a ``BatchFollower`` thread submits the job and follows it.
+Its ``succeeded`` and ``failed`` are final: the supervisor stops the replica and leaves it so.
+
 Processes are started in their own session, so a control plane killed with SIGKILL leaves them
 running: the next start adopts them by pid (when ``/proc/<pid>/cmdline`` still names the
 replica's config) instead of starting a second copy. A graceful stop ends them.
@@ -41,6 +45,7 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.deployments.service import DeploymentService
 from control_plane.registry.service import ModelService
+from control_plane.services.batch import DONE, BatchFollower
 from control_plane.services.models import Service, ServiceReplica
 
 logger = logging.getLogger(__name__)
@@ -75,6 +80,7 @@ class Supervisor:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._followers: dict[str, BatchFollower] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -184,13 +190,45 @@ class Supervisor:
             for service in services:
                 if service.state == "stopped":
                     continue
+                batch = service.type == "batch"
+                if batch and service.state in DONE:
+                    self._stop_replicas(service)
+                    continue
                 views = {}
                 for replica in service.replicas:
                     self._keep_running(service, replica)
                     views[replica.index] = self.view(session, service, replica)
                 self._roll_out(session, service, views)
                 self._set_state(service, views)
+                if batch and service.state == "running":
+                    self._follow(service.name)
             session.commit()
+
+    def _follow(self, name: str) -> None:
+        """Start following the batch service's job, unless a thread already does."""
+        follower = self._followers.get(name)
+        if follower is not None and follower.alive():
+            return
+        follower = BatchFollower(
+            self.ctx,
+            name,
+            self.service_dir(name),
+            self.replica_dir(name, 0),
+            self._lock,
+            self._stop.is_set,
+        )
+        self._followers[name] = follower
+        follower.start()
+
+    def _stop_replicas(self, service: Service) -> None:
+        """A finished batch service keeps no process running."""
+        self._followers.pop(service.name, None)
+        for replica in service.replicas:
+            key = (service.name, replica.index)
+            if key in self._procs:
+                self._terminate(key)
+            if replica.state != "stopped":
+                _forget_process(replica, "stopped")
 
     def _keep_running(self, service: Service, replica: ServiceReplica) -> None:
         key = (service.name, replica.index)

@@ -3,8 +3,9 @@
 - It never imports the agent; only the fleet codec and service touch protobuf types; only the
   fleet package touches MQTT.
 - Domains depend one way (``DOMAIN_DEPENDS``): core <- datasets <- training <- registry, core <-
-  devices, registry + devices <- deployments <- fleet and services; the top-level modules (app,
-  cli, tables, health, migrations) assemble everything.
+  devices, registry + devices <- deployments <- fleet and services (services also read datasets,
+  for batch services' inputs); the top-level modules (app, cli, tables, health, migrations)
+  assemble everything.
 - Inside a domain, routes -> service -> models; a domain reaches another only through that
   domain's service (or its schemas, to nest a response; or its tables, for a foreign-key
   relationship between tables); nothing but the app imports routes.
@@ -83,7 +84,9 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     "devices": {"core"},
     "deployments": {"core", "devices", "registry"},
     "fleet": {"core", "devices", "deployments", "registry"},
-    "services": {"core", "devices", "deployments", "registry"},
+    # datasets: a batch service predicts over a published dataset version's samples (read
+    # through datasets.versions.service).
+    "services": {"core", "datasets", "devices", "deployments", "registry"},
 }
 # What another domain may import of a domain: its service(s), its schemas, and (from tables only)
 # its tables.

@@ -1,0 +1,335 @@
+"""Batch services: one agent batch job over a split of a published dataset version.
+
+A batch service is a service with one replica. When it is created, the selected samples are
+written to the service's folder (``inputs.jsonl``: each sample's version path, absolute file and
+label) and to the replica's folder as the agent's manifest (``manifest.jsonl`` of absolute
+``source`` paths). Once the supervisor sees the replica running with its model installed it
+starts a ``BatchFollower`` thread, which submits ONE job and follows it to the end through the
+agent's own command line (``python -m edge_agent batch ...``), the same interface an operator
+uses on a device, so the control plane needs no agent protocol types of its own.
+
+The job id is recorded in the service's spec as soon as the agent accepts it: a control plane
+restarted mid-job follows the same job again (the agent resumes it) instead of starting another.
+When the job ends, its result lines become the service's ``results.jsonl`` (one row per input,
+with the dataset's label), the evaluation is computed when the version is labeled, and the
+service ends ``succeeded`` or ``failed``; the supervisor then stops the replica.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from control_plane.core.context import AppContext
+from control_plane.core.database import utcnow
+from control_plane.core.errors import InvalidRequest, NotFound
+from control_plane.datasets.versions.service import VersionService
+from control_plane.services.evaluation import evaluate
+from control_plane.services.models import Service, ServiceReplica
+from control_plane.services.schemas import BatchInput, ResultRow
+
+logger = logging.getLogger(__name__)
+
+#: Where a batch service's states end; the supervisor stops its replica once it is in one.
+DONE = ("succeeded", "failed")
+POLL_S = 1.0
+#: How long the agent may stay unreachable (a crashed replica restarting) before giving up.
+UNREACHABLE_S = 120.0
+CLI_TIMEOUT_S = 60.0
+
+INPUTS = "inputs.jsonl"
+RESULTS = "results.jsonl"
+AGENT_MANIFEST = "manifest.jsonl"
+AGENT_RESULTS = "agent-results.jsonl"
+CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "error")
+
+
+# --- input ------------------------------------------------------------------------------------
+
+
+def prepare_inputs(
+    session: Session, ctx: AppContext, spec: BatchInput, service_dir: Path, replica_dir: Path
+) -> dict[str, Any]:
+    """Write the selected samples (service folder) and the agent's manifest (replica folder).
+
+    Returns what the spec records of the input: the count and, for a classification version,
+    the label order the evaluation uses. A reference to a version that does not exist is the
+    caller's mistake (400), not a missing resource of this endpoint.
+    """
+    versions = VersionService(session, ctx)
+    try:
+        version = versions.get(spec.dataset_id, spec.dataset_version)
+    except NotFound as exc:
+        raise InvalidRequest(f"input: {exc}") from None
+    folder = versions.path(version)
+    items = [it for it in versions.items(version) if spec.split == "all" or it.split == spec.split]
+    if not items:
+        raise InvalidRequest(
+            f"input: version {spec.dataset_version} of dataset {spec.dataset_id} has no "
+            f"{spec.split} samples"
+        )
+    classification = all(a.box is None for it in items for a in it.annotations)
+    service_dir.mkdir(parents=True, exist_ok=True)
+    replica_dir.mkdir(parents=True, exist_ok=True)
+    with (
+        open(service_dir / INPUTS, "w", encoding="utf-8") as inputs,
+        open(replica_dir / AGENT_MANIFEST, "w", encoding="utf-8") as manifest,
+    ):
+        for it in items:
+            path = str((folder / it.path).resolve())
+            names = [a.label for a in it.annotations]
+            label = names[0] if classification and len(names) == 1 else None
+            inputs.write(json.dumps({"source": it.path, "path": path, "label": label}) + "\n")
+            manifest.write(json.dumps({"source": path}) + "\n")
+    return {
+        "count": len(items),
+        "labels": sorted(version.label_stats) if classification else None,
+    }
+
+
+# --- the agent's command line ------------------------------------------------------------------
+
+
+def _agent_cli(config: Path, address: str, *args: str) -> dict[str, Any]:
+    """One ``edge-agent batch`` command against the replica; its JSON answer."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge_agent",
+        "batch",
+        "--config",
+        str(config),
+        "--address",
+        address,
+        *args,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"edge-agent exited with {done.returncode}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def _job(answer: dict[str, Any]) -> dict[str, Any]:
+    """The agent job as JSON (protobuf's JSON names fields in camelCase and int64 as strings)."""
+    return {
+        "job_id": answer.get("jobId", ""),
+        "state": answer.get("state", ""),
+        "total": int(answer.get("total", 0)),
+        "done": int(answer.get("done", 0)),
+        "failed": int(answer.get("failed", 0)),
+        "error": answer.get("error", ""),
+    }
+
+
+# --- following the job -------------------------------------------------------------------------
+
+
+class BatchFollower:
+    """Submits a batch service's job (unless its spec already names one) and follows it."""
+
+    def __init__(
+        self,
+        ctx: AppContext,
+        name: str,
+        service_dir: Path,
+        replica_dir: Path,
+        lock: threading.RLock,
+        stopping: Callable[[], bool],
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.service_dir = service_dir
+        self.replica_dir = replica_dir
+        self.lock = lock
+        self.stopping = stopping
+        self.thread = threading.Thread(target=self._run, name=f"batch-{name}", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            self._follow()
+        except Exception as exc:
+            logger.exception("batch service %s: following its job failed", self.name)
+            self._finish("failed", f"batch job: {exc}", None)
+
+    def _address(self) -> str | None:
+        """The replica's gRPC address while it runs (its port changes when it restarts)."""
+        with self.ctx.sessions() as session:
+            replica = session.get(ServiceReplica, (self.name, 0))
+            if replica is None or replica.state != "running" or not replica.grpc_port:
+                return None
+            return f"127.0.0.1:{replica.grpc_port}"
+
+    def _spec(self) -> dict[str, Any] | None:
+        with self.ctx.sessions() as session:
+            service = session.get(Service, self.name)
+            if service is None or service.state in DONE:
+                return None
+            return dict(service.spec)
+
+    def _record(self, job: dict[str, Any]) -> None:
+        with self.lock, self.ctx.sessions() as session:
+            service = session.get(Service, self.name)
+            if service is not None:
+                service.spec = {**service.spec, "batch": job}
+                session.commit()
+
+    def _follow(self) -> None:
+        config = self.replica_dir / "agent.yaml"
+        unreachable_since: float | None = None
+        while not self.stopping():
+            spec = self._spec()
+            if spec is None:
+                return  # deleted, or ended
+            address = self._address()
+            try:
+                if address is None:
+                    raise RuntimeError("replica not running")
+                job = spec.get("batch") or {}
+                if not job.get("job_id"):
+                    model = spec["models"][0]
+                    results = self.replica_dir / AGENT_RESULTS
+                    results.unlink(missing_ok=True)
+                    answer = _agent_cli(
+                        config,
+                        address,
+                        "submit",
+                        "--model",
+                        model["model"],
+                        "--model-version",
+                        model["version"],
+                        "--manifest",
+                        str(self.replica_dir / AGENT_MANIFEST),
+                        "--output",
+                        str(results),
+                    )
+                    logger.info("batch service %s: job %s submitted", self.name, answer["jobId"])
+                else:
+                    answer = _agent_cli(config, address, "get", job["job_id"])
+            except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > UNREACHABLE_S:
+                    self._finish("failed", f"agent unreachable: {exc}", None)
+                    return
+                time.sleep(POLL_S)
+                continue
+            unreachable_since = None
+            job = _job(answer)
+            self._record(job)
+            if job["state"] == "SUCCEEDED":
+                labels = spec.get("input_info", {}).get("labels")
+                evaluation = self._collect(labels)
+                self._finish("succeeded", "", evaluation)
+                return
+            if job["state"] in ("FAILED", "CANCELED"):
+                self._finish("failed", job["error"] or f"agent job {job['state'].lower()}", None)
+                return
+            time.sleep(POLL_S)
+
+    def _collect(self, labels: list[str] | None) -> dict[str, Any] | None:
+        """The agent's result lines joined with the inputs into ``results.jsonl``; the
+        evaluation when the inputs are labeled."""
+        inputs = read_jsonl(self.service_dir / INPUTS)
+        rows = []
+        for line in read_jsonl(self.replica_dir / AGENT_RESULTS):
+            sample = inputs[int(line["index"])]
+            rows.append(_row(line, sample))
+        tmp = self.service_dir / (RESULTS + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as out:
+            for row in rows:
+                out.write(row.model_dump_json() + "\n")
+        tmp.replace(self.service_dir / RESULTS)
+        if labels is None or any(r.label is None for r in rows):
+            return None
+        return evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+
+    def _finish(self, state: str, reason: str, evaluation: dict[str, Any] | None) -> None:
+        with self.lock, self.ctx.sessions() as session:
+            service = session.get(Service, self.name)
+            if service is None:
+                return
+            service.state, service.reason = state, reason
+            if evaluation is not None:
+                service.spec = {**service.spec, "evaluation": evaluation}
+            service.updated_at = utcnow()
+            session.commit()
+        logger.info("batch service %s: %s %s", self.name, state, reason)
+
+
+def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:
+    """One agent result line as a result row: top-1 from the package's top-k when it declares
+    one, else the index of the largest value of its only output."""
+    row = ResultRow(index=int(line["index"]), source=sample["source"], label=sample["label"])
+    if "error" in line:
+        row.error = str(line["error"])
+        return row
+    top = line.get("top_k")
+    if top:
+        row.top_k = list(top[0])
+        best = top[0][0]
+        row.predicted, row.score = str(best["label"]), float(best["score"])
+        return row
+    outputs = list(line.get("outputs", {}).values())
+    if len(outputs) == 1:
+        values = _flat(outputs[0].get("data", []))
+        if values:
+            best_index = max(range(len(values)), key=values.__getitem__)
+            row.predicted, row.score = str(best_index), float(values[best_index])
+    return row
+
+
+def _flat(data: Any) -> list[float]:
+    if isinstance(data, list):
+        return [v for item in data for v in _flat(item)]
+    return [float(data)] if isinstance(data, int | float) else []
+
+
+# --- reading the results -----------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def result_rows(service_dir: Path) -> list[ResultRow]:
+    """The rows of a finished batch service ([] before it has any)."""
+    path = service_dir / RESULTS
+    if not path.exists():
+        return []
+    return [ResultRow.model_validate(r) for r in read_jsonl(path)]
+
+
+def csv_chunks(rows: list[ResultRow]) -> Iterator[str]:
+    """The rows as CSV text; ``top_k`` as its JSON (a list does not fit a cell otherwise)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        doc = row.model_dump()
+        doc["top_k"] = json.dumps(doc["top_k"]) if doc["top_k"] is not None else ""
+        writer.writerow({k: "" if doc[k] is None else doc[k] for k in CSV_FIELDS})
+        if buf.tell() > 1 << 16:
+            yield buf.getvalue()
+            buf.seek(0)
+            buf.truncate()
+    yield buf.getvalue()
