@@ -6,12 +6,13 @@ stock ``tritonclient``, hot-swap to a second version, run a batch job over .npy 
 everything, and stop the agent cleanly. Then the fleet (steps 10-14, ``scripts/demo_fleet.py``):
 ``control-plane serve`` with its embedded MQTT broker, a device registered over REST, its agent
 started from the config bundle, the same signed package deployed to it over MQTT, the model called
-on the device. Then the AI flow (steps 15-19, ``scripts/demo_flow.py``): a digits dataset imported,
+on the device. Then the AI flow (steps 15-20, ``scripts/demo_flow.py``): a digits dataset imported,
 labelled and published as V001, the built-in classifier trained on it as a worker process,
 registered, converted and signed, deployed to the device, the device's accuracy on the validation
 split, and the same model as an online service (two agent replicas run by the control plane)
-called through the control plane's OIP REST proxy with curl and tritonclient.http. Finally the
-device's reported state, and everything stopped (20-21). Everything
+called through the control plane's OIP REST proxy with curl and tritonclient.http, and a batch
+service over the validation split with its evaluation. Finally the device's reported state, and
+everything stopped (21-22). Everything
 lives in ``.demo/`` and nothing is downloaded; ``--no-fleet`` stops after step 9, ``--no-training``
 after step 14.
 

@@ -280,7 +280,7 @@ def call_device(grpc_port: int, models: Path) -> None:
 
 
 def print_reported(demo: FleetDemo) -> None:
-    step("20. The device as the control plane sees it (GET /api/v1/devices/{id})")
+    step("21. The device as the control plane sees it (GET /api/v1/devices/{id})")
     dev = demo.call("GET", f"/devices/{DEVICE_ID}")
     print(f"status {dev['status']}, desired generation {dev['desired_generation']}")
     print("reported state:")
@@ -288,7 +288,7 @@ def print_reported(demo: FleetDemo) -> None:
 
 
 def stop(demo: FleetDemo) -> None:
-    step("21. Stop the agent, then the control plane (SIGTERM, graceful)")
+    step("22. Stop the agent, then the control plane (SIGTERM, graceful)")
     print(f"agent exited with {demo.stop('fleet-agent')}")
     status = _wait(
         "the device reported offline",

@@ -1,4 +1,4 @@
-"""Demo steps 15-19: the AI flow end to end on the running control plane and device.
+"""Demo steps 15-20: the AI flow end to end on the running control plane and device.
 
 Data (a digits dataset, imported as a zip, labelled, published as V001) -> training (the built-in
 image classifier as a worker process) -> registry (conversion to ONNX + TFLite variants, parity
@@ -6,7 +6,7 @@ gate, signed package) -> deployment to the device over MQTT -> the device's pred
 validation split, sent as PNG bytes that the package's declared preprocessing decodes on the
 device, and their accuracy against the labels -> the same model as an online service (two agent
 replicas run by the control plane), called over OIP REST through the control plane with curl and
-the stock tritonclient.http.
+the stock tritonclient.http -> a batch service over the validation split with its evaluation.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -135,6 +136,45 @@ def serve_online(
     return accuracy
 
 
+def batch_evaluation(demo: FleetDemo, model: str, version: str, dataset: dict[str, Any]) -> float:
+    """A batch service over the validation split; its evaluation (accuracy, per class)."""
+    t0 = time.monotonic()
+    demo.call(
+        "POST",
+        "/services",
+        json={
+            "name": "digits-eval",
+            "type": "batch",
+            "models": [{"model": model, "version": version}],
+            "input": {
+                "dataset_id": dataset["dataset_id"],
+                "dataset_version": dataset["name"],
+                "split": "validation",
+            },
+        },
+    )
+    deadline = time.monotonic() + 300
+    while (service := demo.call("GET", "/services/digits-eval"))["state"] not in (
+        "succeeded",
+        "failed",
+    ):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: batch service still {service['state']} after 300 s")
+        time.sleep(0.5)
+    if service["state"] != "succeeded":
+        raise SystemExit(f"demo: batch service failed: {service['reason']}")
+    page = demo.call("GET", "/services/digits-eval/results", params={"limit": 3})
+    for row in page["items"]:
+        print(f"  {row['source']}: label {row['label']}, predicted {row['predicted']}")
+    ev = service["evaluation"]
+    print(
+        f"batch service over {page['total']} validation images in "
+        f"{time.monotonic() - t0:.1f} s: accuracy {ev['accuracy']:.3f} "
+        f"({ev['correct']}/{ev['total']}); results: GET /api/v1/services/digits-eval/results.csv"
+    )
+    return float(ev["accuracy"])
+
+
 def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> None:
     step("15. Data: create a digits dataset, import a zip, label it, publish V001")
     version = run_datasets_demo(base_url, token, per_class=60)
@@ -153,3 +193,5 @@ def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> N
     predict_validation(grpc_port, trained["model"], version["data_url"])
     step("19. The same model as an online service: two agent replicas, OIP REST via the API")
     serve_online(demo, base_url, token, trained["model"], trained["version"], version["data_url"])
+    step("20. A batch service over the validation split: results and evaluation")
+    batch_evaluation(demo, trained["model"], trained["version"], version)
