@@ -334,7 +334,12 @@ class Settings(BaseSettings):
         description="Bearer token every REST call except /health must present.",
     )
     host: str = Field("127.0.0.1", description="Address `control-plane serve` listens on.")
-    port: int = Field(8000, description="Port `control-plane serve` listens on (0 = any free).")
+    port: int = Field(
+        8080,
+        description="Port `control-plane serve` listens on (0 = any free). Not 8000: that is the "
+        "agent's OIP REST port (8000 HTTP, 8001 gRPC, 8002 metrics, as Triton), so an agent and "
+        "the control plane run side by side on one machine with their defaults.",
+    )
     data_dir: Path = Field(
         Path("var/control-plane"),
         description="Folder for the default SQLite database, blobs and staging files.",
