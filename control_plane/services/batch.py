@@ -1,12 +1,13 @@
-"""Batch services: one agent batch job over a split of a published dataset version.
+"""Batch services: one agent batch job over a dataset version's split or an uploaded input.
 
-A batch service is a service with one replica. When it is created, the selected samples are
-written to the service's folder (``inputs.jsonl``: each sample's version path, absolute file and
-label) and to the replica's folder as the agent's manifest (``manifest.jsonl`` of absolute
-``source`` paths). Once the supervisor sees the replica running with its model installed it
-starts a ``BatchFollower`` thread, which submits ONE job and follows it to the end through the
-agent's own command line (``python -m edge_agent batch ...``), the same interface an operator
-uses on a device, so the control plane needs no agent protocol types of its own.
+A batch service is a service with one replica. When it is created, the selected samples (or the
+uploaded inputs, ``inputs.py``) are written to the service's folder (``inputs.jsonl``: each
+input's version or upload path, absolute file and label) and to the replica's folder as the
+agent's manifest (``manifest.jsonl`` of absolute ``source`` paths). Once the supervisor sees the
+replica running with its model installed it starts a ``BatchFollower`` thread, which submits ONE
+job and follows it to the end through the agent's own command line (``python -m edge_agent batch
+...``), the same interface an operator uses on a device, so the control plane needs no agent
+protocol types of its own.
 
 The job id is recorded in the service's spec as soon as the agent accepts it: a control plane
 restarted mid-job follows the same job again (the agent resumes it) instead of starting another.
@@ -36,6 +37,7 @@ from control_plane.core.database import utcnow
 from control_plane.core.errors import InvalidRequest, NotFound
 from control_plane.datasets.versions.service import VersionService
 from control_plane.services.evaluation import evaluate
+from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import BatchInput, ResultRow
 
@@ -61,12 +63,22 @@ CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "error"
 def prepare_inputs(
     session: Session, ctx: AppContext, spec: BatchInput, service_dir: Path, replica_dir: Path
 ) -> dict[str, Any]:
-    """Write the selected samples (service folder) and the agent's manifest (replica folder).
+    """Write the selected inputs (service folder) and the agent's manifest (replica folder).
 
     Returns what the spec records of the input: the count and, for a classification version,
-    the label order the evaluation uses. A reference to a version that does not exist is the
-    caller's mistake (400), not a missing resource of this endpoint.
+    the label order the evaluation uses. A reference to a version or an upload that does not
+    exist is the caller's mistake (422), not a missing resource of this endpoint.
     """
+    if spec.upload is not None:
+        try:
+            uploaded = InputStore(ctx).sources(spec.upload)
+        except NotFound as exc:
+            raise InvalidRequest(f"input: {exc}") from None
+        rows = [{"source": s["source"], "path": s["path"], "label": None} for s in uploaded]
+        _write_inputs(rows, service_dir, replica_dir)
+        return {"count": len(rows), "labels": None}
+    if spec.dataset_id is None or spec.dataset_version is None:  # the schema refuses it
+        raise InvalidRequest("input: dataset_id and dataset_version (or an upload id)")
     versions = VersionService(session, ctx)
     try:
         version = versions.get(spec.dataset_id, spec.dataset_version)
@@ -80,22 +92,31 @@ def prepare_inputs(
             f"{spec.split} samples"
         )
     classification = all(a.box is None for it in items for a in it.annotations)
+    rows = []
+    for it in items:
+        names = [a.label for a in it.annotations]
+        label = names[0] if classification and len(names) == 1 else None
+        rows.append({"source": it.path, "path": str((folder / it.path).resolve()), "label": label})
+    _write_inputs(rows, service_dir, replica_dir)
+    return {
+        "count": len(items),
+        "labels": sorted(version.label_stats) if classification else None,
+    }
+
+
+def _write_inputs(rows: list[dict[str, Any]], service_dir: Path, replica_dir: Path) -> None:
+    """``inputs.jsonl`` (source, path, label) and the agent's manifest of absolute paths, one
+    line each, so the agent's result ``index`` is the row's. A tensor line is named
+    ``<file>.jsonl#<n>``, which the agent reads as that one line."""
     service_dir.mkdir(parents=True, exist_ok=True)
     replica_dir.mkdir(parents=True, exist_ok=True)
     with (
         open(service_dir / INPUTS, "w", encoding="utf-8") as inputs,
         open(replica_dir / AGENT_MANIFEST, "w", encoding="utf-8") as manifest,
     ):
-        for it in items:
-            path = str((folder / it.path).resolve())
-            names = [a.label for a in it.annotations]
-            label = names[0] if classification and len(names) == 1 else None
-            inputs.write(json.dumps({"source": it.path, "path": path, "label": label}) + "\n")
-            manifest.write(json.dumps({"source": path}) + "\n")
-    return {
-        "count": len(items),
-        "labels": sorted(version.label_stats) if classification else None,
-    }
+        for row in rows:
+            inputs.write(json.dumps(row) + "\n")
+            manifest.write(json.dumps({"source": row["path"]}) + "\n")
 
 
 # --- the agent's command line ------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from control_plane.core.errors import PayloadTooLarge
 from control_plane.services.batch import csv_chunks
 from control_plane.services.proxy import ReplicaProxy
 from control_plane.services.schemas import (
+    InputUpload,
     ResultPage,
     ServiceCreate,
     ServicePublic,
@@ -42,6 +43,39 @@ def get_proxy(request: Request) -> ReplicaProxy:
 
 
 ProxyDep = Annotated[ReplicaProxy, Depends(get_proxy)]
+
+
+# Declared before ``/{name}`` so that ``inputs`` is never read as a service name (it is reserved).
+@router.post("/inputs", status_code=status.HTTP_201_CREATED)
+def upload_input(
+    file: UploadFile, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> InputUpload:
+    """Upload a batch input: a ``.zip`` of images, ``.npy`` and tensor ``.jsonl`` files, or one
+    ``.npy`` or ``.jsonl`` file; its ``id`` goes into a batch service's ``input.upload``."""
+    manager = ServiceManager(session, ctx, supervisor)
+    return manager.upload_input(file.file, file.filename or "")
+
+
+@router.get("/inputs")
+def list_inputs(
+    session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> list[InputUpload]:
+    return ServiceManager(session, ctx, supervisor).list_inputs()
+
+
+@router.get("/inputs/{upload_id}")
+def get_input(
+    upload_id: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> InputUpload:
+    return ServiceManager(session, ctx, supervisor).get_input(upload_id)
+
+
+@router.delete("/inputs/{upload_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_input(
+    upload_id: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> None:
+    """Remove an uploaded input (409 while a batch service uses it)."""
+    ServiceManager(session, ctx, supervisor).delete_input(upload_id)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)

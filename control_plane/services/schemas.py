@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from control_plane.core.schemas import OrmModel
 
+#: Path segments under ``/services`` that are not service names.
+RESERVED_NAMES = ("inputs",)
 ServiceName = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -26,11 +28,46 @@ class ServiceModel(BaseModel):
 
 
 class BatchInput(BaseModel):
-    """What a batch service predicts over: one split of a published dataset version."""
+    """What a batch service predicts over: one split of a published dataset version, or an
+    uploaded input (``POST /services/inputs``: a zip of images / ``.npy`` / tensor JSONL files)."""
 
-    dataset_id: str = Field(min_length=1, max_length=64)
-    dataset_version: str = Field(min_length=1, max_length=16, description="e.g. V001")
-    split: Literal["validation", "train", "all"] = "validation"
+    dataset_id: str | None = Field(None, min_length=1, max_length=64)
+    dataset_version: str | None = Field(None, min_length=1, max_length=16, description="e.g. V001")
+    split: Literal["validation", "train", "all"] = Field(
+        "validation", description="Of the dataset version (not for an upload)."
+    )
+    upload: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The id (sha256) of an uploaded batch input, instead of a dataset version.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        dataset = self.dataset_id is not None or self.dataset_version is not None
+        if self.upload is not None:
+            if dataset or "split" in self.model_fields_set:
+                raise ValueError("input: either upload, or dataset_id + dataset_version + split")
+            return self
+        if self.dataset_id is None or self.dataset_version is None:
+            raise ValueError("input: dataset_id and dataset_version (or an upload id)")
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The fields of its kind only (as the service's spec keeps it and shows it again)."""
+        if self.upload is not None:
+            return {"upload": self.upload}
+        return self.model_dump(exclude={"upload"})
+
+
+class InputUpload(BaseModel):
+    """An uploaded batch input, stored by its sha256."""
+
+    id: str = Field(description="sha256 of the uploaded file; the batch service's input.upload.")
+    filename: str = Field(description="The uploaded file's name.")
+    files: int = Field(description="Files holding inputs.")
+    count: int = Field(description="Inputs: one per image or .npy file, one per JSONL line.")
+    created_at: dt.datetime
 
 
 #: Settings that only mean something for a service that keeps serving requests.
@@ -46,6 +83,14 @@ class ServiceCreate(BaseModel):
         None, description="Batch services only: the dataset version split to predict over."
     )
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        """``/services/inputs`` is the batch inputs' collection, so no service may be named so."""
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved")
+        return name
+
     @model_validator(mode="after")
     def _fits_type(self) -> Self:
         """Refuse fields of the other type rather than silently ignore them: a batch request
@@ -55,7 +100,9 @@ class ServiceCreate(BaseModel):
                 raise ValueError("input is for batch services (type: batch)")
             return self
         if self.input is None:
-            raise ValueError("a batch service needs an input (dataset_id, dataset_version, split)")
+            raise ValueError(
+                "a batch service needs an input (dataset_id, dataset_version, split; or upload)"
+            )
         if len(self.models) != 1:
             raise ValueError("a batch service runs exactly one model version")
         if "replicas" in self.model_fields_set:
@@ -124,7 +171,10 @@ class ResultRow(BaseModel):
     """One input of a batch service and what the model said of it."""
 
     index: int
-    source: str = Field(description="The sample's path in the dataset version folder.")
+    source: str = Field(
+        description="The sample's path in the dataset version folder, or the file's in the "
+        "upload (``x.jsonl#3``: line 3 of a tensor JSONL)."
+    )
     label: str | None = Field(None, description="The dataset's label, when it has one.")
     predicted: str | None = None
     score: float | None = None

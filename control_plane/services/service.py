@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,14 +22,17 @@ from sqlalchemy.orm import Session
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.datasets.versions.service import VersionService
 from control_plane.devices.service import DeviceService
 from control_plane.registry.service import ModelService
 from control_plane.services import batch
+from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import (
     BatchInput,
     BatchProgress,
     Evaluation,
+    InputUpload,
     ReplicaPublic,
     ResultPage,
     ResultRow,
@@ -41,6 +44,9 @@ from control_plane.services.schemas import (
 from control_plane.services.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
+
+#: The kind a batch service is recorded under among its dataset version's uses.
+BATCH_USE = "batch_service"
 
 
 def replica_device_id(service: str, index: int) -> str:
@@ -141,7 +147,7 @@ class ServiceManager:
                 raise
             service.spec = {
                 **service.spec,
-                "input": spec.input.model_dump(),
+                "input": spec.input.stored(),
                 "input_info": info,
                 "batch": {"total": info["count"]},
             }
@@ -154,6 +160,12 @@ class ServiceManager:
             service.replicas.append(ServiceReplica(index=index, device_id=device_id))
         self.session.add(service)
         self.session.commit()
+        if spec.input is not None and spec.input.dataset_id and spec.input.dataset_version:
+            # The version's files are the batch's inputs and its results' sources: it must
+            # outlive the service (deleting it answers 409 until the service is deleted).
+            VersionService(self.session, self.ctx).add_use(
+                spec.input.dataset_id, spec.input.dataset_version, BATCH_USE, spec.name
+            )
         logger.info("service %s: %d replica(s) of %s", spec.name, spec.replicas, _names(spec))
         self.supervisor.wake()
         return service
@@ -181,10 +193,42 @@ class ServiceManager:
         for _, device_id in replicas:
             if devices.find(device_id) is not None:
                 devices.delete(device_id)
+        source = self.get(name).spec.get("input") or {}
+        if source.get("dataset_id") and source.get("dataset_version"):
+            versions = VersionService(self.session, self.ctx)
+            if versions.find(source["dataset_id"], source["dataset_version"]) is not None:
+                versions.remove_use(
+                    source["dataset_id"], source["dataset_version"], BATCH_USE, name
+                )
         self.session.delete(self.get(name))
         self.session.commit()
         shutil.rmtree(self.supervisor.service_dir(name), ignore_errors=True)
         logger.info("deleted service %s", name)
+
+    # --- uploaded batch inputs ----------------------------------------------------------------
+
+    def upload_input(self, stream: BinaryIO, filename: str) -> InputUpload:
+        return InputStore(self.ctx).upload(stream, filename)
+
+    def list_inputs(self) -> list[InputUpload]:
+        return InputStore(self.ctx).list()
+
+    def get_input(self, upload_id: str) -> InputUpload:
+        return InputStore(self.ctx).get(upload_id)
+
+    def delete_input(self, upload_id: str) -> None:
+        """Remove an uploaded input no batch service uses (their rows name its files)."""
+        store = InputStore(self.ctx)
+        store.get(upload_id)
+        users = [
+            s.name for s in self.list() if (s.spec.get("input") or {}).get("upload") == upload_id
+        ]
+        if users:
+            raise Conflict(
+                f"batch input {upload_id} is used by service(s) {', '.join(users)}; "
+                "delete them first"
+            )
+        store.delete(upload_id)
 
     def _check_models(self, models: list[ServiceModel]) -> None:
         names = [m.model for m in models]

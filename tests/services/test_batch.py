@@ -4,7 +4,10 @@ One control plane (with its lifespan: embedded broker, fleet channel, supervisor
 small digits image set, publishes a version, imports an image classifier (image preprocessing,
 softmax, top-3, digit labels) and runs a batch service over the validation split: one row per
 sample, an accuracy equal to the one counted by hand from the rows and the dataset's labels, the
-same rows as CSV, the replica stopped once done; bad requests get a 4xx.
+same rows as CSV, the replica stopped once done; bad requests get a 4xx. The service is a use
+of its dataset version (which cannot be deleted under it). An uploaded zip of images, ``.npy``
+files and a tensor JSONL runs the same way: one row per input, each equal to onnxruntime's
+answer over the same pixels; bad uploads are refused whole.
 """
 
 from __future__ import annotations
@@ -12,17 +15,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from control_plane.app import create_app
 from control_plane.core.settings import Settings
 from tests.agent.test_http import POST, PRE, digits_onnx
-from tests.datasets.digits import write_digits
+from tests.datasets.digits import digit_png, write_digits
 from tests.services.test_online import API, TOKEN, _wait
 
 LABELS = [str(d) for d in range(10)]
@@ -175,6 +183,13 @@ def test_batch_over_the_validation_split(
     r = api.get(f"{API}/services/digits-eval/results.jsonl")
     assert [json.loads(line) for line in r.text.splitlines()] == rows
 
+    # The service uses its dataset version: deleting the version is refused while it exists.
+    version_url = f"{API}/datasets/{dataset['id']}/versions/{dataset['version']}"
+    uses = api.get(version_url).json()["used_by"]
+    assert [(u["kind"], u["ref"]) for u in uses] == [("batch_service", "digits-eval")]
+    r = api.delete(version_url)
+    assert r.status_code == 409 and "digits-eval" in r.json()["detail"], r.text
+
     # Done: the replica no longer runs.
     _wait(
         "the replica to stop",
@@ -182,7 +197,140 @@ def test_batch_over_the_validation_split(
     )
     assert api.delete(f"{API}/services/digits-eval").status_code == 204
     assert api.get(f"{API}/services/digits-eval").status_code == 404
+    assert api.get(version_url).json()["used_by"] == []
 
 
 def test_online_services_have_no_results(api: TestClient) -> None:
     assert api.get(f"{API}/services/nothing/results").status_code == 404
+
+
+# --- uploaded inputs ----------------------------------------------------------------------------
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    """What the package's preprocessing makes of a 28x28 grayscale PNG: [28, 28, 1] / 255."""
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float32)
+    return (image / np.float32(255))[..., np.newaxis]
+
+
+def _upload(api: TestClient, name: str, data: bytes) -> Any:
+    return api.post(f"{API}/services/inputs", files={"file": (name, data)})
+
+
+def test_bad_uploads_are_refused_whole(api: TestClient) -> None:
+    png = digit_png(1, random.Random(0))
+    cases = {
+        "inputs.csv": (b"a,b\n", "expected a .zip"),
+        "mixed.zip": (_zip({"a.png": png, "notes.txt": b"x"}), "notes.txt"),
+        "lines.jsonl": (b'{"inputs": {"image": [1]}}\n\n{"image": [1]}\n', "line 3"),
+        "broken.jsonl": (b"{not json\n", "line 1: not JSON"),
+        "objects.npy": (_npy(np.array([{"a": 1}], dtype=object)), "objects.npy"),
+        "short.npy": (b"\x93NUMPY", "not a readable .npy"),
+        "empty.zip": (_zip({}), "no files"),
+    }
+    for name, (data, message) in cases.items():
+        r = _upload(api, name, data)
+        assert r.status_code in (413, 422), (name, r.text)
+        assert message in r.json()["detail"], (name, r.text)
+    assert api.get(f"{API}/services/inputs").json() == []
+    r = api.post(
+        f"{API}/services", json={"name": "inputs", "models": [{"model": "m", "version": "1"}]}
+    )
+    assert r.status_code == 422 and "reserved" in r.text
+
+
+def test_batch_over_an_uploaded_zip(api: TestClient, model: str, tmp: Path) -> None:
+    rng = random.Random(7)
+    pngs = [digit_png(d, rng) for d in (3, 5, 8)]
+    pixels = [_pixels(p) for p in pngs]
+    # The same pixels three ways: a PNG, a bare-sample .npy and a line of a tensor JSONL.
+    lines = b"".join(
+        json.dumps({"inputs": {"image": x.tolist()}}).encode() + b"\n" for x in pixels[:2]
+    )
+    members = {
+        "png/a.png": pngs[0],
+        "png/b.png": pngs[1],
+        "png/c.png": pngs[2],
+        "npy/a.npy": _npy(pixels[0]),
+        "npy/c.npy": _npy(pixels[2]),
+        "tensors.jsonl": lines.replace(b"\n", b"\n\n", 1),  # a blank line is skipped
+    }
+    r = _upload(api, "inputs.zip", _zip(members))
+    assert r.status_code == 201, r.text
+    upload = r.json()
+    assert (upload["count"], upload["files"], upload["filename"]) == (7, 6, "inputs.zip")
+    again = _upload(api, "same.zip", _zip(members)).json()
+    assert again["id"] == upload["id"]  # stored once, by content
+    assert [u["id"] for u in api.get(f"{API}/services/inputs").json()] == [upload["id"]]
+
+    body = {
+        "name": "uploaded",
+        "type": "batch",
+        "models": [{"model": "digits", "version": model}],
+        "input": {"upload": upload["id"]},
+    }
+    r = api.post(f"{API}/services", json={**body, "input": {"upload": "0" * 64}})
+    assert r.status_code == 422 and "not found" in r.json()["detail"], r.text
+    r = api.post(f"{API}/services", json={**body, "input": {**body["input"], "split": "all"}})
+    assert r.status_code == 422, r.text
+    r = api.post(f"{API}/services", json=body)
+    assert r.status_code == 201, r.text
+    done = _wait(
+        "the uploaded batch to end",
+        lambda: (
+            (s := api.get(f"{API}/services/uploaded").json())["state"] in ("succeeded", "failed")
+            and s
+        ),
+    )
+    assert done["state"] == "succeeded", done["reason"]
+    assert done["evaluation"] is None and done["batch"]["done"] == 7
+
+    rows = api.get(f"{API}/services/uploaded/results").json()["items"]
+    assert [r["source"] for r in rows] == [
+        "npy/a.npy",
+        "npy/c.npy",
+        "png/a.png",
+        "png/b.png",
+        "png/c.png",
+        "tensors.jsonl#1",
+        "tensors.jsonl#3",
+    ]
+    # onnxruntime over the same pixels gives every row's answer.
+    session = ort.InferenceSession(str(tmp / "digits.onnx"))
+    logits = session.run(None, {"image": np.stack(pixels)})[0]
+    expected = [str(int(np.argmax(v))) for v in logits]
+    by_source = {r["source"]: r for r in rows}
+    for source, i in [
+        ("npy/a.npy", 0),
+        ("npy/c.npy", 2),
+        ("png/a.png", 0),
+        ("png/b.png", 1),
+        ("png/c.png", 2),
+        ("tensors.jsonl#1", 0),
+        ("tensors.jsonl#3", 1),
+    ]:
+        row = by_source[source]
+        assert row["error"] is None and row["label"] is None, row
+        assert row["predicted"] == expected[i], (source, row, expected)
+    assert by_source["npy/a.npy"]["score"] == pytest.approx(by_source["png/a.png"]["score"])
+
+    # An upload a service uses cannot be deleted; once the service is gone it can.
+    r = api.delete(f"{API}/services/inputs/{upload['id']}")
+    assert r.status_code == 409 and "uploaded" in r.json()["detail"]
+    assert api.delete(f"{API}/services/uploaded").status_code == 204
+    assert api.delete(f"{API}/services/inputs/{upload['id']}").status_code == 204
+    assert api.get(f"{API}/services/inputs/{upload['id']}").status_code == 404
