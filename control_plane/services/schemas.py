@@ -167,6 +167,36 @@ class Evaluation(BaseModel):
     )
 
 
+class DetectionClassMetrics(BaseModel):
+    label: str
+    support: int = Field(description="True boxes of this label.")
+    detections: int = Field(description="Boxes the model gave this label.")
+    true_positives: int = Field(description="Detections matched to a true box (IoU >= threshold).")
+    precision: float | None = Field(description="null when the model never detected it.")
+    recall: float | None = Field(description="null when no image has a true box of it.")
+    ap: float | None = Field(
+        description="Average precision (all-point interpolated); null without true boxes."
+    )
+
+
+class DetectionEvaluation(BaseModel):
+    """How detected boxes compare with the dataset's boxes (object detection)."""
+
+    iou_threshold: float = Field(description="A detection matches a true box from this IoU on.")
+    images: int
+    errors: int = Field(description="Images whose input failed: their boxes count as missed.")
+    boxes: int = Field(description="True boxes over all images.")
+    detections: int
+    true_positives: int
+    precision: float | None
+    recall: float | None
+    mean_ap: float | None = Field(
+        description="mAP at the IoU threshold: mean AP over the labels that have true boxes."
+    )
+    labels: list[str]
+    per_class: list[DetectionClassMetrics]
+
+
 class ResultRow(BaseModel):
     """One input of a batch service and what the model said of it."""
 
