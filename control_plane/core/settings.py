@@ -251,6 +251,12 @@ class ServiceSettings(Section):
     proxy_timeout_s: float = Field(
         60.0, gt=0, description="How long the REST proxy waits for a replica's answer."
     )
+    telemetry_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often each replica sends its per-version request figures (the window "
+        "of the p50 / p99 that GET /services/{name}/versions shows).",
+    )
 
 
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
@@ -295,6 +301,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
     "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
+    "service_telemetry_interval_s": ("services", "telemetry_interval_s"),
 }
 
 

@@ -20,6 +20,7 @@ from control_plane.services.schemas import (
     ServiceCreate,
     ServicePublic,
     ServiceUpdate,
+    ServiceVersions,
 )
 from control_plane.services.service import ServiceManager
 from control_plane.services.supervisor import Supervisor
@@ -123,6 +124,19 @@ def delete_service(
 ) -> None:
     """Stop the replicas and remove them (and their devices)."""
     ServiceManager(session, ctx, supervisor).delete(name)
+
+
+@router.get("/{name}/versions")
+def get_versions(
+    name: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    baseline: Annotated[str | None, Query(max_length=128)] = None,
+) -> ServiceVersions:
+    """Requests, errors and p50 / p99 per model version over the service's replicas, each
+    compared with ``baseline`` (default: the version the service serves now)."""
+    return ServiceManager(session, ctx, supervisor).versions(name, baseline)
 
 
 @router.get("/{name}/results")

@@ -237,3 +237,43 @@ class ServicePublic(BaseModel):
     evaluation: Evaluation | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class ReplicaVersionFigures(BaseModel):
+    """One version on one replica, from its newest ``metrics`` telemetry records."""
+
+    device_id: str
+    requests: int = Field(description="Requests since the version was loaded on the replica.")
+    errors: int = Field(description="Of those, failed ones (bad input included).")
+    window: int = Field(description="Successful requests in the interval p50 / p99 cover.")
+    p50_ms: float | None
+    p99_ms: float | None
+    at: dt.datetime | None = Field(description="When the newest record was taken (agent clock).")
+
+
+class VersionComparison(BaseModel):
+    baseline: str = Field(description="The version compared with.")
+    error_rate_delta: float | None = Field(description="error_rate - the baseline's.")
+    p50_ratio: float | None = Field(description="p50_ms / the baseline's.")
+    p99_ratio: float | None = Field(description="p99_ms / the baseline's.")
+
+
+class VersionFigures(BaseModel):
+    """A model version's request figures over the service's replicas."""
+
+    model: str
+    version: str
+    serving: bool = Field(description="The version the service's spec serves now.")
+    requests: int = Field(description="Summed over replicas.")
+    errors: int
+    error_rate: float | None = Field(description="errors / requests; null before any request.")
+    p50_ms: float | None = Field(description="The slowest replica's latest p50.")
+    p99_ms: float | None = Field(description="The slowest replica's latest p99.")
+    replicas: list[ReplicaVersionFigures]
+    vs_baseline: VersionComparison | None = None
+
+
+class ServiceVersions(BaseModel):
+    service: str
+    telemetry_interval_s: float = Field(description="How often replicas send their figures.")
+    items: list[VersionFigures]

@@ -12,6 +12,7 @@ the supervisor's batch follower finds them; its results are read back here.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from typing import Any, BinaryIO
@@ -24,6 +25,7 @@ from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.datasets.versions.service import VersionService
 from control_plane.devices.service import DeviceService
+from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.registry.service import ModelService
 from control_plane.services import batch
 from control_plane.services.inputs import InputStore
@@ -40,11 +42,16 @@ from control_plane.services.schemas import (
     ServiceModel,
     ServicePublic,
     ServiceUpdate,
+    ServiceVersions,
 )
 from control_plane.services.supervisor import Supervisor
+from control_plane.services.version_figures import MetricsRecord, version_figures
 
 logger = logging.getLogger(__name__)
 
+#: Newest ``metrics`` records read per replica: enough to still hold a version replaced by a
+#: rolling update some minutes ago, few enough to read in one cheap query.
+METRICS_RECORDS = 200
 #: The kind a batch service is recorded under among its dataset version's uses.
 BATCH_USE = "batch_service"
 
@@ -119,6 +126,22 @@ class ServiceManager:
     def result_page(self, name: str, offset: int, limit: int) -> ResultPage:
         rows = self.results(name)
         return ResultPage(total=len(rows), offset=offset, items=rows[offset : offset + limit])
+
+    def versions(self, name: str, baseline: str | None = None) -> ServiceVersions:
+        """Per model version figures from the replicas' newest ``metrics`` telemetry."""
+        service = self.get(name)
+        telemetry = TelemetryService(self.session, self.ctx)
+        records = [
+            MetricsRecord(r.device_id, r.seq, r.recorded_at, _json_object(r.payload))
+            for replica in service.replicas
+            for r in telemetry.latest(replica.device_id, "metrics", METRICS_RECORDS)
+        ]
+        serving = {m["model"]: m["version"] for m in service.spec["models"]}
+        return ServiceVersions(
+            service=name,
+            telemetry_interval_s=self.ctx.settings.services.telemetry_interval_s,
+            items=version_figures(records, serving, baseline),
+        )
 
     # --- changes -----------------------------------------------------------------------------
 
@@ -241,6 +264,14 @@ class ServiceManager:
                 raise InvalidRequest(
                     f"model {m.model} version {m.version} is {mv.state}, not ready to serve"
                 )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _model_settings(models: list[ServiceModel]) -> dict[str, Any]:

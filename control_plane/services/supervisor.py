@@ -147,7 +147,10 @@ class Supervisor:
             "metrics_port": -1,
             "port_file": str(folder / "ports.json"),
             "trusted_keys": key_files,
-            "fleet": dict(bundle["mqtt"]),
+            "fleet": {
+                **bundle["mqtt"],
+                "telemetry_interval_s": self.ctx.settings.services.telemetry_interval_s,
+            },
             "models": models,
         }
         path = folder / "agent.yaml"
