@@ -23,12 +23,14 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
+from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
+from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
@@ -113,6 +115,12 @@ def create_app(settings: Settings) -> FastAPI:
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
+        # Batch jobs on devices: their own leaves on the fleet connection.
+        batch_channel = BatchChannel(fleet)
+        fleet.extensions.append(batch_channel)
+        app.state.device_batches = DeviceBatches(ctx)
+        app.state.device_batches.channel = batch_channel
+        batch_channel.handler = app.state.device_batches
         fleet.devices_changed()
         fleet.start()
         app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker

@@ -267,33 +267,44 @@ class BatchFollower:
             time.sleep(POLL_S)
 
     def _collect(self, labels: list[str] | None) -> dict[str, Any] | None:
-        """The agent's result lines joined with the inputs into ``results.jsonl``; the
-        evaluation when the inputs are labeled."""
-        inputs = read_jsonl(self.service_dir / INPUTS)
-        rows = []
-        for line in read_jsonl(self.replica_dir / AGENT_RESULTS):
-            sample = inputs[int(line["index"])]
-            rows.append(_row(line, sample))
-        tmp = self.service_dir / (RESULTS + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(row.model_dump_json() + "\n")
-        tmp.replace(self.service_dir / RESULTS)
-        if labels is None or any(r.label is None for r in rows):
-            return None
-        return evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+        return collect(self.service_dir, read_jsonl(self.replica_dir / AGENT_RESULTS), labels)
 
     def _finish(self, state: str, reason: str, evaluation: dict[str, Any] | None) -> None:
-        with self.lock, self.ctx.sessions() as session:
-            service = session.get(Service, self.name)
-            if service is None:
-                return
-            service.state, service.reason = state, reason
-            if evaluation is not None:
-                service.spec = {**service.spec, "evaluation": evaluation}
-            service.updated_at = utcnow()
-            session.commit()
-        logger.info("batch service %s: %s %s", self.name, state, reason)
+        with self.lock:
+            finish_service(self.ctx, self.name, state, reason, evaluation)
+
+
+def collect(
+    service_dir: Path, lines: list[dict[str, Any]], labels: list[str] | None
+) -> dict[str, Any] | None:
+    """The agent's result lines (in index order) joined with the inputs into ``results.jsonl``;
+    the evaluation when the inputs are labeled. Shared by cloud and device batches."""
+    inputs = read_jsonl(service_dir / INPUTS)
+    rows = [_row(line, inputs[int(line["index"])]) for line in lines]
+    tmp = service_dir / (RESULTS + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(row.model_dump_json() + "\n")
+    tmp.replace(service_dir / RESULTS)
+    if labels is None or any(r.label is None for r in rows):
+        return None
+    return evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+
+
+def finish_service(
+    ctx: AppContext, name: str, state: str, reason: str, evaluation: dict[str, Any] | None
+) -> None:
+    """A batch service's end: its state, reason and evaluation (a deleted one is left alone)."""
+    with ctx.sessions() as session:
+        service = session.get(Service, name)
+        if service is None:
+            return
+        service.state, service.reason = state, reason
+        if evaluation is not None:
+            service.spec = {**service.spec, "evaluation": evaluation}
+        service.updated_at = utcnow()
+        session.commit()
+    logger.info("batch service %s: %s %s", name, state, reason)
 
 
 def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:

@@ -13,6 +13,7 @@ from control_plane.core.context import app_state
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import PayloadTooLarge
 from control_plane.services.batch import csv_chunks
+from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.proxy import ReplicaProxy
 from control_plane.services.schemas import (
     InputUpload,
@@ -44,6 +45,13 @@ def get_proxy(request: Request) -> ReplicaProxy:
 
 
 ProxyDep = Annotated[ReplicaProxy, Depends(get_proxy)]
+
+
+def get_device_batches(request: Request) -> DeviceBatches:
+    return app_state(request.app, "device_batches", DeviceBatches)
+
+
+DeviceBatchesDep = Annotated[DeviceBatches, Depends(get_device_batches)]
 
 
 # Declared before ``/{name}`` so that ``inputs`` is never read as a service name (it is reserved).
@@ -81,10 +89,15 @@ def delete_input(
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_service(
-    spec: ServiceCreate, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+    spec: ServiceCreate,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    device_batches: DeviceBatchesDep,
 ) -> ServicePublic:
-    """Start the service's replicas and deploy its models to them (state ``deploying``)."""
-    manager = ServiceManager(session, ctx, supervisor)
+    """Start the service's replicas and deploy its models to them (state ``deploying``); a
+    batch service with a ``device`` sends its job to that device instead."""
+    manager = ServiceManager(session, ctx, supervisor, device_batches)
     return manager.public(manager.create(spec))
 
 
@@ -120,10 +133,14 @@ def update_service(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_service(
-    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+    name: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    device_batches: DeviceBatchesDep,
 ) -> None:
-    """Stop the replicas and remove them (and their devices)."""
-    ServiceManager(session, ctx, supervisor).delete(name)
+    """Stop the replicas and remove them (and their devices); cancel a device's batch job."""
+    ServiceManager(session, ctx, supervisor, device_batches).delete(name)
 
 
 @router.get("/{name}/versions")

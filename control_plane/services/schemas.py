@@ -82,6 +82,13 @@ class ServiceCreate(BaseModel):
     input: BatchInput | None = Field(
         None, description="Batch services only: the dataset version split to predict over."
     )
+    device: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Batch services only: run the job on this registered device (over the fleet "
+        "channel) instead of a cloud replica. The device must run the model version.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -98,6 +105,8 @@ class ServiceCreate(BaseModel):
         if self.type == "online":
             if self.input is not None:
                 raise ValueError("input is for batch services (type: batch)")
+            if self.device is not None:
+                raise ValueError("device is for batch services (type: batch)")
             return self
         if self.input is None:
             raise ValueError(
@@ -233,6 +242,7 @@ class ServicePublic(BaseModel):
         description="Each running replica's OIP v2 gRPC address (tritonclient.grpc)."
     )
     input: BatchInput | None = None
+    device: str | None = Field(None, description="The device a batch service runs on.")
     batch: BatchProgress | None = None
     evaluation: Evaluation | None = None
     created_at: dt.datetime

@@ -27,7 +27,8 @@ from control_plane.datasets.versions.service import VersionService
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.registry.service import ModelService
-from control_plane.services import batch
+from control_plane.services import batch, device_batch
+from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import (
@@ -61,10 +62,18 @@ def replica_device_id(service: str, index: int) -> str:
 
 
 class ServiceManager:
-    def __init__(self, session: Session, ctx: AppContext, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        session: Session,
+        ctx: AppContext,
+        supervisor: Supervisor,
+        device_batches: DeviceBatches | None = None,
+    ) -> None:
+        """``device_batches`` is needed to create and delete batch services on devices."""
         self.session = session
         self.ctx = ctx
         self.supervisor = supervisor
+        self.device_batches = device_batches
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -108,6 +117,7 @@ class ServiceManager:
             replicas=replicas,
             grpc_addresses=[r.grpc_address for r in replicas if r.grpc_address],
             input=BatchInput(**service.spec["input"]) if "input" in service.spec else None,
+            device=service.spec.get("device"),
             batch=BatchProgress(**_progress(service.spec)) if service.type == "batch" else None,
             evaluation=(
                 Evaluation(**service.spec["evaluation"]) if "evaluation" in service.spec else None
@@ -148,7 +158,10 @@ class ServiceManager:
     def create(self, spec: ServiceCreate) -> Service:
         if self.session.get(Service, spec.name) is not None:
             raise Conflict(f"service {spec.name} already exists")
-        self._check_models(spec.models)
+        if spec.device is not None:
+            self._check_device(spec.device, spec.models[0])
+        else:
+            self._check_models(spec.models)
         service = Service(
             name=spec.name,
             type=spec.type,
@@ -174,8 +187,17 @@ class ServiceManager:
                 "input_info": info,
                 "batch": {"total": info["count"]},
             }
+            if spec.device is not None:
+                # No replica: the job and its input travel to the device (device_batch.py).
+                chunk_size = self.ctx.settings.mqtt.chunk_size
+                service.spec = {
+                    **service.spec,
+                    "replicas": 0,
+                    "device": spec.device,
+                    "device_job": device_batch.new_job(folder, chunk_size),
+                }
         devices = DeviceService(self.session, self.ctx)
-        for index in range(spec.replicas):
+        for index in range(0 if spec.device else spec.replicas):
             device_id = replica_device_id(spec.name, index)
             reg = devices.register(device_id, {"service": spec.name}, device_id)
             bundle = devices.bundle(reg).model_dump()
@@ -189,6 +211,8 @@ class ServiceManager:
             VersionService(self.session, self.ctx).add_use(
                 spec.input.dataset_id, spec.input.dataset_version, BATCH_USE, spec.name
             )
+        if spec.device is not None and self.device_batches is not None:
+            self.device_batches.publish(spec.device)
         logger.info("service %s: %d replica(s) of %s", spec.name, spec.replicas, _names(spec))
         self.supervisor.wake()
         return service
@@ -223,8 +247,12 @@ class ServiceManager:
                 versions.remove_use(
                     source["dataset_id"], source["dataset_version"], BATCH_USE, name
                 )
+        device = self.get(name).spec.get("device")
         self.session.delete(self.get(name))
         self.session.commit()
+        if device and self.device_batches is not None:
+            self.device_batches.forget(name)
+            self.device_batches.publish(device)  # off the list: the device cancels the job
         shutil.rmtree(self.supervisor.service_dir(name), ignore_errors=True)
         logger.info("deleted service %s", name)
 
@@ -252,6 +280,23 @@ class ServiceManager:
                 "delete them first"
             )
         store.delete(upload_id)
+
+    def _check_device(self, device_id: str, model: ServiceModel) -> None:
+        """A device batch runs a model version the device already runs (deployments put it
+        there); the job never installs anything."""
+        device = DeviceService(self.session, self.ctx).find(device_id)
+        if device is None:
+            raise InvalidRequest(f"device {device_id} is not registered")
+        if self.device_batches is None:
+            raise InvalidRequest("batch jobs on devices need the fleet channel")
+        running = {
+            (m.get("name"), m.get("version")) for m in (device.reported or {}).get("models", [])
+        }
+        if (model.model, model.version) not in running:
+            raise InvalidRequest(
+                f"device {device_id} does not report running {model.model} version "
+                f"{model.version}; deploy it there first"
+            )
 
     def _check_models(self, models: list[ServiceModel]) -> None:
         names = [m.model for m in models]

@@ -194,6 +194,8 @@ class Supervisor:
                 if service.state == "stopped":
                     continue
                 batch = service.type == "batch"
+                if batch and service.spec.get("device"):
+                    continue  # runs on a device: the fleet channel drives it (device_batch.py)
                 if batch and service.state in DONE:
                     self._stop_replicas(service)
                     continue
