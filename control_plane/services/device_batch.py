@@ -179,7 +179,8 @@ class DeviceBatches:
         progress = {
             "job_id": state.job_id,
             "state": state.state,
-            "total": state.total,
+            # While the input is pulled the device knows no input count yet.
+            "total": state.total or int(service.spec["input_info"]["count"]),
             "done": state.done,
             "failed": state.failed,
         }
