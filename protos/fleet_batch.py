@@ -5,13 +5,16 @@ field means the same on both sides. Every leaf sits under the device's own prefi
 ``<root>/<D>/`` like the rest of the fleet channel, so the broker ACL still confines a device to
 its subtree (``control_plane/fleet/broker_config.py`` grants these leaves).
 
-| leaf                 | direction    | retained | payload             |
-| -------------------- | ------------ | -------- | ------------------- |
-| ``batch/jobs``       | cloud -> dev | yes      | ``BatchJobs``       |
-| ``batch/input/req``  | dev -> cloud | no       | ``BatchInputRequest`` |
-| ``batch/input/data`` | cloud -> dev | no       | ``BatchInputChunk`` |
-| ``batch/state``      | dev -> cloud | no       | ``BatchJobState``   |
-| ``batch/rows``       | dev -> cloud | no       | ``BatchRows``       |
+| leaf              | direction    | retained | payload               |
+| ----------------- | ------------ | -------- | --------------------- |
+| ``batch/jobs``    | cloud -> dev | yes      | ``BatchJobs``         |
+| ``batch/req``     | dev -> cloud | no       | ``BatchInputRequest`` |
+| ``batch/data``    | cloud -> dev | no       | ``BatchInputChunk``   |
+| ``batch/state``   | dev -> cloud | no       | ``BatchJobState``     |
+| ``batch/rows``    | dev -> cloud | no       | ``BatchRows``         |
+
+Leaves are no longer than ``chunks/data``: the broker's packet limit is the largest message on
+the longest topic (``broker_config.max_packet_bytes``), and a batch message never needs more.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from protos.fleet_state import DesiredModel
 from protos.gen import fleet_batch_pb2 as pb
 
 JOBS = "batch/jobs"
-INPUT_REQUEST = "batch/input/req"
-INPUT_DATA = "batch/input/data"
+INPUT_REQUEST = "batch/req"
+INPUT_DATA = "batch/data"
 STATE = "batch/state"
 ROWS = "batch/rows"
 
