@@ -32,8 +32,9 @@ import logging
 import shutil
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from edge_agent.config import FleetSettings
 from edge_agent.errors import AgentError
@@ -41,7 +42,6 @@ from edge_agent.fleet.domain import ChunkAnswer
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError
 from edge_agent.fleet.link import new_request_id
 from edge_agent.fsutil import atomic_write_json, read_json
-from edge_agent.jobs.batch_jobs import TERMINAL, BatchJobManager
 from protos import fleet_batch as fb
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,37 @@ RESEND_S = 30.0
 #: Largest total size of an extracted input archive.
 MAX_EXTRACTED_BYTES = 8 << 30
 STATE_EVERY_S = 1.0
+
+
+class AgentJob(Protocol):
+    job_id: str
+    state: str
+    done: int
+    failed: int
+    error: str
+
+    @property
+    def total(self) -> int: ...
+
+
+class BatchJobs(Protocol):
+    """What this module needs of the agent's ``BatchJobManager`` (the fleet wing does not import
+    the jobs wing: the app hands the manager in)."""
+
+    def submit(
+        self,
+        model_name: str,
+        model_version: str,
+        manifest_path: str = "",
+        input_dir: str = "",
+        output_path: str = "",
+    ) -> AgentJob: ...
+
+    def get(self, job_id: str) -> AgentJob: ...
+
+    def list(self) -> Sequence[AgentJob]: ...
+
+    def cancel(self, job_id: str) -> AgentJob: ...
 
 
 class InputRefused(Exception):
@@ -101,7 +132,7 @@ class DeviceBatchRunner:
         self,
         settings: FleetSettings,
         root: Path,
-        jobs: BatchJobManager,
+        jobs: BatchJobs,
         prefix: str,
         publish: Callable[[str, bytes], tuple[int, int] | None],
         connected: asyncio.Event,
@@ -245,10 +276,10 @@ class DeviceBatchRunner:
             rec = self.jobs.get(agent_job)
             state = fb.JobState(job_id, rec.state, rec.total, rec.done, rec.failed, rec.error)
             now = time.monotonic()
-            due = now - sent_at >= STATE_EVERY_S or rec.state in TERMINAL
+            due = now - sent_at >= STATE_EVERY_S or rec.state in fb.TERMINAL
             if state != last and due and self._state(state):
                 last, sent_at = state, now
-            if rec.state in TERMINAL and state == last:
+            if rec.state in fb.TERMINAL and state == last:
                 break
             await asyncio.sleep(0.2)
         wake = self._wake[job_id]

@@ -31,7 +31,7 @@ from typing import Any
 from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
 from edge_agent.fleet import codec
-from edge_agent.fleet.batch import DeviceBatchRunner
+from edge_agent.fleet.batch import BatchJobs, DeviceBatchRunner
 from edge_agent.fleet.domain import INSTALLED, ModelReport, Reported, Result, TelemetryOut
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError, remove_stale
 from edge_agent.fleet.link import (
@@ -47,7 +47,6 @@ from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.state import FleetState
 from edge_agent.install.installer import Installer
 from edge_agent.install.store import ModelStore
-from edge_agent.jobs.batch_jobs import BatchJobManager
 from edge_agent.metrics import METRICS
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.served_model import ServedModel
@@ -78,7 +77,7 @@ class FleetClient:
         repo: ModelRepository,
         installer: Installer,
         agent_version: str,
-        jobs: BatchJobManager | None = None,
+        jobs: BatchJobs | None = None,
     ) -> None:
         """``jobs``: the agent's batch jobs, which batch jobs sent over the channel run as
         (``batch.py``); without it the device takes none."""
