@@ -36,6 +36,7 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import InvalidRequest, NotFound
 from control_plane.datasets.versions.service import VersionService
+from control_plane.services.detection import Detected, TrueBox, evaluate_detection
 from control_plane.services.evaluation import evaluate
 from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
@@ -54,7 +55,7 @@ INPUTS = "inputs.jsonl"
 RESULTS = "results.jsonl"
 AGENT_MANIFEST = "manifest.jsonl"
 AGENT_RESULTS = "agent-results.jsonl"
-CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "error")
+CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "detections", "error")
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -96,11 +97,20 @@ def prepare_inputs(
     for it in items:
         names = [a.label for a in it.annotations]
         label = names[0] if classification and len(names) == 1 else None
-        rows.append({"source": it.path, "path": str((folder / it.path).resolve()), "label": label})
+        row: dict[str, Any] = {
+            "source": it.path,
+            "path": str((folder / it.path).resolve()),
+            "label": label,
+        }
+        if not classification:  # a detection version: the true boxes, for the evaluation
+            row["boxes"] = [[a.label, *a.box] for a in it.annotations if a.box is not None]
+            row["size"] = [it.width, it.height]
+        rows.append(row)
     _write_inputs(rows, service_dir, replica_dir)
     return {
         "count": len(items),
         "labels": sorted(version.label_stats) if classification else None,
+        "detection_labels": None if classification else sorted(version.label_stats),
     }
 
 
@@ -257,62 +267,94 @@ class BatchFollower:
             job = _job(answer)
             self._record(job)
             if job["state"] == "SUCCEEDED":
-                labels = spec.get("input_info", {}).get("labels")
-                evaluation = self._collect(labels)
-                self._finish("succeeded", "", evaluation)
+                lines = read_jsonl(self.replica_dir / AGENT_RESULTS)
+                self._finish("succeeded", "", collect(self.service_dir, lines, spec))
                 return
             if job["state"] in ("FAILED", "CANCELED"):
                 self._finish("failed", job["error"] or f"agent job {job['state'].lower()}", None)
                 return
             time.sleep(POLL_S)
 
-    def _collect(self, labels: list[str] | None) -> dict[str, Any] | None:
-        return collect(self.service_dir, read_jsonl(self.replica_dir / AGENT_RESULTS), labels)
-
-    def _finish(self, state: str, reason: str, evaluation: dict[str, Any] | None) -> None:
+    def _finish(self, state: str, reason: str, fields: dict[str, Any] | None) -> None:
         with self.lock:
-            finish_service(self.ctx, self.name, state, reason, evaluation)
+            finish_service(self.ctx, self.name, state, reason, fields)
 
 
-def collect(
-    service_dir: Path, lines: list[dict[str, Any]], labels: list[str] | None
-) -> dict[str, Any] | None:
+def collect(service_dir: Path, lines: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
     """The agent's result lines (in index order) joined with the inputs into ``results.jsonl``;
-    the evaluation when the inputs are labeled. Shared by cloud and device batches."""
+    returns the spec fields of the evaluation: ``evaluation`` when the inputs are labeled
+    (classification), ``detection_evaluation`` for a detection version read as ``detection``
+    says. Shared by cloud and device batches."""
     inputs = read_jsonl(service_dir / INPUTS)
-    rows = [_row(line, inputs[int(line["index"])]) for line in lines]
+    info = spec.get("input_info", {})
+    reader = spec.get("detection")
+    if reader is not None:  # class indexes name the version's labels unless it says otherwise
+        reader = {**reader, "labels": reader.get("labels") or info.get("detection_labels")}
+    rows = [_row(line, inputs[int(line["index"])], reader) for line in lines]
     tmp = service_dir / (RESULTS + ".tmp")
     with open(tmp, "w", encoding="utf-8") as out:
         for row in rows:
             out.write(row.model_dump_json() + "\n")
     tmp.replace(service_dir / RESULTS)
+    if reader is not None:
+        truths = [
+            [TrueBox(str(b[0]), *map(float, b[1:5])) for b in inputs[r.index].get("boxes", [])]
+            for r in rows
+        ]
+        found = [
+            None if r.error is not None else [_detected(d) for d in r.detections or []]
+            for r in rows
+        ]
+        ev = evaluate_detection(
+            zip(truths, found, strict=True),
+            info.get("detection_labels") or [],
+            float(reader.get("iou_threshold", 0.5)),
+        )
+        return {"detection_evaluation": ev.model_dump()}
+    labels = info.get("labels")
     if labels is None or any(r.label is None for r in rows):
-        return None
-    return evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+        return {}
+    return {
+        "evaluation": evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+    }
+
+
+def _detected(d: dict[str, Any]) -> Detected:
+    return Detected(str(d["label"]), float(d["score"]), d["x"], d["y"], d["w"], d["h"])
 
 
 def finish_service(
-    ctx: AppContext, name: str, state: str, reason: str, evaluation: dict[str, Any] | None
+    ctx: AppContext, name: str, state: str, reason: str, fields: dict[str, Any] | None
 ) -> None:
-    """A batch service's end: its state, reason and evaluation (a deleted one is left alone)."""
+    """A batch service's end: its state, reason and evaluation fields (a deleted one is left
+    alone)."""
     with ctx.sessions() as session:
         service = session.get(Service, name)
         if service is None:
             return
         service.state, service.reason = state, reason
-        if evaluation is not None:
-            service.spec = {**service.spec, "evaluation": evaluation}
+        if fields:
+            service.spec = {**service.spec, **fields}
         service.updated_at = utcnow()
         session.commit()
     logger.info("batch service %s: %s %s", name, state, reason)
 
 
-def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:
-    """One agent result line as a result row: top-1 from the package's top-k when it declares
-    one, else the index of the largest value of its only output."""
+def _row(
+    line: dict[str, Any], sample: dict[str, Any], detection: dict[str, Any] | None = None
+) -> ResultRow:
+    """One agent result line as a result row: the boxes for a detection batch; else top-1 from
+    the package's top-k when it declares one, else the index of the largest value of its only
+    output."""
     row = ResultRow(index=int(line["index"]), source=sample["source"], label=sample["label"])
     if "error" in line:
         row.error = str(line["error"])
+        return row
+    if detection is not None:
+        try:
+            row.detections = read_boxes(line.get("outputs", {}), detection, sample)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            row.error = f"detection outputs: {exc}"
         return row
     top = line.get("top_k")
     if top:
@@ -327,6 +369,34 @@ def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:
             best_index = max(range(len(values)), key=values.__getitem__)
             row.predicted, row.score = str(best_index), float(values[best_index])
     return row
+
+
+def read_boxes(
+    outputs: dict[str, Any], reader: dict[str, Any], sample: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The detections of one input in pixels of its image, best score first, as ``reader`` (a
+    ``DetectionOutputs``) says to read the model's outputs."""
+    boxes = _flat(outputs[reader["boxes"]]["data"])
+    scores = _flat(outputs[reader["scores"]]["data"])
+    classes = _flat(outputs[reader["classes"]]["data"])
+    if len(boxes) != 4 * len(scores) or len(classes) != len(scores):
+        raise ValueError(f"{len(boxes)} box values, {len(scores)} scores, {len(classes)} classes")
+    labels = reader.get("labels") or []
+    width, height = sample.get("size") or (1, 1)
+    sx, sy = (width, height) if reader.get("normalized", True) else (1, 1)
+    out = []
+    for i, score in enumerate(scores):
+        if score < float(reader.get("score_threshold", 0.0)):
+            continue
+        a, b, c, d = boxes[4 * i : 4 * i + 4]
+        w, h = (c - a, d - b) if reader.get("box_format", "xyxy") == "xyxy" else (c, d)
+        k = int(classes[i])
+        label = labels[k] if 0 <= k < len(labels) else str(k)
+        out.append(
+            {"label": label, "score": score, "x": a * sx, "y": b * sy, "w": w * sx, "h": h * sy}
+        )
+    out.sort(key=lambda det: -det["score"])
+    return out
 
 
 def _flat(data: Any) -> list[float]:
@@ -358,7 +428,8 @@ def csv_chunks(rows: list[ResultRow]) -> Iterator[str]:
     writer.writeheader()
     for row in rows:
         doc = row.model_dump()
-        doc["top_k"] = json.dumps(doc["top_k"]) if doc["top_k"] is not None else ""
+        for key in ("top_k", "detections"):
+            doc[key] = json.dumps(doc[key]) if doc[key] is not None else ""
         writer.writerow({k: "" if doc[k] is None else doc[k] for k in CSV_FIELDS})
         if buf.tell() > 1 << 16:
             yield buf.getvalue()

@@ -248,9 +248,8 @@ class DeviceBatches:
         service_dir = self.root / name
         lines = {int(r["index"]): r for r in batch.read_jsonl(service_dir / ROWS)}
         ordered = [lines[i] for i in range(total)]
-        labels = spec.get("input_info", {}).get("labels")
-        evaluation = batch.collect(service_dir, ordered, labels)
-        batch.finish_service(self.ctx, name, "succeeded", "", evaluation)
+        fields = batch.collect(service_dir, ordered, spec)
+        batch.finish_service(self.ctx, name, "succeeded", "", fields)
         self.forget(name)
         self.publish(device_id)
         return True

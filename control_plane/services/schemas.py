@@ -70,6 +70,29 @@ class InputUpload(BaseModel):
     created_at: dt.datetime
 
 
+class DetectionOutputs(BaseModel):
+    """How to read boxes from a detection model's outputs, for a batch over a detection version.
+
+    Per input: ``boxes`` [1, K, 4], ``scores`` [1, K] and ``classes`` [1, K] (an index into
+    ``labels``), the usual layout of exported detectors (after their own non-max suppression).
+    """
+
+    boxes: str = Field("boxes", min_length=1, description="Output holding the K boxes.")
+    scores: str = Field("scores", min_length=1, description="Output holding the K scores.")
+    classes: str = Field("classes", min_length=1, description="Output holding K label indexes.")
+    box_format: Literal["xyxy", "xywh"] = Field(
+        "xyxy", description="Corners (x0, y0, x1, y1), or corner and size (x, y, w, h)."
+    )
+    normalized: bool = Field(
+        True, description="Coordinates as fractions of the image's width and height (else pixels)."
+    )
+    labels: list[str] | None = Field(
+        None, description="Class index -> label. Default: the version's labels, sorted."
+    )
+    score_threshold: float = Field(0.0, ge=0, le=1, description="Detections below are ignored.")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a box matches.")
+
+
 #: Settings that only mean something for a service that keeps serving requests.
 _ONLINE_ONLY_MODEL_FIELDS = ("max_batch_size", "max_queue_delay_ms")
 
@@ -81,6 +104,11 @@ class ServiceCreate(BaseModel):
     replicas: int = Field(1, ge=1, le=16, description="Agent processes serving it.")
     input: BatchInput | None = Field(
         None, description="Batch services only: the dataset version split to predict over."
+    )
+    detection: DetectionOutputs | None = Field(
+        None,
+        description="Batch services over a detection version: how to read the model's boxes; "
+        "the service then reports mAP, per-label AP, precision and recall.",
     )
     device: str | None = Field(
         None,
@@ -107,6 +135,8 @@ class ServiceCreate(BaseModel):
                 raise ValueError("input is for batch services (type: batch)")
             if self.device is not None:
                 raise ValueError("device is for batch services (type: batch)")
+            if self.detection is not None:
+                raise ValueError("detection is for batch services (type: batch)")
             return self
         if self.input is None:
             raise ValueError(
@@ -218,6 +248,9 @@ class ResultRow(BaseModel):
     predicted: str | None = None
     score: float | None = None
     top_k: list[dict[str, Any]] | None = None
+    detections: list[dict[str, Any]] | None = Field(
+        None, description="Detection batches: ``[{label, score, x, y, w, h}]`` in pixels."
+    )
     error: str | None = None
 
 
@@ -245,6 +278,7 @@ class ServicePublic(BaseModel):
     device: str | None = Field(None, description="The device a batch service runs on.")
     batch: BatchProgress | None = None
     evaluation: Evaluation | None = None
+    detection_evaluation: DetectionEvaluation | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 

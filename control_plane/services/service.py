@@ -34,6 +34,7 @@ from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import (
     BatchInput,
     BatchProgress,
+    DetectionEvaluation,
     Evaluation,
     InputUpload,
     ReplicaPublic,
@@ -122,6 +123,11 @@ class ServiceManager:
             evaluation=(
                 Evaluation(**service.spec["evaluation"]) if "evaluation" in service.spec else None
             ),
+            detection_evaluation=(
+                DetectionEvaluation(**service.spec["detection_evaluation"])
+                if "detection_evaluation" in service.spec
+                else None
+            ),
             created_at=service.created_at,
             updated_at=service.updated_at,
         )
@@ -187,6 +193,13 @@ class ServiceManager:
                 "input_info": info,
                 "batch": {"total": info["count"]},
             }
+            if spec.detection is not None:
+                if not info.get("detection_labels"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise InvalidRequest(
+                        "detection: the input is not an object detection dataset version"
+                    )
+                service.spec = {**service.spec, "detection": spec.detection.model_dump()}
             if spec.device is not None:
                 # No replica: the job and its input travel to the device (device_batch.py).
                 chunk_size = self.ctx.settings.mqtt.chunk_size

@@ -13,6 +13,7 @@ answer over the same pixels; bad uploads are refused whole.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import random
@@ -29,7 +30,9 @@ from PIL import Image
 
 from control_plane.app import create_app
 from control_plane.core.settings import Settings
+from control_plane.services.detection import Detected, TrueBox, evaluate_detection
 from tests.agent.test_http import POST, PRE, digits_onnx
+from tests.datasets.conftest import write_detection
 from tests.datasets.digits import digit_png, write_digits
 from tests.services.test_online import API, TOKEN, _wait
 
@@ -334,3 +337,137 @@ def test_batch_over_an_uploaded_zip(api: TestClient, model: str, tmp: Path) -> N
     assert api.delete(f"{API}/services/uploaded").status_code == 204
     assert api.delete(f"{API}/services/inputs/{upload['id']}").status_code == 204
     assert api.get(f"{API}/services/inputs/{upload['id']}").status_code == 404
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+#: The fixed answer of the test detector, per image: normalized xyxy boxes, scores, classes.
+DET_BOXES = [[0.1, 0.1, 0.4, 0.6], [0.5, 0.3, 0.8, 0.9]]
+DET_SCORES = [0.9, 0.4]
+DET_CLASSES_OUT = [0, 2]
+
+
+def _detector_onnx(path: Path) -> Path:
+    """image FP32 [N, 32, 32, 3] -> the same two boxes for every image (input summed times 0, so
+    the outputs still depend on it): boxes [1, 2, 4], scores [1, 2], classes [1, 2]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {
+        "c_boxes": np.array([DET_BOXES], np.float32),
+        "c_scores": np.array([DET_SCORES], np.float32),
+        "c_classes": np.array([DET_CLASSES_OUT], np.float32),
+        "zero": np.array(0.0, np.float32),
+    }
+    nodes = [
+        helper.make_node("ReduceSum", ["image"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["z"]),
+    ] + [helper.make_node("Add", [f"c_{n}", "z"], [n]) for n in ("boxes", "scores", "classes")]
+    graph = helper.make_graph(
+        nodes,
+        "detector",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 32, 32, 3])],
+        [
+            helper.make_tensor_value_info("boxes", TensorProto.FLOAT, [1, 2, 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("classes", TensorProto.FLOAT, [1, 2]),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_batch_over_a_detection_version(api: TestClient, tmp: Path) -> None:
+    folder = tmp / "det"
+    images = write_detection(folder, 8)
+    truth = {
+        hashlib.sha256((folder / "images" / im.file_name).read_bytes()).hexdigest(): im
+        for im in images
+    }
+    r = api.post(f"{API}/datasets", json={"name": "shapes", "type": "object_detection"})
+    ds = r.json()["id"]
+    r = api.post(f"{API}/datasets/{ds}/imports", json={"path": str(folder), "format": "coco"})
+    assert r.status_code == 200 and r.json()["imported"] == 8, r.text
+    r = api.post(f"{API}/datasets/{ds}/versions", json={"train_ratio": 0.5, "seed": 0})
+    assert r.status_code == 201, r.text
+
+    pre = {"input": "image", "color": "RGB", "resize": [32, 32], "scale": 1 / 255, "dtype": "FP32"}
+    with open(_detector_onnx(tmp / "detector.onnx"), "rb") as f:
+        r = api.post(
+            f"{API}/models/import",
+            files={"file": ("detector.onnx", f, "application/octet-stream")},
+            data={"name": "detector", "preprocessing": json.dumps(pre)},
+        )
+    assert r.status_code == 202, r.text
+    version = str(r.json()["version"])
+    mv = _wait(
+        "conversion",
+        lambda: (
+            (m := api.get(f"{API}/models/detector/versions/{version}").json())["state"]
+            != "converting"
+            and m
+        ),
+    )
+    assert mv["state"] == "ready", mv["error"]
+
+    body = {
+        "name": "shapes-eval",
+        "type": "batch",
+        "models": [{"model": "detector", "version": version}],
+        "input": {"dataset_id": ds, "dataset_version": "V001"},
+        "detection": {"score_threshold": 0.3},
+    }
+    r = api.post(f"{API}/services", json={**body, "type": "online", "input": None})
+    assert r.status_code == 422 and "detection is for batch" in r.text
+    r = api.post(f"{API}/services", json=body)
+    assert r.status_code == 201, r.text
+    done = _wait(
+        "the detection batch to end",
+        lambda: (
+            (s := api.get(f"{API}/services/shapes-eval").json())["state"] in ("succeeded", "failed")
+            and s
+        ),
+    )
+    assert done["state"] == "succeeded", done["reason"]
+    rows = api.get(f"{API}/services/shapes-eval/results").json()["items"]
+    assert len(rows) == 4 and done["evaluation"] is None
+
+    # Every image gets the detector's two boxes, scaled to its 96x64 pixels, labelled by the
+    # version's sorted labels (bar, circle, square): class 0 -> bar, class 2 -> square.
+    expected = [
+        {"label": "bar", "score": 0.9, "x": 9.6, "y": 6.4, "w": 28.8, "h": 32.0},
+        {"label": "square", "score": 0.4, "x": 48.0, "y": 19.2, "w": 28.8, "h": 38.4},
+    ]
+    pairs = []
+    for row in rows:
+        assert row["error"] is None
+        assert len(row["detections"]) == 2
+        for got, want in zip(row["detections"], expected, strict=True):
+            assert got["label"] == want["label"]
+            assert [got[k] for k in "xywh"] == pytest.approx([want[k] for k in "xywh"], abs=1e-4)
+            assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+        im = truth[Path(row["source"]).stem]
+        pairs.append(
+            (
+                [TrueBox(lbl, x, y, w, h) for lbl, x, y, w, h in im.boxes],
+                [
+                    Detected(d["label"], d["score"], d["x"], d["y"], d["w"], d["h"])
+                    for d in expected
+                ],
+            )
+        )
+    # The service's figures are the metrics of its rows against the dataset's own boxes.
+    want = evaluate_detection(pairs, ["bar", "circle", "square"])
+    ev = done["detection_evaluation"]
+    assert (ev["images"], ev["boxes"], ev["detections"]) == (4, want.boxes, 8)
+    assert ev["true_positives"] == want.true_positives
+    assert ev["mean_ap"] == pytest.approx(want.mean_ap)
+    assert [c["ap"] for c in ev["per_class"]] == pytest.approx([c.ap for c in want.per_class])
+    table = list(
+        csv.DictReader(io.StringIO(api.get(f"{API}/services/shapes-eval/results.csv").text))
+    )
+    assert json.loads(table[0]["detections"])[0]["label"] == "bar"
+    assert api.delete(f"{API}/services/shapes-eval").status_code == 204
