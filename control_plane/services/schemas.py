@@ -33,8 +33,8 @@ class BatchInput(BaseModel):
 
     dataset_id: str | None = Field(None, min_length=1, max_length=64)
     dataset_version: str | None = Field(None, min_length=1, max_length=16, description="e.g. V001")
-    split: Literal["validation", "train", "all"] = Field(
-        "validation", description="Of the dataset version (not for an upload)."
+    split: Literal["validation", "train", "all"] | None = Field(
+        None, description="Of the dataset version: validation (default), train or all."
     )
     upload: str | None = Field(
         None,
@@ -46,11 +46,13 @@ class BatchInput(BaseModel):
     def _one_source(self) -> Self:
         dataset = self.dataset_id is not None or self.dataset_version is not None
         if self.upload is not None:
-            if dataset or "split" in self.model_fields_set:
+            if dataset or self.split is not None:
                 raise ValueError("input: either upload, or dataset_id + dataset_version + split")
             return self
         if self.dataset_id is None or self.dataset_version is None:
             raise ValueError("input: dataset_id and dataset_version (or an upload id)")
+        if self.split is None:
+            self.split = "validation"
         return self
 
     def stored(self) -> dict[str, Any]:

@@ -292,6 +292,12 @@ def test_batch_over_an_uploaded_zip(api: TestClient, model: str, tmp: Path) -> N
     assert r.status_code == 422, r.text
     r = api.post(f"{API}/services", json=body)
     assert r.status_code == 201, r.text
+    assert r.json()["input"] == {
+        "dataset_id": None,
+        "dataset_version": None,
+        "split": None,
+        "upload": upload["id"],
+    }
     done = _wait(
         "the uploaded batch to end",
         lambda: (
