@@ -6,7 +6,7 @@ two .npy files; the device pulls it in 4 KiB chunks, runs it as its own batch jo
 rows back. Every row must match onnxruntime over the same tensors, the bad line must be its own
 error row, and the device must delete the job once the control plane holds every row. The agent
 is killed with SIGKILL while the job is under way and started again: the job still ends with one
-row per input.
+row per input. A job deleted while the device works on it is dropped there.
 """
 
 from __future__ import annotations
@@ -113,3 +113,11 @@ def test_batch_job_on_a_device(fleet: Fleet, start_fleet_agent: Any, models_dir:
     wait_for(lambda: not [p for p in batch_dir.iterdir() if p.name != "downloads"], timeout=30)
 
     assert fleet.api.delete(f"{API}/services/on-device").status_code == 204
+
+    # A second job deleted while the device works on it: the device drops it.
+    r = fleet.api.post(f"{API}/services", json={**body, "name": "dropped"})
+    assert r.status_code == 201, r.text
+    wait_for(lambda: [p for p in batch_dir.iterdir() if p.name != "downloads"], timeout=30)
+    assert fleet.api.delete(f"{API}/services/dropped").status_code == 204
+    wait_for(lambda: not [p for p in batch_dir.iterdir() if p.name != "downloads"], timeout=30)
+    assert fleet.api.get(f"{API}/services/dropped").status_code == 404
