@@ -200,22 +200,30 @@ class DeviceBatches:
             return
         total = int(service.spec["input_info"]["count"])
         path = self.root / service.name / ROWS
+        for offset, line in enumerate(rows.rows_json):  # the whole page is checked first
+            index = rows.first_index + offset
+            doc = json.loads(line)
+            if not isinstance(doc, dict) or doc.get("index") != index or index >= total:
+                raise ValueError(f"row {index} of job {rows.job_id}: not the agent's line")
         with self._lock:
             held = self._held_rows(service.name, path)
             fresh = []
             for offset, line in enumerate(rows.rows_json):
                 index = rows.first_index + offset
-                doc = json.loads(line)
-                if not isinstance(doc, dict) or doc.get("index") != index or index >= total:
-                    raise ValueError(f"row {index} of job {rows.job_id}: not the agent's line")
                 if index not in held:
                     fresh.append(line)
                     held.add(index)
             if fresh:
-                with open(path, "a", encoding="utf-8") as out:
-                    out.write("".join(line + "\n" for line in fresh))
-                    out.flush()
-                    os.fsync(out.fileno())
+                try:
+                    with open(path, "a+", encoding="utf-8") as out:
+                        # A line torn by a crash is closed first (and skipped when read back).
+                        torn = out.tell() > 0 and _last_byte(path) != b"\n"
+                        out.write(("\n" if torn else "") + "".join(line + "\n" for line in fresh))
+                        out.flush()
+                        os.fsync(out.fileno())
+                except BaseException:
+                    self._held.pop(service.name, None)  # read back from the file next time
+                    raise
             received = 0
             while received in held:
                 received += 1
@@ -229,7 +237,7 @@ class DeviceBatches:
         if held is None:
             held = set()
             if path.exists():
-                held = {int(r["index"]) for r in batch.read_jsonl(path)}
+                held = {int(r["index"]) for r in _read_rows(path)}
             self._held[name] = held
         return held
 
@@ -246,7 +254,7 @@ class DeviceBatches:
         if int(spec["device_job"].get("rows_received", 0)) < total:
             return False
         service_dir = self.root / name
-        lines = {int(r["index"]): r for r in batch.read_jsonl(service_dir / ROWS)}
+        lines = {int(r["index"]): r for r in _read_rows(service_dir / ROWS)}
         ordered = [lines[i] for i in range(total)]
         fields = batch.collect(service_dir, ordered, spec)
         batch.finish_service(self.ctx, name, "succeeded", "", fields)
@@ -262,3 +270,23 @@ class DeviceBatches:
                 if service.state == "deploying":
                     service.state, service.reason = "running", ""
                 session.commit()
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows held: every complete line (a line torn by a crash is skipped: it is resent)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("index"), int):
+                out.append(doc)
+    return out
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
