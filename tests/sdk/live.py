@@ -1,5 +1,5 @@
-"""A real control plane for client tests: uvicorn on a free loopback port, lifespan included
-(migrations, embedded broker on a free port, training runtime, notebook servers)."""
+"""A real control plane for the SDK, CLI and notebook tests: uvicorn on a free loopback port,
+lifespan included (migrations, embedded broker on a free port, training runtime, notebooks)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def live_settings(data_dir: Path, **overrides: Any) -> Settings:
 class LiveServer:
     """``with LiveServer(settings) as url:`` serves the app until the block ends."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, port: int = 0) -> None:
+        """``port``: 0 for any free one; an earlier server's port to come back on it."""
         self.app = create_app(settings)
-        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_config=None, lifespan="on")
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=port, log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="live-control-plane")
         self.url = ""
