@@ -449,53 +449,78 @@ def _wait_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll", type=float, default=1.0, help="seconds between polls (1)")
 
 
+def _global_options(p: argparse.ArgumentParser, default: Any) -> None:
+    flag_default = default if default is argparse.SUPPRESS else False
+    p.add_argument(
+        "--url", default=default, help="control plane URL (env EDGE_INFERENCE_URL, config file)"
+    )
+    p.add_argument(
+        "--token", default=default, help="API token (env EDGE_INFERENCE_TOKEN, config file)"
+    )
+    p.add_argument("--profile", default=default, help="config file profile (default: default)")
+    p.add_argument("--json", action="store_true", default=flag_default, help="print JSON")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=flag_default, help="no progress on stderr"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eictl", description="The edge inference control plane from the command line."
     )
-    parser.add_argument("--url", help="control plane URL (env EDGE_INFERENCE_URL, config file)")
-    parser.add_argument("--token", help="API token (env EDGE_INFERENCE_TOKEN, config file)")
-    parser.add_argument("--profile", help="config file profile (default: default)")
-    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    _global_options(parser, None)
+    # The same options after the verb (eictl login --token T): SUPPRESS keeps the values given
+    # before the verb when they are not repeated after it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
     top = parser.add_subparsers(dest="group", required=True)
 
-    p = top.add_parser("login", help="check a URL and token and save them in the config file")
+    p = top.add_parser(
+        "login", parents=[common], help="check a URL and token and save them in the config file"
+    )
     p.set_defaults(func=cmd_login)
 
-    ds = top.add_parser("datasets", help="datasets and versions").add_subparsers(required=True)
-    p = ds.add_parser("list")
+    ds = top.add_parser("datasets", parents=[common], help="datasets and versions").add_subparsers(
+        required=True
+    )
+    p = ds.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_datasets_list)
-    p = ds.add_parser("create")
+    p = ds.add_parser("create", parents=[common])
     p.add_argument("name")
     p.add_argument("--type", default="image_classification")
     p.add_argument("--label", action="append", help="a label (repeat)")
     p.add_argument("--multi-label", action="store_true")
     p.set_defaults(func=cmd_datasets_create)
-    p = ds.add_parser("import", help="upload a folder (zipped on the fly) or a zip")
+    p = ds.add_parser(
+        "import", parents=[common], help="upload a folder (zipped on the fly) or a zip"
+    )
     p.add_argument("dataset", help="dataset id or name")
     p.add_argument("path")
     p.add_argument("--format", default="imagefolder", help="imagefolder|manifest|coco|voc|yolo")
     p.add_argument("--strict", action="store_true", help="exit 1 when any item was refused")
     p.set_defaults(func=cmd_datasets_import)
-    p = ds.add_parser("publish", help="publish the labeled samples as the next version")
+    p = ds.add_parser(
+        "publish", parents=[common], help="publish the labeled samples as the next version"
+    )
     p.add_argument("dataset")
     p.add_argument("--train-ratio", type=float, default=0.8)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_datasets_publish)
-    p = ds.add_parser("versions")
+    p = ds.add_parser("versions", parents=[common])
     p.add_argument("dataset")
     p.set_defaults(func=cmd_datasets_versions)
 
-    jobs = top.add_parser("jobs", help="training jobs").add_subparsers(required=True)
-    p = jobs.add_parser("list")
+    jobs = top.add_parser("jobs", parents=[common], help="training jobs").add_subparsers(
+        required=True
+    )
+    p = jobs.add_parser("list", parents=[common])
     p.add_argument("--name")
     p.add_argument("--state")
     p.set_defaults(func=cmd_jobs_list)
-    p = jobs.add_parser("get")
+    p = jobs.add_parser("get", parents=[common])
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_get)
-    p = jobs.add_parser("run", help="create a job (and --wait / --follow it)")
+    p = jobs.add_parser("run", parents=[common], help="create a job (and --wait / --follow it)")
     p.add_argument("name")
     p.add_argument("--algorithm", help="a built-in, or script (implied by --code)")
     p.add_argument("--dataset", help="dataset id or name")
@@ -512,23 +537,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="stream the log, then as --wait")
     _wait_options(p)
     p.set_defaults(func=cmd_jobs_run)
-    p = jobs.add_parser("logs")
+    p = jobs.add_parser("logs", parents=[common])
     p.add_argument("job_id")
     p.add_argument("--follow", action="store_true")
     p.set_defaults(func=cmd_jobs_logs)
-    p = jobs.add_parser("wait")
+    p = jobs.add_parser("wait", parents=[common])
     p.add_argument("job_id")
     _wait_options(p)
     p.set_defaults(func=cmd_jobs_wait)
-    p = jobs.add_parser("cancel")
+    p = jobs.add_parser("cancel", parents=[common])
     p.add_argument("job_id")
     p.set_defaults(func=cmd_jobs_cancel)
 
-    models = top.add_parser("models", help="the model registry").add_subparsers(required=True)
-    p = models.add_parser("list")
+    models = top.add_parser("models", parents=[common], help="the model registry").add_subparsers(
+        required=True
+    )
+    p = models.add_parser("list", parents=[common])
     p.add_argument("name", nargs="?", help="list this model's versions")
     p.set_defaults(func=cmd_models_list)
-    p = models.add_parser("register", help="a succeeded job's model as the next version")
+    p = models.add_parser(
+        "register", parents=[common], help="a succeeded job's model as the next version"
+    )
     p.add_argument("name")
     p.add_argument("--job", required=True)
     p.add_argument("--version", dest="model_version")
@@ -536,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until ready; exit 1 if it failed")
     _wait_options(p)
     p.set_defaults(func=cmd_models_register)
-    p = models.add_parser("import", help="import a model file or zip")
+    p = models.add_parser("import", parents=[common], help="import a model file or zip")
     p.add_argument("name")
     p.add_argument("path")
     p.add_argument("--version", dest="model_version")
@@ -545,29 +574,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true")
     _wait_options(p)
     p.set_defaults(func=cmd_models_import)
-    p = models.add_parser("wait", help="wait until a version is ready")
+    p = models.add_parser("wait", parents=[common], help="wait until a version is ready")
     p.add_argument("name")
     p.add_argument("model_version", metavar="version")
     _wait_options(p)
     p.set_defaults(func=cmd_models_wait)
-    p = models.add_parser("download", help="download a version's signed package")
+    p = models.add_parser("download", parents=[common], help="download a version's signed package")
     p.add_argument("name")
     p.add_argument("model_version", metavar="version")
     p.add_argument("-o", "--output", help="file or folder (default: here, <digest>.edgepkg)")
     p.set_defaults(func=cmd_models_download)
 
-    devices = top.add_parser("devices", help="the device registry").add_subparsers(required=True)
-    p = devices.add_parser("list")
+    devices = top.add_parser(
+        "devices", parents=[common], help="the device registry"
+    ).add_subparsers(required=True)
+    p = devices.add_parser("list", parents=[common])
     p.add_argument("--label", action="append", help="key=value selector (repeat)")
     p.set_defaults(func=cmd_devices_list)
-    p = devices.add_parser("register")
+    p = devices.add_parser("register", parents=[common])
     p.add_argument("--name")
     p.add_argument("--id", dest="device_id")
     p.add_argument("--label", action="append", help="key=value (repeat)")
     p.add_argument("--bundle", help="write the config bundle (with the password) here, 0600")
     p.set_defaults(func=cmd_devices_register)
 
-    p = top.add_parser("deploy", help="deploy a package (or a model version) to devices")
+    p = top.add_parser(
+        "deploy", parents=[common], help="deploy a package (or a model version) to devices"
+    )
     p.add_argument("--package", help="package digest")
     p.add_argument("--model")
     p.add_argument("--version", dest="model_version")
@@ -576,14 +609,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait until no target is pending")
     _wait_options(p)
     p.set_defaults(func=cmd_deploy)
-    deps = top.add_parser("deployments", help="deployments").add_subparsers(required=True)
-    p = deps.add_parser("list")
+    deps = top.add_parser("deployments", parents=[common], help="deployments").add_subparsers(
+        required=True
+    )
+    p = deps.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_deployments_list)
 
-    nbs = top.add_parser("notebooks", help="managed notebooks").add_subparsers(required=True)
-    p = nbs.add_parser("list")
+    nbs = top.add_parser("notebooks", parents=[common], help="managed notebooks").add_subparsers(
+        required=True
+    )
+    p = nbs.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_notebooks_list)
-    p = nbs.add_parser("create")
+    p = nbs.add_parser("create", parents=[common])
     p.add_argument("name")
     p.add_argument("--dataset", help="dataset id or name, mounted read-only")
     p.add_argument("--version", default="V001")
@@ -594,26 +631,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_notebooks_create)
     for verb, func in (("stop", cmd_notebooks_stop), ("delete", cmd_notebooks_delete),
                        ("open", cmd_notebooks_open)):  # fmt: skip
-        p = nbs.add_parser(verb)
+        p = nbs.add_parser(verb, parents=[common])
         p.add_argument("notebook_id")
         p.set_defaults(func=func)
-    p = nbs.add_parser("start")
+    p = nbs.add_parser("start", parents=[common])
     p.add_argument("notebook_id")
     p.add_argument("--wait", action="store_true")
     _wait_options(p)
     p.set_defaults(func=cmd_notebooks_start)
-    p = nbs.add_parser("export", help="a notebook as training code (code_id, boot file)")
+    p = nbs.add_parser(
+        "export", parents=[common], help="a notebook as training code (code_id, boot file)"
+    )
     p.add_argument("notebook_id")
     p.add_argument("path", help="the .ipynb, relative to the work folder")
     p.add_argument("--boot-file")
     p.set_defaults(func=cmd_notebooks_export)
 
-    svcs = top.add_parser("services", help="online and batch services").add_subparsers(
-        required=True
-    )
-    p = svcs.add_parser("list")
+    svcs = top.add_parser(
+        "services", parents=[common], help="online and batch services"
+    ).add_subparsers(required=True)
+    p = svcs.add_parser("list", parents=[common])
     p.set_defaults(func=cmd_services_list)
-    p = svcs.add_parser("get")
+    p = svcs.add_parser("get", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_services_get)
     return parser
