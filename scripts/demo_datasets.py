@@ -94,6 +94,15 @@ def run_datasets_demo(
             f"  label {label}: {st['samples']} samples ({st['train']} train, "
             f"{st['validation']} validation)"
         )
+    if base_url:
+        # The develop step on this version (docs/notebooks.md); the demo itself goes on.
+        print(
+            f"open a notebook on {version['name']} (JupyterLab through the control plane):\n"
+            f"  export EDGE_INFERENCE_URL={base_url} EDGE_INFERENCE_TOKEN=$TOKEN\n"
+            f"  eictl notebooks create {name}-dev --dataset {name} --version {version['name']} "
+            "--example digits_image_classification --wait\n"
+            "  eictl notebooks open <id>   # prints the URL to open in a browser"
+        )
     return dict(version)
 
 
