@@ -8,7 +8,8 @@
   this process. Each job is canceled at once so training does not load the machine.
 - **Upload**: ``Client.training.upload_code`` of a zip of ``--upload-mb`` MB (random bytes,
   stored) vs ``curl -F`` of an equal zip to the same route; every upload is a distinct zip so
-  both sides pay the same extraction. Target: SDK >= 0.8x curl's throughput.
+  both sides pay the same extraction; who goes first alternates, and ``os.sync()`` runs before
+  each upload. Target: SDK >= 0.8x curl's throughput.
 
 The control plane runs as ``control-plane serve`` (a child process, dev mode, its own data
 folder). Medians over ``--runs``; the load average is printed before and after.
@@ -91,10 +92,10 @@ def start_via_control_plane(url: str, n: int) -> float:
 def start_direct(tmp: Path, n: int) -> float:
     root = tmp / f"direct-{n}"
     (root / "work").mkdir(parents=True)
-    port, token = free_port(), uuid.uuid4().hex
+    token = uuid.uuid4().hex
     argv = [
         sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-        f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+        "--ServerApp.port=0",
         f"--ServerApp.root_dir={root / 'work'}", f"--IdentityProvider.token={token}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
     ]  # fmt: skip
@@ -107,12 +108,17 @@ def start_direct(tmp: Path, n: int) -> float:
         "IPYTHONDIR": str(root / "ipython"),
     }
     headers = {"Authorization": f"token {token}"}
-    base = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     with open(root / "log", "wb") as log:
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=120) as http:
+        # The port the OS gave it, from its runtime file (as the control plane reads it).
+        runtime = root / "runtime" / f"jpserver-{proc.pid}.json"
+        wait_until("jupyterlab runtime file", runtime.exists, 180, 0.05)
+        port = wait_until("port", lambda: json.loads(runtime.read_text()).get("port"), 10, 0.05)
+        with httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=120
+        ) as http:
 
             def up() -> bool:
                 try:
@@ -180,7 +186,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--upload-mb", type=int, default=200)
-    parser.add_argument("--upload-runs", type=int, default=3)
+    parser.add_argument("--upload-runs", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     load_before = os.getloadavg()
@@ -231,10 +237,16 @@ def main() -> int:
         size = args.upload_mb * 1_000_000
         curl_rates, sdk_rates = [], []
         for n in range(args.upload_runs):
-            z1 = make_zip(tmp / "a.zip", blob, 2 * n)
-            curl_rates.append(size / upload_curl(url, z1) / 1e6)
-            z2 = make_zip(tmp / "b.zip", blob, 2 * n + 1)
-            sdk_rates.append(size / upload_sdk(client, z2) / 1e6)
+            # Alternate who goes first, and flush the previous upload's writes (staging and
+            # extraction: 2x the zip) before each, so neither side pays for the other's.
+            order = ("curl", "sdk") if n % 2 == 0 else ("sdk", "curl")
+            for k, side in enumerate(order):
+                archive = make_zip(tmp / f"{side}.zip", blob, 2 * n + k)
+                os.sync()
+                if side == "curl":
+                    curl_rates.append(size / upload_curl(url, archive) / 1e6)
+                else:
+                    sdk_rates.append(size / upload_sdk(client, archive) / 1e6)
         results["upload_MB_per_s"] = {"sdk": summary(sdk_rates), "curl": summary(curl_rates)}
         client.close()
     finally:

@@ -2,14 +2,17 @@
 restart.
 
 Each server runs ``python -m jupyterlab`` in its own process group, bound to 127.0.0.1 on a port
-chosen here, with its own random token and ``base_url = /notebooks/<id>/`` so that every URL
+the operating system picks (``port=0``; read back from the ``jpserver-<pid>.json`` file Jupyter
+writes in its runtime folder, so no other process can take it in between), with its own random
+token and ``base_url = /notebooks/<id>/`` so that every URL
 JupyterLab writes points through the control plane's proxy. Its configuration, runtime and
 IPython folders live beside the work folder, so nothing from the machine's user setup leaks in.
 
 The monitor thread, every ``tick_s``:
 
-- a ``starting`` server that answers ``/api/status`` becomes ``running``; one that has not after
-  ``start_timeout_s``, or whose process exited, becomes ``failed`` with its log tail;
+- a ``starting`` server whose port is known and that answers ``/api/status`` becomes
+  ``running``; one that has not after ``start_timeout_s``, or whose process exited, becomes
+  ``failed`` with its log tail;
 - a ``running`` server is stopped (``stopped``, "idle for N s") when for ``idle_s`` there was no
   request through the proxy, no API call about it, no activity Jupyter itself recorded
   (``last_activity``) and no busy kernel: a long training cell keeps it alive.
@@ -23,10 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -50,12 +53,6 @@ _TRAINING_SDK = _REPO / "control_plane" / "training" / "sdk"
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def process_is_notebook(pid: int, notebook_id: str) -> bool:
@@ -86,13 +83,24 @@ class Folders:
     def log(self, notebook_id: str) -> Path:
         return self.home(notebook_id) / "jupyter.log"
 
+    def runtime(self, notebook_id: str) -> Path:
+        return self.home(notebook_id) / ".jupyter" / "runtime"
+
+    def bound_port(self, notebook_id: str, pid: int) -> int:
+        """The port the server ``pid`` listens on, from its runtime file; 0 while unknown."""
+        try:
+            info = json.loads((self.runtime(notebook_id) / f"jpserver-{pid}.json").read_text())
+            return int(info["port"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0
+
 
 @dataclass
 class Live:
     """What the monitor knows of a server it started or adopted."""
 
     pid: int
-    port: int
+    port: int  # 0 until the server has written its runtime file
     token: str
     idle_s: float
     proc: Popen[bytes] | None = None  # None when adopted after a restart
@@ -128,7 +136,6 @@ class JupyterServers:
         work = self.folders.work(nb.id)
         home = self.folders.home(nb.id)
         work.mkdir(parents=True, exist_ok=True)
-        port = free_port()
         base = f"/notebooks/{nb.id}/"
         argv = [
             sys.executable,
@@ -136,8 +143,7 @@ class JupyterServers:
             "jupyterlab",
             "--no-browser",
             "--ServerApp.ip=127.0.0.1",
-            f"--ServerApp.port={port}",
-            "--ServerApp.port_retries=0",
+            "--ServerApp.port=0",
             f"--ServerApp.base_url={base}",
             f"--ServerApp.root_dir={work}",
             f"--IdentityProvider.token={nb.token}",
@@ -150,7 +156,7 @@ class JupyterServers:
             {
                 ENV_MARK: nb.id,
                 "JUPYTER_CONFIG_DIR": str(home / ".jupyter" / "config"),
-                "JUPYTER_RUNTIME_DIR": str(home / ".jupyter" / "runtime"),
+                "JUPYTER_RUNTIME_DIR": str(self.folders.runtime(nb.id)),
                 "IPYTHONDIR": str(home / ".ipython"),
                 "PYTHONPATH": os.pathsep.join(
                     p for p in (str(_TRAINING_SDK), str(_REPO), env.get("PYTHONPATH", "")) if p
@@ -169,11 +175,11 @@ class JupyterServers:
                 argv, cwd=work, env=env, stdin=DEVNULL, stdout=out, stderr=out,
                 start_new_session=True,
             )  # fmt: skip
-        nb.pid, nb.port, nb.state, nb.reason = proc.pid, port, "starting", ""
+        nb.pid, nb.port, nb.state, nb.reason = proc.pid, None, "starting", ""
         nb.started_at = nb.updated_at = _now()
         with self.lock:
-            self._live[nb.id] = Live(proc.pid, port, nb.token, nb.idle_s, proc)
-        logger.info("notebook %s: jupyterlab pid %d on 127.0.0.1:%d", nb.id, proc.pid, port)
+            self._live[nb.id] = Live(proc.pid, 0, nb.token, nb.idle_s, proc)
+        logger.info("notebook %s: jupyterlab pid %d starting", nb.id, proc.pid)
 
     def stop(self, notebook_id: str) -> None:
         """End the server's process group (SIGTERM, 5 s, SIGKILL); the caller updates the row."""
@@ -193,7 +199,7 @@ class JupyterServers:
         """``(port, jupyter token)`` of a server that runs, for the proxy."""
         with self.lock:
             live = self._live.get(notebook_id)
-            return None if live is None else (live.port, live.token)
+            return None if live is None or not live.port else (live.port, live.token)
 
     def close(self) -> None:
         """Stop watching; the servers keep running and are adopted by the next start."""
@@ -234,8 +240,8 @@ class JupyterServers:
         with self.ctx.sessions() as session:
             rows = session.query(Notebook).filter(Notebook.state.in_(("starting", "running")))
             for nb in rows:
-                if nb.pid and nb.port and process_is_notebook(nb.pid, nb.id):
-                    self._live[nb.id] = Live(nb.pid, nb.port, nb.token, nb.idle_s)
+                if nb.pid and process_is_notebook(nb.pid, nb.id):
+                    self._live[nb.id] = Live(nb.pid, nb.port or 0, nb.token, nb.idle_s)
                     logger.info("notebook %s: adopted jupyterlab pid %d", nb.id, nb.pid)
                 else:
                     nb.state, nb.reason = "stopped", "not running after a control-plane restart"
@@ -286,7 +292,8 @@ class JupyterServers:
             self._on_final(notebook_id)
 
     def check(self, notebook_id: str) -> None:
-        """One monitor pass over one server (the loop's body; tests call it directly)."""
+        """One monitor pass over one server: the loop's body, also run by a GET of a starting
+        notebook so that it reads `running` as soon as JupyterLab answers."""
         with self.lock:
             live = self._live.get(notebook_id)
         if live is None or live.stopping:
@@ -299,11 +306,18 @@ class JupyterServers:
                 f"jupyterlab exited (status {code}): {self._tail(notebook_id)}",
             )
             return
-        answers, since, busy = self._status(live, notebook_id)
+        if not live.port:
+            live.port = self.folders.bound_port(notebook_id, live.pid)
+        answers, since, busy = (
+            self._status(live, notebook_id) if live.port else (False, None, False)
+        )
         with self.ctx.sessions() as session:
             nb = session.get(Notebook, notebook_id)
             if nb is None:
                 return
+            if live.port and nb.port != live.port:
+                nb.port = live.port
+                session.commit()
             if nb.state == "starting":
                 if answers:
                     nb.state, nb.updated_at = "running", _now()

@@ -157,6 +157,10 @@ class NotebookService:
             raise NotFound(f"notebook {notebook_id} not found")
         if touch:
             self.servers.touch(notebook_id)
+        if nb.state == "starting":
+            # Answer "running" as soon as JupyterLab does, not at the monitor's next tick.
+            self.servers.check(notebook_id)
+            self.session.refresh(nb)
         return nb
 
     def start(self, notebook_id: str) -> Notebook:

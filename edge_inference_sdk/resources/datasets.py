@@ -17,7 +17,11 @@ from edge_inference_sdk.models import (
 )
 from edge_inference_sdk.resources.base import ResourceBase, seg
 from edge_inference_sdk.routes import route
-from edge_inference_sdk.transport import Progress
+from edge_inference_sdk.transport import Progress, ProgressFile
+
+
+def _offset(progress: Progress, base: int, total: int) -> Progress:
+    return lambda done, _size: progress(base + done, total)
 
 
 class Datasets(ResourceBase):
@@ -86,9 +90,18 @@ class Datasets(ResourceBase):
         progress: Progress | None = None,
     ) -> ImportReport:
         """Upload image files (up to 1000 per call), optionally all with one label."""
-        total = sum(Path(f).stat().st_size for f in files)
-        handles = [open(f, "rb") for f in files]  # noqa: SIM115 - closed below
+        sizes = [Path(f).stat().st_size for f in files]
+        total = sum(sizes)
+        handles: list[ProgressFile] = []
         try:
+            base = 0
+            for path, size in zip(files, sizes, strict=True):
+                # httpx sends the parts in order: this file's bytes follow the earlier ones'.
+                report_at = None
+                if progress is not None:
+                    report_at = _offset(progress, base, total)
+                handles.append(ProgressFile(Path(path), report_at))
+                base += size
             parts = [("files", (Path(f).name, h, "application/octet-stream"))
                      for f, h in zip(files, handles, strict=True)]  # fmt: skip
             data: dict[str, str] = {"add_labels": str(add_labels).lower()}
@@ -100,8 +113,6 @@ class Datasets(ResourceBase):
         finally:
             for h in handles:
                 h.close()
-        if progress is not None:
-            progress(total, total)
         return self._one(ImportReport, report)
 
     @route("POST", "/datasets/{dataset_id}/archive")

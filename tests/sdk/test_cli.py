@@ -51,6 +51,23 @@ def test_lists_as_tables_and_json(env: Stack, capsys: pytest.CaptureFixture[str]
     assert [v["name"] for v in versions] == [env.version]
 
 
+def test_datasets_import_a_folder_and_publish(
+    env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "two-digits"
+    for digit in ("1", "2"):
+        (folder / digit).mkdir(parents=True)
+        for png in sorted((env.tmp / "digits" / digit).glob("*.png"))[:4]:
+            (folder / digit / png.name).write_bytes(png.read_bytes())
+    assert run(capsys, "datasets", "create", "cli-two")[0] == EXIT_OK
+    code, out, err = run(capsys, "--json", "datasets", "import", "cli-two", str(folder))
+    assert code == EXIT_OK, err
+    assert json.loads(out)["imported"] == 8 and "upload: 100%" in err
+    code, out, _ = run(capsys, "--json", "datasets", "publish", "cli-two", "--seed", "3")
+    assert code == EXIT_OK
+    assert json.loads(out)["name"] == "V001" and json.loads(out)["sample_count"] == 8
+
+
 def test_exit_codes(env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "--json", "datasets", "create", "digits")
     assert code == EXIT_REFUSED and json.loads(out)["error"] == "Conflict"

@@ -4,6 +4,7 @@ start, idle stop, and a control-plane restart."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from edge_inference_sdk import Unauthorized, Unavailable
+from edge_inference_sdk.cli import main
 from tests.sdk.conftest import Stack
 from tests.sdk.kernel import execute
 from tests.sdk.live import API_TOKEN
@@ -122,8 +124,14 @@ def test_kernel_reads_the_dataset_version_over_the_proxied_websocket(
 
 
 def test_export_runs_as_a_training_job_and_registers_a_model(
-    stack: Stack, notebook: Any, tmp_path: Path
+    stack: Stack,
+    notebook: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("EDGE_INFERENCE_URL", stack.url)
+    monkeypatch.setenv("EDGE_INFERENCE_TOKEN", API_TOKEN)
     c = stack.client
     doc = new_notebook(cells=[new_code_cell(s) for s in TRAIN_CELLS])
     doc.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
@@ -145,6 +153,12 @@ def test_export_runs_as_a_training_job_and_registers_a_model(
         (1, 8): "display() printed instead",
     }
     assert "print(len(items))" in export.script and "get_ipython" not in export.script
+    # The same through eictl: the same content, so the same code id.
+    code = main(["--json", "notebooks", "export", notebook.id, "train_nb.ipynb"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["code_id"] == export.code_id
+    assert main(["--token", API_TOKEN, "notebooks", "open", notebook.id]) == 0
+    opened = capsys.readouterr().out.split()
+    assert opened[-2] == f"{stack.url}/notebooks/{notebook.id}/lab?token={API_TOKEN}"
     job = c.training.create_job(
         "from-notebook", "script", code_id=export.code_id, boot_file=export.boot_file,
         dataset_id=stack.dataset_id, dataset_version=stack.version,

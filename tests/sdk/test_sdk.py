@@ -104,3 +104,24 @@ def test_upload_reports_progress(stack: Stack, tmp_path: Path) -> None:
     (folder / "train.py").write_text("print('hello')\n")
     (folder / "blob.bin").write_bytes(bytes(range(256)) * 4096)
     assert stack.client.training.upload_code(folder).files == code.files
+
+
+def test_upload_files_label_and_delete(stack: Stack) -> None:
+    c = stack.client
+    files = sorted((stack.tmp / "digits" / "3").glob("*.png"))[:3]
+    ds = c.datasets.create("files-upload", labels=["three", "other"])
+    seen: list[tuple[int, int | None]] = []
+    report = c.datasets.upload_files(
+        ds.id, files, label="three", progress=lambda d, t: seen.append((d, t))
+    )
+    total = sum(f.stat().st_size for f in files)
+    assert report.imported == 3 and not report.errors
+    assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    first = next(c.datasets.samples(ds.id))
+    assert [a.label for a in first.annotations] == ["three"]
+    relabeled = c.datasets.label(ds.id, first.id, "other")
+    assert [a.label for a in relabeled.annotations] == ["other"]
+    assert c.datasets.stats(ds.id).labeled == 3
+    c.datasets.delete(ds.id)
+    with pytest.raises(errors.NotFound):
+        c.datasets.get(ds.id)
