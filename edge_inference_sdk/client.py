@@ -33,14 +33,17 @@ class Client:
         retries: int = 3,
         backoff_s: float = 0.5,
         http_transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
     ) -> None:
         """``url``/``token`` default to ``EDGE_INFERENCE_URL``/``EDGE_INFERENCE_TOKEN``, then
-        the config file's profile (see ``edge_inference_sdk.config``)."""
+        the config file's profile (see ``edge_inference_sdk.config``). ``http_client`` sends
+        through a given httpx client instead (FastAPI's ``TestClient`` over an in-process app:
+        the same code against a served control plane and inside a test)."""
         resolved = load_profile(url, token, profile)
-        self.url = resolved.url
         self._transport = Transport(
-            resolved.url, resolved.token, timeout, retries, backoff_s, http_transport
+            resolved.url, resolved.token, timeout, retries, backoff_s, http_transport, http_client
         )
+        self.url = self._transport.url
         self.datasets = Datasets(self._transport)
         self.training = Training(self._transport)
         self.models = Models(self._transport)

@@ -83,29 +83,41 @@ class Transport:
         retries: int = 3,
         backoff_s: float = 0.5,
         http_transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        """``http_client``: an httpx client to send through instead of one made here (e.g.
+        FastAPI's ``TestClient`` for an in-process app); its base URL is the control plane's."""
         self.retries = retries
         self.backoff_s = backoff_s
         headers = {"User-Agent": "edge-inference-sdk"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.http = httpx.Client(
-            base_url=self.url + API_PREFIX,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            transport=http_transport,
-        )
+        self._owned = http_client is None
+        if http_client is not None:
+            http_client.headers.update(headers)
+            self.http = http_client
+            self.url = str(http_client.base_url).rstrip("/")
+            self.prefix = API_PREFIX
+        else:
+            self.url = url.rstrip("/")
+            self.prefix = ""
+            self.http = httpx.Client(
+                base_url=self.url + API_PREFIX,
+                headers=headers,
+                timeout=httpx.Timeout(timeout, connect=10.0),
+                transport=http_transport,
+            )
 
     def close(self) -> None:
-        self.http.close()
+        if self._owned:
+            self.http.close()
 
     def _send(self, method: str, path: str, stream: bool = False, **kw: Any) -> httpx.Response:
         attempt = 0
         while True:
             for f in _files_of(kw):
                 f.seek(0)
-            request = self.http.build_request(method, path, **kw)
+            request = self.http.build_request(method, self.prefix + path, **kw)
             try:
                 response = self.http.send(request, stream=stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:

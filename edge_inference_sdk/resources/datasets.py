@@ -214,9 +214,15 @@ class Datasets(ResourceBase):
 
     @route("POST", "/datasets/{dataset_id}/annotations/bulk")
     def bulk_label(
-        self, dataset_id: str, sample_ids: list[int], op: str = "set", label: str | None = None
+        self,
+        dataset_id: str,
+        sample_ids: list[int],
+        op: str = "set",
+        label: str | None = None,
+        creator: str = "",
     ) -> BulkResult:
-        body = {"sample_ids": sample_ids, "op": op, "label": label}
+        """``op``: set | add | remove | clear ``label`` on every sample of ``sample_ids``."""
+        body = {"sample_ids": sample_ids, "op": op, "label": label, "creator": creator}
         path = f"/datasets/{seg(dataset_id)}/annotations/bulk"
         return self._one(BulkResult, self._t.call("POST", path, json=body))
 

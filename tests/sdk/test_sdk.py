@@ -125,3 +125,25 @@ def test_upload_files_label_and_delete(stack: Stack) -> None:
     c.datasets.delete(ds.id)
     with pytest.raises(errors.NotFound):
         c.datasets.get(ds.id)
+
+
+def test_the_same_code_over_an_in_process_app(tmp_path: Path) -> None:
+    # The demo's steps run either against a served control plane or an in-process app.
+    from fastapi.testclient import TestClient
+
+    from tests.datasets.conftest import API_TOKEN as TOKEN
+    from tests.datasets.conftest import brokerless_app, make_settings
+
+    app, ctx = brokerless_app(make_settings(tmp_path))
+    try:
+        with Client(token=TOKEN, http_client=TestClient(app)) as client:
+            ds = client.datasets.create("in-process", labels=["a"])
+            assert [d.name for d in client.datasets.list()] == ["in-process"]
+            with pytest.raises(errors.NotFound):
+                client.datasets.get("nope")
+            assert ds.labels == ["a"]
+        bad = Client(token="wrong", http_client=TestClient(app))
+        with pytest.raises(errors.Unauthorized):
+            bad.datasets.list()
+    finally:
+        ctx.close()
