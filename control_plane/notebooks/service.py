@@ -19,6 +19,7 @@ import secrets
 import shutil
 import stat
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -221,7 +222,11 @@ class NotebookService:
                 if path.suffix == ".ipynb" or rel.as_posix() == boot:
                     continue
                 zf.write(path, rel.as_posix())
-            zf.writestr(boot, script)
+            # Dated like the notebook: the same notebook and files give the same zip, so the
+            # same code id (training code is stored by digest, once).
+            entry = zipfile.ZipInfo(boot, date_time=time.localtime(source.stat().st_mtime)[:6])
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(entry, script)
         with tempfile.SpooledTemporaryFile(max_size=8 << 20) as stream:
             stream.write(buf.getvalue())
             stream.seek(0)

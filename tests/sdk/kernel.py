@@ -45,7 +45,10 @@ def execute(ws_url: str, headers: dict[str, str], code: str, timeout: float = 12
         )
         ws.send(json.dumps(request))
         msg_id = request["header"]["msg_id"]
-        while True:
+        # Done when both the shell reply and iopub's "idle" have come: the two channels are not
+        # ordered with each other, so output may still arrive after the reply.
+        replied = idle = False
+        while not (replied and idle):
             msg = json.loads(ws.recv(timeout=timeout))
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
@@ -55,4 +58,7 @@ def execute(ws_url: str, headers: dict[str, str], code: str, timeout: float = 12
             elif kind == "error":
                 raise AssertionError("\n".join(msg["content"]["traceback"]))
             elif kind == "execute_reply":
-                return "".join(out)
+                replied = True
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        return "".join(out)
