@@ -26,6 +26,9 @@ from control_plane.devices import routes as devices
 from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
+from control_plane.notebooks import proxy_routes as notebook_proxy
+from control_plane.notebooks import routes as notebooks
+from control_plane.notebooks.servers import JupyterServers
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
@@ -98,6 +101,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "description": "Online services: registered models served by supervised agent replicas "
         "on the control plane's machine, with rolling updates.",
     },
+    {
+        "name": "notebooks",
+        "description": "Managed JupyterLab servers over a dataset version (proxied at "
+        "`/notebooks/{id}/`), shipped examples, and export of a notebook into training code.",
+    },
 ]
 
 
@@ -130,9 +138,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.conversions = Conversions.start(ctx)
         # Services: starts (or adopts) the replicas of every online service.
         app.state.services = Supervisor.start(ctx)
+        # Notebooks: adopts the JupyterLab servers an earlier run left running.
+        app.state.notebooks = JupyterServers(ctx)
         try:
             yield
         finally:
+            app.state.notebooks.close()  # the servers keep running, adopted on the next start
             app.state.services.stop()
             app.state.conversions.stop()
             app.state.training.stop()
@@ -161,5 +172,9 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(visualizations.router)
     api.include_router(models.router)
     api.include_router(services.router)
+    api.include_router(notebooks.router)
     app.include_router(api)
+    # JupyterLab behind the control plane's auth (checked by the proxy itself: browsers
+    # authenticate with a cookie there, not only with a bearer header).
+    app.include_router(notebook_proxy.router)
     return app

@@ -259,6 +259,25 @@ class ServiceSettings(Section):
     )
 
 
+class NotebookSettings(Section):
+    """Managed notebooks: JupyterLab servers started by the control plane."""
+
+    dir: Path | None = Field(
+        None,
+        description="Folder of notebook work folders (one per notebook, kept across stop/start). "
+        "Default: <data_dir>/notebooks.",
+    )
+    idle_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Default idle time before a notebook server is stopped: no request through "
+        "the proxy, no API call about it and no busy kernel for this long.",
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="How long a JupyterLab server may take to answer before it fails."
+    )
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
@@ -302,6 +321,9 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
     "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
     "service_telemetry_interval_s": ("services", "telemetry_interval_s"),
+    "notebooks_dir": ("notebooks", "dir"),
+    "notebook_idle_s": ("notebooks", "idle_s"),
+    "notebook_start_timeout_s": ("notebooks", "start_timeout_s"),
 }
 
 
@@ -359,6 +381,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
+    notebooks: NotebookSettings = Field(default_factory=NotebookSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -425,6 +448,10 @@ class Settings(BaseSettings):
     def resolved_services_dir(self) -> Path:
         return self.services.dir or self.data_dir / "services"
 
+    @property
+    def resolved_notebooks_dir(self) -> Path:
+        return self.notebooks.dir or self.data_dir / "notebooks"
+
 
 SECTIONS: dict[str, type[Section]] = {
     "database": DatabaseSettings,
@@ -434,4 +461,5 @@ SECTIONS: dict[str, type[Section]] = {
     "training": TrainingSettings,
     "registry": RegistrySettings,
     "services": ServiceSettings,
+    "notebooks": NotebookSettings,
 }

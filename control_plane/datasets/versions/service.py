@@ -55,7 +55,7 @@ from control_plane.datasets.service import CLASSIFICATION, DETECTION, DatasetSer
 logger = logging.getLogger(__name__)
 
 _EXT_BY_MEDIA = {MEDIA_TYPES[k]: EXTENSIONS[k] for k in MEDIA_TYPES}
-USE_KINDS = ("training_job", "model", "batch_service")
+USE_KINDS = ("training_job", "model", "batch_service", "notebook")
 
 
 def version_name(n: int) -> str:
