@@ -14,5 +14,15 @@ from control_plane.devices import models as devices
 from control_plane.registry import models as registry
 from control_plane.services import models as services
 from control_plane.training import models as training
+from control_plane.users import models as users
 
-__all__ = ["Base", "datasets", "deployments", "devices", "registry", "services", "training"]
+__all__ = [
+    "Base",
+    "datasets",
+    "deployments",
+    "devices",
+    "registry",
+    "services",
+    "training",
+    "users",
+]

@@ -87,6 +87,20 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     # datasets: a batch service predicts over a published dataset version's samples (read
     # through datasets.versions.service).
     "services": {"core", "datasets", "devices", "deployments", "registry"},
+    # users: accounts, tokens and sessions; core.auth holds the roles every route is checked by.
+    "users": {"core"},
+    # dashboard: pages over every domain's services, so it sits on top.
+    "dashboard": {
+        "core",
+        "datasets",
+        "training",
+        "registry",
+        "devices",
+        "deployments",
+        "fleet",
+        "services",
+        "users",
+    },
 }
 # What another domain may import of a domain: its service(s), its schemas, and (from tables only)
 # its tables.
