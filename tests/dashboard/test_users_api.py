@@ -45,7 +45,9 @@ def test_roles_follow_the_method_and_the_overrides(plane: Plane) -> None:
     r = engineer.post(f"{API}/datasets", json=spec)
     assert r.status_code == 201, r.text
     ds = r.json()["id"]
-    files = [("files", (f"{i}.png", digit_png(i % 2, random.Random(i)), "image/png")) for i in range(2)]
+    files = [
+        ("files", (f"{i}.png", digit_png(i % 2, random.Random(i)), "image/png")) for i in range(2)
+    ]
     r = engineer.post(f"{API}/datasets/{ds}/files", files=files)
     assert r.status_code == 200 and r.json()["imported"] == 2, r.text
     sid = engineer.get(f"{API}/datasets/{ds}/samples").json()["items"][0]["id"]
