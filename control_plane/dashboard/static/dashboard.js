@@ -20,6 +20,9 @@ async function api(method, url, body) {
   return data;
 }
 
+// A form's data-* attribute. Not form.dataset: a field named "dataset" would shadow it.
+const attr = (el, name) => el.getAttribute(`data-${name}`);
+
 // "/ui/training/{id}" with fields of the API's answer.
 const fill = (template, data) =>
   template.replace(/\{(\w+)\}/g, (_, k) => encodeURIComponent(data && data[k] !== undefined ? data[k] : ""));
@@ -81,15 +84,15 @@ function bindApiForms() {
       ev.preventDefault();
       showError(form, { message: "" });
       try {
-        const method = form.dataset.method || "POST";
-        const data = await api(method, form.dataset.api, method === "DELETE" ? undefined : formBody(form));
-        if (form.dataset.show) form.querySelector("output").textContent = data[form.dataset.show];
-        if (form.dataset.download) {
-          const b = data[form.dataset.download];
+        const method = attr(form, "method") || "POST";
+        const data = await api(method, attr(form, "api"), method === "DELETE" ? undefined : formBody(form));
+        if (attr(form, "show")) form.querySelector("output").textContent = data[attr(form, "show")];
+        if (attr(form, "download")) {
+          const b = data[attr(form, "download")];
           download(`${b.device_id || "bundle"}.json`, b);
           form.querySelector("output").textContent = `Registered ${b.device_id}; its bundle (with the password, shown once) was downloaded.`;
         }
-        if (form.dataset.then) location.assign(fill(form.dataset.then, data));
+        if (attr(form, "then")) location.assign(fill(attr(form, "then"), data));
       } catch (err) { showError(form, err); }
     });
   });
@@ -104,7 +107,7 @@ function bindUploads() {
       const report = form.querySelector(".report");
       showError(form, { message: "" });
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", form.dataset.upload);
+      xhr.open("POST", attr(form, "upload"));
       xhr.setRequestHeader("X-CSRF-Token", csrf());
       bar.hidden = false;
       bar.value = 0;
@@ -117,7 +120,7 @@ function bindUploads() {
           return;
         }
         bar.value = 100;
-        if (form.dataset.then) { location.assign(fill(form.dataset.then, data)); return; }
+        if (attr(form, "then")) { location.assign(fill(attr(form, "then"), data)); return; }
         report.hidden = false;
         if (data.imported !== undefined) {
           report.textContent = `imported ${data.imported}, duplicates ${data.duplicates.length}, errors ${data.errors.length}` +
@@ -126,8 +129,8 @@ function bindUploads() {
           report.dataset.done = "true";
         } else {
           report.textContent = JSON.stringify(data, null, 1);
-          if (form.dataset.fill) {
-            document.querySelectorAll(`input[name="${form.dataset.fill}"]`).forEach((i) => { i.value = data[form.dataset.fill]; });
+          if (attr(form, "fill")) {
+            document.querySelectorAll(`input[name="${attr(form, "fill")}"]`).forEach((i) => { i.value = data[attr(form, "fill")]; });
           }
         }
       };
@@ -147,7 +150,7 @@ function bindBulk() {
     const op = ev.submitter ? ev.submitter.value : "set";
     const body = { sample_ids: ids, op };
     if (op !== "clear") body.label = form.elements.label.value;
-    try { await api("POST", form.dataset.bulk, body); location.reload(); } catch (err) { showError(form, err); }
+    try { await api("POST", attr(form, "bulk"), body); location.reload(); } catch (err) { showError(form, err); }
   });
 }
 
@@ -155,8 +158,22 @@ function bindBulk() {
 
 const UNDO_KEY = "dashboard-undo";
 
+// Undo the last labelling change (kept in sessionStorage: works from the next sample's page,
+// or the "nothing left" page, as well).
+async function undo(report) {
+  const last = JSON.parse(sessionStorage.getItem(UNDO_KEY) || "null");
+  if (!last) { report("nothing to undo"); return; }
+  sessionStorage.removeItem(UNDO_KEY);
+  try { await api("PUT", last.url, { annotations: last.annotations }); location.assign(last.page); }
+  catch (err) { report(err.message); }
+}
+
 function labeller() {
   const root = document.getElementById("labeller");
+  const done = document.getElementById("nothing-to-label");
+  if (!root && done) {
+    document.addEventListener("keydown", (ev) => { if (ev.key === "z") undo((m) => { done.textContent = m; }); });
+  }
   if (!root) return;
   const current = JSON.parse(document.getElementById("current-annotations").textContent);
   const status = document.getElementById("label-status");
@@ -178,14 +195,6 @@ function labeller() {
       status.textContent = "saved";
       if (then) location.assign(then);
     } catch (err) { error.textContent = err.message; }
-  }
-
-  async function undo() {
-    const last = JSON.parse(sessionStorage.getItem(UNDO_KEY) || "null");
-    if (!last) { status.textContent = "nothing to undo"; return; }
-    sessionStorage.removeItem(UNDO_KEY);
-    try { await api("PUT", last.url, { annotations: last.annotations }); location.assign(last.page); }
-    catch (err) { error.textContent = err.message; }
   }
 
   const accept = document.getElementById("accept-prelabels");
@@ -212,7 +221,7 @@ function labeller() {
     else if (ev.key === "0" && !boxes) save([], root.dataset.after);
     else if (ev.key === "ArrowRight" && root.dataset.next) location.assign(root.dataset.next);
     else if (ev.key === "ArrowLeft" && root.dataset.prev) location.assign(root.dataset.prev);
-    else if (ev.key === "z") undo();
+    else if (ev.key === "z") undo((m) => { error.textContent = m; });
     else if (ev.key === "a" && accept) acceptAll();
     else if (ev.key === "s" && boxes) boxes.save();
     else if ((ev.key === "Delete" || ev.key === "Backspace") && boxes) { ev.preventDefault(); boxes.remove(); }
