@@ -95,10 +95,14 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     page.set_input_files("#upload-files input[type=file]", images)
     page.click("#upload-files button[type=submit]")
     expect(page.locator("#upload-files .report")).to_contain_text("imported 3")
-    page.reload()
-    expect(page.locator("#sample-range")).to_contain_text("of 27")
-    shot(page, "02-dataset")
     ds = page.url.rstrip("/").rsplit("/", 1)[-1]
+    page.reload()
+    expect(page.locator("main")).to_contain_text("27 samples: 24 labelled, 3 unlabelled")
+    shot(page, "02-dataset")
+    page.click("#browse-samples")
+    expect(page.locator("#sample-range")).to_contain_text("of 27")
+    expect(page.locator("#sample-grid img").first).to_have_js_property("complete", True)
+    shot(page, "02-samples")
     page.goto(f"/ui/datasets/{ds}/label?unlabeled=true")
     shot(page, "03-labelling")
     for key in ("1", "2", "3"):
@@ -171,6 +175,7 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     expect(page.locator(".state").first).to_have_text("succeeded", timeout=SLOW)
     expect(page.locator("svg[data-chart] polyline").first).to_be_visible()
     assert page.locator("svg[data-chart]").count() >= 2  # loss and accuracy at least
+    expect(page.locator("#confusion")).to_contain_text("true \\ predicted")
     shot(page, "06-job")
 
     # Register the model; see its conversion report and lineage.

@@ -60,6 +60,7 @@ def test_every_page_renders_through_the_services(plane: Plane) -> None:
         "/ui/",
         "/ui/datasets",
         f"/ui/datasets/{ds}",
+        f"/ui/datasets/{ds}/samples",
         f"/ui/datasets/{ds}/label",
         "/ui/training",
         "/ui/models",
@@ -89,13 +90,13 @@ def test_sample_grid_pages_and_filters(plane: Plane) -> None:
     sign_in(c, "admin", ADMIN_PASSWORD)
 
     def grid(query: str) -> list[int]:
-        text = c.get(f"/ui/datasets/{ds}?{query}").text
+        text = c.get(f"/ui/datasets/{ds}/samples?{query}").text
         return [int(x) for x in re.findall(r'<li data-sample="(\d+)"', text)]
 
     assert grid("limit=50&offset=5") == ids[5:]
     assert grid("limit=50&label=2") == ids[:4]
     assert grid("limit=50&unlabeled=true") == ids[4:]
-    text = c.get(f"/ui/datasets/{ds}?limit=50&offset=0&unlabeled=true").text
+    text = c.get(f"/ui/datasets/{ds}/samples?limit=50&offset=0&unlabeled=true").text
     assert "1\N{EN DASH}5 of 5" in text
     # The labelling page walks the same filtered listing.
     page = c.get(f"/ui/datasets/{ds}/label?unlabeled=true&i=0").text

@@ -65,6 +65,26 @@ def _samples(listing: Any) -> list[dict[str, Any]]:
 
 @router.get("/datasets/{dataset_id}")
 def dataset(
+    dataset_id: str, request: Request, user: PageUser, session: SessionDep, ctx: ContextDep
+) -> HTMLResponse:
+    """The dataset's summary: label statistics, uploads, versions and publishing."""
+    service = DatasetService(session, ctx)
+    stats = service.stats(dataset_id)
+    return page(
+        request,
+        "datasets_detail.html",
+        user,
+        ds=service.get(dataset_id),
+        stats=stats,
+        chart=bar_chart([(s.name, s.samples) for s in stats.labels]),
+        versions=VersionService(session, ctx).list(dataset_id),
+        import_formats=IMPORT_FORMATS,
+        export_formats=EXPORT_FORMATS,
+    )
+
+
+@router.get("/datasets/{dataset_id}/samples")
+def samples(
     dataset_id: str,
     request: Request,
     user: PageUser,
@@ -76,18 +96,24 @@ def dataset(
     offset: Annotated[int, Query(ge=0, le=2**31)] = 0,
     limit: Annotated[int, Query(ge=1, le=200)] = 100,
 ) -> HTMLResponse:
+    """The sample grid: one page of the listing the REST API serves, with its filters.
+
+    Only what the grid needs is read (the listing and the label set), so the page costs about
+    what ``GET /datasets/{id}/samples`` costs (``scripts/bench-dashboard``).
+    """
     service = DatasetService(session, ctx)
-    ds = service.get(dataset_id)
     listing = service.list_samples(dataset_id, SampleFilter(label, unlabeled, split), offset, limit)
-    stats = service.stats(dataset_id)
+    ds = service.get(dataset_id)
     query = _filter_query(label, unlabeled, split)
+    base = f"/ui/datasets/{dataset_id}"
 
     def page_url(at: int) -> str:
-        return f"/ui/datasets/{dataset_id}?" + urlencode({**query, "offset": at, "limit": limit})
+        return f"{base}/samples?" + urlencode({**query, "offset": at, "limit": limit})
 
+    label_base = f"{base}/label?" + urlencode(query) + ("&" if query else "") + "i="
     return page(
         request,
-        "datasets_detail.html",
+        "datasets_samples.html",
         user,
         ds=ds,
         samples=_samples(listing),
@@ -99,12 +125,7 @@ def dataset(
         split=split or "",
         prev_url=page_url(max(0, offset - limit)) if offset > 0 else "",
         next_url=page_url(offset + limit) if offset + limit < listing.total else "",
-        label_url=f"/ui/datasets/{dataset_id}/label?" + urlencode({**query, "i": offset}),
-        stats=stats,
-        chart=bar_chart([(s.name, s.samples) for s in stats.labels]),
-        versions=VersionService(session, ctx).list(dataset_id),
-        import_formats=IMPORT_FORMATS,
-        export_formats=EXPORT_FORMATS,
+        label_base=label_base,
     )
 
 
@@ -144,5 +165,5 @@ def label_page(
         next_url=at(i + 1) if i + 1 < listing.total else "",
         after_save=after_save if (unlabeled or i + 1 < listing.total) else at(i),
         labels=sorted(lb.name for lb in ds.labels),
-        back_url=f"/ui/datasets/{dataset_id}?" + urlencode(query),
+        back_url=f"/ui/datasets/{dataset_id}/samples?" + urlencode(query),
     )

@@ -58,18 +58,15 @@ def _log_tail(service: TrainingService, job_id: str) -> str:
 
 
 def _confusion(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The confusion matrix as rows of (count, shade 0..1) when the job reported one."""
-    if not metrics:
+    """The confusion matrix (``edge_training.classification_metrics``: ``{labels, matrix}``,
+    rows the true class) as rows of (count, shade 0..1) for the heatmap."""
+    cm = (metrics or {}).get("confusion_matrix")
+    if not isinstance(cm, dict) or not isinstance(cm.get("matrix"), list) or not cm["matrix"]:
         return None
-    matrix = metrics.get("confusion_matrix")
-    labels = metrics.get("labels") or metrics.get("class_names")
-    if not isinstance(matrix, list) or not matrix:
-        return None
+    matrix: list[list[int]] = cm["matrix"]
     top = max((max(r) for r in matrix if r), default=0) or 1
-    return {
-        "labels": labels or [str(i) for i in range(len(matrix))],
-        "rows": [[(c, c / top) for c in r] for r in matrix],
-    }
+    labels = cm.get("labels") or [str(i) for i in range(len(matrix))]
+    return {"labels": labels, "rows": [[(c, c / top) for c in r] for r in matrix]}
 
 
 @router.get("/training/{job_id}")
