@@ -169,7 +169,8 @@ def main() -> int:
         ds = seed_samples(rest, args.count)
         job = seed_job(ctx, args.points)
         print(
-            f"seeded {args.count} samples and {args.points} scalar points in {time.perf_counter() - t0:.0f} s"
+            f"seeded {args.count} samples and {args.points} scalar points "
+            f"in {time.perf_counter() - t0:.0f} s"
         )
         browser = TestClient(app)
         browser.get("/ui/login")
@@ -210,11 +211,13 @@ def main() -> int:
     ):
         print(f"{name:34}")
         print(
-            f"  {page:32} {fig['page_p50_ms']:8.1f} {fig['page_p99_ms']:8.1f}   {fig['ratio_p50']:5.2f}x  {fig['ratio_p99']:5.2f}x"
+            f"  {page:32} {fig['page_p50_ms']:8.1f} {fig['page_p99_ms']:8.1f}   "
+            f"{fig['ratio_p50']:5.2f}x  {fig['ratio_p99']:5.2f}x"
         )
         print(f"  {call:32} {fig['rest_p50_ms']:8.1f} {fig['rest_p99_ms']:8.1f}")
     print(
-        f"\n{args.rounds} requests of each kind, alternating; load average {load_before} before, {load_after} after ({os.cpu_count()} CPUs)"
+        f"\n{args.rounds} requests of each kind, alternating; load average {load_before} "
+        f"before, {load_after} after ({os.cpu_count()} CPUs)"
     )
     if args.json:
         doc = {
