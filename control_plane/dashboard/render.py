@@ -19,6 +19,8 @@ from control_plane.core.auth import Principal, Role
 
 HERE = Path(__file__).resolve().parent
 templates = Jinja2Templates(directory=HERE / "templates")
+# Templates are package files that do not change while the server runs: no stat() per render.
+templates.env.auto_reload = False
 
 
 def _when(value: dt.datetime | None) -> str:

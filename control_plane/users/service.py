@@ -205,17 +205,22 @@ class UserService:
         return sid, csrf
 
     def session_principal(self, sid: str) -> Principal | None:
-        row = self.session.get(UserSession, digest(sid))
-        if row is None or _aware(row.expires_at) < utcnow():
+        """The live session's user, in one query (every page and cookie request asks)."""
+        row = self.session.execute(
+            select(UserSession.csrf, UserSession.expires_at, User)
+            .join(User, User.username == UserSession.username)
+            .where(UserSession.id_hash == digest(sid))
+        ).first()
+        if row is None:
             return None
-        user = self.session.get(User, row.username)
-        if user is None or user.disabled:
+        csrf, expires_at, user = row
+        if _aware(expires_at) < utcnow() or user.disabled:
             return None
         return Principal(
             user.username,
             Role(user.role),
             via="session",
-            csrf=row.csrf,
+            csrf=csrf,
             must_change_password=user.must_change_password,
         )
 

@@ -109,6 +109,13 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     expect(page.locator("#sample-range")).to_contain_text("of 27")
     expect(page.locator("#sample-grid img").first).to_have_js_property("complete", True)
     shot(page, "02-samples")
+    # Usable at 800 px: nothing wider than the window (grids wrap, tables scroll in sections).
+    page.set_viewport_size({"width": 800, "height": 800})
+    for url in ("/ui/", f"/ui/datasets/{ds}", f"/ui/datasets/{ds}/samples", "/ui/training"):
+        page.goto(url)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 800, url
+    shot(page, "02-samples-800px")
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.goto(f"/ui/datasets/{ds}/label?unlabeled=true")
     shot(page, "03-labelling")
     for key in ("1", "2", "3"):
