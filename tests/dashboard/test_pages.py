@@ -103,3 +103,30 @@ def test_sample_grid_pages_and_filters(plane: Plane) -> None:
     assert f'data-sample="{ids[4]}"' in page
     empty = c.get(f"/ui/datasets/{ds}/label?label=2&i=9").text
     assert empty.count("No sample matches") == 1
+
+
+def test_overview_lists_recent_failures(plane: Plane) -> None:
+    # A job that failed, as the training runner records one (rows are the service's to write;
+    # running a job to failure is the training tests' business).
+    from control_plane.training.models import TrainingJob
+
+    with plane.ctx.sessions() as session:
+        session.add(
+            TrainingJob(
+                id="j-failed",
+                name="broken",
+                version=2,
+                algorithm="script",
+                framework="tensorflow",
+                hyperparameters={},
+                timeout_s=60,
+                state="failed",
+                failure_reason="exit code 3: ValueError: bad input shape",
+            )
+        )
+        session.commit()
+    c = plane.client()
+    sign_in(c, "admin", ADMIN_PASSWORD)
+    page = c.get("/ui/").text
+    assert '<a href="/ui/training/j-failed">broken</a>' in page
+    assert "bad input shape" in page

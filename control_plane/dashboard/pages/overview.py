@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
@@ -19,6 +23,48 @@ router = page_router()
 RECENT = 8
 
 
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # job | deployment | model
+    name: str
+    detail: str
+    reason: str
+    when: dt.datetime | None
+    url: str
+
+
+def recent_failures(jobs: list[Any], deployments: list[Any], models: list[Any]) -> list[Failure]:
+    """Failed jobs, device installs and conversions, newest first."""
+    found = [
+        Failure(
+            "job", j.name, f"v{j.version}", j.failure_reason, j.finished_at, f"/ui/training/{j.id}"
+        )
+        for j in jobs
+        if j.state == "failed"
+    ]
+    found += [
+        Failure(
+            "deployment",
+            t.device_id,
+            d.package.name,
+            t.reason,
+            t.updated_at,
+            f"/ui/deployments/{d.id}",
+        )
+        for d in deployments
+        for t in d.targets
+        if t.state == "failed"
+    ]
+    found += [
+        Failure(
+            "model", m.name, m.version, m.error, m.created_at, f"/ui/models/{m.name}/{m.version}"
+        )
+        for m in models
+        if m.state == "failed"
+    ]
+    return sorted(found, key=lambda f: str(f.when or ""), reverse=True)[:RECENT]
+
+
 @router.get("/")
 def overview(
     request: Request, user: PageUser, session: SessionDep, ctx: ContextDep
@@ -30,40 +76,7 @@ def overview(
     in_progress = [
         d for d in deployments if any(t.state in ("pending", "in_progress") for t in d.targets)
     ]
-    failures = sorted(
-        [
-            (
-                "job",
-                j.name,
-                f"v{j.version}",
-                j.failure_reason,
-                j.finished_at,
-                f"/ui/training/{j.id}",
-            )
-            for j in jobs
-            if j.state == "failed"
-        ]
-        + [
-            (
-                "deployment",
-                t.device_id,
-                d.package.name,
-                t.reason,
-                t.updated_at,
-                f"/ui/deployments/{d.id}",
-            )
-            for d in deployments
-            for t in d.targets
-            if t.state == "failed"
-        ]
-        + [
-            ("model", m.name, m.version, m.error, m.created_at, f"/ui/models/{m.name}/{m.version}")
-            for m in models
-            if m.state == "failed"
-        ],
-        key=lambda f: str(f[4] or ""),
-        reverse=True,
-    )[:RECENT]
+    failures = recent_failures(jobs, deployments, models)
     return page(
         request,
         "overview.html",
