@@ -244,6 +244,13 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
         expect(page.locator("#lineage")).to_contain_text("gw-1 (installed)")
         page.goto("/ui/devices/gw-1")
         expect(page.locator("h1 .state")).to_have_text("online")
+        labels = page.locator("#device-labels input[name=labels]")
+        expect(labels).to_have_value("site=lab")
+        labels.fill("site=lab, floor=2")
+        with page.expect_navigation():
+            page.click("#device-labels button[type=submit]")
+        expect(page.locator("#device-labels input[name=labels]")).to_have_value("site=lab, floor=2")
+        assert rest.get("/devices/gw-1").json()["labels"] == {"site": "lab", "floor": "2"}
         shot(page, "11-device")
     finally:
         agent.stop()
@@ -280,4 +287,21 @@ def test_a_labeller_labels_but_cannot_deploy(browser: Browser, served: Served) -
     page.goto("/ui/users")
     expect(page.locator("#error-message")).to_contain_text("needs admin")
     shot(page, "13-labeller-refused")
+
+    # She labels: a model's pre-label, shown with its confidence, accepted in one key press.
+    rest = api(served)
+    spec = {"name": "prelabels", "type": "image_classification", "labels": ["3", "8"]}
+    ds = rest.post("/datasets", json=spec).json()["id"]
+    png = digit_png(3, random.Random(9))
+    rest.post(f"/datasets/{ds}/files", files=[("files", ("a.png", png, "image/png"))])
+    sid = rest.get(f"/datasets/{ds}/samples").json()["items"][0]["id"]
+    pre = {"label": "8", "source": "model", "creator": "digits-cnn:1", "confidence": 0.55}
+    rest.put(f"/datasets/{ds}/samples/{sid}/annotations", json={"annotations": [pre]})
+    page.goto(f"/ui/datasets/{ds}/label")
+    expect(page.locator("#annotation-list")).to_contain_text("model digits-cnn:1 · confidence 0.55")
+    shot(page, "14-prelabel")
+    with page.expect_navigation():
+        page.keyboard.press("a")
+    ann = rest.get(f"/datasets/{ds}/samples/{sid}").json()["annotations"]
+    assert [(a["label"], a["source"], a["creator"]) for a in ann] == [("8", "person", "lena")]
     page.close()

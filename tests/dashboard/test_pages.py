@@ -130,3 +130,18 @@ def test_overview_lists_recent_failures(plane: Plane) -> None:
     page = c.get("/ui/").text
     assert '<a href="/ui/training/j-failed">broken</a>' in page
     assert "bad input shape" in page
+
+
+def test_device_labels_are_edited_through_the_api(plane: Plane) -> None:
+    r = plane.admin.post(f"{API}/devices", json={"device_id": "gw-9", "labels": {"site": "a"}})
+    assert r.status_code == 201, r.text
+    labeller = plane.user("lena", "labeller")
+    assert labeller.patch(f"{API}/devices/gw-9", json={"labels": {}}).status_code == 403
+    assert plane.admin.patch(f"{API}/devices/gw-9", json={"labels": "x"}).status_code == 422
+    r = plane.admin.patch(f"{API}/devices/gw-9", json={"labels": {"site": "b", "floor": "2"}})
+    assert r.status_code == 200 and r.json()["labels"] == {"site": "b", "floor": "2"}
+    assert [d["id"] for d in plane.admin.get(f"{API}/devices?label=site=b").json()] == ["gw-9"]
+    c = plane.client()
+    sign_in(c, "admin", ADMIN_PASSWORD)
+    page = c.get("/ui/devices/gw-9").text
+    assert 'value="site=b, floor=2"' in page

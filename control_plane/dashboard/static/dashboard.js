@@ -44,13 +44,14 @@ function formBody(form) {
     let value;
     if (type === "bool") value = el.checked;
     else if (el.type === "checkbox") { if (!el.checked) continue; value = el.value; }
-    else if (el.value === "") continue;
+    else if (el.value === "" && !el.dataset.keepEmpty) continue;
     else if (type === "number") value = Number(el.value);
     else if (type === "list") value = el.value.split(",").map((s) => s.trim()).filter(Boolean);
     else if (type === "map") {
       value = {};
       el.value.split(",").map((s) => s.trim()).filter(Boolean).forEach((kv) => {
         const i = kv.indexOf("=");
+        if (i < 1) throw new Error(`${el.name}: "${kv}" is not key=value`);
         value[kv.slice(0, i).trim()] = kv.slice(i + 1).trim();
       });
     } else if (type === "json") value = JSON.parse(el.value);
