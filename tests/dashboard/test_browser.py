@@ -58,6 +58,7 @@ def signed_in(browser: Browser, served: Served, user: str, password: str) -> Pag
     page.set_default_timeout(20_000)
     page.goto("/ui/datasets")
     expect(page).to_have_url(re.compile(r"/ui/login\?next="))
+    shot(page, "00-sign-in")
     page.fill("input[name=username]", user)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
@@ -252,6 +253,10 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
         expect(page.locator("#device-labels input[name=labels]")).to_have_value("site=lab, floor=2")
         assert rest.get("/devices/gw-1").json()["labels"] == {"site": "lab", "floor": "2"}
         shot(page, "11-device")
+        for name in ("models", "deployments", "account"):
+            page.goto(f"/ui/{name}")
+            expect(page.locator("h1")).to_be_visible()
+            shot(page, f"15-{name}")
     finally:
         agent.stop()
     page.close()
