@@ -15,6 +15,7 @@ from control_plane.notebooks import models as notebooks
 from control_plane.registry import models as registry
 from control_plane.services import models as services
 from control_plane.training import models as training
+from control_plane.users import models as users
 
 __all__ = [
     "Base",
@@ -25,4 +26,5 @@ __all__ = [
     "registry",
     "services",
     "training",
+    "users",
 ]

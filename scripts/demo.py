@@ -12,7 +12,8 @@ registered, converted and signed, deployed to the device, the device's accuracy 
 split, and the same model as an online service (two agent replicas run by the control plane)
 called through the control plane's OIP REST proxy with curl and tritonclient.http, and a batch
 service over the validation split with its evaluation. Finally the device's reported state, and
-everything stopped (21-22). Everything
+everything stopped (21-22), or, with ``--keep``, the control plane and the device's agent left
+running and the dashboard's URL and the admin's one-time password printed (21). Everything
 lives in ``.demo/`` and nothing is downloaded; ``--no-fleet`` stops after step 9, ``--no-training``
 after step 14.
 
@@ -143,7 +144,12 @@ def infer(client: triton.InferenceServerClient, x: np.ndarray, version: str = ""
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="(kept for compatibility; .demo stays)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the control plane and the device's agent running at the end and print the "
+        "dashboard's URL and the admin's one-time password",
+    )
     parser.add_argument("--no-fleet", action="store_true", help="skip the control plane steps")
     parser.add_argument("--no-training", action="store_true", help="skip data, training, registry")
     args = parser.parse_args()
@@ -211,7 +217,9 @@ def main() -> int:
         step("9. Stop the agent (SIGTERM, graceful)")
         print(f"agent exited with {stop_process(proc, 20)}")
     if not args.no_fleet:
-        run_fleet_demo(work / "fleet", v1, trusted, models, ai_flow=not args.no_training)
+        run_fleet_demo(
+            work / "fleet", v1, trusted, models, ai_flow=not args.no_training, keep=args.keep
+        )
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0
 

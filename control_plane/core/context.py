@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from control_plane.core.auth import Authenticator
 from control_plane.core.blobs import BlobStore, LocalBlobStore
 from control_plane.core.database import make_engine, make_session_factory
 from control_plane.core.settings import Settings
@@ -65,6 +66,9 @@ class AppContext:
     publisher: FleetPublisher = field(default_factory=NullPublisher)
     # The broker the fleet channel uses (the embedded one's URL when none is configured).
     broker_url: str = ""
+    # Resolves API tokens and session cookies (the users domain's, plugged in by the app);
+    # None: only the settings' api_token is accepted, as the bootstrap admin.
+    authenticator: Authenticator | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:

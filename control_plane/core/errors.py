@@ -52,6 +52,11 @@ class Unauthorized(ControlPlaneError):
     """Missing or wrong credentials."""
 
 
+class Forbidden(ControlPlaneError):
+    """Valid credentials whose role does not allow the request (HTTP 403, not 401: signing in
+    again would not help)."""
+
+
 class BrokerUnavailable(ControlPlaneError):
     """The MQTT broker cannot be reached or refused the control plane."""
 

@@ -1,9 +1,9 @@
 """The control plane's settings: one class in sections, read from ``CONTROL_PLANE_*`` variables.
 
 Sections (``settings.database``, ``.storage``, ``.mqtt``, ``.datasets``, ``.training``,
-``.registry``, ``.services``) keep each domain's knobs together; every model is strict and refuses
-unknown keys, so a misspelt setting fails at start instead of being ignored. The environment
-names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
+``.registry``, ``.services``, ``.auth``) keep each domain's knobs together; every model is
+strict and refuses unknown keys, so a misspelt setting fails at start instead of being ignored. The
+environment names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
 ``FLAT_NAMES`` says which section field each one sets, and the same flat names work as keyword
 arguments (``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A
 ``CONTROL_PLANE_*`` variable that names no setting is refused too, with the closest known name.
@@ -278,6 +278,32 @@ class NotebookSettings(Section):
     )
 
 
+class AuthSettings(Section):
+    """Users: the bootstrap admin and the dashboard's sessions."""
+
+    admin_username: str = Field(
+        "admin",
+        min_length=1,
+        max_length=64,
+        description="The bootstrap admin, created at first start; the settings' api_token is "
+        "also this user's token.",
+    )
+    admin_password: SecretStr | None = Field(
+        None,
+        description="The bootstrap admin's password at creation. Unset: a random one-time "
+        "password is written to <data_dir>/admin-password (0600) and must be changed at the "
+        "first sign-in.",
+    )
+    session_ttl_s: int = Field(
+        12 * 3600, ge=60, description="Lifetime of a dashboard session cookie, in seconds."
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark the session cookie Secure (only sent over HTTPS): set it when the "
+        "control plane is served behind TLS.",
+    )
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
@@ -316,6 +342,10 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
+    "admin_username": ("auth", "admin_username"),
+    "admin_password": ("auth", "admin_password"),
+    "session_ttl_s": ("auth", "session_ttl_s"),
+    "cookie_secure": ("auth", "cookie_secure"),
     "services_dir": ("services", "dir"),
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
@@ -382,6 +412,7 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
     notebooks: NotebookSettings = Field(default_factory=NotebookSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -462,4 +493,5 @@ SECTIONS: dict[str, type[Section]] = {
     "registry": RegistrySettings,
     "services": ServiceSettings,
     "notebooks": NotebookSettings,
+    "auth": AuthSettings,
 }

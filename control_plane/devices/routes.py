@@ -1,4 +1,4 @@
-"""/devices: register, list, get, delete; a device's telemetry."""
+"""/devices: register, list, get, update (name, labels), delete; a device's telemetry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from control_plane.devices.schemas import (
     DeviceCreate,
     DevicePublic,
     DeviceRegistered,
+    DeviceUpdate,
     TelemetryRecordPublic,
 )
 from control_plane.devices.service import DeviceService
@@ -54,6 +55,16 @@ def list_devices(
 def get_device(device_id: str, session: SessionDep, ctx: ContextDep) -> DevicePublic:
     service = DeviceService(session, ctx)
     return DevicePublic.of(service.get(device_id), service.counters(device_id))
+
+
+@router.patch("/{device_id}")
+def update_device(
+    device_id: str, body: DeviceUpdate, session: SessionDep, ctx: ContextDep
+) -> DevicePublic:
+    """Rename the device or replace its labels."""
+    service = DeviceService(session, ctx)
+    device = service.update(device_id, body.name, body.labels)
+    return DevicePublic.of(device, service.counters(device_id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)

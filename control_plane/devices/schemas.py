@@ -23,6 +23,15 @@ class DeviceCreate(BaseModel):
     )
 
 
+class DeviceUpdate(BaseModel):
+    """New display name and/or labels (the labels replace the old set as a whole)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    labels: dict[str, str] | None = Field(
+        None, description="The device's labels; later deployments by selector match these."
+    )
+
+
 class FleetCounters(BaseModel):
     chunk_requests_dropped: int = Field(
         0, description="Chunk requests dropped because the device had too many waiting."

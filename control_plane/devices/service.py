@@ -82,6 +82,19 @@ class DeviceService:
             raise NotFound(f"device {device_id} not found")
         return device
 
+    def update(
+        self, device_id: str, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> Device:
+        """Rename or relabel. Existing deployments keep their targets: a label selector is
+        resolved when a deployment is created."""
+        device = self.get(device_id)
+        if name is not None:
+            device.name = name
+        if labels is not None:
+            device.labels = dict(labels)
+        self.session.commit()
+        return device
+
     def delete(self, device_id: str) -> None:
         """Delete the device and revoke its credentials (the broker rereads its password file)."""
         device = self.get(device_id)

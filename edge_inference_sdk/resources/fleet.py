@@ -30,6 +30,18 @@ class Devices(ResourceBase):
     def get(self, device_id: str) -> Device:
         return self._one(Device, self._t.call("GET", f"/devices/{seg(device_id)}"))
 
+    @route("PATCH", "/devices/{device_id}")
+    def update(
+        self, device_id: str, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> Device:
+        """Rename the device or replace its labels (a live label selector sees the change)."""
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if labels is not None:
+            body["labels"] = labels
+        return self._one(Device, self._t.call("PATCH", f"/devices/{seg(device_id)}", json=body))
+
     @route("DELETE", "/devices/{device_id}")
     def delete(self, device_id: str) -> None:
         self._t.call("DELETE", f"/devices/{seg(device_id)}")

@@ -109,7 +109,9 @@ def test_zip_import_labeled_through_the_api(
         f"{API}/datasets/{ds}/samples/{sid}/annotations",
         json={"annotations": [{"label": "3", "creator": "bob"}]},
     )
-    assert r.json()["annotations"][0]["creator"] == "bob"
+    # A person's annotation records the caller (the shared token acts as the bootstrap admin),
+    # not the name the body claims.
+    assert r.json()["annotations"][0]["creator"] == "admin"
     assert client.samples(ds, unlabeled=True) == []
     page = client.api.get(f"{API}/datasets/{ds}/samples", params={"label": "5", "limit": 7}).json()
     assert page["total"] == 30 and len(page["items"]) == 7
