@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -61,3 +63,46 @@ def models_dir() -> Path:
         still_missing = generator.missing(MODELS_DIR)
         assert not still_missing, f"generator did not write {still_missing}"
     return MODELS_DIR
+
+
+# --- databases -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (tests/pg.py); stopped at the end.
+
+    Missing server binaries fail the tests that need them, with the install hint: a test asked to
+    run on PostgreSQL never silently runs on SQLite instead.
+    """
+    from tests.pg import PostgresUnavailable, start_cluster
+
+    try:
+        cluster = start_cluster()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    """The control plane's database for one test: None (the default SQLite file) or a fresh
+    PostgreSQL database. Modules run on both with ``pytestmark = BOTH_DATABASES`` (tests/pg.py)."""
+    engine = getattr(request, "param", "sqlite")
+    if engine == "sqlite":
+        return None
+    if engine == "postgres":
+        cluster = request.getfixturevalue("postgres_cluster")
+        return str(cluster.create_database())
+    raise ValueError(f"unknown database engine {engine!r}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.databases("sqlite", "postgres")``: one run per engine of every test that
+    uses ``database_url``; tests of the module that touch no database run once."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database_url" in metafunc.fixturenames:
+        metafunc.parametrize("database_url", list(marker.args), indirect=True)

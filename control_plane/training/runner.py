@@ -38,7 +38,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
@@ -94,6 +94,35 @@ class _Running:
     work: Path
     # None, or why the runner is ending it: (final state, reason).
     ending: tuple[str, str] | None = None
+
+
+def claim_queued_jobs(session: Session, limit: int) -> list[str]:
+    """Take up to ``limit`` queued jobs, oldest first, for this runner; returns their ids.
+
+    Several control planes may share one database, each with its runner: a job must start
+    exactly once. On PostgreSQL the queued rows are read ``FOR UPDATE SKIP LOCKED``, so two
+    runners claiming at once take different jobs instead of waiting for each other; the claim
+    itself is a conditional update (``queued`` -> ``running``, counted by rowcount), which also
+    holds on SQLite, where the lock clause is ignored and writers are serialised.
+    """
+    ids = session.scalars(
+        select(TrainingJob.id)
+        .where(TrainingJob.state == "queued")
+        .order_by(TrainingJob.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    claimed = []
+    for job_id in ids:
+        result = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.state == "queued")
+            .values(state="running", started_at=utcnow(), pid=None)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append(job_id)
+    session.commit()
+    return claimed
 
 
 def data_url_of(session: Session, ctx: AppContext, job: TrainingJob) -> str:
@@ -198,13 +227,8 @@ class JobRunner(JobFolders):
             free = self.ctx.settings.training.max_concurrent - len(self._running)
             if free > 0:
                 with self.ctx.sessions() as session:
-                    queued = session.scalars(
-                        select(TrainingJob.id)
-                        .where(TrainingJob.state == "queued")
-                        .order_by(TrainingJob.created_at)
-                        .limit(free)
-                    ).all()
-                for job_id in queued:
+                    claimed = claim_queued_jobs(session, free)
+                for job_id in claimed:
                     self._launch(job_id)
 
     # --- cancel ------------------------------------------------------------------------------
@@ -265,9 +289,10 @@ class JobRunner(JobFolders):
         return env
 
     def _launch(self, job_id: str) -> None:
+        """Start a job this runner claimed (``claim_queued_jobs``: running, no pid yet)."""
         with self.ctx.sessions() as session:
             job = session.get(TrainingJob, job_id)
-            if job is None or job.state != "queued":
+            if job is None or job.state != "running" or job.pid is not None:
                 return
             work = self.work_dir(job.id)
             log = self.log_path(job.id)

@@ -12,6 +12,9 @@ from model_packager.archive import sha256_file
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import CHUNK_SIZE, ControlPlane, wait_for
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _deploy(cp: ControlPlane, **body: Any) -> dict[str, Any]:

@@ -47,7 +47,13 @@ from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.datasets import formats
 from control_plane.datasets.formats import ExportAnnotation, ExportFormat, VersionItem
 from control_plane.datasets.images import EXTENSIONS, MEDIA_TYPES
-from control_plane.datasets.models import Annotation, DatasetVersion, DatasetVersionUse, Sample
+from control_plane.datasets.models import (
+    Annotation,
+    Dataset,
+    DatasetVersion,
+    DatasetVersionUse,
+    Sample,
+)
 from control_plane.datasets.schemas import VersionCreate
 from control_plane.datasets.service import CLASSIFICATION, DETECTION, DatasetService, dataset_store
 
@@ -118,7 +124,14 @@ class VersionService:
     # --- publish -----------------------------------------------------------------------------
 
     def publish(self, dataset_id: str, spec: VersionCreate) -> DatasetVersion:
-        dataset = self.datasets.get(dataset_id)
+        """Publish the next version of a dataset.
+
+        Two publishes of one dataset at once: on PostgreSQL the dataset row is locked (``SELECT
+        ... FOR UPDATE``) for the whole publish, so the second waits and then publishes the next
+        number; SQLite has no row locks, so there the loser of the race gets a Conflict and its
+        half-written folder is removed, never the winner's.
+        """
+        dataset = self._lock_dataset(dataset_id)
         detection = dataset.type == DETECTION
         samples = self.session.scalars(
             select(Sample)
@@ -157,7 +170,12 @@ class VersionService:
                 "label_stats": stats,
             }
             (tmp / "version.json").write_text(json.dumps(summary, indent=1) + "\n")
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if final.exists():  # another publish of the same number got there first
+                    raise Conflict(f"version {name} was published concurrently") from None
+                raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -192,6 +210,22 @@ class VersionService:
             digest,
         )
         return version
+
+    def _lock_dataset(self, dataset_id: str) -> Dataset:
+        """The dataset row, locked until this session commits (a no-op lock on SQLite).
+
+        ``populate_existing`` reloads it: after waiting for another publish, the row read must be
+        the one that publish committed (its ``versions_published``), not a stale copy.
+        """
+        dataset = self.session.scalars(
+            select(Dataset)
+            .where(Dataset.id == dataset_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found")
+        return dataset
 
     def _write_folder(self, folder: Path, items: list[VersionItem], detection: bool) -> str:
         (folder / "data").mkdir()
