@@ -102,7 +102,37 @@ def database_url(request: pytest.FixtureRequest) -> str | None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``@pytest.mark.databases("sqlite", "postgres")``: one run per engine of every test that
-    uses ``database_url``; tests of the module that touch no database run once."""
-    marker = metafunc.definition.get_closest_marker("databases")
-    if marker is not None and "database_url" in metafunc.fixturenames:
-        metafunc.parametrize("database_url", list(marker.args), indirect=True)
+    uses ``database_url``; tests of the module that touch no database run once. The same for
+    ``@pytest.mark.stores("local", "s3")`` and ``blob_storage``."""
+    for mark, fixture in (("databases", "database_url"), ("stores", "blob_storage")):
+        marker = metafunc.definition.get_closest_marker(mark)
+        if marker is not None and fixture in metafunc.fixturenames:
+            metafunc.parametrize(fixture, list(marker.args), indirect=True)
+
+
+# --- object stores ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One S3-compatible server (moto, tests/s3.py) on loopback for the session."""
+    from tests.s3 import start_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "s3.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def blob_storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings overrides for one test's storage: {} (local folders) or a fresh S3 bucket.
+    Modules run on both with ``pytestmark = BOTH_STORES`` (tests/s3.py)."""
+    kind = getattr(request, "param", "local")
+    if kind == "local":
+        return {}
+    if kind == "s3":
+        server = request.getfixturevalue("s3_server")
+        return dict(server.settings(server.new_bucket()))
+    raise ValueError(f"unknown storage {kind!r}")

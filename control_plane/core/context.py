@@ -15,7 +15,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.core.blobs import BlobStore, LocalBlobStore
+from control_plane.core.blobs import BlobStore, make_blob_store
 from control_plane.core.database import make_engine, make_session_factory
 from control_plane.core.settings import Settings
 from model_packager.signing import TrustStore, public_key_pem
@@ -75,7 +75,7 @@ class AppContext:
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=make_blob_store(settings),
             trust=TrustStore.from_paths(settings.registry.trusted_keys),
             broker_url=settings.mqtt.url or "",
         )

@@ -50,12 +50,60 @@ class DatabaseSettings(Section):
 
 
 class StorageSettings(Section):
-    """Blobs (packages by sha256) and package uploads."""
+    """Blobs (packages by sha256), package uploads, and the optional S3-compatible store."""
 
     blob_dir: Path | None = Field(
         None, description="Folder holding package blobs by sha256. Default: <data_dir>/blobs."
     )
     max_upload_bytes: int = Field(4 << 30, description="Largest package upload accepted, in bytes.")
+    url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: keep package blobs and dataset files and published "
+        "versions in this S3-compatible store instead of local folders (the bucket must exist). "
+        "Unset: local folders (blob_dir, dataset_dir).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of the S3-compatible service, e.g. http://minio:9000. "
+        "Unset: AWS S3 of s3_region.",
+    )
+    s3_region: str = Field("us-east-1", description="Region name sent to the S3 service.")
+    s3_access_key_id: str | None = Field(
+        None, description="Access key id. Unset: boto3's usual sources (AWS_* variables, ...)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret access key that goes with s3_access_key_id."
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        64 << 20,
+        ge=5 << 20,
+        description="Objects at least this large are uploaded in parts (multipart upload).",
+    )
+    s3_part_bytes: int = Field(
+        16 << 20, ge=5 << 20, description="Size of each part of a multipart upload (S3: >= 5 MiB)."
+    )
+
+    @model_validator(mode="after")
+    def _s3_url(self) -> Self:
+        if self.url is not None:
+            from control_plane.core.s3 import S3Location
+
+            S3Location.parse(self.url)  # a clear error at start for anything but s3://bucket/...
+        return self
+
+    def s3_options(self) -> Any:
+        """The connection options of ``control_plane.core.s3`` (imported only when used)."""
+        from control_plane.core.s3 import S3Options
+
+        secret = self.s3_secret_access_key
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            multipart_threshold=self.s3_multipart_threshold_bytes,
+            part_size=self.s3_part_bytes,
+        )
 
 
 class MqttSettings(Section):
@@ -258,6 +306,13 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
     "blob_dir": ("storage", "blob_dir"),
     "max_upload_bytes": ("storage", "max_upload_bytes"),
+    "storage_url": ("storage", "url"),
+    "s3_endpoint_url": ("storage", "s3_endpoint_url"),
+    "s3_region": ("storage", "s3_region"),
+    "s3_access_key_id": ("storage", "s3_access_key_id"),
+    "s3_secret_access_key": ("storage", "s3_secret_access_key"),
+    "s3_multipart_threshold_bytes": ("storage", "s3_multipart_threshold_bytes"),
+    "s3_part_bytes": ("storage", "s3_part_bytes"),
     "mqtt_url": ("mqtt", "url"),
     "mqtt_username": ("mqtt", "username"),
     "mqtt_password": ("mqtt", "password"),
