@@ -18,6 +18,7 @@ from control_plane.core import http_errors
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
 from control_plane.core.deps import require_token
+from control_plane.core.replicas import Heartbeat
 from control_plane.core.settings import Settings
 from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
@@ -111,6 +112,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             broker.start()
             ctx.broker_url = broker.url
+        # Replicas: this one's heartbeat row, before anything that claims work in its name.
+        heartbeat = None
+        if settings.replicas.id is not None:
+            heartbeat = Heartbeat(ctx.sessions, settings.replicas.id, settings.replicas.heartbeat_s)
+            heartbeat.start()
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
         fleet.devices_changed()
@@ -131,6 +137,8 @@ def create_app(settings: Settings) -> FastAPI:
             fleet.stop()
             if broker is not None:
                 broker.stop()
+            if heartbeat is not None:
+                heartbeat.stop()
             ctx.close()
 
     app = FastAPI(

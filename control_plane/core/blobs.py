@@ -133,9 +133,11 @@ class S3BlobStore:
         return sorted(n.rsplit("/", 1)[-1] for n in names if _DIGEST_RE.match(n.rsplit("/", 1)[-1]))
 
 
-def make_blob_store(settings: Settings) -> BlobStore:
-    """The blob store the settings name: S3 for ``storage.url = s3://...``, else a folder."""
-    objects = object_store(settings)
+def make_blob_store(settings: Settings, objects: S3Objects | None = None) -> BlobStore:
+    """The blob store the settings name: S3 for ``storage.url = s3://...``, else a folder.
+    ``objects`` reuses an S3 client already made from the same settings."""
+    if objects is None:
+        objects = object_store(settings)
     if objects is None:
         return LocalBlobStore(settings.resolved_blob_dir)
     return S3BlobStore(objects)

@@ -301,6 +301,40 @@ class ServiceSettings(Section):
     )
 
 
+class ReplicaSettings(Section):
+    """Several control-plane processes on one database, one object store and one broker."""
+
+    id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="This process's name among several replicas (e.g. `a`, `b`). Set: it "
+        "connects to the broker as `<mqtt_username>-<id>`, shares the fleet's chunk requests "
+        "and telemetry with the other replicas (MQTT shared subscriptions), heartbeats in the "
+        "database, and takes over what a replica whose heartbeat stopped left behind. Needs "
+        "an external broker (mqtt_url). Unset: a single control plane.",
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Every replica's id, so `control-plane broker-config` and the registry's "
+        "broker files give each one its broker identity.",
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, description="How often a replica records that it is alive."
+    )
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="A replica silent for this long is taken as dead: its running training jobs "
+        "are marked failed by a survivor.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_longer_than_heartbeat(self) -> Self:
+        if self.lease_s <= 2 * self.heartbeat_s:
+            raise ValueError("replica lease_s must exceed twice heartbeat_s")
+        return self
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
@@ -346,6 +380,10 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
+    "replica_id": ("replicas", "id"),
+    "replica_peers": ("replicas", "peers"),
+    "replica_heartbeat_s": ("replicas", "heartbeat_s"),
+    "replica_lease_s": ("replicas", "lease_s"),
     "services_dir": ("services", "dir"),
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
@@ -402,6 +440,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
+    replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -444,6 +483,26 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _replicas_need_a_broker(self) -> Self:
+        if self.replicas.id is not None and not self.mqtt.url:
+            raise ValueError(
+                "replica_id needs an external broker (mqtt_url): replicas share one broker"
+            )
+        return self
+
+    @property
+    def mqtt_identity(self) -> str:
+        """The broker user name (and client id) of this process: one per replica."""
+        base = self.mqtt.username
+        return f"{base}-{self.replicas.id}" if self.replicas.id else base
+
+    @property
+    def mqtt_identities(self) -> list[str]:
+        """Every control-plane identity the broker files must hold (all replicas)."""
+        ids = {self.replicas.id, *self.replicas.peers} - {None}
+        return [self.mqtt.username, *sorted(f"{self.mqtt.username}-{i}" for i in ids)]
+
     @property
     def resolved_database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'control-plane.db'}"
@@ -477,4 +536,5 @@ SECTIONS: dict[str, type[Section]] = {
     "training": TrainingSettings,
     "registry": RegistrySettings,
     "services": ServiceSettings,
+    "replicas": ReplicaSettings,
 }

@@ -33,9 +33,9 @@ def test_two_publishes_at_once_make_two_versions(
 
     real = VersionService._write_folder
 
-    def slow_write(self: VersionService, folder: Path, items: Any, detection: bool) -> str:
+    def slow_write(self: VersionService, folder: Path, *args: Any, **kwargs: Any) -> str:
         time.sleep(0.5)  # holding the dataset lock: the other publish arrives meanwhile
-        return real(self, folder, items, detection)
+        return real(self, folder, *args, **kwargs)
 
     monkeypatch.setattr(VersionService, "_write_folder", slow_write)
     with ThreadPoolExecutor(2) as pool:

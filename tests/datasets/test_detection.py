@@ -12,8 +12,9 @@ import pytest
 
 from tests.datasets.conftest import API, Client, DetImage, write_detection, write_voc
 from tests.pg import BOTH_DATABASES
+from tests.s3 import BOTH_STORES
 
-pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
+pytestmark = [BOTH_DATABASES, BOTH_STORES]  # also on PostgreSQL and S3
 
 
 def _boxes_by_digest(client: Client, ds: str) -> dict[str, list[tuple]]:

@@ -11,8 +11,11 @@ V001/
 ```
 
 into a temporary folder that is renamed into place only when complete, and records the version
-in the database. The version digest is the sha256 of ``manifest.jsonl``, which itself names each
-file's sha256, so the digest covers the content.
+in the database. With an S3-compatible store the folder goes to the bucket instead, without
+``data/`` (the manifest names every file by sha256, which is its object's name), and is
+materialised into a local folder on the nodes that read it (``control_plane.datasets.storage``).
+The version digest is the sha256 of ``manifest.jsonl``, which itself names each file's sha256,
+so the digest covers the content (and is the same whichever store holds the version).
 
 The split is reproducible: samples are ordered by content digest (not by import order or id),
 shuffled with ``random.Random(seed)`` within each stratum (the label, for classification) and the
@@ -119,7 +122,9 @@ class VersionService:
         return version
 
     def path(self, version: DatasetVersion) -> Path:
-        return self.store.version_dir(version.dataset_id, version.name)
+        """The version's local folder; with an S3 store, materialised from the bucket on first
+        use on this node (``DatasetStore.materialize``)."""
+        return self.store.materialize(version.dataset_id, version.name)
 
     # --- publish -----------------------------------------------------------------------------
 
@@ -151,8 +156,9 @@ class VersionService:
             raise Conflict(f"version folder {name} already exists")
         tmp = self.store.new_version_tmp(dataset_id)
         final = self.store.version_dir(dataset_id, name)
+        remote = self.store.remote is not None  # S3: the manifest names objects, no data/ links
         try:
-            digest = self._write_folder(tmp, items, detection)
+            digest = self._write_folder(tmp, items, detection, link_files=not remote)
             stats = _label_stats(items)
             train = sum(1 for it in items if it.split == "train")
             summary: dict[str, Any] = {
@@ -170,12 +176,19 @@ class VersionService:
                 "label_stats": stats,
             }
             (tmp / "version.json").write_text(json.dumps(summary, indent=1) + "\n")
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if final.exists():  # another publish of the same number got there first
+            if remote:
+                try:
+                    self.store.upload_version(tmp, dataset_id, name)
+                except FileExistsError:
                     raise Conflict(f"version {name} was published concurrently") from None
-                raise
+                shutil.rmtree(tmp)
+            else:
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if final.exists():  # another publish of the same number got there first
+                        raise Conflict(f"version {name} was published concurrently") from None
+                    raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -197,7 +210,7 @@ class VersionService:
             self.session.commit()
         except BaseException as exc:
             self.session.rollback()
-            shutil.rmtree(final, ignore_errors=True)
+            self.store.delete_version(dataset_id, name)
             if isinstance(exc, IntegrityError):
                 raise Conflict(f"version {name} was published concurrently") from None
             raise
@@ -227,13 +240,16 @@ class VersionService:
             raise NotFound(f"dataset {dataset_id} not found")
         return dataset
 
-    def _write_folder(self, folder: Path, items: list[VersionItem], detection: bool) -> str:
+    def _write_folder(
+        self, folder: Path, items: list[VersionItem], detection: bool, link_files: bool = True
+    ) -> str:
         (folder / "data").mkdir()
         if detection:
             (folder / "Annotations").mkdir()
         lines = []
         for it in items:
-            self.store.link_into(it.digest, folder / it.path)
+            if link_files:
+                self.store.link_into(it.digest, folder / it.path)
             if detection:
                 xml = formats.voc_xml(it, Path(it.path).name)
                 (folder / "Annotations" / f"{it.digest}.xml").write_bytes(xml)
@@ -322,10 +338,9 @@ class VersionService:
         if version.uses:
             users = ", ".join(f"{u.kind} {u.ref}" for u in version.uses)
             raise Conflict(f"version {name} is used by {users}; it cannot be deleted")
-        folder = self.path(version)
         self.session.delete(version)
         self.session.commit()
-        shutil.rmtree(folder, ignore_errors=True)
+        self.store.delete_version(dataset_id, name)
         logger.info("deleted version %s of dataset %s", name, dataset_id)
 
     def add_use(self, dataset_id: str, name: str, kind: str, ref: str) -> DatasetVersionUse:
