@@ -63,7 +63,9 @@ def run_layout(work: Path, src: Path, overrides: dict[str, Any], tag: str) -> di
     api = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
     out: dict[str, float] = {}
     try:
-        ds = api.post(f"{API}/datasets", json={"name": "bench"}).json()["id"]
+        ds = api.post(
+            f"{API}/datasets", json={"name": "bench", "type": "image_classification"}
+        ).json()["id"]
         t = time.perf_counter()
         r = api.post(f"{API}/datasets/{ds}/imports", json={"path": str(src)})
         out["import_folder"] = time.perf_counter() - t

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,7 +212,7 @@ class S3Objects:
     def download(self, name: str, target: Path, sha256: str | None = None) -> None:
         """Write the object to ``target`` (checked; renamed into place only when it matches)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
         try:
             with open(tmp, "wb") as f:
                 for chunk in self.stream(name, sha256):

@@ -32,7 +32,9 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,9 @@ from control_plane.core.errors import StorageUnavailable
 from control_plane.datasets.images import thumbnail
 
 VERSION_DONE = "version.json"  # written last: a version whose summary exists is complete
+FETCH_THREADS = 8  # parallel object downloads when a version is materialised
+UPLOAD_THREADS = 8  # parallel sample uploads during an import
+UPLOAD_IN_FLIGHT = 64  # samples read but not yet uploaded, all imports together
 
 
 class DatasetStore:
@@ -47,6 +52,10 @@ class DatasetStore:
         """``remote``: the ``control_plane.core.s3.S3Objects`` of the bucket, or None."""
         self.root = root
         self.remote = remote
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+        self._in_flight = threading.BoundedSemaphore(UPLOAD_IN_FLIGHT)
         self.objects = root / "objects"
         self.thumbs = root / "thumbnails"
         self.versions = root / "versions"
@@ -74,15 +83,72 @@ class DatasetStore:
         return self.remote is not None and bool(self.remote.exists(self.remote_object(digest)))
 
     def put_bytes(self, digest: str, data: bytes) -> bool:
-        """Store ``data`` under ``digest``; returns False when it was already there. With S3 the
-        bucket is written first, then the local cache."""
+        """Store ``data`` under ``digest``; returns False when it was already there.
+
+        With S3 the object goes to the local cache at once and to the bucket in the background
+        (uploads are latency-bound: ``UPLOAD_THREADS`` at once, at most ``UPLOAD_IN_FLIGHT``
+        waiting, so memory stays bounded); the caller must call ``finish_uploads`` before it
+        records the samples. True then means "not cached here": an upload that finds the object
+        already in the bucket (put there by another node) leaves it, and so does a ``delete`` of
+        it by this thread's rollback.
+        """
         if self.remote is None:
             return self._put_local(digest, data)
-        if self.has(digest):
-            return False
-        self.remote.put_bytes(self.remote_object(digest), data)
+        if self.object_path(digest).exists():
+            return False  # cached here, so it is in the bucket
         self._put_local(digest, data)
+        self._in_flight.acquire()
+        try:
+            future = self._uploader().submit(self._upload, digest, data)
+        except BaseException:
+            self._in_flight.release()
+            raise
+        self._thread_uploads().append((digest, future))
         return True
+
+    def _upload(self, digest: str, data: bytes) -> bool:
+        """Put one object unless the bucket has it; True when this call stored it."""
+        name = self.remote_object(digest)
+        try:
+            if self.remote.exists(name):
+                return False
+            self.remote.put_bytes(name, data)
+            return True
+        except BaseException:
+            self.object_path(digest).unlink(missing_ok=True)  # never cache what is not stored
+            raise
+        finally:
+            self._in_flight.release()
+
+    def finish_uploads(self) -> None:
+        """Wait for this thread's background uploads; raises the first failure once all ended."""
+        if self.remote is None:
+            return
+        uploads, self._local.uploads = self._thread_uploads(), []
+        found: set[str] = set()
+        failed: list[BaseException] = []
+        for digest, future in uploads:
+            error = future.exception()
+            if error is not None:
+                failed.append(error)
+            elif not future.result():
+                found.add(digest)
+        if uploads:  # a second call (a rollback's) keeps what the first one found
+            self._local.found = found
+        if failed:
+            raise failed[0]
+
+    def _uploader(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="s3-upload")
+            return self._pool
+
+    def _thread_uploads(self) -> list[tuple[str, Future[bool]]]:
+        if not hasattr(self._local, "uploads"):
+            self._local.uploads = []
+        uploads: list[tuple[str, Future[bool]]] = self._local.uploads
+        return uploads
 
     def _put_local(self, digest: str, data: bytes) -> bool:
         """Store ``data`` under ``digest``; returns False when it was already there.
@@ -118,7 +184,10 @@ class DatasetStore:
         return True
 
     def delete(self, digest: str) -> None:
-        if self.remote is not None:
+        found: set[str] = getattr(self._local, "found", set())
+        if self.remote is not None and digest in found:
+            found.discard(digest)  # another node stored it: only the local copy goes
+        elif self.remote is not None:
             self.remote.delete(self.remote_object(digest))
         self.object_path(digest).unlink(missing_ok=True)
         (self.thumbs / digest[:2] / f"{digest}.png").unlink(missing_ok=True)
@@ -202,9 +271,12 @@ class DatasetStore:
                 self.remote.download(n, tmp / n[len(prefix) :])
             (tmp / "data").mkdir(exist_ok=True)
             with open(tmp / "manifest.jsonl", encoding="utf-8") as f:
-                for line in f:
-                    entry = json.loads(line)
-                    self.link_into(entry["sha256"], tmp / entry["source"])
+                entries = [json.loads(line) for line in f]
+            # Object downloads are latency-bound: several at once (each checked by its digest).
+            with ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="materialize") as pool:
+                list(pool.map(lambda e: self.local_object(e["sha256"]), entries))
+            for entry in entries:
+                self.link_into(entry["sha256"], tmp / entry["source"])
             try:
                 os.rename(tmp, final)
             except OSError:

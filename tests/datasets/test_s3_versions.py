@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
+from control_plane.datasets.storage import DatasetStore
 from control_plane.datasets.versions.service import VersionService
-from tests.datasets.conftest import API, API_TOKEN, Client, brokerless_app, make_settings
+from tests.datasets.conftest import (
+    API,
+    API_TOKEN,
+    Client,
+    brokerless_app,
+    digit_png,
+    make_settings,
+)
 from tests.s3 import S3Server
 
 
@@ -72,3 +82,57 @@ def test_versions_are_manifests_in_the_bucket_and_materialise_anywhere(
         assert left == [] and not folder.exists()
     finally:
         ctx2.close()
+
+
+def test_failed_import_removes_its_objects_but_not_another_nodes(
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node b's import fails part-way: the objects it uploaded go, the one node a had already
+    stored (and b found in the bucket) stays."""
+    bucket = s3_server.new_bucket()
+    storage = s3_server.settings(bucket, "plane")
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    rng = random.Random(9)
+    shared = digit_png(1, rng)
+    folder = tmp_path / "in" / "fresh"
+    folder.mkdir(parents=True)
+    for i, data in enumerate([shared, *(digit_png(d, rng) for d in (2, 3, 4))]):
+        (folder / f"{i}.png").write_bytes(data)
+
+    nodes = []
+    for name in ("a", "b"):
+        settings = make_settings(
+            tmp_path / name, database_url=db, dataset_import_roots=[tmp_path / "in"], **storage
+        )
+        app, ctx = brokerless_app(settings)
+        api = TestClient(
+            app, headers={"Authorization": f"Bearer {API_TOKEN}"}, raise_server_exceptions=False
+        )
+        nodes.append((api, ctx))
+    (a, ctx_a), (b, ctx_b) = nodes
+    try:
+        other = Client(a, ctx_a, tmp_path).create("other")
+        files = [("files", ("shared.png", shared, "image/png"))]
+        assert a.post(f"{API}/datasets/{other}/files", files=files).json()["imported"] == 1
+        before = _bucket_names(s3_server, bucket)
+        assert len(before) == 1
+
+        calls = 0
+        real = DatasetStore.put_bytes
+
+        def failing(self: DatasetStore, digest: str, data: bytes) -> bool:
+            nonlocal calls
+            calls += 1
+            if calls == 4:
+                raise OSError(28, "No space left on device")
+            return real(self, digest, data)
+
+        monkeypatch.setattr(DatasetStore, "put_bytes", failing)
+        target = Client(b, ctx_b, tmp_path).create("target")
+        r = b.post(f"{API}/datasets/{target}/imports", json={"path": str(folder)})
+        assert r.status_code == 500 and calls == 4
+        assert _bucket_names(s3_server, bucket) == before  # the shared object is still there
+        assert b.get(f"{API}/datasets/{target}/samples").json()["total"] == 0
+    finally:
+        ctx_a.close()
+        ctx_b.close()
