@@ -13,9 +13,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.datasets.conftest import API, Client, brokerless_app, digit_png, make_settings
-from tests.pg import BOTH_DATABASES
-
-pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _png(seed: int) -> bytes:

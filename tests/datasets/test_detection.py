@@ -12,9 +12,8 @@ import pytest
 
 from tests.datasets.conftest import API, Client, DetImage, write_detection, write_voc
 from tests.pg import BOTH_DATABASES
-from tests.s3 import BOTH_STORES
 
-pytestmark = [BOTH_DATABASES, BOTH_STORES]  # also on PostgreSQL and S3
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py); S3: test_digits, test_s3_versions
 
 
 def _boxes_by_digest(client: Client, ds: str) -> dict[str, list[tuple]]:
