@@ -260,11 +260,12 @@ def test_two_replicas_act_as_one_and_a_survivor_takes_over(
     job_id = r.json()["id"]
 
     def running() -> Any:
-        state = a.call("GET", f"/api/v1/training/jobs/{job_id}").json()["state"]
-        owner, pid = _job_owner(cluster, job_id)
-        return (owner, pid) if state == "running" and pid else None
+        job = a.call("GET", f"/api/v1/training/jobs/{job_id}").json()
+        _, pid = _job_owner(cluster, job_id)
+        return (job["replica"], pid) if job["state"] == "running" and pid else None
 
     owner_name, pid = wait_for(running, timeout=60, interval=0.3)
+    assert _job_owner(cluster, job_id)[0] == owner_name
     assert owner_name in REPLICAS
     owner = cluster.replicas[owner_name]
     survivor = b if owner is a else a
@@ -288,7 +289,7 @@ def test_two_replicas_act_as_one_and_a_survivor_takes_over(
 
 def _job_owner(cluster: Cluster, job_id: str) -> tuple[str | None, int | None]:
     """The replica that claimed the job and its process id, read from the shared database (the
-    API does not show either)."""
+    API shows the replica, not the process)."""
     from sqlalchemy import create_engine, select
 
     from control_plane.training.models import TrainingJob
