@@ -18,6 +18,7 @@ from control_plane.core import http_errors
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
 from control_plane.core.deps import require_token
+from control_plane.core.replicas import Heartbeat
 from control_plane.core.settings import Settings
 from control_plane.dashboard import routes as dashboard
 from control_plane.datasets import routes as datasets
@@ -136,6 +137,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             broker.start()
             ctx.broker_url = broker.url
+        # Replicas: this one's heartbeat row, before anything that claims work in its name.
+        heartbeat = None
+        if settings.replicas.id is not None:
+            heartbeat = Heartbeat(ctx.sessions, settings.replicas.id, settings.replicas.heartbeat_s)
+            heartbeat.start()
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
         # Batch jobs on devices: their own leaves on the fleet connection.
@@ -165,6 +171,8 @@ def create_app(settings: Settings) -> FastAPI:
             fleet.stop()
             if broker is not None:
                 broker.stop()
+            if heartbeat is not None:
+                heartbeat.stop()
             ctx.close()
 
     app = FastAPI(

@@ -7,6 +7,7 @@ this module. It sits at the top of the package, beside ``app.py``, so no import 
 
 from __future__ import annotations
 
+from control_plane.core import replicas
 from control_plane.core.database import Base
 from control_plane.datasets import models as datasets
 from control_plane.deployments import models as deployments
@@ -24,6 +25,7 @@ __all__ = [
     "devices",
     "notebooks",
     "registry",
+    "replicas",
     "services",
     "training",
     "users",

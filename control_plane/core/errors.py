@@ -63,3 +63,8 @@ class BrokerUnavailable(ControlPlaneError):
 
 class Unavailable(ControlPlaneError):
     """What the request needs is not running right now (e.g. no replica of a service)."""
+
+
+class StorageUnavailable(Unavailable):
+    """The object store (an S3-compatible service) cannot be reached, refused the request, or
+    returned content that fails its checksum."""

@@ -10,6 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from tests.datasets.conftest import API, Client, zip_folder
+from tests.s3 import BOTH_STORES
+
+pytestmark = BOTH_STORES  # also with an S3 store (tests/s3.py)
 
 
 def _manifest(client: Client, ds: str, version: str) -> list[dict]:
