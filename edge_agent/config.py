@@ -303,6 +303,17 @@ class AgentSettings(BaseSettings):
         default=512, ge=1, description="Concurrent inference requests; beyond, RESOURCE_EXHAUSTED."
     )
     batch_job_workers: int = Field(default=1, ge=1, description="Batch jobs run at once.")
+    shared_memory_max_regions: int = Field(
+        default=64,
+        ge=0,
+        description="System shared memory regions registered at once (0 turns the extension "
+        "off); beyond, registering fails.",
+    )
+    shared_memory_max_bytes: int = Field(
+        default=1 << 30,
+        ge=0,
+        description="Bytes of system shared memory the agent maps at most, over all regions.",
+    )
     models: dict[str, ModelSettings] = Field(
         default_factory=dict, description="Per-model serving options by model name."
     )
