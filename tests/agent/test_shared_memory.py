@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -442,3 +444,21 @@ def test_remote_callers_are_refused() -> None:
         codec.decode(remote)
     local = codec.decode(codec.InferWire("mlp", "", body, codec.JSON_TYPE, None, local=True))
     assert local.inputs[0].shm == ShmRef("r", 0, 16)
+
+
+def test_readme_example_runs_as_written(agent: AgentProcess, tmp_path: Path) -> None:
+    """The README's shared memory example, verbatim apart from the address, against the agent."""
+    readme = (Path(__file__).resolve().parents[2] / "edge_agent" / "README.md").read_text()
+    section = readme.split("## System shared memory", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"127.0.0.1:8001"' in code
+    script = tmp_path / "example.py"
+    script.write_text(code.replace('"127.0.0.1:8001"', f'"{agent.address}"'))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "regions" in done.stdout and "cam0-in" in done.stdout  # the status it printed
+    printed = done.stdout.split("]]", 1)[0].lstrip("[ \n").split()
+    logits = [float(v) for v in printed]  # the ten logits it read from the output region
+    assert len(logits) == 10 and any(logits)
