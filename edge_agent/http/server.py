@@ -60,7 +60,8 @@ class Request:
     query: str
     headers: dict[str, str]  # lower-case names
     body: bytes
-    #: The client connected over loopback (it is on this machine): shared memory needs it.
+    #: The client connected over loopback (it is on this machine) and the request was not
+    #: relayed by a proxy (no ``Forwarded`` / ``X-Forwarded-For``): shared memory needs it.
     local: bool = False
 
 
@@ -276,7 +277,10 @@ class _Connection(asyncio.Protocol):
             method = self.parser.get_method().decode("ascii", "replace")
             path, _, query = self.url.decode("latin-1").partition("?")
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            item = Request(method, path, query, self.headers, body, self.local)
+            # A relayed request (a proxy on this machine) comes from wherever the proxy's
+            # client is: not local, whatever the socket says.
+            relayed = "forwarded" in self.headers or "x-forwarded-for" in self.headers
+            item = Request(method, path, query, self.headers, body, self.local and not relayed)
         self.pending.append((item, self.parser.should_keep_alive()))
         self._reset_message()
         if len(self.pending) > MAX_PIPELINED:

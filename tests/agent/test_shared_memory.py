@@ -334,6 +334,16 @@ def test_bad_registrations(
         assert r.status_code == 404 and "no shared memory region" in r.json()["error"]
         r = http.get("/v2/systemsharedmemory/region/h/register")
         assert r.status_code == 405
+        # A request relayed by a proxy on this machine (the control plane's service proxy
+        # says so with Forwarded) is not local: refused although it arrives over loopback.
+        for header in ({"Forwarded": "for=203.0.113.9"}, {"X-Forwarded-For": "203.0.113.9"}):
+            r = http.post(
+                f"/v2/systemsharedmemory/region/{_name(obj)}-relayed/register",
+                json={"key": _key(obj), "byte_size": 16},
+                headers=header,
+            )
+            assert r.status_code == 400, r.text
+            assert "only for clients on the agent's own machine" in r.json()["error"]
         r = http.post("/v2/cudasharedmemory/region/c/register", json={})
         assert r.status_code == 501 and "CUDA shared memory is not supported" in r.json()["error"]
     e = _grpc_error(lambda: grpc_client.get_cuda_shared_memory_status())
