@@ -7,9 +7,13 @@ on every install, for every MiB. ``unpack_verified`` reads the file once, sequen
 - every byte read feeds the whole-file sha256 (the package's name) as it passes;
 - the tar is parsed as a stream; the manifest and signature are kept in memory, every other
   member is written to a staging folder while its own sha256 is computed;
-- at the end of the file: the signature is checked once (through the caller's ``verify``, so an
-  agent can keep ``cryptography`` out of its own memory), then every pinned digest and size is
-  compared, and anything the manifest does not pin fails the package.
+- the signature is checked once, through the caller's ``verify`` (so an agent can keep
+  ``cryptography`` out of its own memory), in a thread started as soon as the manifest and
+  signature have streamed past (``write_archive`` puts them first): the check (a child process,
+  for an agent) runs beside the hashing of the files instead of after it, and a refused
+  signature stops the pass at the next chunk instead of after the whole file;
+- at the end of the file, every pinned digest and size is compared, and anything the manifest
+  does not pin fails the package.
 
 Nothing is read twice and nothing is trusted before every check passed: the staging folder is a
 hidden temporary sibling, removed on any failure; the caller renames it into place (the install's
@@ -26,6 +30,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,20 +89,22 @@ def unpack_verified(
     staging_parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=".unpack-", suffix=".partial", dir=staging_parent))
     try:
-        with open(path, "rb") as raw:
+        with open(path, "rb") as raw, _Signature(verify) as signature:
             reader = _HashingReader(raw)  # type: ignore[arg-type]
             try:
-                manifest_bytes, signature_bytes, written = _stream(reader, staged, limits)
+                manifest_bytes, signature_bytes, written = _stream(
+                    reader, staged, limits, signature
+                )
             except (tarfile.TarError, EOFError) as exc:
                 raise InvalidPackage(
                     f"{path.name}: not a readable package archive ({exc})"
                 ) from exc
             while reader.read(_CHUNK):  # the end-of-archive padding is part of the digest
                 pass
-        if manifest_bytes is None:
-            raise InvalidPackage(f"{path.name}: no {MANIFEST_NAME} in the archive")
-        manifest = Manifest.from_bytes(manifest_bytes)
-        key_id = verify(manifest_bytes, signature_bytes)
+            if manifest_bytes is None:
+                raise InvalidPackage(f"{path.name}: no {MANIFEST_NAME} in the archive")
+            signature.start(manifest_bytes, signature_bytes)  # unless started while streaming
+            manifest, key_id = signature.result()
         _check_pins(manifest, written)
         (staged / MANIFEST_NAME).write_bytes(manifest_bytes)
         if signature_bytes is not None:
@@ -110,12 +117,53 @@ def unpack_verified(
         raise
 
 
+class _Signature:
+    """The signature check, run in a thread beside the rest of the pass.
+
+    ``start`` parses the manifest first (a broken one is an ``InvalidPackage`` at once, before
+    any signature verdict), then submits ``verify``. Leaving the context waits for the check, so
+    no thread or child outlives the pass.
+    """
+
+    def __init__(self, verify: SignatureCheck) -> None:
+        self._verify = verify
+        self._pool: ThreadPoolExecutor | None = None
+        self._future: Future[str] | None = None
+        self._manifest: Manifest | None = None
+
+    def start(self, manifest_bytes: bytes, signature_bytes: bytes | None) -> None:
+        if self._future is not None:
+            return
+        self._manifest = Manifest.from_bytes(manifest_bytes)
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="signature")
+        self._future = self._pool.submit(self._verify, manifest_bytes, signature_bytes)
+
+    def raise_if_refused(self) -> None:
+        """Stop early: the check already said no."""
+        f = self._future
+        if f is not None and f.done():
+            exc = f.exception()
+            if exc is not None:
+                raise exc
+
+    def result(self) -> tuple[Manifest, str]:
+        assert self._future is not None and self._manifest is not None
+        return self._manifest, self._future.result()
+
+    def __enter__(self) -> _Signature:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 def _stream(
-    reader: _HashingReader, staged: Path, limits: ArchiveLimits
+    reader: _HashingReader, staged: Path, limits: ArchiveLimits, signature: _Signature
 ) -> tuple[bytes | None, bytes | None, dict[str, tuple[int, str]]]:
     """The tar's members in order: manifest and signature kept, the rest written with their
     digests. Returns (manifest, signature, {path: (size, sha256)})."""
-    manifest = signature = None
+    manifest = sig_bytes = None
     written: dict[str, tuple[int, str]] = {}
     seen: set[str] = set()
     total = 0
@@ -143,8 +191,10 @@ def _stream(
                 if m.name == MANIFEST_NAME:
                     manifest = data
                 else:
-                    signature = data
+                    sig_bytes = data
                 continue
+            if manifest is not None and sig_bytes is not None:
+                signature.start(manifest, sig_bytes)  # the files hash while it runs
             target = staged / m.name
             if not target.resolve().is_relative_to(root):
                 raise UnsafeArchive(f"{m.name!r} escapes the package folder")
@@ -156,12 +206,13 @@ def _stream(
                     h.update(chunk)
                     out.write(chunk)
                     size += len(chunk)
+                    signature.raise_if_refused()
                 out.flush()
                 os.fsync(out.fileno())
             if size != m.size:
                 raise InvalidPackage(f"{m.name!r} is truncated")
             written[m.name] = (size, h.hexdigest())
-    return manifest, signature, written
+    return manifest, sig_bytes, written
 
 
 def _check_pins(manifest: Manifest, written: dict[str, tuple[int, str]]) -> None:
