@@ -12,6 +12,9 @@ throughput of
       batching off and on,
   (d) the same agent (unbatched) over HTTP/REST: KServe v2 with tensors as binary data both
       ways (``REST binary``), and as JSON both ways (``REST JSON``),
+  (e) the same agent at c=1 with the input and output in system shared memory (``bench_loadgen.py
+      grpc --shm``: regions created with ``tritonclient.utils.shared_memory`` and registered
+      once; every request writes its input into the region and reads the output back),
 
 with load from a separate process (``bench_loadgen.py grpc`` / ``http``: tritonclient's gRPC or
 HTTP client, one thread and one client per concurrent request, warmup excluded) at concurrency 1
