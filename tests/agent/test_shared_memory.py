@@ -382,6 +382,7 @@ def test_bad_references_in_requests(
     cases = [
         (lambda: infer("ghost", x.nbytes), "no shared memory region 'ghost'"),
         (lambda: infer("in", x.nbytes, offset=4), "past the end of region 'in'"),
+        (lambda: infer("in", x.nbytes, offset=-4), "shared_memory_offset must not be negative"),
         (lambda: infer("in", x.nbytes + 4), "past the end of region 'in'"),
         (lambda: infer("in", x.nbytes - 4), f"needs {x.nbytes}"),
         (lambda: infer("in", x.nbytes, shape=(2, 784)), "needs"),
