@@ -142,7 +142,9 @@ def measure_paths(pkg: Path, pub: Path, workdir: Path, reps: int) -> dict[str, A
     }
 
 
-def agent_server(tag: str, workdir: Path, pub: Path, src: Path | None) -> Server:
+def agent_server(
+    tag: str, workdir: Path, pub: Path, src: Path | None, extra: dict[str, Any] | None = None
+) -> Server:
     port_file = workdir / f"{tag}.port.json"
     config = {
         "data_dir": str(workdir / f"data-{tag}"),
@@ -154,6 +156,7 @@ def agent_server(tag: str, workdir: Path, pub: Path, src: Path | None) -> Server
         "intra_op_threads": 1,
         "inter_op_threads": 1,
         "log_level": "INFO",
+        **(extra or {}),
     }
     cfg = workdir / f"{tag}.yaml"
     cfg.write_text(yaml.safe_dump(config))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--per-round", type=int, default=30, help="requests per configuration")
     p.add_argument("--models-dir", type=Path, default=REPO / "tests" / ".models")
+    p.add_argument(
+        "--agent-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra agent setting (YAML value), e.g. inline_threshold_ms=20",
+    )
     a = p.parse_args(argv)
 
     import tritonclient.grpc as tcg
@@ -60,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         generate_keypair(workdir / "k", workdir / "k.pub")
         spec = BuildSpec(name="cnn", version="1", artifacts=[ArtifactInput(model)])
         pkg = build_package(spec, workdir / "pkg", load_private_key(workdir / "k"))
-        with agent_server("agent", workdir, workdir / "k.pub", None).start() as server:
+        extra = {k: yaml.safe_load(v) for k, _, v in (o.partition("=") for o in a.agent_option)}
+        with agent_server("agent", workdir, workdir / "k.pub", None, extra).start() as server:
             install(server, pkg)
             client = tcg.InferenceServerClient(server.url)
             x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         times[name].append((time.perf_counter() - t0) * 1e3)
             client.unregister_system_shared_memory()
             client.close()
-        report(times, load0)
+        report(times, load0, extra)
     except Exception as exc:  # a benchmark reports, it does not fail
         print(f"bench-shared-memory failed: {exc!r}", file=sys.stderr)
     finally:
@@ -123,13 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(times: dict[str, list[float]], load0: tuple[float, float, float]) -> None:
+def report(
+    times: dict[str, list[float]], load0: tuple[float, float, float], extra: dict[str, object]
+) -> None:
     busy = psutil.cpu_percent(None)
     print("\nCNN (1x3x224x224 FP32, 602 KB) at c=1, interleaved in one client process")
     print(
         f"  machine: {os.cpu_count()} CPUs, load average {load0[0]:.1f} at start, "
         f"{os.getloadavg()[0]:.1f} at end; CPUs busy {busy:.0f}% over the run"
     )
+    if extra:
+        print(f"  agent settings: {extra}")
     raw = times["raw onnxruntime"]
     raw50, raw10 = np.percentile(raw, 50), np.percentile(raw, 10)
     print(f"  {'':40} {'p50 ms':>8} {'p10 ms':>8} {'p50-raw':>8} {'p10-raw':>8}   n")
