@@ -30,7 +30,8 @@ const fill = (template, data) =>
 function setPath(obj, path, value) {
   const keys = path.split(".");
   let o = obj;
-  keys.slice(0, -1).forEach((k) => { o = o[k] = o[k] || {}; });
+  // A numeric next key ("models.0.model") makes a list, so forms can build arrays of objects.
+  keys.slice(0, -1).forEach((k, i) => { o = o[k] = o[k] || (/^\d+$/.test(keys[i + 1]) ? [] : {}); });
   o[keys[keys.length - 1]] = value;
 }
 
