@@ -124,7 +124,12 @@ function bindUploads() {
         bar.value = 100;
         if (attr(form, "then")) { location.assign(fill(attr(form, "then"), data)); return; }
         report.hidden = false;
-        if (data.imported !== undefined) {
+        if (attr(form, "topk") !== null) {
+          // An OIP v2 answer ("try it"): the model's top-k output, one "score:index:label" a line.
+          const out = (data.outputs || []).find((o) => o.name.endsWith("_topk"));
+          report.textContent = out ? out.data.join("\n") : JSON.stringify(data, null, 1);
+          report.dataset.done = "true";
+        } else if (data.imported !== undefined) {
           report.textContent = `imported ${data.imported}, duplicates ${data.duplicates.length}, errors ${data.errors.length}` +
             (data.labels_added.length ? `, labels added: ${data.labels_added.join(", ")}` : "") +
             data.errors.slice(0, 20).map((e) => `\n${JSON.stringify(e)}`).join("");
