@@ -112,7 +112,14 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     shot(page, "02-samples")
     # Usable at 800 px: nothing wider than the window (grids wrap, tables scroll in sections).
     page.set_viewport_size({"width": 800, "height": 800})
-    for url in ("/ui/", f"/ui/datasets/{ds}", f"/ui/datasets/{ds}/samples", "/ui/training"):
+    for url in (
+        "/ui/",
+        f"/ui/datasets/{ds}",
+        f"/ui/datasets/{ds}/samples",
+        "/ui/training",
+        "/ui/services",
+        "/ui/notebooks",
+    ):
         page.goto(url)
         assert page.evaluate("document.documentElement.scrollWidth") <= 800, url
     shot(page, "02-samples-800px")

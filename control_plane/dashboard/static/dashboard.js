@@ -125,9 +125,15 @@ function bindUploads() {
         if (attr(form, "then")) { location.assign(fill(attr(form, "then"), data)); return; }
         report.hidden = false;
         if (attr(form, "topk") !== null) {
-          // An OIP v2 answer ("try it"): the model's top-k output, one "score:index:label" a line.
-          const out = (data.outputs || []).find((o) => o.name.endsWith("_topk"));
-          report.textContent = out ? out.data.join("\n") : JSON.stringify(data, null, 1);
+          // An OIP v2 answer ("try it"): the package's top-k output ("score:index:label" a line)
+          // or, for a model without one, the five highest scores of its first output.
+          const outputs = data.outputs || [];
+          const out = outputs.find((o) => o.name.endsWith("_topk"));
+          if (out) report.textContent = out.data.join("\n");
+          else if (outputs.length && typeof outputs[0].data[0] === "number") {
+            const top = outputs[0].data.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+            report.textContent = top.map(([v, i]) => `${v.toPrecision(4)}:${i}`).join("\n");
+          } else report.textContent = JSON.stringify(data, null, 1);
           report.dataset.done = "true";
         } else if (data.imported !== undefined) {
           report.textContent = `imported ${data.imported}, duplicates ${data.duplicates.length}, errors ${data.errors.length}` +
