@@ -5,6 +5,7 @@ figures, the try-it form), each showing what the REST API says."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 import re
@@ -34,7 +35,13 @@ LABELS = [str(d) for d in range(10)]
 def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, TestClient]]:
     """(API client with the shared token, signed-in admin browser session)."""
     tmp = tmp_path_factory.mktemp("service-pages")
-    settings = make_settings(tmp, dev_mode=True, embedded_broker_port=0, dataset_import_roots=[tmp])
+    settings = make_settings(
+        tmp,
+        dev_mode=True,
+        embedded_broker_port=0,
+        dataset_import_roots=[tmp],
+        service_telemetry_interval_s=0.5,
+    )
     with TestClient(create_app(settings)) as page:
         api = TestClient(page.app, headers={"Authorization": f"Bearer {SHARED_TOKEN}"})
         sign_in(page, "admin", ADMIN_PASSWORD)
@@ -140,9 +147,102 @@ def test_online_service_page_shows_replicas_endpoint_and_figures(
         assert r.status_code == 200, r.text
         topk = next(o for o in r.json()["outputs"] if o["name"].endswith("_topk"))
         assert len(topk["data"]) == 3
-        versions = api.get(f"{API}/services/digits-online/versions").json()
-        for f in versions["items"]:
-            assert f'data-version="{f["version"]}"' in html
+        # The replica reports the request above: the page's version row shows the API's figures.
+        figures = _wait(
+            "figures",
+            lambda: [
+                f
+                for f in api.get(f"{API}/services/digits-online/versions").json()["items"]
+                if f["requests"] >= 1
+            ],
+        )
+        html = page.get("/ui/services/digits-online").text
+        row = re.search(r'<tr data-version="1">(.*?)</tr>', html, re.S)
+        assert row, html
+        cells = re.findall(r"<td>(.*?)</td>", row.group(1))
+        assert cells[:3] == ["digits", "1", "yes"] and int(cells[3]) >= figures[0]["requests"]
+        assert 'data-label="digits 1"' in html  # the requests-by-version chart
         assert page.get("/ui/services/nope").status_code == 404
     finally:
         api.delete(f"{API}/services/digits-online")
+
+
+def test_batch_page_draws_a_detection_evaluation() -> None:
+    """A detection batch's figures (mAP, per-label AP) as the page draws them, from the API's
+    own schema objects through the page's template."""
+    from control_plane.dashboard.render import templates
+    from control_plane.services.schemas import (
+        BatchInput,
+        BatchProgress,
+        DetectionClassMetrics,
+        DetectionEvaluation,
+        ResultPage,
+        ServiceModel,
+        ServicePublic,
+    )
+
+    now = dt.datetime.now(dt.UTC)
+    detection = DetectionEvaluation(
+        iou_threshold=0.5,
+        images=4,
+        errors=0,
+        boxes=6,
+        detections=5,
+        true_positives=4,
+        precision=0.8,
+        recall=4 / 6,
+        mean_ap=0.625,
+        labels=["box", "disc"],
+        per_class=[
+            DetectionClassMetrics(
+                label="box",
+                support=3,
+                detections=3,
+                true_positives=3,
+                precision=1.0,
+                recall=1.0,
+                ap=1.0,
+            ),
+            DetectionClassMetrics(
+                label="disc",
+                support=3,
+                detections=2,
+                true_positives=1,
+                precision=0.5,
+                recall=1 / 3,
+                ap=0.25,
+            ),
+        ],
+    )
+    svc = ServicePublic(
+        name="shapes-eval",
+        type="batch",
+        state="succeeded",
+        reason="",
+        models=[ServiceModel(model="shapes", version="1")],
+        generation=1,
+        replicas=[],
+        grpc_addresses=[],
+        input=BatchInput(dataset_id="d1", dataset_version="V001"),
+        batch=BatchProgress(job_id="j", state="SUCCEEDED", total=4, done=4),
+        detection_evaluation=detection,
+        created_at=now,
+        updated_at=now,
+    )
+    html = templates.get_template("services_batch.html").render(
+        svc=svc,
+        live=False,
+        percent=100.0,
+        confusion=None,
+        results=ResultPage(total=0, offset=0, items=[]),
+        per_page=50,
+        can=lambda role: True,
+        user=None,
+        csrf="",
+    )
+    assert '<strong id="map">0.6250</strong>' in html
+    assert (
+        "<td>disc</td><td>3</td><td>2</td><td>1</td><td>0.500</td><td>0.333</td><td>0.250</td>"
+        in html
+    )
+    assert 'id="evaluation"' not in html  # no classification figures for a detection batch
