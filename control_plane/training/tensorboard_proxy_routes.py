@@ -24,13 +24,15 @@ from starlette.background import BackgroundTask
 from control_plane.core.auth import Principal, Role
 from control_plane.core.context import AppContext
 from control_plane.core.deps import SESSION_COOKIE, authenticator
-from control_plane.core.errors import Forbidden, Unauthorized, Unavailable
+from control_plane.core.errors import Forbidden, PayloadTooLarge, Unauthorized, Unavailable
 from control_plane.training.runtime import runtime_for
 
 router = APIRouter(tags=["visualizations"])
 
 PREFIX = "/tensorboard"
 METHODS = ["GET", "POST", "HEAD"]
+#: TensorBoard's own requests are small queries; a bigger body is refused before it is read whole.
+MAX_BODY_BYTES = 1 << 20
 _HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "authorization", "cookie", "content-length",
@@ -78,13 +80,17 @@ async def proxy_tensorboard(vid: str, path: str, request: Request) -> Response:
     item = runtime_for(request.app).visualizations.get(vid)  # NotFound; touches (activity)
     if item.state != "running" or item.port is None:
         raise Unavailable(f"visualization {vid} is {item.state}: {item.reason}".rstrip(": "))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds {MAX_BODY_BYTES}")
+    body = await request.body()
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"request body exceeds {MAX_BODY_BYTES} bytes")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
     query = request.url.query
     url = f"http://127.0.0.1:{item.port}/{path}" + (f"?{query}" if query else "")
     client = _client()
-    upstream = client.build_request(
-        request.method, url, headers=headers, content=await request.body()
-    )
+    upstream = client.build_request(request.method, url, headers=headers, content=body)
     try:
         answer = await client.send(upstream, stream=True)
     except httpx.HTTPError as exc:

@@ -75,6 +75,11 @@ def test_tensorboard_is_served_to_signed_in_users_only(plane: Plane, tensorboard
     points = answer.json()[0]["runToSeries"][RUN]
     assert [round(p["value"], 3) for p in points] == [1.0, 0.5, 0.333, 0.25, 0.2]
 
+    # A body far bigger than any TensorBoard query is refused; the server keeps serving.
+    big = viewer.post(base + "data/runs", content=b"x" * (2 << 20))
+    assert big.status_code == 413
+    assert viewer.get(base + "data/runs").json() == [RUN]
+
     # An API token works as well (scripts), and an unknown server is a 404.
     assert plane.admin.get(base + "data/runs").json() == [RUN]
     assert plane.admin.get("/tensorboard/nope/").status_code == 404
