@@ -243,6 +243,28 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     shot(page, "07-service")
     rest.delete("/services/digits-web")
 
+    # A notebook on V001 from an example, opened through the proxy with the session, stopped.
+    page.goto("/ui/notebooks")
+    form = page.locator("#create-notebook")
+    form.locator("input[name=name]").fill("dev")
+    form.locator("select[name=dataset]").select_option(label="digits V001")
+    form.locator("select[name=example]").select_option("digits_image_classification")
+    form.locator("button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"/ui/notebooks/[0-9a-f]+$"))
+    notebook = page.url.rsplit("/", 1)[-1]
+    try:
+        assert rest.get(f"/notebooks/{notebook}").json()["dataset_version"] == "V001"
+        expect(page.locator("#open-lab")).to_be_visible(timeout=SLOW)
+        shot(page, "07-notebook")
+        page.click("#open-lab")
+        expect(page).to_have_title(re.compile("JupyterLab"), timeout=60_000)
+        page.goto(f"/ui/notebooks/{notebook}")
+        page.click("#stop-notebook button[type=submit]")
+        expect(page.locator("#start-notebook")).to_be_visible(timeout=60_000)
+        assert rest.get(f"/notebooks/{notebook}").json()["state"] == "stopped"
+    finally:
+        rest.delete(f"/notebooks/{notebook}")
+
     # A device: registered from the page (its bundle downloaded), then its agent started.
     page.goto("/ui/devices")
     page.fill("#register-device input[name=device_id]", "gw-1")
