@@ -38,6 +38,7 @@ from control_plane.services import routes as services
 from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
+from control_plane.training import tensorboard_proxy_routes as tensorboard_proxy
 from control_plane.training import visualization_routes as visualizations
 from control_plane.training.runtime import TrainingRuntime
 from control_plane.users import routes as users
@@ -201,6 +202,8 @@ def create_app(settings: Settings) -> FastAPI:
     # JupyterLab behind the control plane's auth (checked by the proxy itself: browsers
     # authenticate with a cookie there, not only with a bearer header).
     app.include_router(notebook_proxy.router)
+    # TensorBoard (bound to loopback) behind the same auth, for reading.
+    app.include_router(tensorboard_proxy.router)
     # The web dashboard (/ui), over the same services; its writes call the API above.
     dashboard.install(app)
     return app

@@ -13,14 +13,16 @@ from control_plane.dashboard.pages import (
     datasets,
     devices,
     models,
+    notebooks,
     overview,
+    services,
     training,
     users,
 )
 from control_plane.dashboard.render import HERE, page
 
 router = APIRouter(include_in_schema=False)
-for module in (auth, overview, datasets, training, models, devices, users):
+for module in (auth, overview, datasets, notebooks, training, models, devices, services, users):
     router.include_router(module.router)
 
 

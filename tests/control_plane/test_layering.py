@@ -102,11 +102,13 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
         "fleet",
         "services",
         "users",
+        "notebooks",
     },
 }
-# What another domain may import of a domain: its service(s), its schemas, and (from tables only)
-# its tables.
-PUBLIC_LEAVES = {"service", "schemas"}
+# What another domain may import of a domain: its service(s), its schemas, its typed dependencies
+# (``deps``: the long-lived runtime a service needs, such as a supervisor, for the dashboard's
+# pages), and (from tables only) its tables.
+PUBLIC_LEAVES = {"service", "schemas", "deps"}
 
 
 TOP_LEVEL = {"app", "cli", "tables", "health", "migrations"}

@@ -112,7 +112,14 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     shot(page, "02-samples")
     # Usable at 800 px: nothing wider than the window (grids wrap, tables scroll in sections).
     page.set_viewport_size({"width": 800, "height": 800})
-    for url in ("/ui/", f"/ui/datasets/{ds}", f"/ui/datasets/{ds}/samples", "/ui/training"):
+    for url in (
+        "/ui/",
+        f"/ui/datasets/{ds}",
+        f"/ui/datasets/{ds}/samples",
+        "/ui/training",
+        "/ui/services",
+        "/ui/notebooks",
+    ):
         page.goto(url)
         assert page.evaluate("document.documentElement.scrollWidth") <= 800, url
     shot(page, "02-samples-800px")
@@ -192,6 +199,21 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     expect(page.locator("#confusion")).to_contain_text("true \\ predicted")
     shot(page, "06-job")
 
+    # TensorBoard through the control plane: started from the job page, its own page and its
+    # POST queries served by the proxy under the session's auth.
+    tag = page.locator("svg[data-chart]").first.get_attribute("data-chart") or ""
+    job_url = page.url
+    with page.expect_response(
+        lambda r: "timeSeries" in r.url and r.request.method == "POST", timeout=SLOW
+    ) as series:
+        page.click("#start-tensorboard button[type=submit]")
+        expect(page).to_have_url(re.compile(r"/tensorboard/[0-9a-f]+/"), timeout=SLOW)
+    assert series.value.status == 200
+    expect(page.get_by_text(tag, exact=True).first).to_be_visible()
+    shot(page, "06-tensorboard")
+    page.goto(job_url)
+    expect(page.locator("#tensorboard .tensorboard-link")).to_be_visible()
+
     # Register the model; see its conversion report and lineage.
     page.click("#register-model button[type=submit]")
     expect(page.locator("h1")).to_contain_text("digits-cnn")
@@ -203,6 +225,45 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     expect(lineage).to_contain_text("package")
     model_url = page.url
     shot(page, "07-model")
+
+    # An online service from the services page, then "try it" with an image: top-k comes back.
+    page.goto("/ui/services")
+    page.fill("#create-online input[name=name]", "digits-web")
+    page.click("#create-online button[type=submit]")
+    expect(page).to_have_url(re.compile(r"/ui/services/digits-web$"))
+    expect(page.locator("h1 .state")).to_have_text("running", timeout=90_000)
+    expect(page.locator("#endpoint .grpc-address").first).to_contain_text("127.0.0.1:")
+    png = tmp_path / "try.png"
+    png.write_bytes(digit_png(1, random.Random(9)))
+    page.set_input_files("#try-it-form input[type=file]", str(png))
+    page.click("#try-it-form button[type=submit]")
+    expect(page.locator("#try-it-topk")).to_have_attribute("data-done", "true")
+    lines = page.locator("#try-it-topk").inner_text().splitlines()
+    assert lines and all(":" in line for line in lines), lines
+    shot(page, "07-service")
+    rest.delete("/services/digits-web")
+
+    # A notebook on V001 from an example, opened through the proxy with the session, stopped.
+    page.goto("/ui/notebooks")
+    form = page.locator("#create-notebook")
+    form.locator("input[name=name]").fill("dev")
+    form.locator("select[name=dataset]").select_option(label="digits V001")
+    form.locator("select[name=example]").select_option("digits_image_classification")
+    form.locator("button[type=submit]").click()
+    expect(page).to_have_url(re.compile(r"/ui/notebooks/[0-9a-f]+$"))
+    notebook = page.url.rsplit("/", 1)[-1]
+    try:
+        assert rest.get(f"/notebooks/{notebook}").json()["dataset_version"] == "V001"
+        expect(page.locator("#open-lab")).to_be_visible(timeout=SLOW)
+        shot(page, "07-notebook")
+        page.click("#open-lab")
+        expect(page).to_have_title(re.compile("JupyterLab"), timeout=60_000)
+        page.goto(f"/ui/notebooks/{notebook}")
+        page.click("#stop-notebook button[type=submit]")
+        expect(page.locator("#start-notebook")).to_be_visible(timeout=60_000)
+        assert rest.get(f"/notebooks/{notebook}").json()["state"] == "stopped"
+    finally:
+        rest.delete(f"/notebooks/{notebook}")
 
     # A device: registered from the page (its bundle downloaded), then its agent started.
     page.goto("/ui/devices")

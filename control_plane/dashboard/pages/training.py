@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import LineChart, line_chart
@@ -14,6 +14,7 @@ from control_plane.dashboard.pages.base import page_router
 from control_plane.dashboard.render import page
 from control_plane.datasets.service import DatasetService
 from control_plane.datasets.versions.service import VersionService
+from control_plane.training.deps import RuntimeDep
 from control_plane.training.service import TrainingService, algorithms
 
 router = page_router()
@@ -71,7 +72,12 @@ def _confusion(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @router.get("/training/{job_id}")
 def job(
-    job_id: str, request: Request, user: PageUser, session: SessionDep, ctx: ContextDep
+    job_id: str,
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    ctx: ContextDep,
+    runtime: RuntimeDep,
 ) -> HTMLResponse:
     service = TrainingService(session, ctx)
     j = service.get(job_id)
@@ -89,4 +95,18 @@ def job(
         per_class=per_class,
         scalar_metrics={k: v for k, v in metrics.items() if isinstance(v, int | float)},
         versions=[v for v in service.list(name=j.name)],
+        tensorboards=[
+            v
+            for v in runtime.visualizations.list()
+            if job_id in v.job_ids and v.state in ("starting", "running")
+        ],
     )
+
+
+@router.get("/visualizations/{vid}")
+def visualization(vid: str, request: Request, user: PageUser, runtime: RuntimeDep) -> Response:
+    """Waits (refreshing) while TensorBoard starts, then sends the browser to its proxy."""
+    item = runtime.visualizations.get(vid)
+    if item.state == "running":
+        return RedirectResponse(f"/tensorboard/{vid}/", status_code=303)
+    return page(request, "training_tensorboard.html", user, item=item)

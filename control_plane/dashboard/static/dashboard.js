@@ -30,7 +30,8 @@ const fill = (template, data) =>
 function setPath(obj, path, value) {
   const keys = path.split(".");
   let o = obj;
-  keys.slice(0, -1).forEach((k) => { o = o[k] = o[k] || {}; });
+  // A numeric next key ("models.0.model") makes a list, so forms can build arrays of objects.
+  keys.slice(0, -1).forEach((k, i) => { o = o[k] = o[k] || (/^\d+$/.test(keys[i + 1]) ? [] : {}); });
   o[keys[keys.length - 1]] = value;
 }
 
@@ -123,7 +124,18 @@ function bindUploads() {
         bar.value = 100;
         if (attr(form, "then")) { location.assign(fill(attr(form, "then"), data)); return; }
         report.hidden = false;
-        if (data.imported !== undefined) {
+        if (attr(form, "topk") !== null) {
+          // An OIP v2 answer ("try it"): the package's top-k output ("score:index:label" a line)
+          // or, for a model without one, the five highest scores of its first output.
+          const outputs = data.outputs || [];
+          const out = outputs.find((o) => o.name.endsWith("_topk"));
+          if (out) report.textContent = out.data.join("\n");
+          else if (outputs.length && typeof outputs[0].data[0] === "number") {
+            const top = outputs[0].data.map((v, i) => [v, i]).sort((a, b) => b[0] - a[0]).slice(0, 5);
+            report.textContent = top.map(([v, i]) => `${v.toPrecision(4)}:${i}`).join("\n");
+          } else report.textContent = JSON.stringify(data, null, 1);
+          report.dataset.done = "true";
+        } else if (data.imported !== undefined) {
           report.textContent = `imported ${data.imported}, duplicates ${data.duplicates.length}, errors ${data.errors.length}` +
             (data.labels_added.length ? `, labels added: ${data.labels_added.join(", ")}` : "") +
             data.errors.slice(0, 20).map((e) => `\n${JSON.stringify(e)}`).join("");
