@@ -15,13 +15,17 @@ router = APIRouter(prefix="/deployments", tags=["deployments"])
 def create_deployment(
     body: DeploymentCreate, session: SessionDep, ctx: ContextDep
 ) -> DeploymentPublic:
-    """Make a package the desired state of a device or a label-selected group."""
+    """Make a package the desired state of a device or a label-selected group (or remove it)."""
     deployment = DeploymentService(session, ctx).create(
         package_digest=body.package_digest,
         package_name=body.package_name,
         package_version=body.package_version,
         device_id=body.device_id,
         selector=body.selector,
+        action=body.action,
+        standby=body.standby,
+        weight=body.weight,
+        guard=body.guard.model_dump() if body.guard else None,
     )
     return DeploymentPublic.of(deployment)
 

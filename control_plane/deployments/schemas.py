@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from control_plane.core.schemas import OrmModel
 from control_plane.deployments.models import Deployment, DeploymentTarget
+
+
+class GuardSpec(BaseModel):
+    """The device's local guard after it activates the version (works with the broker down)."""
+
+    bake_s: float = Field(gt=0, le=86400, description="How long the device watches the version.")
+    max_error_rate: float = Field(
+        1.0, ge=0, le=1, description="Revert when errors / requests goes above this."
+    )
+    max_p99_ms: float = Field(0.0, ge=0, description="Revert when p99 goes above this (0: off).")
+    min_requests: int = Field(1, ge=1, description="Requests needed before the guard judges.")
 
 
 class DeploymentCreate(BaseModel):
@@ -19,11 +30,26 @@ class DeploymentCreate(BaseModel):
     selector: dict[str, str] | None = Field(
         None, description="... every device whose labels match all of these."
     )
+    action: Literal["install", "remove"] = Field(
+        "install", description="install (and activate), or remove (uninstall that version)."
+    )
+    standby: bool = Field(
+        False, description="Install without activating: held beside the active version."
+    )
+    weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="Standby only: percent of the requests naming no version sent to it.",
+    )
+    guard: GuardSpec | None = None
 
 
 class DeploymentTargetPublic(OrmModel):
     device_id: str
-    state: str = Field(description="pending | in_progress | installed | failed | superseded")
+    state: str = Field(
+        description="pending | in_progress | installed | failed | removed | superseded"
+    )
     reason: str
     step: str
     chunks_done: int
@@ -37,6 +63,10 @@ class DeploymentPublic(BaseModel):
     package_name: str
     package_version: str
     target: dict[str, Any]
+    action: str
+    standby: bool
+    weight: float
+    guard: dict[str, Any] | None
     created_at: dt.datetime
     targets: list[DeploymentTargetPublic]
     summary: dict[str, int] = Field(description="Number of targeted devices in each state.")
@@ -53,6 +83,10 @@ class DeploymentPublic(BaseModel):
             package_name=d.package.name,
             package_version=d.package.version,
             target=d.target,
+            action=d.action,
+            standby=d.standby,
+            weight=d.weight,
+            guard=d.guard,
             created_at=d.created_at,
             targets=[DeploymentTargetPublic.model_validate(t) for t in targets],
             summary=summary,
