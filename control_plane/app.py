@@ -29,6 +29,7 @@ from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
+from control_plane.services.rollouts.engine import RolloutEngine
 from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
@@ -122,9 +123,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.conversions = Conversions.start(ctx)
         # Services: starts (or adopts) the replicas of every online service.
         app.state.services = Supervisor.start(ctx)
+        # Edge services: resumes every running rollout from the database.
+        app.state.rollouts = RolloutEngine.start(ctx)
         try:
             yield
         finally:
+            app.state.rollouts.stop()
             app.state.services.stop()
             app.state.conversions.stop()
             app.state.training.stop()
