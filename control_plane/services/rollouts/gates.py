@@ -109,7 +109,7 @@ def _figures(
     f = _Figures()
     for device in stage["devices"]:
         seq0 = int(stage["seq0"].get(device, 0))
-        previous = stage["previous"].get(device)
+        previous = (stage["previous"].get(device) or {}).get("version")
         base: dict[str, Any] = {}
         latest: dict[str, Any] | None = None
         for seq, versions in _metrics(session, ctx, device, seq0):
