@@ -91,3 +91,16 @@ class DeploymentPublic(BaseModel):
             targets=[DeploymentTargetPublic.model_validate(t) for t in targets],
             summary=summary,
         )
+
+
+class DeviceModelPublic(BaseModel):
+    """A version a device reports holding, and how it got there."""
+
+    name: str
+    version: str
+    package_digest: str
+    active: bool
+    deployment_id: str | None = Field(description="The latest deployment that installed it.")
+    out_of_band: bool = Field(
+        description="No deployment installed it (an offline bundle, a local install)."
+    )

@@ -75,6 +75,16 @@ class RemovalView:
 
 
 @dataclass(frozen=True)
+class DeviceModelView:
+    name: str
+    version: str
+    package_digest: str
+    active: bool
+    deployment_id: str | None
+    out_of_band: bool
+
+
+@dataclass(frozen=True)
 class DesiredStateView:
     device_id: str
     generation: int
@@ -268,6 +278,37 @@ class DeploymentService:
                 )
             ).all()
         )
+
+    def device_models(self, device_id: str) -> list[DeviceModelView]:
+        """What the device reports it holds, each with the deployment that put it there.
+
+        A version no install deployment to this device ever named (an offline bundle, a
+        package installed over the agent's own API) is ``out_of_band``: shown, and left alone
+        until a deployment or an edge service says otherwise.
+        """
+        device = DeviceService(self.session, self.ctx).get(device_id)
+        deployed: dict[str, str] = {}
+        for dep_id, digest in self.session.execute(
+            select(Deployment.id, Deployment.package_digest)
+            .join(DeploymentTarget, DeploymentTarget.deployment_id == Deployment.id)
+            .where(DeploymentTarget.device_id == device_id, Deployment.action == "install")
+            .order_by(Deployment.created_at)
+        ).all():
+            deployed[digest] = dep_id
+        out = []
+        for m in (device.reported or {}).get("models", []):
+            digest = str(m.get("package_digest", ""))
+            out.append(
+                DeviceModelView(
+                    name=str(m.get("name", "")),
+                    version=str(m.get("version", "")),
+                    package_digest=digest,
+                    active=bool(m.get("active", False)),
+                    deployment_id=deployed.get(digest),
+                    out_of_band=digest not in deployed,
+                )
+            )
+        return out
 
     def is_desired(self, device_id: str, package_digest: str) -> bool:
         """Whether the package is in the device's current desired state.

@@ -42,7 +42,6 @@ from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError
 from edge_agent.fleet import codec, guard
 from edge_agent.fleet.domain import (
-    FAILED,
     INSTALLED,
     ModelReport,
     Reported,
@@ -417,11 +416,14 @@ class FleetClient:
         previous = self.state.results.get(key)
         if self._committed(m):
             ChunkDownload.discard(self.downloads_root, m.package_digest)
-            if previous is not None and previous.outcome == FAILED and previous.step == "guard":
-                return  # the local guard reverted it: this deployment stays undone
+            if previous is not None and previous.final:
+                # Carried out once already (or reverted by the local guard): what changed on
+                # the device since (an offline bundle, a local activation) is not fought until
+                # a new deployment says otherwise.
+                return
             if activate and self.repo.active_version(m.name) != m.version:
                 self._finish(key, m, await self._activate(m))
-            elif previous is None or previous.outcome != INSTALLED:
+            else:
                 self._finish(key, m, Result.installed(m))
             return
         if previous is not None and previous.final:
