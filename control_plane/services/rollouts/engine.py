@@ -82,8 +82,8 @@ def rollback(
 ) -> list[str]:
     """Put each device back on the version it had before the stage; the deployment ids.
 
-    Grouped by previous package, one deployment each; devices that had none get a removal of
-    the rollout's version. Published together at the end.
+    Grouped by previous package, one deployment each; devices that had none (or one the control
+    plane does not have) get a removal of the rollout's version. Published together at the end.
     """
     deployments = DeploymentService(session, ctx)
     groups: dict[str, list[str]] = {}
@@ -95,8 +95,9 @@ def rollback(
         groups.setdefault(digest, []).append(device)
     created, touched = [], []
     for digest, group in sorted(groups.items()):
-        try:
-            if digest:
+        dep = None
+        if digest:
+            try:
                 dep = deployments.create(
                     package_digest=digest,
                     package_name=None,
@@ -104,18 +105,19 @@ def rollback(
                     device_ids=group,
                     publish=False,
                 )
-            else:
-                dep = deployments.create(
-                    package_digest=rollout.package_digest,
-                    package_name=None,
-                    package_version=None,
-                    device_ids=group,
-                    action="remove",
-                    publish=False,
-                )
-        except ControlPlaneError as exc:  # e.g. a previous version installed out of band
-            logger.error("rollout %s: cannot roll %s back: %s", rollout.id, group, exc)
-            continue
+            except ControlPlaneError as exc:
+                # A previous version the control plane does not have (installed out of band):
+                # removing the rollout's version hands activity back to what the device holds.
+                logger.warning("rollout %s: %s; removing %s instead", rollout.id, exc, group)
+        if dep is None:
+            dep = deployments.create(
+                package_digest=rollout.package_digest,
+                package_name=None,
+                package_version=None,
+                device_ids=group,
+                action="remove",
+                publish=False,
+            )
         created.append(dep.id)
         touched.extend(group)
     deployments.publish(touched)
