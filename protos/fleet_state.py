@@ -28,6 +28,17 @@ class LocalGuard:
 
 
 @dataclass(frozen=True)
+class ShadowWarmup:
+    """Mirror live requests to the version before activating it (``fleet_pb2.ShadowWarmup``)."""
+
+    fraction: float
+    min_requests: int
+    min_agreement: float = 1.0
+    max_abs_diff: float = 0.0  # outputs without classes: largest difference allowed
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class ModelRemoval:
     """A version the device should uninstall (``fleet_pb2.ModelRemoval``)."""
 
@@ -60,6 +71,7 @@ class DesiredModel:
     standby: bool = False
     weight: float = 0.0
     guard: LocalGuard | None = None
+    warmup: ShadowWarmup | None = None
 
     @classmethod
     def of_chunks(
@@ -75,6 +87,7 @@ class DesiredModel:
         standby: bool = False,
         weight: float = 0.0,
         guard: LocalGuard | None = None,
+        warmup: ShadowWarmup | None = None,
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -89,6 +102,7 @@ class DesiredModel:
             standby,
             weight,
             guard,
+            warmup,
         )
 
     @property
@@ -146,6 +160,16 @@ def encode_desired_state(state: DesiredState) -> bytes:
                     min_requests=m.guard.min_requests,
                 )
             )
+        if m.warmup is not None:
+            entry.warmup.CopyFrom(
+                fleet_pb2.ShadowWarmup(
+                    fraction=m.warmup.fraction,
+                    min_requests=m.warmup.min_requests,
+                    min_agreement=m.warmup.min_agreement,
+                    max_abs_diff=m.warmup.max_abs_diff,
+                    timeout_s=m.warmup.timeout_s,
+                )
+            )
     for r in state.removals:
         msg.removals.add(deployment_id=r.deployment_id, name=r.name, version=r.version)
     return msg.SerializeToString()
@@ -178,6 +202,17 @@ def decode_desired_state(payload: bytes) -> DesiredState:
                     m.guard.min_requests,
                 )
                 if m.HasField("guard")
+                else None
+            ),
+            warmup=(
+                ShadowWarmup(
+                    m.warmup.fraction,
+                    m.warmup.min_requests,
+                    m.warmup.min_agreement,
+                    m.warmup.max_abs_diff,
+                    m.warmup.timeout_s,
+                )
+                if m.HasField("warmup")
                 else None
             ),
         )

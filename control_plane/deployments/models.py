@@ -30,6 +30,8 @@ class Deployment(Base):
     weight: Mapped[float] = mapped_column(Float, default=0.0)
     # The device's local guard after activation ({"bake_s", "max_error_rate", ...}) or None.
     guard: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Shadow warm-up before activation ({"fraction", "min_requests", ...}) or None.
+    warmup: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     package: Mapped[Package] = relationship(lazy="joined")

@@ -30,6 +30,7 @@ def create_deployment(
         standby=body.standby,
         weight=body.weight,
         guard=body.guard.model_dump() if body.guard else None,
+        warmup=body.warmup.model_dump() if body.warmup else None,
     )
     return DeploymentPublic.of(deployment)
 

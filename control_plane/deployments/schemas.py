@@ -22,6 +22,19 @@ class GuardSpec(BaseModel):
     min_requests: int = Field(1, ge=1, description="Requests needed before the guard judges.")
 
 
+class WarmupSpec(BaseModel):
+    """Shadow warm-up: the device activates the version only if its answers on mirrored live
+    requests agree with the active version's."""
+
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of requests mirrored to it.")
+    min_requests: int = Field(20, ge=1, le=100000, description="Requests compared before deciding.")
+    min_agreement: float = Field(0.95, ge=0, le=1, description="Top-1 agreement (classifiers).")
+    max_abs_diff: float = Field(
+        1e-3, ge=0, description="Largest element difference (outputs without classes)."
+    )
+    timeout_s: float = Field(300.0, gt=0, le=86400, description="Not enough traffic by then: no.")
+
+
 class DeploymentCreate(BaseModel):
     package_digest: str | None = Field(None, description="The package by digest, or ...")
     package_name: str | None = Field(None, description="... by name and version.")
@@ -43,6 +56,7 @@ class DeploymentCreate(BaseModel):
         description="Standby only: percent of the requests naming no version sent to it.",
     )
     guard: GuardSpec | None = None
+    warmup: WarmupSpec | None = None
 
 
 class DeploymentTargetPublic(OrmModel):
@@ -67,6 +81,7 @@ class DeploymentPublic(BaseModel):
     standby: bool
     weight: float
     guard: dict[str, Any] | None
+    warmup: dict[str, Any] | None
     created_at: dt.datetime
     targets: list[DeploymentTargetPublic]
     summary: dict[str, int] = Field(description="Number of targeted devices in each state.")
@@ -87,6 +102,7 @@ class DeploymentPublic(BaseModel):
             standby=d.standby,
             weight=d.weight,
             guard=d.guard,
+            warmup=d.warmup,
             created_at=d.created_at,
             targets=[DeploymentTargetPublic.model_validate(t) for t in targets],
             summary=summary,

@@ -65,6 +65,7 @@ class DesiredModelView:
     standby: bool = False
     weight: float = 0.0
     guard: dict[str, Any] | None = None
+    warmup: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class DeploymentService:
         standby: bool = False,
         weight: float = 0.0,
         guard: dict[str, Any] | None = None,
+        warmup: dict[str, Any] | None = None,
         publish: bool = True,
     ) -> Deployment:
         """Record the deployment, bump each target's generation, publish their desired states.
@@ -127,8 +129,10 @@ class DeploymentService:
             raise InvalidRequest("name the package by digest, or by name and version")
         if action not in ACTIONS:
             raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}")
-        if action == "remove" and (standby or weight or guard):
-            raise InvalidRequest("standby, weight and guard are for action install")
+        if action == "remove" and (standby or weight or guard or warmup):
+            raise InvalidRequest("standby, weight, guard and warmup are for action install")
+        if standby and (guard or warmup):
+            raise InvalidRequest("guard and warmup are for a version that is activated")
         if weight and not standby:
             raise InvalidRequest("weight is for a standby version (the active one takes the rest)")
         if not 0 <= weight <= 100:
@@ -159,6 +163,7 @@ class DeploymentService:
             standby=standby,
             weight=weight,
             guard=guard,
+            warmup=warmup,
         )
         self.session.add(deployment)
         model_name = package.name
@@ -242,6 +247,7 @@ class DeploymentService:
                 standby=dep.standby,
                 weight=dep.weight,
                 guard=dep.guard,
+                warmup=dep.warmup,
             )
             for dep in deployments
             if dep.action == "install"

@@ -57,6 +57,7 @@ def desired_state_to_proto(view: DesiredStateView) -> bytes:
             standby=m.standby,
             weight=m.weight,
             guard=fleet_state.LocalGuard(**m.guard) if m.guard else None,
+            warmup=fleet_state.ShadowWarmup(**m.warmup) if m.warmup else None,
         )
         for m in view.models
     )

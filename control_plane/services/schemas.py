@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, Field, model_validator
 
 from control_plane.core.schemas import OrmModel
-from control_plane.deployments.schemas import GuardSpec
+from control_plane.deployments.schemas import GuardSpec, WarmupSpec
 
 ServiceName = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")
 
@@ -122,13 +122,18 @@ class ServiceCreate(BaseModel):
     guard: GuardSpec | None = Field(
         None, description="Edge services only: each device's own guard after activation."
     )
+    warmup: WarmupSpec | None = Field(
+        None, description="Edge services only: shadow warm-up on each device before activation."
+    )
 
     @model_validator(mode="after")
     def _fits_type(self) -> Self:
         """Refuse fields of the other type rather than silently ignore them: a batch request
         asking for replicas or dynamic batching would otherwise get something it did not ask."""
         edge_fields = [
-            f for f in ("targets", "strategy", "gates", "guard") if getattr(self, f) is not None
+            f
+            for f in ("targets", "strategy", "gates", "guard", "warmup")
+            if getattr(self, f) is not None
         ]
         if self.type == "edge":
             if self.targets is None:

@@ -187,6 +187,7 @@ class ServiceManager:
                 "strategy": (spec.strategy.model_dump() if spec.strategy else None),
                 "gates": (spec.gates.model_dump() if spec.gates else None),
                 "guard": (spec.guard.model_dump() if spec.guard else None),
+                "warmup": (spec.warmup.model_dump() if spec.warmup else None),
             },
         )
         self.session.add(service)

@@ -21,7 +21,9 @@ activation and, with a weight, take that percentage of the requests that name no
 split in ``serving/traffic.py``). ``removals`` uninstall versions. An entry with a ``guard``
 starts the local guard (``guard.py``) after its activation: on a breach the previous version is
 re-activated at once, the deployment is recorded FAILED at step ``guard`` with the figures (sent
-when the broker is reachable) and that deployment is never activated again.
+when the broker is reachable) and that deployment is never activated again. An entry with a
+``warmup`` is first the active version's shadow (``warmup.py``) and is activated only if its
+answers agree; else FAILED at step ``shadow``, installed but not active.
 
 A newer DesiredState supersedes the one being worked on between chunks (what was downloaded
 stays on disk); an install in progress is never interrupted. Reported state is published retained
@@ -40,7 +42,7 @@ from typing import Any
 from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError
-from edge_agent.fleet import codec, guard
+from edge_agent.fleet import codec, guard, warmup
 from edge_agent.fleet.domain import (
     INSTALLED,
     ModelReport,
@@ -422,7 +424,8 @@ class FleetClient:
                 # a new deployment says otherwise.
                 return
             if activate and self.repo.active_version(m.name) != m.version:
-                self._finish(key, m, await self._activate(m))
+                failed = await self._warm_up(m)
+                self._finish(key, m, failed or await self._activate(m))
             else:
                 self._finish(key, m, Result.installed(m))
             return
@@ -440,11 +443,16 @@ class FleetClient:
             self.state.save()
             crash_point("before_install")
             prior = self.repo.active_version(m.name)
-            outcome, served = await self.installer.install(path, activate=activate)
+            warm = activate and m.warmup is not None and prior not in (None, m.version)
+            outcome, served = await self.installer.install(path, activate=activate and not warm)
             crash_point("after_install")
             if outcome.outcome == "COMMITTED":
                 result = Result.installed(m)
-                if activate and served is not None:
+                if warm:
+                    failed = await self._warm_up(m)
+                    result = failed or await self._activate(m)
+                    result = Result.installed(m) if result.outcome == INSTALLED else result
+                elif activate and served is not None:
                     self._start_guard(m, prior, served)
             else:
                 result = Result.failed(m, outcome.failed_step, outcome.reason)
@@ -454,6 +462,20 @@ class FleetClient:
             result = Result.failed(m, exc.step, exc.reason)
         self._finish(key, m, result)
         ChunkDownload.discard(self.downloads_root, m.package_digest)
+
+    async def _warm_up(self, m: DesiredModel) -> Result | None:
+        """The shadow warm-up before activating ``m``: None when it passed (or none is asked)."""
+        if m.warmup is None or self.repo.active_version(m.name) is None:
+            return None
+        log.info("shadow warm-up of %s:%s", m.name, m.version)
+        try:
+            passed, figures = await warmup.warm_up(
+                self.installer, self.repo, m.name, m.version, m.warmup
+            )
+        except AgentError as exc:
+            return Result.failed(m, "shadow", str(exc))
+        log.info("shadow warm-up of %s:%s: %s", m.name, m.version, figures)
+        return None if passed else Result.failed(m, "shadow", figures)
 
     async def _activate(self, m: DesiredModel) -> Result:
         """Re-activate a version the device already holds: no download, no reload."""

@@ -24,7 +24,7 @@ class DesiredState(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., generation: _Optional[int] = ..., deployment_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[DesiredModel, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., removals: _Optional[_Iterable[_Union[ModelRemoval, _Mapping]]] = ...) -> None: ...
 
 class DesiredModel(_message.Message):
-    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard")
+    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class DesiredModel(_message.Message):
     STANDBY_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     GUARD_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     name: str
     version: str
@@ -47,7 +48,22 @@ class DesiredModel(_message.Message):
     standby: bool
     weight: float
     guard: LocalGuard
-    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ...) -> None: ...
+    warmup: ShadowWarmup
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ...) -> None: ...
+
+class ShadowWarmup(_message.Message):
+    __slots__ = ("fraction", "min_requests", "min_agreement", "max_abs_diff", "timeout_s")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    min_requests: int
+    min_agreement: float
+    max_abs_diff: float
+    timeout_s: float
+    def __init__(self, fraction: _Optional[float] = ..., min_requests: _Optional[int] = ..., min_agreement: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class LocalGuard(_message.Message):
     __slots__ = ("bake_s", "max_error_rate", "max_p99_ms", "min_requests")

@@ -3,7 +3,8 @@
 A rollback to a version the device still holds is a re-activation (no chunk pulled); a standby
 version takes its weight of the traffic and can be uninstalled remotely; the local guard reverts
 a misbehaving version by itself while the broker is down and reports it once the broker is back;
-an offline bundle shows as installed out of band and the desired state does not undo it.
+an offline bundle shows as installed out of band and the desired state does not undo it; a
+shadow warm-up activates only a version whose answers agree with the live one's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +190,67 @@ def test_offline_bundle_is_reported_out_of_band_and_not_fought(
     assert all(m["out_of_band"] == (m["deployment_id"] is None) for m in models.values())
     assert [m["version"] for m in models.values() if m["active"]] == ["4"]
     assert serving(agent.address, packages.models) == "v1"  # version 4 serves: not fought
+
+
+def _random_rows(address: str, rng: np.random.Generator) -> None:
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(url=address)
+    try:
+        x = rng.standard_normal((4, 784)).astype(np.float32)
+        inp = tc.InferInput("input", [4, 784], "FP32")
+        inp.set_data_from_numpy(x)
+        client.infer("mlp", [inp], client_timeout=20)
+    finally:
+        client.close()
+
+
+def test_shadow_warmup_activates_only_a_version_that_agrees(
+    fleet: Fleet,
+    packages: Packages,
+    start_fleet_agent,
+    models_dir: Path,
+    fleet_keys: dict[str, Keys],
+    tmp_path: Path,
+) -> None:
+    agent = start_fleet_agent(fleet.register("cam-shadow")).start()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        rng = np.random.default_rng(7)
+        while not stop.is_set():
+            _random_rows(agent.address, rng)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    warmup = {"fraction": 1.0, "min_requests": 10, "min_agreement": 0.9, "timeout_s": 30}
+    try:
+        # Version 2 has other weights: on random inputs its top-1 rarely matches version 1's.
+        r = fleet.api.post(
+            "/api/v1/deployments",
+            json={"package_digest": fleet.upload(packages.v2), "device_id": "cam-shadow"}
+            | {"warmup": warmup},
+        )
+        assert r.status_code == 201, r.text
+        target = fleet.wait_final(r.json()["id"], ["cam-shadow"])["cam-shadow"]
+        assert (target["state"], target["step"]) == ("failed", "shadow"), target
+        assert "top-1 agreement" in target["reason"] and "< 0.9" in target["reason"]
+        state = committed_state(agent.workdir)["models"]["mlp"]
+        assert state["active"] == "1" and "2" in state["versions"]  # held, not active
+
+        # Version 5 is version 1's model under another number: it agrees, so it is activated.
+        spec = BuildSpec(
+            name="mlp", version="5", artifacts=[ArtifactInput(path=models_dir / "mlp.onnx")]
+        )
+        v5 = build_package(spec, tmp_path, load_private_key(fleet_keys["trusted"].private))
+        r = fleet.api.post(
+            "/api/v1/deployments",
+            json={"package_digest": fleet.upload(v5), "device_id": "cam-shadow"}
+            | {"warmup": warmup},
+        )
+        target = fleet.wait_final(r.json()["id"], ["cam-shadow"])["cam-shadow"]
+        assert target["state"] == "installed", target
+        assert committed_state(agent.workdir)["models"]["mlp"]["active"] == "5"
+    finally:
+        stop.set()
+        thread.join(10)

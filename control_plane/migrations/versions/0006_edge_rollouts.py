@@ -25,6 +25,7 @@ def upgrade() -> None:
         )
         batch.add_column(sa.Column("weight", sa.Float(), nullable=False, server_default="0"))
         batch.add_column(sa.Column("guard", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("warmup", sa.JSON(), nullable=True))
     op.create_table(
         "service_rollouts",
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -52,6 +53,7 @@ def downgrade() -> None:
     op.drop_index("ix_service_rollouts_service_name", table_name="service_rollouts")
     op.drop_table("service_rollouts")
     with op.batch_alter_table("deployments") as batch:
+        batch.drop_column("warmup")
         batch.drop_column("guard")
         batch.drop_column("weight")
         batch.drop_column("standby")

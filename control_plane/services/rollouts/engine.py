@@ -242,6 +242,7 @@ class RolloutEngine:
             package_version=None,
             device_ids=present,
             guard=plan.get("guard"),
+            warmup=plan.get("warmup"),
         )
         stage["deployment_id"], stage["state"], stage["started_at"] = dep.id, "deploying", now
         logger.info(

@@ -82,6 +82,7 @@ class RolloutService:
                 "strategy": strategy.model_dump(),
                 "gates": HealthGates(**spec.get("gates") or {}).model_dump(),
                 "guard": spec.get("guard"),
+                "warmup": spec.get("warmup"),
                 "stages": plan.stages(devices, strategy) if devices else [],
                 "joined": {},
                 "left": [],
