@@ -48,7 +48,9 @@ class Verdict:
 def _describe(r: dict[str, Any]) -> str:
     text = f"gate {r['gate']} failed"
     if r.get("value") is not None and r.get("limit") is not None:
-        text += f": {r['value']:g} > {r['limit']:g}"
+        # Counts of devices (installs, online) fall short of the limit; figures go above it.
+        relation = "of" if r["gate"] in ("installs", "online") else ">"
+        text += f": {r['value']:g} {relation} {r['limit']:g}"
     return text + (f" ({r['detail']})" if r.get("detail") else "")
 
 
