@@ -24,7 +24,9 @@ Figures are printed next to the machine's load in the same phase. Always exits 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import secrets
 import sys
 import tempfile
@@ -101,20 +103,32 @@ def one_row(address: str) -> bool:
 
 
 class Load:
-    """Single-row requests to every agent in turn; records the canary's outcomes over time."""
+    """Single-row requests, one client thread per device (each device has its own traffic, as
+    in a fleet); records the canary's outcomes over time."""
 
     def __init__(self, addresses: list[str], canary: str) -> None:
         self.addresses, self.canary = addresses, canary
         self.canary_results: list[tuple[float, bool]] = []
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.threads = [
+            threading.Thread(target=self._run, args=(a,), daemon=True) for a in addresses
+        ]
 
-    def _run(self) -> None:
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(15)
+
+    def _run(self, address: str) -> None:
         while not self.stop.is_set():
-            for a in self.addresses:
-                ok = one_row(a)
-                if a == self.canary:
-                    self.canary_results.append((time.monotonic(), ok))
+            ok = one_row(address)
+            if address == self.canary:
+                self.canary_results.append((time.monotonic(), ok))
+            self.stop.wait(0.02)
 
     def breach_to_recovery(self) -> float | None:
         first_fail = next((t for t, ok in self.canary_results if not ok), None)
@@ -125,10 +139,28 @@ class Load:
 
 
 class Phase:
-    def __init__(self) -> None:
+    """Wall time of a phase, what the machine did, and what this run's processes did in it."""
+
+    def __init__(self, pids: list[int]) -> None:
         import psutil
 
-        self.t0, self.cpu0 = time.monotonic(), psutil.cpu_times()
+        self.procs = []
+        for pid in [os.getpid(), *pids]:
+            with contextlib.suppress(psutil.Error):
+                self.procs.append(psutil.Process(pid))
+        self.t0, self.cpu0, self.ours0 = time.monotonic(), psutil.cpu_times(), self._ours()
+
+    def _ours(self) -> float:
+        import psutil
+
+        total = 0.0
+        for p in self.procs:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+        return total
 
     def machine(self) -> Machine:
         import psutil
@@ -138,7 +170,9 @@ class Phase:
             getattr(cpu, f) - getattr(self.cpu0, f)
             for f in ("user", "system", "nice", "irq", "softirq")
         )
-        return Machine(wall_s=time.monotonic() - self.t0, busy_s=busy)
+        return Machine(
+            wall_s=time.monotonic() - self.t0, busy_s=busy, ours_s=self._ours() - self.ours0
+        )
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -174,8 +208,12 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             upload(stack, v)
         ids = [b["device_id"] for b in bundles]
 
+        def pids() -> list[int]:
+            procs = [stack.cp, stack.broker, *(a.proc for a in agents)]
+            return [p.pid for p in procs if p is not None]
+
         log(f"phase 1: version 1 to {args.agents} devices at once")
-        phase = Phase()
+        phase = Phase(pids())
         dep = stack.call(
             "POST",
             "/deployments",
@@ -191,7 +229,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         figures["all_at_once_machine"] = str(phase.machine())
 
         log("phase 2: version 2 in 3 stages")
-        phase = Phase()
+        phase = Phase(pids())
         stack.call(
             "POST",
             "/services",
@@ -223,9 +261,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         addresses = [a.grpc_address for a in agents]
         canary = addresses[ids.index(sorted(ids)[0])]
         load = Load(addresses, canary)
-        load.thread.start()
+        load.start()
         time.sleep(1.0)
-        phase = Phase()
+        phase = Phase(pids())
         stack.call(
             "PATCH", "/services/bench", json={"models": [{"model": "bench", "version": "3"}]}
         )
@@ -235,8 +273,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             return load.breach_to_recovery() is not None
 
         wait_until("canary serving again", recovered, 30, 0.1)
-        load.stop.set()
-        load.thread.join(15)
+        load.join()
         figures["breach_state"] = failed["state"]
         figures["breach_reason"] = failed["reason"]
         figures["breach_to_previous_s"] = round(load.breach_to_recovery() or -1.0, 2)
@@ -252,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--bake", type=float, default=5.0, help="bake time per stage, seconds")
     parser.add_argument("--telemetry", type=float, default=1.0, help="agent telemetry interval")
-    parser.add_argument("--tick", type=float, default=0.5, help="rollout engine tick, seconds")
+    parser.add_argument("--tick", type=float, default=0.2, help="rollout engine tick, seconds")
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
@@ -265,7 +302,10 @@ def main(argv: list[str] | None = None) -> int:
     ratio_ok = figures["staged_ratio"] <= 2.0
     breach_ok = 0 <= figures["breach_to_previous_s"] <= 5.0
     print()
-    print(f"staged rollout, {figures['agents']} agents, bake {figures['bake_s']} s per stage")
+    print(
+        f"staged rollout, {figures['agents']} agents, bake {figures['bake_s']} s per stage, "
+        f"engine tick {args.tick} s, agent telemetry every {args.telemetry} s"
+    )
     print(f"  all at once:               {figures['all_at_once_s']:8.2f} s")
     print(f"    {figures['all_at_once_machine']}")
     print(

@@ -9,9 +9,11 @@ minus the last one before the stage (a held version re-activated keeps its earli
 
 Gates: ``installs`` (every device installed the version), ``online`` (every device still
 online), ``error_rate``, ``p99_ms``, ``p99_ratio`` (against the previous version's p99 on the
-same devices before the stage), and ``traffic`` (at least ``min_requests`` answered). Error rate
-is judged as soon as there are requests, latency once 20 requests are in its windows or at the
-end of the bake: a breach stops the stage at once instead of waiting out the bake.
+same devices before the stage), and ``traffic`` (at least ``min_requests`` answered). While the
+stage bakes, the error rate is judged once the stage has answered ``EARLY_REQUESTS`` requests
+(or ``min_requests``, if more), latency once as many are in its windows; at the end of the bake
+on whatever there is. A breach stops the stage at once instead of waiting out the bake, and one
+unlucky request cannot.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.services.schemas import HealthGates
 
-#: Requests in the latency windows before p99 is judged ahead of the end of the bake.
-EARLY_P99_REQUESTS = 20
+#: Requests before error rate and p99 are judged ahead of the end of the bake.
+EARLY_REQUESTS = 20
 #: Telemetry records read back before a stage's start, for the previous version's p99.
 LOOKBACK_RECORDS = 50
 
@@ -169,7 +171,8 @@ def health(
             )
         )
     f = _figures(session, ctx, model, version, stage)
-    if f.requests >= max(1, gates.min_requests):
+    early = max(EARLY_REQUESTS, gates.min_requests)
+    if f.requests >= (max(1, gates.min_requests) if baked else early):
         rate = f.errors / f.requests
         results.append(
             _result(
@@ -180,7 +183,7 @@ def health(
                 f"{f.errors}/{f.requests} requests failed",
             )
         )
-    judge_latency = f.p99s and (baked or f.window >= EARLY_P99_REQUESTS)
+    judge_latency = f.p99s and (baked or f.window >= early)
     worst = max(f.p99s) if f.p99s else None
     if judge_latency and worst is not None and gates.max_p99_ms is not None:
         results.append(_result("p99_ms", worst <= gates.max_p99_ms, worst, gates.max_p99_ms))
