@@ -1,4 +1,4 @@
-"""/devices: register, list, get, delete; a device's telemetry."""
+"""/devices: register, list, get, relabel, delete; a device's telemetry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from control_plane.devices.schemas import (
     DeviceCreate,
     DevicePublic,
     DeviceRegistered,
+    DeviceUpdate,
     TelemetryRecordPublic,
 )
 from control_plane.devices.service import DeviceService
@@ -54,6 +55,15 @@ def list_devices(
 def get_device(device_id: str, session: SessionDep, ctx: ContextDep) -> DevicePublic:
     service = DeviceService(session, ctx)
     return DevicePublic.of(service.get(device_id), service.counters(device_id))
+
+
+@router.patch("/{device_id}")
+def relabel_device(
+    device_id: str, body: DeviceUpdate, session: SessionDep, ctx: ContextDep
+) -> DevicePublic:
+    """Replace the device's labels."""
+    service = DeviceService(session, ctx)
+    return DevicePublic.of(service.relabel(device_id, body.labels), service.counters(device_id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)

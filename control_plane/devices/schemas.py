@@ -23,6 +23,13 @@ class DeviceCreate(BaseModel):
     )
 
 
+class DeviceUpdate(BaseModel):
+    labels: dict[str, str] = Field(
+        description="The device's new labels, replacing the old ones (edge services with a label "
+        "selector pick the change up: the device joins or leaves them)."
+    )
+
+
 class FleetCounters(BaseModel):
     chunk_requests_dropped: int = Field(
         0, description="Chunk requests dropped because the device had too many waiting."

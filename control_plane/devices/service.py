@@ -82,6 +82,14 @@ class DeviceService:
             raise NotFound(f"device {device_id} not found")
         return device
 
+    def relabel(self, device_id: str, labels: dict[str, str]) -> Device:
+        """Replace the device's labels (selectors read them live; broker rights do not)."""
+        device = self.get(device_id)
+        device.labels = dict(labels)
+        self.session.commit()
+        logger.info("device %s relabelled: %s", device_id, labels)
+        return device
+
     def delete(self, device_id: str) -> None:
         """Delete the device and revoke its credentials (the broker rereads its password file)."""
         device = self.get(device_id)

@@ -234,6 +234,11 @@ def test_device_joining_the_selector_gets_what_its_stage_allows(
         wait_serving(agent.address, packages.models, "v2", timeout=5)
 
     # After the rollout a newcomer gets the rolled-out version at once; a device relabelled out
-    # of the selector leaves and has the service's version removed.
+    # of the selector leaves and has the service's version removed (back on the one it held).
     newest = _agents(fleet, start_fleet_agent, ["site-new"], {"site": "b"})[0]
     wait_serving(newest.address, packages.models, "v2", timeout=30)
+    r = fleet.api.patch("/api/v1/devices/site-0", json={"labels": {"site": "elsewhere"}})
+    assert r.status_code == 200 and r.json()["labels"] == {"site": "elsewhere"}, r.text
+    wait_serving(agents[0].address, packages.models, "v1", timeout=30)
+    assert set(committed_state(agents[0].workdir)["models"]["mlp"]["versions"]) == {"1"}
+    assert _service(fleet, "siteb")["rollout"]["left"] == ["site-0"]
