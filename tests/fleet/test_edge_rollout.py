@@ -22,7 +22,7 @@ from tests.agent.agent_process import AgentProcess
 from tests.agent.install_checks import committed_state
 from tests.control_plane.conftest import Keys, wait_for
 from tests.fleet.conftest import Fleet, Packages
-from tests.fleet.helpers import serving, wait_serving
+from tests.fleet.helpers import download_stats, serving, wait_serving
 
 TELEMETRY_S = 0.3
 
@@ -168,6 +168,16 @@ def test_canary_one_of_four_then_all(fleet: Fleet, packages: Packages, four) -> 
     assert gap.total_seconds() >= 1.5
     service = _service(fleet, "cams")
     assert service["state"] == "running"
+
+    # Manual rollback: every device still holds version 1, so it is re-activated, no download.
+    downloads = [len(download_stats(a.log())) for a in four]
+    assert fleet.api.post("/api/v1/services/cams/rollout/pause").status_code == 409
+    r = fleet.api.post("/api/v1/services/cams/rollout/rollback")
+    assert r.status_code == 200 and r.json()["state"] == "rolled_back", r.text
+    for agent in four:
+        wait_serving(agent.address, packages.models, "v1", timeout=10)
+    assert [len(download_stats(a.log())) for a in four] == downloads
+    assert _service(fleet, "cams")["state"] == "rolled_back"
 
 
 def test_a_version_failing_on_real_traffic_stops_at_the_canary(
