@@ -23,12 +23,17 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
+from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
+from control_plane.notebooks import proxy_routes as notebook_proxy
+from control_plane.notebooks import routes as notebooks
+from control_plane.notebooks.servers import JupyterServers
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
+from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.rollouts.engine import RolloutEngine
 from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
@@ -97,6 +102,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "description": "Online services: registered models served by supervised agent replicas "
         "on the control plane's machine, with rolling updates.",
     },
+    {
+        "name": "notebooks",
+        "description": "Managed JupyterLab servers over a dataset version (proxied at "
+        "`/notebooks/{id}/`), shipped examples, and export of a notebook into training code.",
+    },
 ]
 
 
@@ -114,6 +124,12 @@ def create_app(settings: Settings) -> FastAPI:
             ctx.broker_url = broker.url
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
+        # Batch jobs on devices: their own leaves on the fleet connection.
+        batch_channel = BatchChannel(fleet)
+        fleet.extensions.append(batch_channel)
+        app.state.device_batches = DeviceBatches(ctx)
+        app.state.device_batches.channel = batch_channel
+        batch_channel.handler = app.state.device_batches
         fleet.devices_changed()
         fleet.start()
         app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
@@ -125,9 +141,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = Supervisor.start(ctx)
         # Edge services: resumes every running rollout from the database.
         app.state.rollouts = RolloutEngine.start(ctx)
+        # Notebooks: adopts the JupyterLab servers an earlier run left running.
+        app.state.notebooks = JupyterServers(ctx)
         try:
             yield
         finally:
+            app.state.notebooks.close()  # the servers keep running, adopted on the next start
             app.state.rollouts.stop()
             app.state.services.stop()
             app.state.conversions.stop()
@@ -157,5 +176,9 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(visualizations.router)
     api.include_router(models.router)
     api.include_router(services.router)
+    api.include_router(notebooks.router)
     app.include_router(api)
+    # JupyterLab behind the control plane's auth (checked by the proxy itself: browsers
+    # authenticate with a cookie there, not only with a bearer header).
+    app.include_router(notebook_proxy.router)
     return app

@@ -11,8 +11,18 @@ from control_plane.core.database import Base
 from control_plane.datasets import models as datasets
 from control_plane.deployments import models as deployments
 from control_plane.devices import models as devices
+from control_plane.notebooks import models as notebooks
 from control_plane.registry import models as registry
 from control_plane.services import models as services
 from control_plane.training import models as training
 
-__all__ = ["Base", "datasets", "deployments", "devices", "registry", "services", "training"]
+__all__ = [
+    "Base",
+    "datasets",
+    "deployments",
+    "devices",
+    "notebooks",
+    "registry",
+    "services",
+    "training",
+]

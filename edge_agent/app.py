@@ -128,7 +128,9 @@ class Agent:
             # After serving starts and never awaited on the network: offline first.
             from edge_agent.fleet import FleetClient
 
-            self.fleet = FleetClient(s, self.store, self.repo, self.installer, self.version)
+            self.fleet = FleetClient(
+                s, self.store, self.repo, self.installer, self.version, jobs=self.jobs
+            )
             await self.fleet.start()
 
     async def stop(self, grace: float = 5.0) -> None:

@@ -3,17 +3,16 @@ and fetch the converted, signed package.
 
 ``run_training_demo(base_url, token, dataset_id=..., version="V001")`` talks to a running control
 plane over HTTP; ``run_training_demo(app=app, dataset_id=..., version=...)`` uses an in-process app
-(FastAPI ``TestClient``; its training runtime starts on first use). Steps: queue an
-``image_classification`` job, follow its log live, register the succeeded job as model version
-(conversion to ONNX + TFLite variants, parity-gated, signed by the control plane's key), download
-the package into ``out_dir`` and print the parity table and lineage. Returns
+(FastAPI ``TestClient``; its training runtime starts on first use); both through the Python SDK.
+Steps: queue an ``image_classification`` job, follow its log live, register the succeeded job as
+model version (conversion to ONNX + TFLite variants, parity-gated, signed by the control plane's
+key), download the package into ``out_dir`` and print the parity table and lineage. Returns
 ``{"job_id", "model", "version", "package_digest", "package_path", "accuracy", "variants"}``.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,9 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
-from script_support import API, api_client  # noqa: E402
+from demo_datasets import sdk_client  # noqa: E402
+
+from edge_inference_sdk import WaitTimeout  # noqa: E402
 
 
 def run_training_demo(
@@ -42,70 +43,56 @@ def run_training_demo(
     timeout_s: float = 900,
 ) -> dict[str, Any]:
     """Train, register, convert and sign; print progress; return the package's path and digest."""
-    client, call = api_client(base_url, token, app)
+    client = sdk_client(base_url, token, app)
 
-    existing = call("GET", "/training/jobs", params={"name": name})
+    existing = client.training.jobs(name=name)
     hp = {"input_size": input_size, "epochs": epochs}
     if existing:
-        job = call(
-            "POST", f"/training/jobs/{existing[-1]['id']}/versions", json={"hyperparameters": hp}
-        )
+        job = client.training.rerun(existing[-1].id, hyperparameters=hp)
     else:
-        job = call(
-            "POST",
-            "/training/jobs",
-            json={
-                "name": name,
-                "algorithm": "image_classification",
-                "dataset_id": dataset_id,
-                "dataset_version": version,
-                "hyperparameters": hp,
-            },
+        job = client.training.create_job(
+            name,
+            "image_classification",
+            dataset_id=dataset_id,
+            dataset_version=version,
+            hyperparameters=hp,
         )
-    print(f"training job {job['id']} ({name} v{job['version']}) queued")
-    with client.stream(
-        "GET", f"{API}/training/jobs/{job['id']}/logs", params={"follow": "true"}
-    ) as r:
-        for line in r.iter_lines():
-            if " epoch " in line or "validation accuracy" in line:
-                print(f"  | {line.split(' INFO ')[-1]}")
-    job = call("GET", f"/training/jobs/{job['id']}")
-    if job["state"] != "succeeded":
-        raise RuntimeError(f"training {job['state']}: {job['failure_reason']}\n{job['log_tail']}")
-    accuracy = job["metrics"]["accuracy"]
+    print(f"training job {job.id} ({name} v{job.version}) queued")
+    for line in client.training.logs(job.id, follow=True):
+        if " epoch " in line or "validation accuracy" in line:
+            print(f"  | {line.split(' INFO ')[-1]}")
+    job = client.training.job(job.id)
+    if job.state != "succeeded":
+        raise RuntimeError(f"training {job.state}: {job.failure_reason}\n{job.log_tail}")
+    accuracy = (job.metrics or {})["accuracy"]
     print(f"job succeeded: validation accuracy {accuracy:.4f}")
 
-    mv = call("POST", "/models", json={"name": name, "job_id": job["id"]})
-    print(f"registering model {name} version {mv['version']}: converting and signing")
-    deadline = time.monotonic() + timeout_s
-    while mv["state"] == "converting":
-        if time.monotonic() > deadline:
-            raise RuntimeError("conversion did not finish in time")
-        time.sleep(1)
-        mv = call("GET", f"/models/{name}/versions/{mv['version']}")
-    if mv["state"] != "ready":
-        raise RuntimeError(f"conversion failed: {mv['error']}")
-    report = mv["conversion_report"]
+    mv = client.models.register(name, job.id)
+    print(f"registering model {name} version {mv.version}: converting and signing")
+    try:
+        mv = client.models.wait(name, mv.version, timeout=timeout_s, raise_on_failure=False)
+    except WaitTimeout:
+        raise RuntimeError("conversion did not finish in time") from None
+    if mv.state != "ready":
+        raise RuntimeError(f"conversion failed: {mv.error}")
+    report = mv.conversion_report or {}
     print(report.get("table", ""))
 
-    digest = mv["package_digest"]
+    digest = mv.package_digest or ""
     out = Path(out_dir or REPO / ".demo")
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{digest}.edgepkg"
-    r = client.get(f"{API}/models/{name}/versions/{mv['version']}/package")
-    if r.status_code != 200:
-        raise RuntimeError(f"package download: {r.status_code} {r.text}")
-    path.write_bytes(r.content)
-    lineage = call("GET", f"/lineage/{digest}")
-    ds = lineage["dataset"] or {}
+    path = client.models.download(name, mv.version, out / f"{digest}.edgepkg")
+    lineage = client.models.lineage(digest)
+    ds = lineage.dataset or {}
     print(
-        f"package {path} (sha256 {digest[:16]}...) <- model {name}:{mv['version']} <- job "
-        f"{job['id']} <- dataset {ds.get('dataset_id')} {ds.get('version')}"
+        f"package {path} (sha256 {digest[:16]}...) <- model {name}:{mv.version} <- job "
+        f"{job.id} <- dataset {ds.get('dataset_id')} {ds.get('version')}"
     )
+    client.close()
     return {
-        "job_id": job["id"],
+        "job_id": job.id,
         "model": name,
-        "version": mv["version"],
+        "version": mv.version,
         "package_digest": digest,
         "package_path": path,
         "accuracy": accuracy,

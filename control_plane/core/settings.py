@@ -258,6 +258,31 @@ class ServiceSettings(Section):
         description="How often the edge rollout engine looks at running rollouts (stage "
         "progress, bake time, health gates, devices joining or leaving a label selector).",
     )
+    telemetry_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often each replica sends its per-version request figures (the window "
+        "of the p50 / p99 that GET /services/{name}/versions shows).",
+    )
+
+
+class NotebookSettings(Section):
+    """Managed notebooks: JupyterLab servers started by the control plane."""
+
+    dir: Path | None = Field(
+        None,
+        description="Folder of notebook work folders (one per notebook, kept across stop/start). "
+        "Default: <data_dir>/notebooks.",
+    )
+    idle_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Default idle time before a notebook server is stopped: no request through "
+        "the proxy, no API call about it and no busy kernel for this long.",
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, description="How long a JupyterLab server may take to answer before it fails."
+    )
 
 
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
@@ -303,6 +328,10 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
     "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
     "rollout_tick_s": ("services", "rollout_tick_s"),
+    "service_telemetry_interval_s": ("services", "telemetry_interval_s"),
+    "notebooks_dir": ("notebooks", "dir"),
+    "notebook_idle_s": ("notebooks", "idle_s"),
+    "notebook_start_timeout_s": ("notebooks", "start_timeout_s"),
 }
 
 
@@ -342,7 +371,12 @@ class Settings(BaseSettings):
         description="Bearer token every REST call except /health must present.",
     )
     host: str = Field("127.0.0.1", description="Address `control-plane serve` listens on.")
-    port: int = Field(8000, description="Port `control-plane serve` listens on (0 = any free).")
+    port: int = Field(
+        8080,
+        description="Port `control-plane serve` listens on (0 = any free). Not 8000: that is the "
+        "agent's OIP REST port (8000 HTTP, 8001 gRPC, 8002 metrics, as Triton), so an agent and "
+        "the control plane run side by side on one machine with their defaults.",
+    )
     data_dir: Path = Field(
         Path("var/control-plane"),
         description="Folder for the default SQLite database, blobs and staging files.",
@@ -355,6 +389,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
+    notebooks: NotebookSettings = Field(default_factory=NotebookSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -421,6 +456,10 @@ class Settings(BaseSettings):
     def resolved_services_dir(self) -> Path:
         return self.services.dir or self.data_dir / "services"
 
+    @property
+    def resolved_notebooks_dir(self) -> Path:
+        return self.notebooks.dir or self.data_dir / "notebooks"
+
 
 SECTIONS: dict[str, type[Section]] = {
     "database": DatabaseSettings,
@@ -430,4 +469,5 @@ SECTIONS: dict[str, type[Section]] = {
     "training": TrainingSettings,
     "registry": RegistrySettings,
     "services": ServiceSettings,
+    "notebooks": NotebookSettings,
 }

@@ -170,7 +170,7 @@ class DatasetVersionUse(Base):
     version_id: Mapped[int] = mapped_column(
         ForeignKey("dataset_versions.id", ondelete="RESTRICT"), primary_key=True
     )
-    # training_job | model
+    # training_job | model | batch_service | notebook
     kind: Mapped[str] = mapped_column(String(32), primary_key=True)
     ref: Mapped[str] = mapped_column(String(200), primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

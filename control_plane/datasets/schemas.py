@@ -213,7 +213,7 @@ class VersionCreate(BaseModel):
 
 
 class VersionUse(OrmModel):
-    kind: str = Field(description="training_job | model")
+    kind: str = Field(description="training_job | model | batch_service | notebook")
     ref: str
     created_at: dt.datetime
 

@@ -37,6 +37,7 @@ from control_plane.core.context import AppContext
 from control_plane.core.credentials import hash_password
 from control_plane.core.settings import Settings
 from control_plane.devices.service import broker_credentials
+from protos import fleet_batch
 from protos import fleet_topics as topics
 
 CONF_NAME = "mosquitto.conf"
@@ -56,6 +57,9 @@ _DEVICE_ACCESS = {
     topics.CHUNKS_REQUEST: "write",
     topics.TELEMETRY: "write",
     topics.EVENTS: "write",
+    # Batch jobs on the device (protos/fleet_batch.py).
+    **{leaf: "read" for leaf in fleet_batch.DEVICE_SUBSCRIBES},
+    **{leaf: "write" for leaf in fleet_batch.DEVICE_PUBLISHES},
 }
 
 # Names of local identities: what Mosquitto accepts as a user name and client id without quoting.

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -67,6 +67,21 @@ RECORD_QUEUE_SIZE = 10_000
 #: Telemetry batches waiting to be stored. Each is unacknowledged until stored, and the broker
 #: holds back a client's messages beyond its in-flight window, so this rarely fills.
 TELEMETRY_QUEUE_SIZE = 256
+
+
+class FleetExtension(Protocol):
+    """A channel of its own on the fleet connection: the device leaves it receives (every
+    device's, subscribed at each connect) and what it does with them, off the network thread."""
+
+    leaves: tuple[str, ...]
+
+    def handle(self, device_id: str, leaf: str, payload: bytes) -> None: ...
+
+    def connected(self) -> None: ...
+
+    def forget_device(self, device_id: str) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,8 @@ class FleetService:
             )
         self.client.max_inflight_messages_set(64)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Channels of their own on the same connection (device batch jobs: batch_channel.py).
+        self.extensions: list[FleetExtension] = []
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -163,6 +180,8 @@ class FleetService:
         for q in (self._records, self._telemetry):
             with contextlib.suppress(queue.Full):  # a full queue: the thread sees _stopping
                 q.put_nowait(None)  # type: ignore[arg-type]
+        for ext in self.extensions:
+            ext.stop()
         self.client.disconnect()
         self.client.loop_stop()
         self._worker.join(timeout=5)
@@ -215,6 +234,8 @@ class FleetService:
             self.client.publish(
                 topics.device_topic(device_id, leaf, self.root), b"", qos=QOS, retain=True
             )
+        for ext in self.extensions:
+            ext.forget_device(device_id)
 
     def devices_changed(self) -> None:
         broker_config.sync_registry_files(self.ctx)
@@ -231,8 +252,11 @@ class FleetService:
             [
                 (topics.all_devices_filter(leaf, self.root), QOS)
                 for leaf in topics.CONTROL_PLANE_SUBSCRIBES
+                + tuple(leaf for ext in self.extensions for leaf in ext.leaves)
             ]
         )
+        for ext in self.extensions:
+            ext.connected()
         self._epoch += 1
         self.connected.set()
         logger.info("connected to broker %s:%d", self.address.host, self.address.port)
@@ -275,6 +299,10 @@ class FleetService:
         if leaf in (topics.STATUS, topics.REPORTED):
             self._put_waiting(self._records, _Record(device_id, leaf, payload))
             return False
+        for ext in self.extensions:
+            if leaf in ext.leaves:
+                ext.handle(device_id, leaf, payload)
+                return False
         if leaf == topics.TELEMETRY:
             if len(payload) > topics.MAX_TELEMETRY_BATCH_BYTES:  # not even scanned
                 self._refuse_telemetry(device_id, f"{len(payload)} bytes")

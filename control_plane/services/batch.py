@@ -1,12 +1,13 @@
-"""Batch services: one agent batch job over a split of a published dataset version.
+"""Batch services: one agent batch job over a dataset version's split or an uploaded input.
 
-A batch service is a service with one replica. When it is created, the selected samples are
-written to the service's folder (``inputs.jsonl``: each sample's version path, absolute file and
-label) and to the replica's folder as the agent's manifest (``manifest.jsonl`` of absolute
-``source`` paths). Once the supervisor sees the replica running with its model installed it
-starts a ``BatchFollower`` thread, which submits ONE job and follows it to the end through the
-agent's own command line (``python -m edge_agent batch ...``), the same interface an operator
-uses on a device, so the control plane needs no agent protocol types of its own.
+A batch service is a service with one replica. When it is created, the selected samples (or the
+uploaded inputs, ``inputs.py``) are written to the service's folder (``inputs.jsonl``: each
+input's version or upload path, absolute file and label) and to the replica's folder as the
+agent's manifest (``manifest.jsonl`` of absolute ``source`` paths). Once the supervisor sees the
+replica running with its model installed it starts a ``BatchFollower`` thread, which submits ONE
+job and follows it to the end through the agent's own command line (``python -m edge_agent batch
+...``), the same interface an operator uses on a device, so the control plane needs no agent
+protocol types of its own.
 
 The job id is recorded in the service's spec as soon as the agent accepts it: a control plane
 restarted mid-job follows the same job again (the agent resumes it) instead of starting another.
@@ -35,7 +36,9 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import InvalidRequest, NotFound
 from control_plane.datasets.versions.service import VersionService
+from control_plane.services.detection import Detected, TrueBox, evaluate_detection
 from control_plane.services.evaluation import evaluate
+from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.schemas import BatchInput, ResultRow
 
@@ -52,7 +55,7 @@ INPUTS = "inputs.jsonl"
 RESULTS = "results.jsonl"
 AGENT_MANIFEST = "manifest.jsonl"
 AGENT_RESULTS = "agent-results.jsonl"
-CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "error")
+CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "detections", "error")
 
 
 # --- input ------------------------------------------------------------------------------------
@@ -61,12 +64,22 @@ CSV_FIELDS = ("index", "source", "label", "predicted", "score", "top_k", "error"
 def prepare_inputs(
     session: Session, ctx: AppContext, spec: BatchInput, service_dir: Path, replica_dir: Path
 ) -> dict[str, Any]:
-    """Write the selected samples (service folder) and the agent's manifest (replica folder).
+    """Write the selected inputs (service folder) and the agent's manifest (replica folder).
 
     Returns what the spec records of the input: the count and, for a classification version,
-    the label order the evaluation uses. A reference to a version that does not exist is the
-    caller's mistake (400), not a missing resource of this endpoint.
+    the label order the evaluation uses. A reference to a version or an upload that does not
+    exist is the caller's mistake (422), not a missing resource of this endpoint.
     """
+    if spec.upload is not None:
+        try:
+            uploaded = InputStore(ctx).sources(spec.upload)
+        except NotFound as exc:
+            raise InvalidRequest(f"input: {exc}") from None
+        rows = [{"source": s["source"], "path": s["path"], "label": None} for s in uploaded]
+        _write_inputs(rows, service_dir, replica_dir)
+        return {"count": len(rows), "labels": None}
+    if spec.dataset_id is None or spec.dataset_version is None:  # the schema refuses it
+        raise InvalidRequest("input: dataset_id and dataset_version (or an upload id)")
     versions = VersionService(session, ctx)
     try:
         version = versions.get(spec.dataset_id, spec.dataset_version)
@@ -80,22 +93,40 @@ def prepare_inputs(
             f"{spec.split} samples"
         )
     classification = all(a.box is None for it in items for a in it.annotations)
+    rows = []
+    for it in items:
+        names = [a.label for a in it.annotations]
+        label = names[0] if classification and len(names) == 1 else None
+        row: dict[str, Any] = {
+            "source": it.path,
+            "path": str((folder / it.path).resolve()),
+            "label": label,
+        }
+        if not classification:  # a detection version: the true boxes, for the evaluation
+            row["boxes"] = [[a.label, *a.box] for a in it.annotations if a.box is not None]
+            row["size"] = [it.width, it.height]
+        rows.append(row)
+    _write_inputs(rows, service_dir, replica_dir)
+    return {
+        "count": len(items),
+        "labels": sorted(version.label_stats) if classification else None,
+        "detection_labels": None if classification else sorted(version.label_stats),
+    }
+
+
+def _write_inputs(rows: list[dict[str, Any]], service_dir: Path, replica_dir: Path) -> None:
+    """``inputs.jsonl`` (source, path, label) and the agent's manifest of absolute paths, one
+    line each, so the agent's result ``index`` is the row's. A tensor line is named
+    ``<file>.jsonl#<n>``, which the agent reads as that one line."""
     service_dir.mkdir(parents=True, exist_ok=True)
     replica_dir.mkdir(parents=True, exist_ok=True)
     with (
         open(service_dir / INPUTS, "w", encoding="utf-8") as inputs,
         open(replica_dir / AGENT_MANIFEST, "w", encoding="utf-8") as manifest,
     ):
-        for it in items:
-            path = str((folder / it.path).resolve())
-            names = [a.label for a in it.annotations]
-            label = names[0] if classification and len(names) == 1 else None
-            inputs.write(json.dumps({"source": it.path, "path": path, "label": label}) + "\n")
-            manifest.write(json.dumps({"source": path}) + "\n")
-    return {
-        "count": len(items),
-        "labels": sorted(version.label_stats) if classification else None,
-    }
+        for row in rows:
+            inputs.write(json.dumps(row) + "\n")
+            manifest.write(json.dumps({"source": row["path"]}) + "\n")
 
 
 # --- the agent's command line ------------------------------------------------------------------
@@ -236,51 +267,94 @@ class BatchFollower:
             job = _job(answer)
             self._record(job)
             if job["state"] == "SUCCEEDED":
-                labels = spec.get("input_info", {}).get("labels")
-                evaluation = self._collect(labels)
-                self._finish("succeeded", "", evaluation)
+                lines = read_jsonl(self.replica_dir / AGENT_RESULTS)
+                self._finish("succeeded", "", collect(self.service_dir, lines, spec))
                 return
             if job["state"] in ("FAILED", "CANCELED"):
                 self._finish("failed", job["error"] or f"agent job {job['state'].lower()}", None)
                 return
             time.sleep(POLL_S)
 
-    def _collect(self, labels: list[str] | None) -> dict[str, Any] | None:
-        """The agent's result lines joined with the inputs into ``results.jsonl``; the
-        evaluation when the inputs are labeled."""
-        inputs = read_jsonl(self.service_dir / INPUTS)
-        rows = []
-        for line in read_jsonl(self.replica_dir / AGENT_RESULTS):
-            sample = inputs[int(line["index"])]
-            rows.append(_row(line, sample))
-        tmp = self.service_dir / (RESULTS + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as out:
-            for row in rows:
-                out.write(row.model_dump_json() + "\n")
-        tmp.replace(self.service_dir / RESULTS)
-        if labels is None or any(r.label is None for r in rows):
-            return None
-        return evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
-
-    def _finish(self, state: str, reason: str, evaluation: dict[str, Any] | None) -> None:
-        with self.lock, self.ctx.sessions() as session:
-            service = session.get(Service, self.name)
-            if service is None:
-                return
-            service.state, service.reason = state, reason
-            if evaluation is not None:
-                service.spec = {**service.spec, "evaluation": evaluation}
-            service.updated_at = utcnow()
-            session.commit()
-        logger.info("batch service %s: %s %s", self.name, state, reason)
+    def _finish(self, state: str, reason: str, fields: dict[str, Any] | None) -> None:
+        with self.lock:
+            finish_service(self.ctx, self.name, state, reason, fields)
 
 
-def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:
-    """One agent result line as a result row: top-1 from the package's top-k when it declares
-    one, else the index of the largest value of its only output."""
+def collect(service_dir: Path, lines: list[dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    """The agent's result lines (in index order) joined with the inputs into ``results.jsonl``;
+    returns the spec fields of the evaluation: ``evaluation`` when the inputs are labeled
+    (classification), ``detection_evaluation`` for a detection version read as ``detection``
+    says. Shared by cloud and device batches."""
+    inputs = read_jsonl(service_dir / INPUTS)
+    info = spec.get("input_info", {})
+    reader = spec.get("detection")
+    if reader is not None:  # class indexes name the version's labels unless it says otherwise
+        reader = {**reader, "labels": reader.get("labels") or info.get("detection_labels")}
+    rows = [_row(line, inputs[int(line["index"])], reader) for line in lines]
+    tmp = service_dir / (RESULTS + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(row.model_dump_json() + "\n")
+    tmp.replace(service_dir / RESULTS)
+    if reader is not None:
+        truths = [
+            [TrueBox(str(b[0]), *map(float, b[1:5])) for b in inputs[r.index].get("boxes", [])]
+            for r in rows
+        ]
+        found = [
+            None if r.error is not None else [_detected(d) for d in r.detections or []]
+            for r in rows
+        ]
+        ev = evaluate_detection(
+            zip(truths, found, strict=True),
+            info.get("detection_labels") or [],
+            float(reader.get("iou_threshold", 0.5)),
+        )
+        return {"detection_evaluation": ev.model_dump()}
+    labels = info.get("labels")
+    if labels is None or any(r.label is None for r in rows):
+        return {}
+    return {
+        "evaluation": evaluate(((str(r.label), r.predicted) for r in rows), labels).model_dump()
+    }
+
+
+def _detected(d: dict[str, Any]) -> Detected:
+    return Detected(str(d["label"]), float(d["score"]), d["x"], d["y"], d["w"], d["h"])
+
+
+def finish_service(
+    ctx: AppContext, name: str, state: str, reason: str, fields: dict[str, Any] | None
+) -> None:
+    """A batch service's end: its state, reason and evaluation fields (a deleted one is left
+    alone)."""
+    with ctx.sessions() as session:
+        service = session.get(Service, name)
+        if service is None:
+            return
+        service.state, service.reason = state, reason
+        if fields:
+            service.spec = {**service.spec, **fields}
+        service.updated_at = utcnow()
+        session.commit()
+    logger.info("batch service %s: %s %s", name, state, reason)
+
+
+def _row(
+    line: dict[str, Any], sample: dict[str, Any], detection: dict[str, Any] | None = None
+) -> ResultRow:
+    """One agent result line as a result row: the boxes for a detection batch; else top-1 from
+    the package's top-k when it declares one, else the index of the largest value of its only
+    output."""
     row = ResultRow(index=int(line["index"]), source=sample["source"], label=sample["label"])
     if "error" in line:
         row.error = str(line["error"])
+        return row
+    if detection is not None:
+        try:
+            row.detections = read_boxes(line.get("outputs", {}), detection, sample)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            row.error = f"detection outputs: {exc}"
         return row
     top = line.get("top_k")
     if top:
@@ -295,6 +369,34 @@ def _row(line: dict[str, Any], sample: dict[str, Any]) -> ResultRow:
             best_index = max(range(len(values)), key=values.__getitem__)
             row.predicted, row.score = str(best_index), float(values[best_index])
     return row
+
+
+def read_boxes(
+    outputs: dict[str, Any], reader: dict[str, Any], sample: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The detections of one input in pixels of its image, best score first, as ``reader`` (a
+    ``DetectionOutputs``) says to read the model's outputs."""
+    boxes = _flat(outputs[reader["boxes"]]["data"])
+    scores = _flat(outputs[reader["scores"]]["data"])
+    classes = _flat(outputs[reader["classes"]]["data"])
+    if len(boxes) != 4 * len(scores) or len(classes) != len(scores):
+        raise ValueError(f"{len(boxes)} box values, {len(scores)} scores, {len(classes)} classes")
+    labels = reader.get("labels") or []
+    width, height = sample.get("size") or (1, 1)
+    sx, sy = (width, height) if reader.get("normalized", True) else (1, 1)
+    out = []
+    for i, score in enumerate(scores):
+        if score < float(reader.get("score_threshold", 0.0)):
+            continue
+        a, b, c, d = boxes[4 * i : 4 * i + 4]
+        w, h = (c - a, d - b) if reader.get("box_format", "xyxy") == "xyxy" else (c, d)
+        k = int(classes[i])
+        label = labels[k] if 0 <= k < len(labels) else str(k)
+        out.append(
+            {"label": label, "score": score, "x": a * sx, "y": b * sy, "w": w * sx, "h": h * sy}
+        )
+    out.sort(key=lambda det: -det["score"])
+    return out
 
 
 def _flat(data: Any) -> list[float]:
@@ -326,7 +428,8 @@ def csv_chunks(rows: list[ResultRow]) -> Iterator[str]:
     writer.writeheader()
     for row in rows:
         doc = row.model_dump()
-        doc["top_k"] = json.dumps(doc["top_k"]) if doc["top_k"] is not None else ""
+        for key in ("top_k", "detections"):
+            doc[key] = json.dumps(doc[key]) if doc[key] is not None else ""
         writer.writerow({k: "" if doc[k] is None else doc[k] for k in CSV_FIELDS})
         if buf.tell() > 1 << 16:
             yield buf.getvalue()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -14,15 +14,18 @@ from control_plane.core.context import app_state
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 from control_plane.services.batch import csv_chunks
+from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.proxy import ReplicaProxy
 from control_plane.services.rollouts.engine import RolloutEngine
 from control_plane.services.rollouts.service import RolloutService
 from control_plane.services.schemas import (
+    InputUpload,
     ResultPage,
     RolloutPublic,
     ServiceCreate,
     ServicePublic,
     ServiceUpdate,
+    ServiceVersions,
 )
 from control_plane.services.service import ServiceManager
 from control_plane.services.supervisor import Supervisor
@@ -55,12 +58,57 @@ def get_rollout_engine(request: Request) -> RolloutEngine:
 RolloutEngineDep = Annotated[RolloutEngine, Depends(get_rollout_engine)]
 
 
+def get_device_batches(request: Request) -> DeviceBatches:
+    return app_state(request.app, "device_batches", DeviceBatches)
+
+
+DeviceBatchesDep = Annotated[DeviceBatches, Depends(get_device_batches)]
+
+
+# Declared before ``/{name}`` so that ``inputs`` is never read as a service name (it is reserved).
+@router.post("/inputs", status_code=status.HTTP_201_CREATED)
+def upload_input(
+    file: UploadFile, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> InputUpload:
+    """Upload a batch input: a ``.zip`` of images, ``.npy`` and tensor ``.jsonl`` files, or one
+    ``.npy`` or ``.jsonl`` file; its ``id`` goes into a batch service's ``input.upload``."""
+    manager = ServiceManager(session, ctx, supervisor)
+    return manager.upload_input(file.file, file.filename or "")
+
+
+@router.get("/inputs")
+def list_inputs(
+    session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> list[InputUpload]:
+    return ServiceManager(session, ctx, supervisor).list_inputs()
+
+
+@router.get("/inputs/{upload_id}")
+def get_input(
+    upload_id: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> InputUpload:
+    return ServiceManager(session, ctx, supervisor).get_input(upload_id)
+
+
+@router.delete("/inputs/{upload_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_input(
+    upload_id: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> None:
+    """Remove an uploaded input (409 while a batch service uses it)."""
+    ServiceManager(session, ctx, supervisor).delete_input(upload_id)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_service(
-    spec: ServiceCreate, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+    spec: ServiceCreate,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    device_batches: DeviceBatchesDep,
 ) -> ServicePublic:
-    """Start the service's replicas and deploy its models to them (state ``deploying``)."""
-    manager = ServiceManager(session, ctx, supervisor)
+    """Start the service's replicas and deploy its models to them (state ``deploying``); a
+    batch service with a ``device`` sends its job to that device instead."""
+    manager = ServiceManager(session, ctx, supervisor, device_batches)
     return manager.public(manager.create(spec))
 
 
@@ -96,10 +144,27 @@ def update_service(
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
 def delete_service(
-    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+    name: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    device_batches: DeviceBatchesDep,
 ) -> None:
-    """Stop the replicas and remove them (and their devices)."""
-    ServiceManager(session, ctx, supervisor).delete(name)
+    """Stop the replicas and remove them (and their devices); cancel a device's batch job."""
+    ServiceManager(session, ctx, supervisor, device_batches).delete(name)
+
+
+@router.get("/{name}/versions")
+def get_versions(
+    name: str,
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    baseline: Annotated[str | None, Query(max_length=128)] = None,
+) -> ServiceVersions:
+    """Requests, errors and p50 / p99 per model version over the service's replicas, each
+    compared with ``baseline`` (default: the version the service serves now)."""
+    return ServiceManager(session, ctx, supervisor).versions(name, baseline)
 
 
 @router.get("/{name}/rollouts")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from control_plane.core.schemas import OrmModel
 from control_plane.deployments.schemas import GuardSpec, WarmupSpec
 
+#: Path segments under ``/services`` that are not service names.
+RESERVED_NAMES = ("inputs",)
 ServiceName = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$")
 
 
@@ -27,11 +29,71 @@ class ServiceModel(BaseModel):
 
 
 class BatchInput(BaseModel):
-    """What a batch service predicts over: one split of a published dataset version."""
+    """What a batch service predicts over: one split of a published dataset version, or an
+    uploaded input (``POST /services/inputs``: a zip of images / ``.npy`` / tensor JSONL files)."""
 
-    dataset_id: str = Field(min_length=1, max_length=64)
-    dataset_version: str = Field(min_length=1, max_length=16, description="e.g. V001")
-    split: Literal["validation", "train", "all"] = "validation"
+    dataset_id: str | None = Field(None, min_length=1, max_length=64)
+    dataset_version: str | None = Field(None, min_length=1, max_length=16, description="e.g. V001")
+    split: Literal["validation", "train", "all"] | None = Field(
+        None, description="Of the dataset version: validation (default), train or all."
+    )
+    upload: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="The id (sha256) of an uploaded batch input, instead of a dataset version.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        dataset = self.dataset_id is not None or self.dataset_version is not None
+        if self.upload is not None:
+            if dataset or self.split is not None:
+                raise ValueError("input: either upload, or dataset_id + dataset_version + split")
+            return self
+        if self.dataset_id is None or self.dataset_version is None:
+            raise ValueError("input: dataset_id and dataset_version (or an upload id)")
+        if self.split is None:
+            self.split = "validation"
+        return self
+
+    def stored(self) -> dict[str, Any]:
+        """The fields of its kind only (as the service's spec keeps it and shows it again)."""
+        if self.upload is not None:
+            return {"upload": self.upload}
+        return self.model_dump(exclude={"upload"})
+
+
+class InputUpload(BaseModel):
+    """An uploaded batch input, stored by its sha256."""
+
+    id: str = Field(description="sha256 of the uploaded file; the batch service's input.upload.")
+    filename: str = Field(description="The uploaded file's name.")
+    files: int = Field(description="Files holding inputs.")
+    count: int = Field(description="Inputs: one per image or .npy file, one per JSONL line.")
+    created_at: dt.datetime
+
+
+class DetectionOutputs(BaseModel):
+    """How to read boxes from a detection model's outputs, for a batch over a detection version.
+
+    Per input: ``boxes`` [1, K, 4], ``scores`` [1, K] and ``classes`` [1, K] (an index into
+    ``labels``), the usual layout of exported detectors (after their own non-max suppression).
+    """
+
+    boxes: str = Field("boxes", min_length=1, description="Output holding the K boxes.")
+    scores: str = Field("scores", min_length=1, description="Output holding the K scores.")
+    classes: str = Field("classes", min_length=1, description="Output holding K label indexes.")
+    box_format: Literal["xyxy", "xywh"] = Field(
+        "xyxy", description="Corners (x0, y0, x1, y1), or corner and size (x, y, w, h)."
+    )
+    normalized: bool = Field(
+        True, description="Coordinates as fractions of the image's width and height (else pixels)."
+    )
+    labels: list[str] | None = Field(
+        None, description="Class index -> label. Default: the version's labels, sorted."
+    )
+    score_threshold: float = Field(0.0, ge=0, le=1, description="Detections below are ignored.")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a box matches.")
 
 
 Share = Annotated[
@@ -125,6 +187,26 @@ class ServiceCreate(BaseModel):
     warmup: WarmupSpec | None = Field(
         None, description="Edge services only: shadow warm-up on each device before activation."
     )
+    detection: DetectionOutputs | None = Field(
+        None,
+        description="Batch services over a detection version: how to read the model's boxes; "
+        "the service then reports mAP, per-label AP, precision and recall.",
+    )
+    device: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Batch services only: run the job on this registered device (over the fleet "
+        "channel) instead of a cloud replica. The device must run the model version.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        """``/services/inputs`` is the batch inputs' collection, so no service may be named so."""
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is reserved")
+        return name
 
     @model_validator(mode="after")
     def _fits_type(self) -> Self:
@@ -140,17 +222,24 @@ class ServiceCreate(BaseModel):
                 raise ValueError("an edge service needs targets (device_ids or selector)")
             if len(self.models) != 1:
                 raise ValueError("an edge service rolls out one model version")
-            if self.input is not None or "replicas" in self.model_fields_set:
-                raise ValueError("input and replicas are not for edge services")
+            batch_only = self.input, self.device, self.detection
+            if any(f is not None for f in batch_only) or "replicas" in self.model_fields_set:
+                raise ValueError("input, device, detection and replicas are not for edge services")
             return self
         if edge_fields:
             raise ValueError(f"{', '.join(edge_fields)}: edge services only (type: edge)")
         if self.type == "online":
             if self.input is not None:
                 raise ValueError("input is for batch services (type: batch)")
+            if self.device is not None:
+                raise ValueError("device is for batch services (type: batch)")
+            if self.detection is not None:
+                raise ValueError("detection is for batch services (type: batch)")
             return self
         if self.input is None:
-            raise ValueError("a batch service needs an input (dataset_id, dataset_version, split)")
+            raise ValueError(
+                "a batch service needs an input (dataset_id, dataset_version, split; or upload)"
+            )
         if len(self.models) != 1:
             raise ValueError("a batch service runs exactly one model version")
         if "replicas" in self.model_fields_set:
@@ -215,15 +304,51 @@ class Evaluation(BaseModel):
     )
 
 
+class DetectionClassMetrics(BaseModel):
+    label: str
+    support: int = Field(description="True boxes of this label.")
+    detections: int = Field(description="Boxes the model gave this label.")
+    true_positives: int = Field(description="Detections matched to a true box (IoU >= threshold).")
+    precision: float | None = Field(description="null when the model never detected it.")
+    recall: float | None = Field(description="null when no image has a true box of it.")
+    ap: float | None = Field(
+        description="Average precision (all-point interpolated); null without true boxes."
+    )
+
+
+class DetectionEvaluation(BaseModel):
+    """How detected boxes compare with the dataset's boxes (object detection)."""
+
+    iou_threshold: float = Field(description="A detection matches a true box from this IoU on.")
+    images: int
+    errors: int = Field(description="Images whose input failed: their boxes count as missed.")
+    boxes: int = Field(description="True boxes over all images.")
+    detections: int
+    true_positives: int
+    precision: float | None
+    recall: float | None
+    mean_ap: float | None = Field(
+        description="mAP at the IoU threshold: mean AP over the labels that have true boxes."
+    )
+    labels: list[str]
+    per_class: list[DetectionClassMetrics]
+
+
 class ResultRow(BaseModel):
     """One input of a batch service and what the model said of it."""
 
     index: int
-    source: str = Field(description="The sample's path in the dataset version folder.")
+    source: str = Field(
+        description="The sample's path in the dataset version folder, or the file's in the "
+        "upload (``x.jsonl#3``: line 3 of a tensor JSONL)."
+    )
     label: str | None = Field(None, description="The dataset's label, when it has one.")
     predicted: str | None = None
     score: float | None = None
     top_k: list[dict[str, Any]] | None = None
+    detections: list[dict[str, Any]] | None = Field(
+        None, description="Detection batches: ``[{label, score, x, y, w, h}]`` in pixels."
+    )
     error: str | None = None
 
 
@@ -248,12 +373,54 @@ class ServicePublic(BaseModel):
         description="Each running replica's OIP v2 gRPC address (tritonclient.grpc)."
     )
     input: BatchInput | None = None
+    device: str | None = Field(None, description="The device a batch service runs on.")
     batch: BatchProgress | None = None
     evaluation: Evaluation | None = None
+    detection_evaluation: DetectionEvaluation | None = None
     targets: EdgeTargets | None = None
     rollout: RolloutPublic | None = Field(None, description="Edge services: the latest rollout.")
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+class ReplicaVersionFigures(BaseModel):
+    """One version on one replica, from its newest ``metrics`` telemetry records."""
+
+    device_id: str
+    requests: int = Field(description="Requests since the version was loaded on the replica.")
+    errors: int = Field(description="Of those, failed ones (bad input included).")
+    window: int = Field(description="Successful requests in the interval p50 / p99 cover.")
+    p50_ms: float | None
+    p99_ms: float | None
+    at: dt.datetime | None = Field(description="When the newest record was taken (agent clock).")
+
+
+class VersionComparison(BaseModel):
+    baseline: str = Field(description="The version compared with.")
+    error_rate_delta: float | None = Field(description="error_rate - the baseline's.")
+    p50_ratio: float | None = Field(description="p50_ms / the baseline's.")
+    p99_ratio: float | None = Field(description="p99_ms / the baseline's.")
+
+
+class VersionFigures(BaseModel):
+    """A model version's request figures over the service's replicas."""
+
+    model: str
+    version: str
+    serving: bool = Field(description="The version the service's spec serves now.")
+    requests: int = Field(description="Summed over replicas.")
+    errors: int
+    error_rate: float | None = Field(description="errors / requests; null before any request.")
+    p50_ms: float | None = Field(description="The slowest replica's latest p50.")
+    p99_ms: float | None = Field(description="The slowest replica's latest p99.")
+    replicas: list[ReplicaVersionFigures]
+    vs_baseline: VersionComparison | None = None
+
+
+class ServiceVersions(BaseModel):
+    service: str
+    telemetry_interval_s: float = Field(description="How often replicas send their figures.")
+    items: list[VersionFigures]
 
 
 class GateResult(BaseModel):

@@ -15,9 +15,10 @@ the supervisor's batch follower finds them; its results are read back here.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,17 +26,23 @@ from sqlalchemy.orm import Session
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.datasets.versions.service import VersionService
 from control_plane.devices.service import DeviceService
+from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.registry.service import ModelService
-from control_plane.services import batch
+from control_plane.services import batch, device_batch
+from control_plane.services.device_batch import DeviceBatches
+from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
 from control_plane.services.rollouts.engine import latest_rollout
 from control_plane.services.rollouts.service import RolloutService
 from control_plane.services.schemas import (
     BatchInput,
     BatchProgress,
+    DetectionEvaluation,
     EdgeTargets,
     Evaluation,
+    InputUpload,
     ReplicaPublic,
     ResultPage,
     ResultRow,
@@ -43,10 +50,18 @@ from control_plane.services.schemas import (
     ServiceModel,
     ServicePublic,
     ServiceUpdate,
+    ServiceVersions,
 )
 from control_plane.services.supervisor import Supervisor
+from control_plane.services.version_figures import MetricsRecord, version_figures
 
 logger = logging.getLogger(__name__)
+
+#: Newest ``metrics`` records read per replica: enough to still hold a version replaced by a
+#: rolling update some minutes ago, few enough to read in one cheap query.
+METRICS_RECORDS = 200
+#: The kind a batch service is recorded under among its dataset version's uses.
+BATCH_USE = "batch_service"
 
 
 def replica_device_id(service: str, index: int) -> str:
@@ -54,10 +69,18 @@ def replica_device_id(service: str, index: int) -> str:
 
 
 class ServiceManager:
-    def __init__(self, session: Session, ctx: AppContext, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        session: Session,
+        ctx: AppContext,
+        supervisor: Supervisor,
+        device_batches: DeviceBatches | None = None,
+    ) -> None:
+        """``device_batches`` is needed to create and delete batch services on devices."""
         self.session = session
         self.ctx = ctx
         self.supervisor = supervisor
+        self.device_batches = device_batches
 
     # --- queries -----------------------------------------------------------------------------
 
@@ -101,9 +124,15 @@ class ServiceManager:
             replicas=replicas,
             grpc_addresses=[r.grpc_address for r in replicas if r.grpc_address],
             input=BatchInput(**service.spec["input"]) if "input" in service.spec else None,
+            device=service.spec.get("device"),
             batch=BatchProgress(**_progress(service.spec)) if service.type == "batch" else None,
             evaluation=(
                 Evaluation(**service.spec["evaluation"]) if "evaluation" in service.spec else None
+            ),
+            detection_evaluation=(
+                DetectionEvaluation(**service.spec["detection_evaluation"])
+                if "detection_evaluation" in service.spec
+                else None
             ),
             targets=EdgeTargets(**service.spec["targets"]) if "targets" in service.spec else None,
             rollout=(
@@ -126,6 +155,22 @@ class ServiceManager:
         rows = self.results(name)
         return ResultPage(total=len(rows), offset=offset, items=rows[offset : offset + limit])
 
+    def versions(self, name: str, baseline: str | None = None) -> ServiceVersions:
+        """Per model version figures from the replicas' newest ``metrics`` telemetry."""
+        service = self.get(name)
+        telemetry = TelemetryService(self.session, self.ctx)
+        records = [
+            MetricsRecord(r.device_id, r.seq, r.recorded_at, _json_object(r.payload))
+            for replica in service.replicas
+            for r in telemetry.latest(replica.device_id, "metrics", METRICS_RECORDS)
+        ]
+        serving = {m["model"]: m["version"] for m in service.spec["models"]}
+        return ServiceVersions(
+            service=name,
+            telemetry_interval_s=self.ctx.settings.services.telemetry_interval_s,
+            items=version_figures(records, serving, baseline),
+        )
+
     # --- changes -----------------------------------------------------------------------------
 
     def create(self, spec: ServiceCreate) -> Service:
@@ -133,7 +178,10 @@ class ServiceManager:
             raise Conflict(f"service {spec.name} already exists")
         if spec.type == "edge":
             return self._create_edge(spec)
-        self._check_models(spec.models)
+        if spec.device is not None:
+            self._check_device(spec.device, spec.models[0])
+        else:
+            self._check_models(spec.models)
         service = Service(
             name=spec.name,
             type=spec.type,
@@ -155,12 +203,28 @@ class ServiceManager:
                 raise
             service.spec = {
                 **service.spec,
-                "input": spec.input.model_dump(),
+                "input": spec.input.stored(),
                 "input_info": info,
                 "batch": {"total": info["count"]},
             }
+            if spec.detection is not None:
+                if not info.get("detection_labels"):
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise InvalidRequest(
+                        "detection: the input is not an object detection dataset version"
+                    )
+                service.spec = {**service.spec, "detection": spec.detection.model_dump()}
+            if spec.device is not None:
+                # No replica: the job and its input travel to the device (device_batch.py).
+                chunk_size = self.ctx.settings.mqtt.chunk_size
+                service.spec = {
+                    **service.spec,
+                    "replicas": 0,
+                    "device": spec.device,
+                    "device_job": device_batch.new_job(folder, chunk_size),
+                }
         devices = DeviceService(self.session, self.ctx)
-        for index in range(spec.replicas):
+        for index in range(0 if spec.device else spec.replicas):
             device_id = replica_device_id(spec.name, index)
             reg = devices.register(device_id, {"service": spec.name}, device_id)
             bundle = devices.bundle(reg).model_dump()
@@ -168,6 +232,14 @@ class ServiceManager:
             service.replicas.append(ServiceReplica(index=index, device_id=device_id))
         self.session.add(service)
         self.session.commit()
+        if spec.input is not None and spec.input.dataset_id and spec.input.dataset_version:
+            # The version's files are the batch's inputs and its results' sources: it must
+            # outlive the service (deleting it answers 409 until the service is deleted).
+            VersionService(self.session, self.ctx).add_use(
+                spec.input.dataset_id, spec.input.dataset_version, BATCH_USE, spec.name
+            )
+        if spec.device is not None and self.device_batches is not None:
+            self.device_batches.publish(spec.device)
         logger.info("service %s: %d replica(s) of %s", spec.name, spec.replicas, _names(spec))
         self.supervisor.wake()
         return service
@@ -231,10 +303,63 @@ class ServiceManager:
         for _, device_id in replicas:
             if devices.find(device_id) is not None:
                 devices.delete(device_id)
+        source = self.get(name).spec.get("input") or {}
+        if source.get("dataset_id") and source.get("dataset_version"):
+            versions = VersionService(self.session, self.ctx)
+            if versions.find(source["dataset_id"], source["dataset_version"]) is not None:
+                versions.remove_use(
+                    source["dataset_id"], source["dataset_version"], BATCH_USE, name
+                )
+        device = self.get(name).spec.get("device")
         self.session.delete(self.get(name))
         self.session.commit()
+        if device and self.device_batches is not None:
+            self.device_batches.forget(name)
+            self.device_batches.publish(device)  # off the list: the device cancels the job
         shutil.rmtree(self.supervisor.service_dir(name), ignore_errors=True)
         logger.info("deleted service %s", name)
+
+    # --- uploaded batch inputs ----------------------------------------------------------------
+
+    def upload_input(self, stream: BinaryIO, filename: str) -> InputUpload:
+        return InputStore(self.ctx).upload(stream, filename)
+
+    def list_inputs(self) -> list[InputUpload]:
+        return InputStore(self.ctx).list()
+
+    def get_input(self, upload_id: str) -> InputUpload:
+        return InputStore(self.ctx).get(upload_id)
+
+    def delete_input(self, upload_id: str) -> None:
+        """Remove an uploaded input no batch service uses (their rows name its files)."""
+        store = InputStore(self.ctx)
+        store.get(upload_id)
+        users = [
+            s.name for s in self.list() if (s.spec.get("input") or {}).get("upload") == upload_id
+        ]
+        if users:
+            raise Conflict(
+                f"batch input {upload_id} is used by service(s) {', '.join(users)}; "
+                "delete them first"
+            )
+        store.delete(upload_id)
+
+    def _check_device(self, device_id: str, model: ServiceModel) -> None:
+        """A device batch runs a model version the device already runs (deployments put it
+        there); the job never installs anything."""
+        device = DeviceService(self.session, self.ctx).find(device_id)
+        if device is None:
+            raise InvalidRequest(f"device {device_id} is not registered")
+        if self.device_batches is None:
+            raise InvalidRequest("batch jobs on devices need the fleet channel")
+        running = {
+            (m.get("name"), m.get("version")) for m in (device.reported or {}).get("models", [])
+        }
+        if (model.model, model.version) not in running:
+            raise InvalidRequest(
+                f"device {device_id} does not report running {model.model} version "
+                f"{model.version}; deploy it there first"
+            )
 
     def _check_models(self, models: list[ServiceModel]) -> None:
         names = [m.model for m in models]
@@ -247,6 +372,14 @@ class ServiceManager:
                 raise InvalidRequest(
                     f"model {m.model} version {m.version} is {mv.state}, not ready to serve"
                 )
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _model_settings(models: list[ServiceModel]) -> dict[str, Any]:

@@ -147,7 +147,10 @@ class Supervisor:
             "metrics_port": -1,
             "port_file": str(folder / "ports.json"),
             "trusted_keys": key_files,
-            "fleet": dict(bundle["mqtt"]),
+            "fleet": {
+                **bundle["mqtt"],
+                "telemetry_interval_s": self.ctx.settings.services.telemetry_interval_s,
+            },
             "models": models,
         }
         path = folder / "agent.yaml"
@@ -193,6 +196,8 @@ class Supervisor:
                 if service.state == "stopped" or service.type == "edge":
                     continue
                 batch = service.type == "batch"
+                if batch and service.spec.get("device"):
+                    continue  # runs on a device: the fleet channel drives it (device_batch.py)
                 if batch and service.state in DONE:
                     self._stop_replicas(service)
                     continue

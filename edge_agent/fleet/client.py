@@ -43,13 +43,8 @@ from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError
 from edge_agent.fleet import codec, guard, warmup
-from edge_agent.fleet.domain import (
-    INSTALLED,
-    ModelReport,
-    Reported,
-    Result,
-    TelemetryOut,
-)
+from edge_agent.fleet.batch import BatchJobs, DeviceBatchRunner
+from edge_agent.fleet.domain import INSTALLED, ModelReport, Reported, Result, TelemetryOut
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError, remove_stale
 from edge_agent.fleet.link import (
     Connected,
@@ -95,7 +90,10 @@ class FleetClient:
         repo: ModelRepository,
         installer: Installer,
         agent_version: str,
+        jobs: BatchJobs | None = None,
     ) -> None:
+        """``jobs``: the agent's batch jobs, which batch jobs sent over the channel run as
+        (``batch.py``); without it the device takes none."""
         if settings.fleet is None:
             raise ValueError("FleetClient needs fleet settings")
         self.fs = settings.fleet
@@ -131,6 +129,11 @@ class FleetClient:
         self._last_progress = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._guards: dict[str, asyncio.Task[None]] = {}  # model name -> its guard watch
+        self.batches: DeviceBatchRunner | None = None
+        if jobs is not None:
+            self.batches = DeviceBatchRunner(
+                self.fs, root / "batch", jobs, prefix, self._publish_batch, self._connected
+            )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -139,7 +142,8 @@ class FleetClient:
         self.link = MqttLink(
             self.fs,
             client_id=self.fs.client_id or self.device_id,
-            subscriptions=[self.topic[topics.DESIRED], self.topic[topics.CHUNKS_DATA]],
+            subscriptions=[self.topic[topics.DESIRED], self.topic[topics.CHUNKS_DATA]]
+            + (self.batches.subscriptions if self.batches is not None else []),
             status_topic=self.topic[topics.STATUS],
             online_payload=codec.status_to_proto(True, self.agent_version),
             offline_payload=codec.status_to_proto(False, self.agent_version),
@@ -154,6 +158,8 @@ class FleetClient:
         log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic[topics.STATUS])
 
     async def stop(self) -> None:
+        if self.batches is not None:
+            await self.batches.stop()
         for t in [*self._tasks, *self._guards.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._guards.values(), return_exceptions=True)
@@ -168,6 +174,8 @@ class FleetClient:
             self._connected.set()
             self._publish_reported()
             self._outbox_wakeup.set()
+            if self.batches is not None:
+                self.batches.on_connected()
         elif isinstance(event, Disconnected):
             self._connected.clear()
             for key in [k for k in self._acks if k[0] == event.epoch]:
@@ -185,6 +193,8 @@ class FleetClient:
                 log.warning("bad payload on %s: %s", event.topic, exc)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if self.batches is not None and self.batches.on_message(topic, payload):
+            return
         if topic == self.topic[topics.CHUNKS_DATA]:
             answer = codec.chunk_from_proto(payload)
             if self._puller is not None:
@@ -211,6 +221,9 @@ class FleetClient:
             return
         self._desired = desired
         self._desired_changed.set()
+
+    def _publish_batch(self, topic: str, payload: bytes) -> tuple[int, int] | None:
+        return self.link.publish(topic, payload) if self.link is not None else None
 
     def _publish_acked(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
         assert self.link is not None

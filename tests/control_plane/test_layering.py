@@ -87,6 +87,8 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     # datasets: a batch service predicts over a published dataset version's samples (read
     # through datasets.versions.service).
     "services": {"core", "datasets", "devices", "deployments", "registry"},
+    # notebooks: a dataset version read-only in the work folder; export stores training code.
+    "notebooks": {"core", "datasets", "training"},
 }
 # What another domain may import of a domain: its service(s), its schemas, and (from tables only)
 # its tables.

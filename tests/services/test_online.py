@@ -51,6 +51,7 @@ def _settings(data_dir: Path) -> Settings:
         data_dir=data_dir,
         embedded_broker_port=0,
         service_restart_backoff_max_s=1.0,
+        service_telemetry_interval_s=1.0,
     )
 
 
@@ -228,6 +229,32 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
                 seen.add(_infer(replica["grpc_address"]))
     assert all(_infer(a) == "2" for a in updated["grpc_addresses"])
     assert seen <= {"1", "2"}
+
+    # Per-version figures from the replicas' telemetry: 2 wrong-shape requests fail on version 2
+    # (none failed there before), and version 1 keeps its figures, compared with version 2.
+    wrong = {"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    for _ in range(2):
+        r = api.post(f"{API}/services/mlp/v2/models/mlp/infer", json=wrong)
+        assert r.status_code == 400, r.text
+    for _ in range(6):
+        assert _rest_infer(api) == "2"
+
+    def figures() -> dict[str, Any] | None:
+        doc = api.get(f"{API}/services/mlp/versions").json()
+        by_version = {f["version"]: f for f in doc["items"]}
+        v2 = by_version.get("2")
+        done = v2 is not None and v2["errors"] == 2 and v2["requests"] >= 8 and "1" in by_version
+        return by_version if done else None
+
+    by_version = _wait("per-version figures", figures)
+    v1, v2 = by_version["1"], by_version["2"]
+    assert (v1["serving"], v2["serving"]) == (False, True)
+    assert v1["requests"] > 0 and v1["p99_ms"] is not None and v2["p99_ms"] is not None
+    assert v2["error_rate"] == pytest.approx(2 / v2["requests"])
+    assert sorted(r["device_id"] for r in v2["replicas"]) == ["svc-mlp-0", "svc-mlp-1"]
+    assert v2["vs_baseline"] is None and v1["vs_baseline"]["baseline"] == "2"
+    assert v1["vs_baseline"]["p99_ratio"] == pytest.approx(v1["p99_ms"] / v2["p99_ms"])
+    assert api.get(f"{API}/services/nope/versions").status_code == 404
 
     # Bad requests are refused clearly.
     unknown = api.post(

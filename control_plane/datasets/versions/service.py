@@ -20,8 +20,9 @@ train share allocated by largest remainders, so the whole version gets ``round(r
 training samples and each label gets its share. Samples whose split is fixed (a manifest's
 ``usage``) keep it.
 
-A version that something uses (``dataset_version_uses``: training jobs, models) cannot be
-deleted; ``add_use`` / ``remove_use`` are for the training and registry services.
+A version that something uses (``dataset_version_uses``: training jobs, models, batch
+services) cannot be deleted; ``add_use`` / ``remove_use`` are for the training, registry and
+services domains.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from control_plane.datasets.service import CLASSIFICATION, DETECTION, DatasetSer
 logger = logging.getLogger(__name__)
 
 _EXT_BY_MEDIA = {MEDIA_TYPES[k]: EXTENSIONS[k] for k in MEDIA_TYPES}
-USE_KINDS = ("training_job", "model")
+USE_KINDS = ("training_job", "model", "batch_service", "notebook")
 
 
 def version_name(n: int) -> str:

@@ -90,3 +90,15 @@ class TelemetryService:
                 .limit(limit)
             ).all()
         )
+
+    def latest(self, device_id: str, kind: str, limit: int = 100) -> list[TelemetryRecord]:
+        """The device's last ``limit`` records of one kind, newest first (none for an unknown
+        device: a reader of several devices' figures should not fail on one that is gone)."""
+        return list(
+            self.session.scalars(
+                select(TelemetryRecord)
+                .where(TelemetryRecord.device_id == device_id, TelemetryRecord.kind == kind)
+                .order_by(TelemetryRecord.seq.desc())
+                .limit(limit)
+            ).all()
+        )

@@ -84,6 +84,27 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[str, str, dict[str, A
     return data_url, train_url, values
 
 
+def notebook_or_script_args(
+    defaults: dict[str, Any] | None = None,
+) -> tuple[str, str, dict[str, Any]]:
+    """``parse_args()`` when run as a script (a training job), the notebook's values in a kernel.
+
+    In a Jupyter kernel (``ipykernel`` imported) the command line is the kernel's own, so the
+    dataset comes from ``$DATA_URL`` (set by the control plane), the output goes to ``$TRAIN_URL``
+    (default ``./output``) and the hyperparameters are ``defaults``. As a script, ``--data_url``,
+    ``--train_url`` and ``--name=value`` override ``defaults``. The same notebook therefore runs
+    interactively and, exported, as a job.
+    """
+    hp = dict(defaults or {})
+    if "ipykernel" in sys.modules:
+        train_url = os.environ.get("TRAIN_URL", "output")
+        os.makedirs(train_url, exist_ok=True)
+        return os.environ.get("DATA_URL", ""), train_url, hp
+    data_url, train_url, given = parse_args()
+    hp.update(given)
+    return data_url, train_url, hp
+
+
 def read_manifest(data_url: str) -> list[dict[str, Any]]:
     """The version's samples: ``{"path": absolute file, "split": train|validation, "labels":
     [names], "annotation": raw ModelArts annotations}``."""

@@ -1,0 +1,160 @@
+"""eictl against a real control plane: the everyday verbs, --json, exit codes, token sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_inference_sdk.cli import (
+    EXIT_AUTH,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    main,
+)
+from tests.sdk.conftest import Stack
+from tests.sdk.live import API_TOKEN
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    monkeypatch.setenv("EDGE_INFERENCE_URL", stack.url)
+    monkeypatch.setenv("EDGE_INFERENCE_TOKEN", API_TOKEN)
+    monkeypatch.setenv("EDGE_INFERENCE_CONFIG", str(tmp_path / "config.toml"))
+    return stack
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_lists_as_tables_and_json(env: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "datasets", "list")
+    assert code == EXIT_OK
+    assert out.splitlines()[0].split() == ["ID", "NAME", "TYPE", "SAMPLE_COUNT"]
+    assert "digits" in out
+    code, out, _ = run(capsys, "--json", "datasets", "versions", "digits")  # by name
+    assert code == EXIT_OK
+    versions = json.loads(out)
+    assert [v["name"] for v in versions] == [env.version]
+
+
+def test_datasets_import_a_folder_and_publish(
+    env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    folder = tmp_path / "two-digits"
+    for digit in ("1", "2"):
+        (folder / digit).mkdir(parents=True)
+        for png in sorted((env.tmp / "digits" / digit).glob("*.png"))[:4]:
+            (folder / digit / png.name).write_bytes(png.read_bytes())
+    assert run(capsys, "datasets", "create", "cli-two")[0] == EXIT_OK
+    code, out, err = run(capsys, "--json", "datasets", "import", "cli-two", str(folder))
+    assert code == EXIT_OK, err
+    assert json.loads(out)["imported"] == 8 and "upload: 100%" in err
+    code, out, _ = run(capsys, "--json", "datasets", "publish", "cli-two", "--seed", "3")
+    assert code == EXIT_OK
+    assert json.loads(out)["name"] == "V001" and json.loads(out)["sample_count"] == 8
+
+
+def test_exit_codes(env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run(capsys, "--json", "datasets", "create", "digits")
+    assert code == EXIT_REFUSED and json.loads(out)["error"] == "Conflict"
+    assert "409" in err
+    assert run(capsys, "jobs", "get", "no-such-job")[0] == EXIT_REFUSED
+    assert run(capsys, "--token", "wrong", "datasets", "list")[0] == EXIT_AUTH
+    code, _, err = run(capsys, "--url", "http://127.0.0.1:9", "datasets", "list")
+    assert code == EXIT_UNREACHABLE and "cannot reach" in err
+    assert run(capsys, "jobs", "run")[0] == EXIT_USAGE  # the job name is missing
+    assert run(capsys, "deploy", "--device", "x")[0] == EXIT_USAGE
+
+
+def test_login_writes_a_private_config_file_used_without_env(
+    env: Stack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, out, _ = run(capsys, "--json", "login", "--token", API_TOKEN)
+    assert code == EXIT_OK
+    path = Path(json.loads(out)["config"])
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    monkeypatch.delenv("EDGE_INFERENCE_URL")
+    monkeypatch.delenv("EDGE_INFERENCE_TOKEN")
+    assert run(capsys, "datasets", "list")[0] == EXIT_OK
+    assert run(capsys, "--token", "wrong", "login")[0] == EXIT_AUTH  # checked before saving
+    assert run(capsys, "datasets", "list")[0] == EXIT_OK
+
+
+def test_jobs_run_follow_exit_code_says_how_the_job_ended(
+    env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    (code_dir / "ok.py").write_text(
+        "import edge_training as et\n"
+        "data_url, train_url, hp = et.parse_args()\n"
+        "print('samples', len(et.read_manifest(data_url)), 'lr', hp['lr'])\n"
+    )
+    (code_dir / "bad.py").write_text("raise SystemExit('bad input')\n")
+    code, out, err = run(
+        capsys, "--json", "jobs", "run", "cli-ok", "--code", str(code_dir), "--boot-file",
+        "ok.py", "--dataset", "digits", "--hp", "lr=0.5", "--follow", "--poll", "0.3",
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    assert json.loads(out)["state"] == "succeeded"  # stdout stays one JSON document
+    assert f"samples {env.sample_count} lr 0.5" in err  # the followed log, on stderr with --json
+    code, out, err = run(
+        capsys, "jobs", "run", "cli-bad", "--code", str(code_dir), "--boot-file", "bad.py",
+        "--dataset", env.dataset_id, "--follow", "--poll", "0.3",
+    )  # fmt: skip
+    assert code == EXIT_FAILED
+    assert "bad input" in out  # the log, followed on stdout
+    assert "failed" in err
+
+
+def test_models_devices_deploy(
+    env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Path, models_dir: Path
+) -> None:
+    code, out, err = run(
+        capsys, "--json", "models", "import", "cli-mlp", str(models_dir / "mlp.tflite"),
+        "--wait", "--poll", "0.3",
+    )  # fmt: skip
+    assert code == EXIT_OK, err
+    mv = json.loads(out)
+    assert mv["state"] == "ready" and "upload: 100%" in err  # progress on stderr
+    code, out, err = run(capsys, "--json", "models", "download", "cli-mlp", mv["version"],
+                         "-o", str(tmp_path))  # fmt: skip
+    assert code == EXIT_OK
+    path = Path(json.loads(out)["path"])
+    assert path.name == f"{mv['package_digest']}.edgepkg" and "download: 100%" in err
+    bundle = tmp_path / "bundle.json"
+    code, out, _ = run(capsys, "--json", "devices", "register", "--id", "cli-dev", "--label",
+                       "site=lab", "--bundle", str(bundle))  # fmt: skip
+    assert code == EXIT_OK and json.loads(out)["device"]["id"] == "cli-dev"
+    assert json.loads(bundle.read_text())["device_id"] == "cli-dev"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    code, out, _ = run(capsys, "--json", "deploy", "--model", "cli-mlp", "--version",
+                       mv["version"], "--selector", "site=lab")  # fmt: skip
+    assert code == EXIT_OK
+    deployment = json.loads(out)
+    assert deployment["package_digest"] == mv["package_digest"]
+    assert [t["device_id"] for t in deployment["targets"]] == ["cli-dev"]
+    assert run(capsys, "models", "wait", "cli-mlp", "99")[0] == EXIT_REFUSED
+
+
+def test_console_entry_point_runs(env: Stack) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_inference_sdk.cli", "--json", "notebooks", "list"],
+        cwd=REPO, capture_output=True, text=True, env=dict(os.environ), check=False,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert isinstance(json.loads(proc.stdout), list)
