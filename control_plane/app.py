@@ -18,7 +18,9 @@ from control_plane.core import http_errors
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
 from control_plane.core.deps import require_token
+from control_plane.core.replicas import Heartbeat
 from control_plane.core.settings import Settings
+from control_plane.dashboard import routes as dashboard
 from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
@@ -39,6 +41,8 @@ from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import visualization_routes as visualizations
 from control_plane.training.runtime import TrainingRuntime
+from control_plane.users import routes as users
+from control_plane.users.service import start_users
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,11 @@ The cloud side of an edge-first ML runtime, from data to devices:
 - **model registry**: model versions with lineage, converted into signed, parity-checked packages;
 - **fleet**: signed packages, devices and their telemetry, deployments to devices over MQTT.
 
-Every route under `/api/v1` needs `Authorization: Bearer <api token>`; `/health` does not.
+Every route under `/api/v1` needs `Authorization: Bearer <api token>` (a user's token, or the
+settings' token, which acts as the bootstrap admin); `/health` does not. Reads need the `viewer`
+role, writes `engineer`, labelling writes `labeller`, `/users` `admin` (each route's
+`x-required-role` says when it differs from its method's default). 401: no or bad credentials;
+403: a role without the right.
 """
 
 # One entry per router tag, in the order the interactive docs list them.
@@ -107,6 +115,11 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "description": "Managed JupyterLab servers over a dataset version (proxied at "
         "`/notebooks/{id}/`), shipped examples, and export of a notebook into training code.",
     },
+    {
+        "name": "users",
+        "description": "User accounts with roles (admin only) and each user's own profile and "
+        "API tokens (`/users/me`).",
+    },
 ]
 
 
@@ -115,6 +128,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = AppContext.from_settings(settings)
         upgrade(ctx.engine)
+        # Users: every API token and session cookie is resolved against the users tables; the
+        # settings' admin is created on first start.
+        app.state.admin_password = start_users(ctx)
         broker: EmbeddedBroker | None = None
         if not settings.mqtt.url:
             broker = EmbeddedBroker(
@@ -122,6 +138,11 @@ def create_app(settings: Settings) -> FastAPI:
             )
             broker.start()
             ctx.broker_url = broker.url
+        # Replicas: this one's heartbeat row, before anything that claims work in its name.
+        heartbeat = None
+        if settings.replicas.id is not None:
+            heartbeat = Heartbeat(ctx.sessions, settings.replicas.id, settings.replicas.heartbeat_s)
+            heartbeat.start()
         fleet = FleetService(ctx, ctx.broker_url)
         ctx.publisher = fleet
         # Batch jobs on devices: their own leaves on the fleet connection.
@@ -154,6 +175,8 @@ def create_app(settings: Settings) -> FastAPI:
             fleet.stop()
             if broker is not None:
                 broker.stop()
+            if heartbeat is not None:
+                heartbeat.stop()
             ctx.close()
 
     app = FastAPI(
@@ -177,8 +200,11 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(models.router)
     api.include_router(services.router)
     api.include_router(notebooks.router)
+    api.include_router(users.router)
     app.include_router(api)
     # JupyterLab behind the control plane's auth (checked by the proxy itself: browsers
     # authenticate with a cookie there, not only with a bearer header).
     app.include_router(notebook_proxy.router)
+    # The web dashboard (/ui), over the same services; its writes call the API above.
+    dashboard.install(app)
     return app

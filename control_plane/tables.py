@@ -7,6 +7,7 @@ this module. It sits at the top of the package, beside ``app.py``, so no import 
 
 from __future__ import annotations
 
+from control_plane.core import replicas
 from control_plane.core.database import Base
 from control_plane.datasets import models as datasets
 from control_plane.deployments import models as deployments
@@ -15,6 +16,7 @@ from control_plane.notebooks import models as notebooks
 from control_plane.registry import models as registry
 from control_plane.services import models as services
 from control_plane.training import models as training
+from control_plane.users import models as users
 
 __all__ = [
     "Base",
@@ -23,6 +25,8 @@ __all__ = [
     "devices",
     "notebooks",
     "registry",
+    "replicas",
     "services",
     "training",
+    "users",
 ]

@@ -34,6 +34,7 @@ from edge_agent.memory import release_free_heap
 from edge_agent.metrics import METRICS
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.repository import ModelRepository
+from edge_agent.serving.shared_memory import SharedMemoryRegistry
 from model_packager.runtimes import available_runtimes
 
 if TYPE_CHECKING:
@@ -51,7 +52,14 @@ class Agent:
         self.repo = ModelRepository(settings.max_versions_per_model)
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
         self.installer = Installer(settings, self.store, self.repo, self.executor)
-        self.dataplane = DataPlane(self.repo, settings.max_inflight_requests, status_name)
+        self.dataplane = DataPlane(
+            self.repo,
+            settings.max_inflight_requests,
+            status_name,
+            SharedMemoryRegistry(
+                settings.shared_memory_max_regions, settings.shared_memory_max_bytes
+            ),
+        )
         self.jobs = BatchJobManager(settings.jobs_dir, self.repo, settings.batch_job_workers)
         token = settings.bearer_token()
         self.auth = TokenAuth(token) if token is not None else None
@@ -145,6 +153,7 @@ class Agent:
             self._metrics_server.shutdown()
         for m in list(self.repo):
             await m.close()
+        self.dataplane.shm.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self._stopped.set()
 

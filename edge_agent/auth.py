@@ -35,6 +35,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def grpc_peer_is_local(peer: str) -> bool:
+    """Whether a gRPC peer (``ipv4:127.0.0.1:port``, ``ipv6:[::1]:port``, ``unix:path``) is
+    on this machine."""
+    kind, _, rest = peer.partition(":")
+    if kind == "unix":
+        return True
+    if kind not in ("ipv4", "ipv6"):
+        return False
+    return is_loopback(rest.rpartition(":")[0])
+
+
+def socket_peer_is_local(peer: object) -> bool:
+    """Whether an asyncio ``peername`` (``(host, port[, ...])``, or a Unix socket's path) is
+    on this machine."""
+    if isinstance(peer, tuple) and peer and isinstance(peer[0], str):
+        return is_loopback(peer[0])
+    return isinstance(peer, str | bytes)
+
+
 def resolve_token(token: SecretStr | None, token_file: Path | None) -> str | None:
     """The configured token, from the setting or the file; ``ValueError`` names the problem."""
     if token is not None and token_file is not None:

@@ -42,3 +42,11 @@ class InstallFailed(AgentError):
 
 class JobNotFound(AgentError):
     """No batch job with that id."""
+
+
+class RegionNotFound(AgentError):
+    """No shared memory region of that name is registered (the status call)."""
+
+
+class Unsupported(AgentError):
+    """A protocol extension the agent does not implement (CUDA shared memory)."""

@@ -17,9 +17,10 @@ from edge_inference_sdk.resources.notebooks import Notebooks
 from edge_inference_sdk.resources.registry import Models, Packages
 from edge_inference_sdk.resources.services import Services
 from edge_inference_sdk.resources.training import Training
+from edge_inference_sdk.resources.users import Users
 from edge_inference_sdk.transport import Transport
 
-RESOURCES = (Datasets, Training, Models, Packages, Devices, Deployments, Services, Notebooks)
+RESOURCES = (Datasets, Training, Models, Packages, Devices, Deployments, Services, Notebooks, Users)
 
 
 class Client:
@@ -52,6 +53,7 @@ class Client:
         self.deployments = Deployments(self._transport)
         self.services = Services(self._transport)
         self.notebooks = Notebooks(self._transport)
+        self.users = Users(self._transport)
 
     def health(self) -> dict[str, object]:
         """``GET /health`` (no token needed): ``{"status": "ok", "broker_connected": bool}``."""

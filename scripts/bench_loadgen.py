@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -123,21 +124,71 @@ def _run_window(calls: list[Call], warmup: float, duration: float, max_requests:
     }
 
 
+class ShmPlace:
+    """One client's shared memory: a region for its input and one for its output, created and
+    registered once (``tritonclient.utils.shared_memory``, as a camera process would)."""
+
+    def __init__(self, client: object, tag: str, x: np.ndarray, out_bytes: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm = shm
+        self.x = x
+        self.out_bytes = out_bytes
+        key = f"bench-{os.getpid()}-{tag}"
+        self.in_handle = shm.create_shared_memory_region(f"{key}-in", f"/{key}-in", x.nbytes)
+        self.out_handle = shm.create_shared_memory_region(f"{key}-out", f"/{key}-out", out_bytes)
+        client.register_system_shared_memory(f"{key}-in", f"/{key}-in", x.nbytes)  # type: ignore[attr-defined]
+        client.register_system_shared_memory(f"{key}-out", f"/{key}-out", out_bytes)  # type: ignore[attr-defined]
+        self.in_name, self.out_name = f"{key}-in", f"{key}-out"
+        _SHM_PLACES.append(self)
+
+    def write_input(self) -> None:
+        """Every call writes its frame, as a producer would: the client's copy is measured."""
+        self.shm.set_shared_memory_region(self.in_handle, [self.x])
+
+    def read_output(self, shape: list[int]) -> np.ndarray:
+        return self.shm.get_contents_as_numpy(self.out_handle, np.float32, shape)
+
+    def close(self) -> None:
+        for h in (self.in_handle, self.out_handle):
+            self.shm.destroy_shared_memory_region(h)
+
+
+_SHM_PLACES: list[ShmPlace] = []
+
+
 def grpc_calls(args: argparse.Namespace) -> list[Call]:
     import tritonclient.grpc as grpcclient
 
     shape = _shape(args.shape)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     out_shape: list[tuple[int, ...]] = []
+    out_dims = _shape(args.output_shape) if args.shm else []
 
     def make_call(i: int) -> Callable[[], None]:
         client = grpcclient.InferenceServerClient(args.url)
         inp = grpcclient.InferInput(args.input_name, shape, "FP32")
-        inp.set_data_from_numpy(x)
+        outputs = None
+        place = None
+        if args.shm:
+            place = ShmPlace(client, f"g{i}", x, 4 * int(np.prod(out_dims)))
+            inp.set_shared_memory(place.in_name, x.nbytes)
+            out = grpcclient.InferRequestedOutput(args.output_name)
+            out.set_shared_memory(place.out_name, place.out_bytes)
+            outputs = [out]
+        else:
+            inp.set_data_from_numpy(x)
         inputs = [inp]
         model = args.model
 
         def call() -> None:
+            if place is not None:
+                place.write_input()
+                client.infer(model, inputs, outputs=outputs, client_timeout=args.timeout)
+                out = place.read_output(out_dims)
+                if not out_shape:
+                    out_shape.append(out.shape)
+                return
             result = client.infer(model, inputs, client_timeout=args.timeout)
             if not out_shape:  # check once that a real tensor comes back
                 out = result.as_numpy(args.output_name)
@@ -277,6 +328,12 @@ def main() -> int:
     p.add_argument("--input-name", default="input")
     p.add_argument("--output-name", default="logits")
     p.add_argument("--shape", required=True, help="input shape, e.g. 1,784")
+    p.add_argument(
+        "--shm",
+        action="store_true",
+        help="grpc mode: input and output through system shared memory (needs --output-shape)",
+    )
+    p.add_argument("--output-shape", default="", help="output shape, e.g. 1,1000 (--shm)")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=5.0)
@@ -305,6 +362,8 @@ def main() -> int:
 
     if not args.serve:
         window(args.warmup, args.duration, args.samples_out)
+        for place in _SHM_PLACES:
+            place.close()
         return 0
     sys.stdout.write(json.dumps({"ready": True}) + "\n")
     sys.stdout.flush()
@@ -312,6 +371,8 @@ def main() -> int:
         if line.strip():
             cmd = json.loads(line)
             window(cmd["warmup"], cmd["duration"], cmd.get("samples_out"))
+    for place in _SHM_PLACES:
+        place.close()
     return 0
 
 

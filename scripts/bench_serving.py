@@ -12,6 +12,9 @@ throughput of
       batching off and on,
   (d) the same agent (unbatched) over HTTP/REST: KServe v2 with tensors as binary data both
       ways (``REST binary``), and as JSON both ways (``REST JSON``),
+  (e) the same agent at c=1 with the input and output in system shared memory (``bench_loadgen.py
+      grpc --shm``: regions created with ``tritonclient.utils.shared_memory`` and registered
+      once; every request writes its input into the region and reads the output back),
 
 with load from a separate process (``bench_loadgen.py grpc`` / ``http``: tritonclient's gRPC or
 HTTP client, one thread and one client per concurrent request, warmup excluded) at concurrency 1
@@ -76,6 +79,7 @@ class BenchModel:
     shape: tuple[int, ...]
     intra: int
     raw_threads: tuple[int, ...]  # thread counts of the in-process reference
+    out_shape: tuple[int, ...] = ()  # the output's, for the shared memory runs
 
 
 @dataclass
@@ -278,6 +282,9 @@ class Bench:
             cmd += ["--inter-op-threads", str(a.inter_op_threads)]
         elif v.transport == "grpc":
             cmd += ["grpc", "--url", v.server.url, "--model", m.key, "--shape", shape]
+        elif v.transport == SHM:
+            cmd += ["grpc", "--url", v.server.url, "--model", m.key, "--shape", shape, "--shm"]
+            cmd += ["--output-shape", ",".join(map(str, m.out_shape))]
         else:
             mode = "http-lean" if v.transport.endswith(LEAN) else "http"
             cmd += [mode, "--url", v.server.http_address, "--model", m.key, "--shape", shape]
@@ -460,6 +467,9 @@ class Bench:
                         for t in rest
                         for c in a.concurrency
                     ]
+                if label == "agent" and m.out_shape:
+                    # Co-located client: tensors through system shared memory, c=1.
+                    variants.append(Variant(m.key, f"agent {SHM}", 1, server, transport=SHM))
             if m.key == "mlp" and agents and agents[0][0] == "agent":
                 self.extra["agent_rss_mb_idle"] = agents[0][1].rss_mb()
 
@@ -621,6 +631,7 @@ FLOOR_LABEL = "floor (bare grpc.aio)"
 BASELINE_TAG = "[baseline]"
 REST_BINARY = "REST binary"
 REST_JSON = "REST JSON"
+SHM = "gRPC, system shared memory"
 LEAN = ", lean"  # http.client + orjson instead of tritonclient.http
 
 
@@ -755,6 +766,17 @@ def report(bench: Bench, models: list[BenchModel]) -> dict[str, Any]:
             target(name, fig, "<= +1.5 ms", d <= 1.5)
         else:
             target(name, "not measured", "<= +1.5 ms", None)
+        if not sfx:
+            name = "CNN c=1 p50, agent through shared memory - raw onnxruntime"
+            shm1 = find(rows, "cnn", f"agent {SHM}", 1)
+            if shm1 and raw1:
+                d = shm1.p50_ms - raw1.p50_ms
+                fig = f"{d:+.2f} ms ({shm1.p50_ms:.2f} vs {raw1.p50_ms:.2f} ms)"
+                if agent1:
+                    fig += f"; network path {agent1.p50_ms - raw1.p50_ms:+.2f} ms"
+                target(name, fig, "<= +1.0 ms", d <= 1.0)
+            else:
+                target(name, "not measured", "<= +1.0 ms", None)
         thr_ratio(
             f"CNN c=8 throughput, agent / raw ort 2 threads{sfx}",
             find(rows, "cnn", agent, 8),
@@ -933,12 +955,24 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     if not a.skip_mlp:
         models.append(
-            BenchModel("mlp", a.models_dir / "mlp.onnx", (1, 784), a.mlp_intra_op_threads, (1, 8))
+            BenchModel(
+                "mlp",
+                a.models_dir / "mlp.onnx",
+                (1, 784),
+                a.mlp_intra_op_threads,
+                (1, 8),
+                (1, 10),
+            )
         )
     if not a.skip_cnn:
         models.append(
             BenchModel(
-                "cnn", a.models_dir / "cnn.onnx", (1, 3, 224, 224), a.cnn_intra_op_threads, (1, 2)
+                "cnn",
+                a.models_dir / "cnn.onnx",
+                (1, 3, 224, 224),
+                a.cnn_intra_op_threads,
+                (1, 2),
+                (1, 1000),
             )
         )
 

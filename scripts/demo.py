@@ -13,9 +13,10 @@ split, and the same model as an online service (two agent replicas run by the co
 called through the control plane's OIP REST proxy with curl and tritonclient.http, and a batch
 service over the validation split with its evaluation. Then an edge service rolls the package's
 version 2 out to the device, canary first, through its health gates (step 21,
-``scripts/demo_edge.py``). Finally the device's reported state, and everything stopped (22-23).
-Everything lives in ``.demo/`` and nothing is downloaded; ``--no-fleet`` stops after step 9,
-``--no-training`` skips steps 15-20.
+``scripts/demo_edge.py``). Finally the device's reported state, and everything stopped (22-23),
+or, with ``--keep``, the control plane and the device's agent left running and the dashboard's
+URL and the admin's one-time password printed (23). Everything lives in ``.demo/`` and nothing is
+downloaded; ``--no-fleet`` stops after step 9, ``--no-training`` skips steps 15-20.
 
 This process talks to the agent only over the network, as a user's application would: it imports
 tritonclient, never the agent's inference code.
@@ -144,7 +145,12 @@ def infer(client: triton.InferenceServerClient, x: np.ndarray, version: str = ""
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", action="store_true", help="(kept for compatibility; .demo stays)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the control plane and the device's agent running at the end and print the "
+        "dashboard's URL and the admin's one-time password",
+    )
     parser.add_argument("--no-fleet", action="store_true", help="skip the control plane steps")
     parser.add_argument("--no-training", action="store_true", help="skip data, training, registry")
     args = parser.parse_args()
@@ -212,7 +218,15 @@ def main() -> int:
         step("9. Stop the agent (SIGTERM, graceful)")
         print(f"agent exited with {stop_process(proc, 20)}")
     if not args.no_fleet:
-        run_fleet_demo(work / "fleet", v1, trusted, models, ai_flow=not args.no_training, update=v2)
+        run_fleet_demo(
+            work / "fleet",
+            v1,
+            trusted,
+            models,
+            ai_flow=not args.no_training,
+            keep=args.keep,
+            update=v2,
+        )
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0
 

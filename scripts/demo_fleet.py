@@ -306,16 +306,40 @@ def stop(demo: FleetDemo) -> None:
     print(f"control plane exited with {code} ({'clean shutdown' if clean else 'see its log'})")
 
 
+def keep_running(demo: FleetDemo, base: str) -> None:
+    """``--keep``: leave the control plane and the device's agent running for a person to look at
+    what the demo made in the dashboard; print where, how to sign in and how to stop them."""
+    step("23. Left running (--keep): the dashboard")
+    password_file = demo.work / "control-plane" / "admin-password"
+    password = password_file.read_text().strip() if password_file.exists() else "(see its file)"
+    pids = {name: proc.pid for name, proc in demo.procs if proc.poll() is None}
+    print(f"dashboard     {base}/ui/")
+    print("user          admin")
+    print(
+        f"password      {password}   (one-time: the dashboard asks for a new one; {password_file})"
+    )
+    print(f"REST API      {base}/docs")
+    for name, pid in pids.items():
+        print(f"{name:13} pid {pid}, log {demo.log(name)}")
+    print(f"stop them with: kill {' '.join(str(p) for p in pids.values())}")
+    if demo.api is not None:
+        demo.api.close()
+        demo.api = None
+    demo.procs.clear()  # not stopped on the way out
+
+
 def run_fleet_demo(
     work: Path,
     package: Path,
     trusted_pub: Path,
     models: Path,
     ai_flow: bool = True,
+    keep: bool = False,
     update: Path | None = None,
 ) -> None:
     """Steps 10-23 of the demo (21, an edge service rolling ``update`` out, when it is given);
-    every child process is stopped whatever happens."""
+    every child process is stopped whatever happens, unless ``keep`` asks to leave the control
+    plane and the agent running once the demo has succeeded."""
     work.mkdir(parents=True, exist_ok=True)
     demo = FleetDemo(work)
     try:
@@ -335,6 +359,9 @@ def run_fleet_demo(
 
             rollout_edge_service(demo, update, grpc_port)
         print_reported(demo)
-        stop(demo)
+        if keep:
+            keep_running(demo, base)
+        else:
+            stop(demo)
     finally:
         demo.stop_all()

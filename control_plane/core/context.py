@@ -15,7 +15,8 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from control_plane.core.blobs import BlobStore, LocalBlobStore
+from control_plane.core.auth import Authenticator
+from control_plane.core.blobs import BlobStore, make_blob_store, object_store
 from control_plane.core.database import make_engine, make_session_factory
 from control_plane.core.settings import Settings
 from model_packager.signing import TrustStore, public_key_pem
@@ -65,17 +66,25 @@ class AppContext:
     publisher: FleetPublisher = field(default_factory=NullPublisher)
     # The broker the fleet channel uses (the embedded one's URL when none is configured).
     broker_url: str = ""
+    # Resolves API tokens and session cookies (the users domain's, plugged in by the app);
+    # None: only the settings' api_token is accepted, as the bootstrap admin.
+    authenticator: Authenticator | None = None
+    # The S3-compatible store of ``storage.url`` (None: local folders). One client, shared by
+    # the blob store and the dataset store.
+    objects: Any = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings.staging_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
+        objects = object_store(settings)
         return cls(
             settings=settings,
             engine=engine,
             sessions=make_session_factory(engine),
-            blobs=LocalBlobStore(settings.resolved_blob_dir),
+            blobs=make_blob_store(settings, objects),
+            objects=objects,
             trust=TrustStore.from_paths(settings.registry.trusted_keys),
             broker_url=settings.mqtt.url or "",
         )

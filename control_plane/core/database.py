@@ -13,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, Column, DateTime, Engine, create_engine, event, select
+from sqlalchemy import JSON, Column, DateTime, Engine, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -52,10 +52,21 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
+# Any constant: the PostgreSQL advisory lock that serialises migrations between replicas.
+MIGRATION_LOCK = 0x65646765
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the database schema to the newest migration."""
+    """Bring the database schema to the newest migration.
+
+    Several replicas starting at once on PostgreSQL take turns (a transaction-scoped advisory
+    lock): the first migrates, the others then find the schema current. SQLite serialises
+    writers by itself.
+    """
     cfg = alembic_config(engine)
     with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     logger.info("database schema is up to date")

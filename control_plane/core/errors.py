@@ -52,9 +52,19 @@ class Unauthorized(ControlPlaneError):
     """Missing or wrong credentials."""
 
 
+class Forbidden(ControlPlaneError):
+    """Valid credentials whose role does not allow the request (HTTP 403, not 401: signing in
+    again would not help)."""
+
+
 class BrokerUnavailable(ControlPlaneError):
     """The MQTT broker cannot be reached or refused the control plane."""
 
 
 class Unavailable(ControlPlaneError):
     """What the request needs is not running right now (e.g. no replica of a service)."""
+
+
+class StorageUnavailable(Unavailable):
+    """The object store (an S3-compatible service) cannot be reached, refused the request, or
+    returned content that fails its checksum."""

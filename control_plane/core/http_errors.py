@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 STATUS_BY_ERROR: dict[type[errors.ControlPlaneError], int] = {
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,

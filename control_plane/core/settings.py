@@ -1,9 +1,9 @@
 """The control plane's settings: one class in sections, read from ``CONTROL_PLANE_*`` variables.
 
 Sections (``settings.database``, ``.storage``, ``.mqtt``, ``.datasets``, ``.training``,
-``.registry``, ``.services``) keep each domain's knobs together; every model is strict and refuses
-unknown keys, so a misspelt setting fails at start instead of being ignored. The environment
-names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
+``.registry``, ``.services``, ``.auth``) keep each domain's knobs together; every model is
+strict and refuses unknown keys, so a misspelt setting fails at start instead of being ignored. The
+environment names stay flat (``CONTROL_PLANE_MQTT_URL``, ``CONTROL_PLANE_DATASET_MAX_FILE_BYTES``):
 ``FLAT_NAMES`` says which section field each one sets, and the same flat names work as keyword
 arguments (``Settings(mqtt_url=...)``), which is what the CLI, scripts and tests use. A
 ``CONTROL_PLANE_*`` variable that names no setting is refused too, with the closest known name.
@@ -50,12 +50,60 @@ class DatabaseSettings(Section):
 
 
 class StorageSettings(Section):
-    """Blobs (packages by sha256) and package uploads."""
+    """Blobs (packages by sha256), package uploads, and the optional S3-compatible store."""
 
     blob_dir: Path | None = Field(
         None, description="Folder holding package blobs by sha256. Default: <data_dir>/blobs."
     )
     max_upload_bytes: int = Field(4 << 30, description="Largest package upload accepted, in bytes.")
+    url: str | None = Field(
+        None,
+        description="s3://bucket/prefix: keep package blobs and dataset files and published "
+        "versions in this S3-compatible store instead of local folders (the bucket must exist). "
+        "Unset: local folders (blob_dir, dataset_dir).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of the S3-compatible service, e.g. http://minio:9000. "
+        "Unset: AWS S3 of s3_region.",
+    )
+    s3_region: str = Field("us-east-1", description="Region name sent to the S3 service.")
+    s3_access_key_id: str | None = Field(
+        None, description="Access key id. Unset: boto3's usual sources (AWS_* variables, ...)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="Secret access key that goes with s3_access_key_id."
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        64 << 20,
+        ge=5 << 20,
+        description="Objects at least this large are uploaded in parts (multipart upload).",
+    )
+    s3_part_bytes: int = Field(
+        16 << 20, ge=5 << 20, description="Size of each part of a multipart upload (S3: >= 5 MiB)."
+    )
+
+    @model_validator(mode="after")
+    def _s3_url(self) -> Self:
+        if self.url is not None:
+            from control_plane.core.s3 import S3Location
+
+            S3Location.parse(self.url)  # a clear error at start for anything but s3://bucket/...
+        return self
+
+    def s3_options(self) -> Any:
+        """The connection options of ``control_plane.core.s3`` (imported only when used)."""
+        from control_plane.core.s3 import S3Options
+
+        secret = self.s3_secret_access_key
+        return S3Options(
+            endpoint_url=self.s3_endpoint_url,
+            region=self.s3_region,
+            access_key_id=self.s3_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret else None,
+            multipart_threshold=self.s3_multipart_threshold_bytes,
+            part_size=self.s3_part_bytes,
+        )
 
 
 class MqttSettings(Section):
@@ -285,11 +333,78 @@ class NotebookSettings(Section):
     )
 
 
+class AuthSettings(Section):
+    """Users: the bootstrap admin and the dashboard's sessions."""
+
+    admin_username: str = Field(
+        "admin",
+        min_length=1,
+        max_length=64,
+        description="The bootstrap admin, created at first start; the settings' api_token is "
+        "also this user's token.",
+    )
+    admin_password: SecretStr | None = Field(
+        None,
+        description="The bootstrap admin's password at creation. Unset: a random one-time "
+        "password is written to <data_dir>/admin-password (0600) and must be changed at the "
+        "first sign-in.",
+    )
+    session_ttl_s: int = Field(
+        12 * 3600, ge=60, description="Lifetime of a dashboard session cookie, in seconds."
+    )
+    cookie_secure: bool = Field(
+        False,
+        description="Mark the session cookie Secure (only sent over HTTPS): set it when the "
+        "control plane is served behind TLS.",
+    )
+
+
+class ReplicaSettings(Section):
+    """Several control-plane processes on one database, one object store and one broker."""
+
+    id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]{1,32}$",
+        description="This process's name among several replicas (e.g. `a`, `b`). Set: it "
+        "connects to the broker as `<mqtt_username>-<id>`, shares the fleet's chunk requests "
+        "and telemetry with the other replicas (MQTT shared subscriptions), heartbeats in the "
+        "database, and takes over what a replica whose heartbeat stopped left behind. Needs "
+        "an external broker (mqtt_url). Unset: a single control plane.",
+    )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Every replica's id, so `control-plane broker-config` and the registry's "
+        "broker files give each one its broker identity.",
+    )
+    heartbeat_s: float = Field(
+        2.0, gt=0, description="How often a replica records that it is alive."
+    )
+    lease_s: float = Field(
+        15.0,
+        gt=0,
+        description="A replica silent for this long is taken as dead: its running training jobs "
+        "are marked failed by a survivor.",
+    )
+
+    @model_validator(mode="after")
+    def _lease_longer_than_heartbeat(self) -> Self:
+        if self.lease_s <= 2 * self.heartbeat_s:
+            raise ValueError("replica lease_s must exceed twice heartbeat_s")
+        return self
+
+
 # Flat setting name (environment variable without the prefix, lower case) -> (section, field).
 FLAT_NAMES: dict[str, tuple[str, str]] = {
     "database_url": ("database", "url"),
     "blob_dir": ("storage", "blob_dir"),
     "max_upload_bytes": ("storage", "max_upload_bytes"),
+    "storage_url": ("storage", "url"),
+    "s3_endpoint_url": ("storage", "s3_endpoint_url"),
+    "s3_region": ("storage", "s3_region"),
+    "s3_access_key_id": ("storage", "s3_access_key_id"),
+    "s3_secret_access_key": ("storage", "s3_secret_access_key"),
+    "s3_multipart_threshold_bytes": ("storage", "s3_multipart_threshold_bytes"),
+    "s3_part_bytes": ("storage", "s3_part_bytes"),
     "mqtt_url": ("mqtt", "url"),
     "mqtt_username": ("mqtt", "username"),
     "mqtt_password": ("mqtt", "password"),
@@ -323,6 +438,14 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
+    "admin_username": ("auth", "admin_username"),
+    "admin_password": ("auth", "admin_password"),
+    "session_ttl_s": ("auth", "session_ttl_s"),
+    "cookie_secure": ("auth", "cookie_secure"),
+    "replica_id": ("replicas", "id"),
+    "replica_peers": ("replicas", "peers"),
+    "replica_heartbeat_s": ("replicas", "heartbeat_s"),
+    "replica_lease_s": ("replicas", "lease_s"),
     "services_dir": ("services", "dir"),
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
@@ -390,6 +513,8 @@ class Settings(BaseSettings):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
     notebooks: NotebookSettings = Field(default_factory=NotebookSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    replicas: ReplicaSettings = Field(default_factory=ReplicaSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -432,6 +557,26 @@ class Settings(BaseSettings):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _replicas_need_a_broker(self) -> Self:
+        if self.replicas.id is not None and not self.mqtt.url:
+            raise ValueError(
+                "replica_id needs an external broker (mqtt_url): replicas share one broker"
+            )
+        return self
+
+    @property
+    def mqtt_identity(self) -> str:
+        """The broker user name (and client id) of this process: one per replica."""
+        base = self.mqtt.username
+        return f"{base}-{self.replicas.id}" if self.replicas.id else base
+
+    @property
+    def mqtt_identities(self) -> list[str]:
+        """Every control-plane identity the broker files must hold (all replicas)."""
+        ids = {self.replicas.id, *self.replicas.peers} - {None}
+        return [self.mqtt.username, *sorted(f"{self.mqtt.username}-{i}" for i in ids)]
+
     @property
     def resolved_database_url(self) -> str:
         return self.database.url or f"sqlite:///{self.data_dir / 'control-plane.db'}"
@@ -470,4 +615,6 @@ SECTIONS: dict[str, type[Section]] = {
     "registry": RegistrySettings,
     "services": ServiceSettings,
     "notebooks": NotebookSettings,
+    "auth": AuthSettings,
+    "replicas": ReplicaSettings,
 }

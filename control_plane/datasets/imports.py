@@ -15,6 +15,7 @@ archives are read member by member from the zip without extracting them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -244,10 +245,13 @@ class ImportService:
                     "created_at": now,
                 }
                 pending.append(_Pending(row, anns, new_object))
+            self.store.finish_uploads()  # an S3 store uploads in the background: all stored now
             self._insert(pending, labels)
             self.session.commit()
         except BaseException as exc:
             self.session.rollback()
+            with contextlib.suppress(Exception):
+                self.store.finish_uploads()  # none still running when their objects go
             for p in pending:
                 if p.new_object:
                     self.store.delete(p.row["digest"])

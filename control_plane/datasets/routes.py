@@ -18,8 +18,9 @@ from pydantic_core import to_json
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
+from control_plane.core.auth import Role, needs_role
 from control_plane.core.context import AppContext
-from control_plane.core.deps import ContextDep, SessionDep
+from control_plane.core.deps import ContextDep, CurrentUser, SessionDep
 from control_plane.core.errors import PayloadTooLarge
 from control_plane.datasets.imports import ImportOptions, ImportService
 from control_plane.datasets.models import Annotation, Dataset, Sample
@@ -92,6 +93,8 @@ class UploadLimitRoute(APIRoute):
 SampleId = Annotated[int, Path(ge=1, le=2**53)]
 
 router = APIRouter(prefix="/datasets", tags=["datasets"], route_class=UploadLimitRoute)
+# Labelling writes (annotations, splits) are open to labellers; other writes need an engineer.
+LABELLING = needs_role(Role.labeller)
 
 
 def dataset_public(service: DatasetService, d: Dataset) -> DatasetPublic:
@@ -355,21 +358,27 @@ def sample_thumbnail(
     )
 
 
-@router.put("/{dataset_id}/samples/{sample_id}/annotations")
+@router.put("/{dataset_id}/samples/{sample_id}/annotations", openapi_extra=LABELLING)
 def set_annotations(
     dataset_id: str,
     sample_id: SampleId,
     spec: AnnotationsSet,
     request: Request,
+    user: CurrentUser,
     session: SessionDep,
     ctx: ContextDep,
 ) -> SamplePublic:
-    """Replace the sample's labels or boxes; every annotation is checked before any is saved."""
-    sample = DatasetService(session, ctx).set_annotations(dataset_id, sample_id, spec.annotations)
+    """Replace the sample's labels or boxes; every annotation is checked before any is saved.
+    A ``person`` annotation records the caller as its ``creator`` (whatever the body says)."""
+    anns = [
+        a.model_copy(update={"creator": user.name}) if a.source == "person" else a
+        for a in spec.annotations
+    ]
+    sample = DatasetService(session, ctx).set_annotations(dataset_id, sample_id, anns)
     return sample_public(_base(request, dataset_id), sample)
 
 
-@router.put("/{dataset_id}/samples/{sample_id}/split")
+@router.put("/{dataset_id}/samples/{sample_id}/split", openapi_extra=LABELLING)
 def set_split(
     dataset_id: str,
     sample_id: SampleId,
@@ -384,9 +393,12 @@ def set_split(
     return sample_public(_base(request, dataset_id), sample)
 
 
-@router.post("/{dataset_id}/annotations/bulk")
+@router.post("/{dataset_id}/annotations/bulk", openapi_extra=LABELLING)
 def bulk_label(
-    dataset_id: str, spec: BulkLabel, session: SessionDep, ctx: ContextDep
+    dataset_id: str, spec: BulkLabel, user: CurrentUser, session: SessionDep, ctx: ContextDep
 ) -> BulkResult:
-    """One classification labeling operation on many samples, all or nothing."""
+    """One classification labeling operation on many samples, all or nothing. A ``person``
+    operation records the caller as ``creator``."""
+    if spec.source == "person":
+        spec = spec.model_copy(update={"creator": user.name})
     return BulkResult(updated=DatasetService(session, ctx).bulk_label(dataset_id, spec))

@@ -97,7 +97,10 @@ class AnnotationIn(BaseModel):
     box: Box | None = Field(None, description="Required for object detection, absent otherwise.")
     source: Literal["person", "model"] = Field("person", description="Who made the annotation.")
     creator: str = Field(
-        "", max_length=200, description="A user name, or the model version for model pre-labels."
+        "",
+        max_length=200,
+        description="The model version of a model pre-label. For a `person` annotation the "
+        "API records the signed-in user instead of this value.",
     )
     confidence: float = Field(1.0, ge=0, le=1)
 
@@ -153,7 +156,9 @@ class BulkLabel(BaseModel):
     )
     label: str | None = Field(None, min_length=1, max_length=200)
     source: Literal["person", "model"] = "person"
-    creator: str = Field("", max_length=200)
+    creator: str = Field(
+        "", max_length=200, description="As in an annotation: the caller for `person`."
+    )
     confidence: float = Field(1.0, ge=0, le=1)
 
 

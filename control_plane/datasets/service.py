@@ -52,13 +52,13 @@ _A2 = aliased(Annotation)
 
 
 @functools.lru_cache(maxsize=8)
-def _store(root: Path, thumbnail_size: int) -> DatasetStore:
-    return DatasetStore(root, thumbnail_size)
+def _store(root: Path, thumbnail_size: int, remote: Any) -> DatasetStore:
+    return DatasetStore(root, thumbnail_size, remote)
 
 
 def dataset_store(ctx: AppContext) -> DatasetStore:
     s = ctx.settings
-    return _store(s.resolved_dataset_dir, s.datasets.thumbnail_size)
+    return _store(s.resolved_dataset_dir, s.datasets.thumbnail_size, ctx.objects)
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,7 @@ class DatasetService:
 
     def sample_file(self, dataset_id: str, sample_id: int) -> tuple[Path, str]:
         sample = self.sample(dataset_id, sample_id)
-        return self.store.object_path(sample.digest), sample.media_type
+        return self.store.local_object(sample.digest), sample.media_type
 
     def thumbnail(self, dataset_id: str, sample_id: int) -> Path:
         return self.store.thumbnail(self.sample(dataset_id, sample_id).digest)

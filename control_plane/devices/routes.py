@@ -1,4 +1,4 @@
-"""/devices: register, list, get, relabel, delete; a device's telemetry."""
+"""/devices: register, list, get, update (name, labels), delete; a device's telemetry."""
 
 from __future__ import annotations
 
@@ -58,12 +58,13 @@ def get_device(device_id: str, session: SessionDep, ctx: ContextDep) -> DevicePu
 
 
 @router.patch("/{device_id}")
-def relabel_device(
+def update_device(
     device_id: str, body: DeviceUpdate, session: SessionDep, ctx: ContextDep
 ) -> DevicePublic:
-    """Replace the device's labels."""
+    """Rename the device or replace its labels."""
     service = DeviceService(session, ctx)
-    return DevicePublic.of(service.relabel(device_id, body.labels), service.counters(device_id))
+    device = service.update(device_id, body.name, body.labels)
+    return DevicePublic.of(device, service.counters(device_id))
 
 
 @router.delete("/{device_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -24,9 +24,11 @@ class DeviceCreate(BaseModel):
 
 
 class DeviceUpdate(BaseModel):
-    labels: dict[str, str] = Field(
-        description="The device's new labels, replacing the old ones (edge services with a label "
-        "selector pick the change up: the device joins or leaves them)."
+    """New display name and/or labels (the labels replace the old set as a whole)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    labels: dict[str, str] | None = Field(
+        None, description="The device's labels; later deployments by selector match these."
     )
 
 

@@ -82,12 +82,17 @@ class DeviceService:
             raise NotFound(f"device {device_id} not found")
         return device
 
-    def relabel(self, device_id: str, labels: dict[str, str]) -> Device:
-        """Replace the device's labels (selectors read them live; broker rights do not)."""
+    def update(
+        self, device_id: str, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> Device:
+        """Rename or relabel. Existing deployments keep their targets: a label selector is
+        resolved when a deployment is created."""
         device = self.get(device_id)
-        device.labels = dict(labels)
+        if name is not None:
+            device.name = name
+        if labels is not None:
+            device.labels = dict(labels)
         self.session.commit()
-        logger.info("device %s relabelled: %s", device_id, labels)
         return device
 
     def delete(self, device_id: str) -> None:

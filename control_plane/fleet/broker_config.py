@@ -205,11 +205,10 @@ def render_acl(
         f"# {LOCAL_ACL_NAME} instead. No 'pattern' rules and no anonymous section: an identity",
         "# not listed here gets nothing.",
         "",
-        "# The control plane's own identity: the whole fleet tree.",
-        f"user {settings.mqtt.username}",
-        f"topic readwrite {root}/#",
-        "",
+        "# The control plane's own identity (one per replica): the whole fleet tree.",
     ]
+    for identity in settings.mqtt_identities:
+        lines += [f"user {identity}", f"topic readwrite {root}/#", ""]
     for device_id in device_ids:
         lines.append(f"user {device_id}")
         for topic, access in device_access(device_id, root).items():
@@ -223,7 +222,8 @@ def render_acl(
 def render_passwd(
     settings: Settings, devices: list[tuple[str, str]], local: LocalIdentities | None = None
 ) -> str:
-    lines = [f"{settings.mqtt.username}:{hash_password(settings.mqtt.password.get_secret_value())}"]
+    hashed = hash_password(settings.mqtt.password.get_secret_value())
+    lines = [f"{identity}:{hashed}" for identity in settings.mqtt_identities]
     lines += [f"{device_id}:{password_hash}" for device_id, password_hash in devices]
     lines += local.passwd if local else []
     return "\n".join(lines) + "\n"
@@ -384,7 +384,7 @@ def write_registry_files(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     devices = broker_credentials(session)
-    reserved = {settings.mqtt.username, *(d for d, _ in devices)}
+    reserved = {*settings.mqtt_identities, *(d for d, _ in devices)}
     local = read_local_identities(out_dir, reserved)
     strict = owner is not None
     passwd = render_passwd(settings, devices, local)

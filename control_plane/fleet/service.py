@@ -56,6 +56,9 @@ from protos import fleet_topics as topics
 
 logger = logging.getLogger(__name__)
 
+# The device-to-cloud messages that one replica handles (see FleetService._filter).
+SHARED_LEAVES = (topics.CHUNKS_REQUEST, topics.TELEMETRY)
+
 QOS = 1
 #: Chunk bytes published but not yet acknowledged by the broker before the worker waits (at least
 #: one chunk is always allowed, whatever the chunk size).
@@ -133,16 +136,19 @@ class FleetService:
         self._unacked_bytes = 0
         # A fixed client id with a persistent session: QoS 1 telemetry sent while the control
         # plane is down waits in the broker instead of being lost.
+        # Replicas connect as identities of their own (``<username>-<replica id>``): the broker
+        # ties the client id to the user name, and one id shared would take sessions over.
+        self.identity = ctx.settings.mqtt_identity
+        # With replicas the session is clean instead: a persistent session of a replica that died
+        # would stay in the shared subscriptions and keep its share of the requests queued for it.
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.settings.mqtt.username,
-            clean_session=False,
+            client_id=self.identity,
+            clean_session=ctx.settings.replicas.id is not None,
             protocol=mqtt.MQTTv311,
             manual_ack=True,
         )
-        self.client.username_pw_set(
-            self.settings.mqtt.username, self.settings.mqtt.password.get_secret_value()
-        )
+        self.client.username_pw_set(self.identity, self.settings.mqtt.password.get_secret_value())
         if self.address.tls:
             m = self.settings.mqtt  # a client certificate too, for a certificate listener
             self.client.tls_set(
@@ -250,7 +256,7 @@ class FleetService:
             return
         client.subscribe(
             [
-                (topics.all_devices_filter(leaf, self.root), QOS)
+                (self._filter(topics.all_devices_filter(leaf, self.root), leaf), QOS)
                 for leaf in topics.CONTROL_PLANE_SUBSCRIBES
                 + tuple(leaf for ext in self.extensions for leaf in ext.leaves)
             ]
@@ -266,6 +272,15 @@ class FleetService:
             ids = DeploymentService(session, self.ctx).device_ids_with_desired_state()
         if ids:
             self._publish_desired(ids)  # not waiting: this thread is the one reading PUBACKs
+
+    def _filter(self, topic_filter: str, leaf: str) -> str:
+        """With replicas, chunk requests and telemetry go through an MQTT shared subscription
+        (``$share/<group>/...``): the broker hands each message to one replica only. Status and
+        reported state stay plain subscriptions: they are retained, and a broker sends retained
+        messages to plain subscriptions only; every replica records the same latest value."""
+        if self.settings.replicas.id is None or leaf not in SHARED_LEAVES:
+            return topic_filter
+        return f"$share/{self.settings.mqtt.username}/{topic_filter}"
 
     def _on_disconnect(
         self, _c: mqtt.Client, _u: object, _f: object, rc: object, _p: object

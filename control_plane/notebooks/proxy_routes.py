@@ -4,7 +4,8 @@ The browser (or a client) authenticates to the control plane only: the API token
 ``Authorization: Bearer``, or once as ``?token=<api token>`` on any proxied URL, which sets an
 HttpOnly cookie scoped to ``/notebooks/<id>/`` for the rest of the session. The proxy then speaks
 to the loopback server with Jupyter's own token (``Authorization: token ...``), which never leaves
-the control plane; the client's ``Authorization`` and the control plane's cookie are not forwarded.
+the control plane; the client's ``Authorization`` and the control plane's cookies are not forwarded.
+A user's own API token or a dashboard session (engineer or admin) is accepted as well.
 Every request and every websocket message counts as activity for the idle stop.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import threading
 from collections.abc import Mapping
@@ -26,7 +26,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from control_plane.core.auth import Principal, Role
 from control_plane.core.context import AppContext
+from control_plane.core.deps import SESSION_COOKIE, authenticator
 from control_plane.core.errors import Unauthorized, Unavailable
 from control_plane.notebooks.deps import servers_for
 
@@ -60,20 +62,31 @@ def _authorized(
     cookies: Mapping[str, str],
     query: Mapping[str, str],
 ) -> tuple[bool, bool]:
-    """``(authorized, came from ?token=)``."""
-    expected = ctx.settings.api_token.get_secret_value().encode()
+    """``(authorized, came from ?token=)``.
+
+    Any API token the control plane accepts (a user's own or the shared one), or a signed-in
+    dashboard session. A notebook runs code, so its owner must be allowed to change things: an
+    engineer or an admin; a viewer's or labeller's credentials are refused like missing ones.
+    """
+    auth = authenticator(ctx)
+
+    def allowed(principal: Principal | None) -> bool:
+        return principal is not None and principal.role.allows(Role.engineer)
+
     scheme, _, value = headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(value.encode(), expected):
+    if scheme.lower() == "bearer" and allowed(auth.from_token(value)):
         return True, False
-    if COOKIE in cookies and hmac.compare_digest(cookies[COOKIE].encode(), expected):
+    if COOKIE in cookies and allowed(auth.from_token(cookies[COOKIE])):
         return True, False
-    if "token" in query and hmac.compare_digest(query["token"].encode(), expected):
+    if SESSION_COOKIE in cookies and allowed(auth.from_session(cookies[SESSION_COOKIE])):
+        return True, False
+    if "token" in query and allowed(auth.from_token(query["token"])):
         return True, True
     return False, False
 
 
 def _upstream_cookies(cookies: Mapping[str, str]) -> str:
-    return "; ".join(f"{k}={v}" for k, v in cookies.items() if k != COOKIE)
+    return "; ".join(f"{k}={v}" for k, v in cookies.items() if k not in (COOKIE, SESSION_COOKIE))
 
 
 def _query(items: list[tuple[str, str]]) -> str:

@@ -2,7 +2,8 @@
 
 Conversions are CPU-heavy child processes (``registry/worker.py``); one at a time keeps the API
 responsive on a small machine. Starting it marks conversions that a previous run left in the
-``converting`` state failed, since nothing will ever finish them.
+``converting`` state failed, since nothing will ever finish them (unless other control-plane
+replicas are alive: those conversions may be theirs).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from control_plane.core.context import AppContext, app_state
+from control_plane.core.replicas import live_replicas
 from control_plane.registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ class Conversions:
 
     def _recover(self) -> None:
         with self.ctx.sessions() as session:
+            replicas = self.ctx.settings.replicas
+            if replicas.id is not None and live_replicas(session, replicas.lease_s) - {replicas.id}:
+                # Another replica is alive: the conversions in progress may be its own.
+                logger.info("other replicas are running: conversions left as they are")
+                return
             result = session.execute(
                 update(ModelVersion)
                 .where(ModelVersion.state == "converting")

@@ -69,6 +69,9 @@ class ReplicaProxy:
         if not addresses:
             raise Unavailable(f"service {service} has no running replica")
         sent = {k: v for k, v in headers.items() if k.lower() in FORWARDED_REQUEST}
+        # Says the request is relayed (RFC 7239): the agent then treats it as remote although
+        # it arrives over loopback, so no one reaches its shared memory through the proxy.
+        sent["Forwarded"] = "for=unknown"
         for address in self._order(service, addresses):
             url = f"http://{address}/v2/{path}" + (f"?{query}" if query else "")
             try:

@@ -245,7 +245,9 @@ def download_results_csv(
     )
 
 
-@router.api_route("/{name}/v2/{path:path}", methods=["GET", "POST"], name="service_oip_rest")
+# Two routes (not one api_route with two methods) so each has its own OpenAPI operation id.
+@router.get("/{name}/v2/{path:path}", name="service_oip_rest")
+@router.post("/{name}/v2/{path:path}", name="service_oip_rest")
 async def call_service(
     name: str,
     path: str,

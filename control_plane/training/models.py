@@ -49,6 +49,8 @@ class TrainingJob(Base):
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     pid: Mapped[int | None] = mapped_column(Integer, default=None)
+    # The control-plane replica whose runner claimed the job (None: a single control plane).
+    replica: Mapped[str | None] = mapped_column(String(64), default=None)
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
     log_tail: Mapped[str] = mapped_column(Text, default="")

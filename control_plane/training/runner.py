@@ -38,11 +38,12 @@ from pathlib import Path
 from subprocess import Popen
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
+from control_plane.core.replicas import live_replicas
 from control_plane.core.workers import default_mxnet_python, log_tail, worker_env
 from control_plane.datasets.versions.service import VersionService
 from control_plane.training import sdk
@@ -96,6 +97,62 @@ class _Running:
     ending: tuple[str, str] | None = None
 
 
+def claim_queued_jobs(session: Session, limit: int, replica: str | None = None) -> list[str]:
+    """Take up to ``limit`` queued jobs, oldest first, for this runner; returns their ids.
+
+    Several control planes may share one database, each with its runner: a job must start
+    exactly once. On PostgreSQL the queued rows are read ``FOR UPDATE SKIP LOCKED``, so two
+    runners claiming at once take different jobs instead of waiting for each other; the claim
+    itself is a conditional update (``queued`` -> ``running``, counted by rowcount), which also
+    holds on SQLite, where the lock clause is ignored and writers are serialised.
+    """
+    ids = session.scalars(
+        select(TrainingJob.id)
+        .where(TrainingJob.state == "queued")
+        .order_by(TrainingJob.created_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    claimed = []
+    for job_id in ids:
+        result = session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id, TrainingJob.state == "queued")
+            .values(state="running", started_at=utcnow(), pid=None, replica=replica)
+        )
+        if result.rowcount == 1:  # type: ignore[attr-defined]
+            claimed.append(job_id)
+    session.commit()
+    return claimed
+
+
+def fail_jobs_of_dead_replicas(session: Session, lease_s: float) -> list[str]:
+    """Mark failed the running jobs of replicas whose heartbeat stopped; returns their ids.
+
+    Their runner is gone, so nothing else would ever finish them. A job process still alive on
+    this machine (replicas on one host) is ended too, recognised by the job id in its
+    environment, never by a bare pid.
+    """
+    alive = live_replicas(session, lease_s)
+    jobs = session.scalars(
+        select(TrainingJob).where(
+            TrainingJob.state == "running",
+            TrainingJob.replica.is_not(None),
+            TrainingJob.replica.not_in(alive),
+        )
+    ).all()
+    for job in jobs:
+        if job.pid and _marked(job.pid, job.id):
+            kill_group(job.pid, signal.SIGKILL)
+        job.state = "failed"
+        job.failure_reason = f"replica {job.replica} stopped while the job ran (no heartbeat)"
+        job.finished_at = utcnow()
+        job.pid = None
+        logger.warning("job %s: replica %s stopped; marked failed", job.id, job.replica)
+    session.commit()
+    return [j.id for j in jobs]
+
+
 def data_url_of(session: Session, ctx: AppContext, job: TrainingJob) -> str:
     """The folder (or file) the job gets as ``--data_url``."""
     if job.dataset_id and job.dataset_version:
@@ -134,6 +191,8 @@ class JobRunner(JobFolders):
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.replica = ctx.settings.replicas.id
+        self._next_takeover = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -158,9 +217,16 @@ class JobRunner(JobFolders):
         self._wake.set()
 
     def recover(self) -> None:
-        """Jobs left running by an earlier control plane: end their processes, mark them failed."""
+        """Jobs left running by an earlier control plane: end their processes, mark them failed.
+
+        With replicas, only this replica's own jobs (an earlier run of the same replica id):
+        the others' jobs are theirs, or, once their heartbeat stops, ``fail_jobs_of_dead``'s.
+        """
         with self.ctx.sessions() as session:
-            jobs = session.scalars(select(TrainingJob).where(TrainingJob.state == "running")).all()
+            query = select(TrainingJob).where(TrainingJob.state == "running")
+            if self.replica is not None:
+                query = query.where(TrainingJob.replica == self.replica)
+            jobs = session.scalars(query).all()
             for job in jobs:
                 if job.pid and _marked(job.pid, job.id):
                     logger.warning("ending orphaned process group %d of job %s", job.pid, job.id)
@@ -185,6 +251,8 @@ class JobRunner(JobFolders):
     def tick(self) -> None:
         with self.lock:
             now = time.monotonic()
+            if self.replica is not None:
+                self._replica_duties(now)
             for run in list(self._running.values()):
                 if run.ending is None and now > run.deadline:
                     timeout = self._job_timeout(run.job_id)
@@ -198,14 +266,29 @@ class JobRunner(JobFolders):
             free = self.ctx.settings.training.max_concurrent - len(self._running)
             if free > 0:
                 with self.ctx.sessions() as session:
-                    queued = session.scalars(
-                        select(TrainingJob.id)
-                        .where(TrainingJob.state == "queued")
-                        .order_by(TrainingJob.created_at)
-                        .limit(free)
-                    ).all()
-                for job_id in queued:
+                    claimed = claim_queued_jobs(session, free, self.replica)
+                for job_id in claimed:
                     self._launch(job_id)
+
+    # --- replicas ----------------------------------------------------------------------------
+
+    def _replica_duties(self, now: float) -> None:
+        """Cancels asked through another replica; jobs of replicas that stopped heartbeating."""
+        if self._running:
+            with self.ctx.sessions() as session:
+                asked = session.scalars(
+                    select(TrainingJob.id).where(
+                        TrainingJob.id.in_(list(self._running)), TrainingJob.cancel_requested
+                    )
+                ).all()
+            for job_id in asked:
+                run = self._running[job_id]
+                if run.ending is None:
+                    run.ending = ("canceled", "canceled by request")
+        if now >= self._next_takeover:
+            self._next_takeover = now + self.ctx.settings.replicas.heartbeat_s
+            with self.ctx.sessions() as session:
+                fail_jobs_of_dead_replicas(session, self.ctx.settings.replicas.lease_s)
 
     # --- cancel ------------------------------------------------------------------------------
 
@@ -226,6 +309,10 @@ class JobRunner(JobFolders):
                     job.state = "canceled"
                     job.failure_reason = "canceled before it started"
                     job.finished_at = utcnow()
+                    session.commit()
+                elif job.state == "running" and job.replica != self.replica:
+                    # Another replica runs it: its runner sees the request on its next tick.
+                    job.cancel_requested = True
                     session.commit()
                 return job.state
 
@@ -265,9 +352,10 @@ class JobRunner(JobFolders):
         return env
 
     def _launch(self, job_id: str) -> None:
+        """Start a job this runner claimed (``claim_queued_jobs``: running, no pid yet)."""
         with self.ctx.sessions() as session:
             job = session.get(TrainingJob, job_id)
-            if job is None or job.state != "queued":
+            if job is None or job.state != "running" or job.pid is not None:
                 return
             work = self.work_dir(job.id)
             log = self.log_path(job.id)

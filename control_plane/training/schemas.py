@@ -84,6 +84,9 @@ class JobPublic(OrmModel):
     hyperparameters: dict[str, Any]
     timeout_s: float
     state: JobState
+    replica: str | None = Field(
+        None, description="The control-plane replica running the job (None: a single one)."
+    )
     exit_code: int | None
     failure_reason: str
     log_tail: str

@@ -26,7 +26,7 @@ from control_plane.core.database import describe_references, references
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.core.uploads import stage_upload
 from control_plane.datasets.versions.service import VersionService
-from control_plane.training.algorithms import BUILTIN
+from control_plane.training.algorithms import BUILTIN, Algorithm
 from control_plane.training.events import read_scalars
 from control_plane.training.models import TrainingJob
 from control_plane.training.runner import FINAL_STATES, JobFolders, JobRunner
@@ -36,6 +36,12 @@ from control_plane.training.sdk import edge_training
 logger = logging.getLogger(__name__)
 
 SCRIPT = "script"
+
+
+def algorithms() -> list[Algorithm]:
+    """The built-in algorithms (what ``GET /training/algorithms`` lists, and the dashboard's
+    job form offers)."""
+    return list(BUILTIN.values())
 
 
 class TrainingService:

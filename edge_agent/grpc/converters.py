@@ -7,11 +7,14 @@ copy) after the byte length is checked against shape and datatype. Responses alw
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import numpy as np
 
 from edge_agent.errors import InvalidInput
 from edge_agent.serving.requests import (
     CONFIG_DATATYPES,
+    NO_DATA,
     InferenceRequest,
     InferenceResponse,
     InputTensor,
@@ -19,6 +22,7 @@ from edge_agent.serving.requests import (
     ModelMetadata,
     RepositoryEntry,
 )
+from edge_agent.serving.shared_memory import RegionStatus, ShmRef, require_local
 from edge_agent.serving.stats import Duration, ModelStats
 from edge_agent.serving.tensor_bytes import (
     LE,
@@ -47,23 +51,85 @@ _CONTENTS_FIELD = {
 }
 
 
-def request_from_proto(req: pb.ModelInferRequest) -> InferenceRequest:
+_SHM_REGION = "shared_memory_region"
+_SHM_SIZE = "shared_memory_byte_size"
+_SHM_OFFSET = "shared_memory_offset"
+
+
+def _shm_ref(params: Mapping[str, pb.InferParameter], what: str) -> ShmRef | None:
+    """The shared memory parameters of an input or requested output, or None without them."""
+    if _SHM_REGION not in params:
+        if _SHM_SIZE in params or _SHM_OFFSET in params:
+            raise InvalidInput(f"{what}: {_SHM_SIZE}/{_SHM_OFFSET} without {_SHM_REGION}")
+        return None
+    region = params[_SHM_REGION]
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInput(f"{what}: {_SHM_REGION} must be a string parameter")
+    return ShmRef(
+        region.string_param,
+        _shm_int(params, _SHM_OFFSET, what, 0),
+        _shm_int(params, _SHM_SIZE, what, None),
+    )
+
+
+def _shm_int(
+    params: Mapping[str, pb.InferParameter], key: str, what: str, default: int | None
+) -> int:
+    if key not in params:
+        if default is None:
+            raise InvalidInput(f"{what}: {_SHM_REGION} needs {key}")
+        return default
+    p = params[key]
+    kind = p.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param"):
+        raise InvalidInput(f"{what}: {key} must be an integer parameter")
+    value = int(getattr(p, kind))
+    if value < 0:
+        raise InvalidInput(f"{what}: {key} must not be negative")
+    return value
+
+
+def _always() -> bool:
+    return True
+
+
+def request_from_proto(
+    req: pb.ModelInferRequest, local: Callable[[], bool] = _always
+) -> InferenceRequest:
+    """``local`` says whether the caller is on this machine; asked only when the request
+    references shared memory, which remote callers may not."""
     raw = req.raw_input_contents
-    if raw and len(raw) != len(req.inputs):
+    inputs = req.inputs
+    # Inputs in shared memory have no raw entry (as tritonclient sends them): raw contents
+    # belong, in order, to the other inputs.
+    shm = [_shm_ref(t.parameters, f"input {t.name!r}") if t.parameters else None for t in inputs]
+    in_band = len(inputs) - sum(r is not None for r in shm)
+    if in_band != len(inputs):
+        require_local(local())
+    if raw and len(raw) != in_band:
         raise InvalidInput(
-            f"{len(raw)} raw_input_contents for {len(req.inputs)} inputs; they must match 1:1"
+            f"{len(raw)} raw_input_contents for {in_band} inputs not in shared memory; "
+            "they must match 1:1"
         )
     tensors = []
-    for i, t in enumerate(req.inputs):
+    raw_index = 0
+    for i, t in enumerate(inputs):
         datatype = t.datatype  # each protobuf field read costs; this is the per-request path
         if datatype not in LE:
             check_datatype(t.name, datatype)
         shape = tuple(t.shape)
         count = check_shape(t.name, shape)
+        ref = shm[i]
+        if ref is not None:
+            if t.HasField("contents"):
+                raise InvalidInput(f"input {t.name!r} has both shared memory and typed contents")
+            tensors.append(InputTensor(t.name, datatype, shape, NO_DATA, ref))
+            continue
         if raw:
             if t.HasField("contents"):
                 raise InvalidInput(f"input {t.name!r} has both raw and typed contents")
-            arr = decode_raw(t.name, datatype, shape, count, raw[i])
+            arr = decode_raw(t.name, datatype, shape, count, raw[raw_index])
+            raw_index += 1
         else:
             field = _CONTENTS_FIELD.get(datatype)
             if field is None:
@@ -89,12 +155,23 @@ def request_from_proto(req: pb.ModelInferRequest) -> InferenceRequest:
                     if not np.array_equal(wide, arr.astype(np.int64)):
                         raise InvalidInput(f"input {t.name!r}: value out of range for {datatype}")
         tensors.append(InputTensor(t.name, datatype, shape, arr.reshape(shape)))
+    outputs = []
+    output_shm = {}
+    for o in req.outputs:
+        outputs.append(o.name)
+        if o.parameters:
+            ref = _shm_ref(o.parameters, f"output {o.name!r}")
+            if ref is not None:
+                if not output_shm:
+                    require_local(local())
+                output_shm[o.name] = ref
     return InferenceRequest(
         model_name=req.model_name,
         model_version=req.model_version,
         id=req.id,
         inputs=tensors,
-        outputs=[o.name for o in req.outputs],
+        outputs=outputs,
+        output_shm=output_shm,
     )
 
 
@@ -103,11 +180,35 @@ def response_to_proto(resp: InferenceResponse) -> pb.ModelInferResponse:
         model_name=resp.model_name, model_version=resp.model_version, id=resp.id
     )
     raws = []
+    in_band = False
     for t in resp.outputs:
         arr = t.data
-        out.outputs.add(name=t.name, datatype=t.datatype, shape=arr.shape)
-        raws.append(encode_raw(arr, t.datatype))
-    out.raw_output_contents.extend(raws)
+        tensor = out.outputs.add(name=t.name, datatype=t.datatype, shape=arr.shape)
+        if t.shm is None:
+            raws.append(encode_raw(arr, t.datatype))
+            in_band = True
+        else:
+            # The data is in the client's region; the tensor says where, as Triton does.
+            tensor.parameters[_SHM_REGION].string_param = t.shm.region
+            tensor.parameters[_SHM_SIZE].int64_param = t.shm.byte_size
+            if t.shm.offset:
+                tensor.parameters[_SHM_OFFSET].int64_param = t.shm.offset
+            raws.append(b"")  # keeps raw contents 1:1 with outputs for the others
+    if in_band:
+        out.raw_output_contents.extend(raws)
+    return out
+
+
+def shm_status_to_proto(regions: list[RegionStatus]) -> pb.SystemSharedMemoryStatusResponse:
+    out = pb.SystemSharedMemoryStatusResponse()
+    for r in regions:
+        status = out.regions[r.name]
+        status.name, status.key, status.offset, status.byte_size = (
+            r.name,
+            r.key,
+            r.offset,
+            r.byte_size,
+        )
     return out
 
 

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import grpc
 
+from edge_agent.auth import grpc_peer_is_local
+from edge_agent.errors import Unsupported
 from edge_agent.grpc.converters import (
     config_to_proto,
     index_to_proto,
     metadata_to_proto,
     request_from_proto,
     response_to_proto,
+    shm_status_to_proto,
     statistics_to_proto,
 )
 from edge_agent.grpc.status import aborts_with_status
 from edge_agent.serving.dataplane import DataPlane
+from edge_agent.serving.requests import InferenceRequest
+from edge_agent.serving.shared_memory import CUDA_UNSUPPORTED, require_local
 from protos.gen import inference_pb2 as pb
 from protos.gen import inference_pb2_grpc as pb_grpc
 
@@ -65,7 +70,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        return response_to_proto(await self.dp.infer(request, request_from_proto))
+        def decode(req: pb.ModelInferRequest) -> InferenceRequest:
+            return request_from_proto(req, lambda: _local(context))
+
+        return response_to_proto(await self.dp.infer(request, decode))
 
     @aborts_with_status
     async def ModelConfig(
@@ -84,3 +92,49 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return index_to_proto(self.dp.repository_index(request.ready))
+
+    # ------------------------------------------------------------ system shared memory
+    @aborts_with_status
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        require_local(_local(context))
+        return shm_status_to_proto(self.dp.shm.status(request.name))
+
+    @aborts_with_status
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        require_local(_local(context))
+        self.dp.shm.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @aborts_with_status
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        require_local(_local(context))
+        self.dp.shm.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    @aborts_with_status
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        raise Unsupported(CUDA_UNSUPPORTED)
+
+    @aborts_with_status
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        raise Unsupported(CUDA_UNSUPPORTED)
+
+    @aborts_with_status
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        raise Unsupported(CUDA_UNSUPPORTED)
+
+
+def _local(context: grpc.aio.ServicerContext) -> bool:
+    return grpc_peer_is_local(context.peer() or "")

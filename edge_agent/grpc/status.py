@@ -22,6 +22,8 @@ from edge_agent.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    RegionNotFound,
+    Unsupported,
 )
 
 _CODES: dict[type[AgentError], grpc.StatusCode] = {
@@ -32,6 +34,8 @@ _CODES: dict[type[AgentError], grpc.StatusCode] = {
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InferenceFailed: grpc.StatusCode.INTERNAL,
     InstallFailed: grpc.StatusCode.FAILED_PRECONDITION,
+    RegionNotFound: grpc.StatusCode.NOT_FOUND,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 

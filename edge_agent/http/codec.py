@@ -33,6 +33,7 @@ from edge_agent.errors import InvalidInput
 from edge_agent.http.status import HttpError
 from edge_agent.serving.requests import (
     CONFIG_DATATYPES,
+    NO_DATA,
     InferenceRequest,
     InferenceResponse,
     InputTensor,
@@ -40,6 +41,7 @@ from edge_agent.serving.requests import (
     ModelMetadata,
     RepositoryEntry,
 )
+from edge_agent.serving.shared_memory import RegionStatus, ShmRef, require_local
 from edge_agent.serving.stats import Duration, ModelStats
 from edge_agent.serving.tensor_bytes import LE, check_datatype, check_shape, decode_raw, encode_raw
 from model_packager.tensors import TensorSpec
@@ -52,7 +54,9 @@ MAX_PARTS = 256
 
 _INTEGER = {"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 _FLOAT = {"FP16", "FP32", "FP64"}
-_UNSUPPORTED_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_SHM_REGION = "shared_memory_region"
+_SHM_SIZE = "shared_memory_byte_size"
+_SHM_OFFSET = "shared_memory_offset"
 
 
 @dataclass(slots=True)
@@ -64,6 +68,8 @@ class InferWire:
     body: bytes
     content_type: str
     header_length: int | None
+    #: The client is on this machine (loopback): only then may tensors be in shared memory.
+    local: bool = False
     # Filled in by ``decode``: outputs to return as binary data, and the default for the rest.
     binary_outputs: dict[str, bool] = field(default_factory=dict)
     binary_default: bool = False
@@ -114,6 +120,8 @@ def decode(wire: InferWire) -> InferenceRequest:
     tensors, used = [], 0
     for item in inputs:
         tensor, size = _decode_input(item, binary, used)
+        if tensor.shm is not None:
+            require_local(wire.local)
         tensors.append(tensor)
         used += size
     if used != len(binary):
@@ -126,6 +134,7 @@ def decode(wire: InferWire) -> InferenceRequest:
         raise InvalidInput('parameter "binary_data_output" must be true or false')
     wire.binary_default = default
     names = []
+    output_shm = {}
     outputs = doc.get("outputs", [])
     if not isinstance(outputs, list):
         raise InvalidInput('"outputs" must be a list')
@@ -143,8 +152,33 @@ def decode(wire: InferWire) -> InferenceRequest:
             if not isinstance(binary_data, bool):
                 raise InvalidInput(f'output {out["name"]!r}: "binary_data" must be true or false')
             wire.binary_outputs[out["name"]] = binary_data
+        ref = _shm_ref(out_params, f"output {out['name']!r}")
+        if ref is not None:
+            require_local(wire.local)
+            output_shm[out["name"]] = ref
         names.append(out["name"])
-    return InferenceRequest(wire.model_name, wire.model_version, request_id, tensors, names)
+    return InferenceRequest(
+        wire.model_name, wire.model_version, request_id, tensors, names, output_shm=output_shm
+    )
+
+
+def _shm_ref(params: dict[str, Any], what: str) -> ShmRef | None:
+    """The shared memory parameters of an input or requested output, or None without them."""
+    if _SHM_REGION not in params:
+        if _SHM_SIZE in params or _SHM_OFFSET in params:
+            raise InvalidInput(f"{what}: {_SHM_SIZE}/{_SHM_OFFSET} without {_SHM_REGION}")
+        return None
+    region = params[_SHM_REGION]
+    if not isinstance(region, str):
+        raise InvalidInput(f"{what}: {_SHM_REGION} must be a string")
+    if _SHM_SIZE not in params:
+        raise InvalidInput(f"{what}: {_SHM_REGION} needs {_SHM_SIZE}")
+    values = []
+    for key, value in ((_SHM_OFFSET, params.get(_SHM_OFFSET, 0)), (_SHM_SIZE, params[_SHM_SIZE])):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f"{what}: {key} must be a byte count")
+        values.append(value)
+    return ShmRef(region, values[0], values[1])
 
 
 def _params(obj: dict[str, Any], what: str) -> dict[str, Any]:
@@ -171,9 +205,11 @@ def _decode_input(item: Any, binary: memoryview | bytes, offset: int) -> tuple[I
     shape_t = tuple(shape)
     count = check_shape(name, shape_t)
     params = _params(item, f"input {name!r}")
-    for p in _UNSUPPORTED_PARAMS:
-        if p in params:
-            raise InvalidInput(f"input {name!r}: shared memory is not supported")
+    ref = _shm_ref(params, f"input {name!r}")
+    if ref is not None:
+        if "data" in item or "binary_data_size" in params:
+            raise InvalidInput(f"input {name!r} has both shared memory and data")
+        return InputTensor(name, datatype, shape_t, NO_DATA, ref), 0
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -360,7 +396,12 @@ def encode(response: InferenceResponse, wire: InferWire) -> tuple[list[bytes], i
     for t in response.outputs:
         arr = t.data
         entry: dict[str, Any] = {"name": t.name, "datatype": t.datatype, "shape": list(arr.shape)}
-        if wire.binary_outputs.get(t.name, wire.binary_default):
+        if t.shm is not None:
+            # The data is in the client's region; the tensor says where, as Triton does.
+            entry["parameters"] = {_SHM_REGION: t.shm.region, _SHM_SIZE: t.shm.byte_size}
+            if t.shm.offset:
+                entry["parameters"][_SHM_OFFSET] = t.shm.offset
+        elif wire.binary_outputs.get(t.name, wire.binary_default):
             raw = encode_raw(arr, t.datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             binaries.append(raw)
@@ -476,6 +517,31 @@ def model_statistics(entries: list[tuple[str, str, ModelStats]]) -> dict[str, An
             }
         )
     return {"model_stats": out}
+
+
+def shm_status(regions: list[RegionStatus]) -> list[dict[str, Any]]:
+    """Triton's system shared memory status: one object per region."""
+    return [
+        {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+        for r in regions
+    ]
+
+
+def shm_register(body: bytes) -> tuple[str, int, int]:
+    """``{"key": "/name", "offset": 0, "byte_size": N}`` -> (key, offset, byte_size)."""
+    try:
+        doc = loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"the register request is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("key"), str):
+        raise InvalidInput('the register request is {"key": "/name", "offset": 0, "byte_size": N}')
+    values = []
+    pairs = (("offset", doc.get("offset", 0)), ("byte_size", doc.get("byte_size")))
+    for field_name, value in pairs:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidInput(f'"{field_name}" must be a byte count')
+        values.append(value)
+    return doc["key"], values[0], values[1]
 
 
 def repository_index(entries: list[RepositoryEntry]) -> list[dict[str, str]]:

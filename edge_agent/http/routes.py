@@ -15,6 +15,10 @@ protocol's ``{"error": "..."}`` body.
     POST /v2/models/{name}[/versions/{v}]/infer             JSON, binary tensor data, multipart
     POST /v2/repository/index                               loaded versions
     POST /v2/repository/models/{name}/load | unload         refused: the agent installs packages
+    GET  /v2/systemsharedmemory[/region/{name}]/status      registered regions (loopback only)
+    POST /v2/systemsharedmemory/region/{name}/register      {"key", "offset", "byte_size"}
+    POST /v2/systemsharedmemory[/region/{name}]/unregister  one region, or all
+    *    /v2/cudasharedmemory/...                           501: not supported
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
-from edge_agent.errors import AgentError, InvalidInput
+from edge_agent.errors import AgentError, InvalidInput, Unsupported
 from edge_agent.http import codec
 from edge_agent.http.server import Request, Response
 from edge_agent.http.status import HttpError, retry_after, status_for
 from edge_agent.serving.dataplane import DataPlane
+from edge_agent.serving.shared_memory import CUDA_UNSUPPORTED, require_local
 
 Route = Callable[[Request, str, str], Awaitable[Response]]
 
@@ -91,6 +96,10 @@ class Router:
             case ["repository", "index"]:
                 _allow(request, "POST")
                 return self._index(request)
+            case ["systemsharedmemory", *tail]:
+                return self._shared_memory(request, tail)
+            case ["cudasharedmemory", *_]:
+                raise Unsupported(CUDA_UNSUPPORTED)
             case ["repository", "models", _, ("load" | "unload") as action]:
                 _allow(request, "POST")
                 raise HttpError(
@@ -140,12 +149,36 @@ class Router:
             body,
             headers.get("content-type", codec.JSON_TYPE),
             int(header_length) if header_length is not None else None,
+            request.local,
         )
         response = await self.dp.infer(wire, codec.decode)
         chunks, json_length = codec.encode(response, wire)
         if json_length is None:
             return Response(200, chunks, codec.JSON_TYPE)
         return Response(200, chunks, codec.BINARY_TYPE, {codec.HEADER_LENGTH: str(json_length)})
+
+    # ---------------------------------------------------------------- shared memory
+    def _shared_memory(self, request: Request, tail: list[str]) -> Response:
+        """``/v2/systemsharedmemory[/region/{name}]/status | register | unregister``."""
+        match tail:
+            case ["status"]:
+                name, action = "", "status"
+            case ["unregister"]:
+                name, action = "", "unregister"
+            case ["region", name, ("status" | "register" | "unregister") as action] if name:
+                pass
+            case _:
+                raise _no_route(request)
+        _allow(request, "GET" if action == "status" else "POST")
+        require_local(request.local)
+        shm = self.dp.shm
+        if action == "status":
+            return json_response(codec.shm_status(shm.status(name)))
+        if action == "register":
+            shm.register(name, *codec.shm_register(request.body))
+        else:
+            shm.unregister(name)
+        return _empty(200)
 
     # ---------------------------------------------------------------- repository
     def _index(self, request: Request) -> Response:

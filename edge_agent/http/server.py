@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from edge_agent.auth import UNAUTHORIZED, TokenAuth
+from edge_agent.auth import UNAUTHORIZED, TokenAuth, socket_peer_is_local
 from edge_agent.http.status import REASONS, HttpError
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ class Request:
     query: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    #: The client connected over loopback (it is on this machine) and the request was not
+    #: relayed by a proxy (no ``Forwarded`` / ``X-Forwarded-For``): shared memory needs it.
+    local: bool = False
 
 
 @dataclass(slots=True)
@@ -141,6 +144,7 @@ class _Connection(asyncio.Protocol):
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.local = False
         self.loop = asyncio.get_running_loop()
         self.pending: deque[tuple[Request | HttpError, bool]] = deque()
         self.busy = False
@@ -169,6 +173,7 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         self.server.connections.add(self)
+        self.local = socket_peer_is_local(transport.get_extra_info("peername"))
         self._arm(IDLE_TIMEOUT_S)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -272,7 +277,10 @@ class _Connection(asyncio.Protocol):
             method = self.parser.get_method().decode("ascii", "replace")
             path, _, query = self.url.decode("latin-1").partition("?")
             body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
-            item = Request(method, path, query, self.headers, body)
+            # A relayed request (a proxy on this machine) comes from wherever the proxy's
+            # client is: not local, whatever the socket says.
+            relayed = "forwarded" in self.headers or "x-forwarded-for" in self.headers
+            item = Request(method, path, query, self.headers, body, self.local and not relayed)
         self.pending.append((item, self.parser.should_keep_alive()))
         self._reset_message()
         if len(self.pending) > MAX_PIPELINED:

@@ -18,6 +18,8 @@ from edge_agent.errors import (
     ModelNotFound,
     ModelNotReady,
     Overloaded,
+    RegionNotFound,
+    Unsupported,
 )
 
 _STATUSES: dict[type[AgentError], int] = {
@@ -28,6 +30,8 @@ _STATUSES: dict[type[AgentError], int] = {
     ModelNotReady: 503,
     Overloaded: 503,
     InferenceFailed: 500,
+    RegionNotFound: 404,
+    Unsupported: 501,
 }
 
 REASONS = {

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import shutil
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
@@ -24,13 +26,17 @@ from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError, InstallFailed, ModelNotFound
 from edge_agent.install.journal import JournalEntry
 from edge_agent.install.store import CommittedState, ModelEntry, ModelStore
+from edge_agent.memory import release_free_heap
 from edge_agent.metrics import METRICS
 from edge_agent.serving.loader import load_served_model
 from edge_agent.serving.repository import ModelRepository, close_later
 from edge_agent.serving.served_model import ServedModel
 from edge_agent.serving.traffic import TrafficSplit
-from model_packager.archive import extract_package, sha256_file, verify_package
+from model_packager.archive import sha256_file
 from model_packager.errors import PackageError
+from model_packager.fsutil import fsync_dir
+from model_packager.signature_check import verify_in_child
+from model_packager.unpack import unpack_verified
 
 if TYPE_CHECKING:
     from model_packager.signing import TrustStore
@@ -72,18 +78,22 @@ class Installer:
         if missing:
             raise FileNotFoundError(f"trusted key path(s) not found: {', '.join(missing)}")
 
-    @property
-    def trust(self) -> TrustStore:
-        """Trusted keys, read at the first install.
+    def check_signature(self, manifest_bytes: bytes, signature_bytes: bytes | None) -> str:
+        """The signing key id, if a trusted key signed these manifest bytes.
 
-        Loading them needs ``cryptography`` (about 10 MB resident); a device restarting into its
-        committed models serves for days without installing anything, so it never pays for it.
+        By default checked in a short-lived child process (``model_packager.signature_check``):
+        loading ``cryptography`` would cost this process about 7 MB of resident memory for the
+        rest of its life, for one check per install (the budget is 100 MB right after one).
+        With ``signature_check_in_child`` off it is checked here, ~0.03 CPU s cheaper per
+        install, and the trusted keys are read once, at the first install.
         """
-        if self._trust is None:
-            from model_packager.signing import TrustStore as _TrustStore
+        if self.settings.signature_check_in_child:
+            return verify_in_child(manifest_bytes, signature_bytes, self.settings.trusted_keys)
+        from model_packager.signing import TrustStore, verify_manifest
 
-            self._trust = _TrustStore.from_paths(self.settings.trusted_keys)
-        return self._trust
+        if self._trust is None:
+            self._trust = TrustStore.from_paths(self.settings.trusted_keys)
+        return verify_manifest(manifest_bytes, signature_bytes, self._trust)
 
     def _enter(self, entry: JournalEntry, step: str) -> None:
         """Start ``step``: its crash point first, then the journal says the step began."""
@@ -168,6 +178,9 @@ class Installer:
             outcome, served = await self._install(Path(archive), activate)
             self.store.save_last_install(outcome.to_json())
             METRICS.installs.labels(outcome.outcome).inc()
+            # Reading, hashing and loading a package leave freed heap behind (a few MB for a
+            # small model): hand it back now, as start-up does (memory.py).
+            release_free_heap()
             return outcome, served
 
     async def activate(self, name: str, version: str) -> ServedModel:
@@ -231,14 +244,20 @@ class Installer:
         self, archive: Path, activate: bool
     ) -> tuple[InstallOutcome, ServedModel | None]:
         digest, name, version, step = "", "", "", "verify"
+        staged: Path | None = None
         try:
             crash_point("before_verify")
             try:
-                reader, _kid = await asyncio.to_thread(verify_package, archive, self.trust)
-            except PackageError as exc:
+                # One pass over the file: whole-file digest, signature, every member's digest,
+                # extracted into a hidden staging folder that ``stage`` renames into place.
+                unpacked = await asyncio.to_thread(
+                    unpack_verified, archive, self.check_signature, self.store.packages
+                )
+            except (PackageError, OSError) as exc:
                 raise InstallFailed("verify", str(exc)) from exc
-            digest = reader.digest
-            name, version = reader.manifest.name, reader.manifest.version
+            staged = unpacked.staged
+            digest = unpacked.digest
+            name, version = unpacked.manifest.name, unpacked.manifest.version
             state = self.store.load_state()
             committed = state.models.get(name, ModelEntry()).versions.get(version)
             if committed is not None and committed != digest:
@@ -253,11 +272,15 @@ class Installer:
             step = "stage"
             self._enter(journal, step)
             pkg_dir = self.store.package_dir(digest)
-            if not pkg_dir.exists():
-                try:
-                    await asyncio.to_thread(extract_package, reader, pkg_dir)
-                except (PackageError, OSError) as exc:
-                    raise InstallFailed("stage", str(exc)) from exc
+            try:
+                if pkg_dir.exists():  # staged before by an install of the same package
+                    shutil.rmtree(staged)
+                else:
+                    os.replace(staged, pkg_dir)
+                    fsync_dir(pkg_dir.parent)
+            except OSError as exc:
+                raise InstallFailed("stage", str(exc)) from exc
+            staged = None
             crash_point("after_stage")
 
             step = "load"
@@ -308,6 +331,7 @@ class Installer:
             log.info("installed %s:%s (%s) from %s", name, version, served.variant, digest[:12])
             return outcome, served
         except InstallFailed as exc:
+            _discard(staged)
             log.warning("install of %s failed at %s: %s", archive.name, exc.step, exc.reason)
             self._rollback(digest, name, version)
             # A package rejected before its manifest was trusted is still named in the report,
@@ -317,6 +341,7 @@ class Installer:
                 reported, name, version, "FAILED", exc.step, exc.reason, time.time()
             ), None
         except Exception as exc:  # never let an install take the agent down
+            _discard(staged)
             log.exception("install of %s failed unexpectedly at %s", archive.name, step)
             self._rollback(digest, name, version)
             return InstallOutcome(
@@ -346,6 +371,13 @@ class Installer:
                     asyncio.get_running_loop().create_task(close_later([served]))
             self.store.remove_unreferenced(state.digests())
         self.journal.clear(digest)
+
+
+def _discard(staged: Path | None) -> None:
+    """A verified package that never reached ``stage`` (recovery removes one left by a crash:
+    ``ModelStore.remove_unreferenced``)."""
+    if staged is not None:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _file_digest(path: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -41,7 +42,9 @@ from edge_agent.serving.requests import (
     RepositoryEntry,
 )
 from edge_agent.serving.served_model import ServedModel
+from edge_agent.serving.shared_memory import SharedMemoryRegistry, ShmRef
 from edge_agent.serving.stats import ModelStats, RequestTiming
+from edge_agent.serving.tensor_bytes import tensor_bytes
 from edge_agent.serving.traffic import Comparison, compare
 from edge_agent.serving.validation import (
     is_tensor_request,
@@ -64,6 +67,7 @@ EXTENSIONS = [
     "model_configuration",
     "statistics",
     "binary_tensor_data",
+    "system_shared_memory",
     "batch_jobs",
     "health",
     "metrics",
@@ -92,10 +96,13 @@ class DataPlane:
         repo: ModelRepository,
         max_inflight: int,
         status_name: Callable[[AgentError], str],
+        shm: SharedMemoryRegistry | None = None,
     ) -> None:
         """``status_name`` names a failed request's status in the request counter (the
-        transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``."""
+        transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``. ``shm`` holds
+        the registered system shared memory regions both transports share."""
         self.repo = repo
+        self.shm = shm if shm is not None else SharedMemoryRegistry()
         self.max_inflight = max_inflight
         self.inflight = 0
         self.ready = False
@@ -226,6 +233,8 @@ class DataPlane:
             raise Overloaded(f"{self.inflight} requests in flight (limit {self.max_inflight})")
         served, shadow = self.repo.route(request.model_name, request.model_version)
         request.routed_version = served.version
+        if request.output_shm or any(t.shm is not None for t in request.inputs):
+            self._read_shared(request)
         if request.uploads:
             request.inputs = route_uploads(served, request.inputs)
         if served.hooks is not None and not is_tensor_request(served, request.inputs):
@@ -242,6 +251,9 @@ class DataPlane:
             specs = served.outputs
         else:
             specs = [s for n in wanted for s in served.outputs if s.name == n]
+        outputs = [OutputTensor(s.name, s.datatype, results[s.name]) for s in specs]
+        if request.output_shm:
+            self._write_shared(request.output_shm, outputs)
         served.stats.request_succeeded(
             time.perf_counter_ns() - t0, t_model - t0, timing, served.rows(inputs)
         )
@@ -251,8 +263,29 @@ class DataPlane:
             model_name=served.name,
             model_version=served.version,
             id=request.id,
-            outputs=[OutputTensor(s.name, s.datatype, results[s.name]) for s in specs],
+            outputs=outputs,
         )
+
+    # system shared memory
+    def _read_shared(self, request: InferenceRequest) -> None:
+        """Inputs held in shared memory -> arrays (copied); requested output places checked,
+        so a bad reference fails before the model runs."""
+        for t in request.inputs:
+            if t.shm is not None:
+                count = math.prod(t.shape)
+                t.data = self.shm.read(t.shm, t.name, t.datatype, t.shape, count).reshape(t.shape)
+        unknown = set(request.output_shm) - set(request.outputs)
+        if unknown:  # transports only set it for requested outputs; kept as a guard
+            raise InvalidInput(f"shared memory given for outputs not requested: {sorted(unknown)}")
+        for name, ref in request.output_shm.items():
+            self.shm.check(ref, f"output {name!r}")
+
+    def _write_shared(self, places: dict[str, ShmRef], outputs: list[OutputTensor]) -> None:
+        for out in outputs:
+            ref = places.get(out.name)
+            if ref is not None:
+                written = self.shm.write(ref, out.name, tensor_bytes(out.data, out.datatype))
+                out.shm = ShmRef(ref.region, ref.offset, written)
 
     # shadow
     def _mirror(self, shadow: ServedModel, inputs: Tensors, live: Tensors) -> None:
@@ -299,6 +332,11 @@ class DataPlane:
         """
         hooks = served.hooks
         assert hooks is not None
+        if request.output_shm:
+            raise InvalidInput(
+                f"model {served.name!r} answers through its handler; its output cannot be "
+                "written to shared memory"
+            )
         if request.outputs and request.outputs != [RESPONSE_OUTPUT]:
             raise InvalidInput(
                 f"model {served.name!r} answers file and JSON requests with one output, "

@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.serving.shared_memory import ShmRef
 from model_packager.tensors import TensorSpec
+
+#: The data of an input whose bytes are in shared memory until the data plane reads them.
+NO_DATA = np.empty(0, dtype=np.uint8)
 
 
 @dataclass(slots=True)
@@ -19,6 +23,9 @@ class InputTensor:
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    #: Set when the bytes are in a registered shared memory region (``data`` is ``NO_DATA``
+    #: until ``DataPlane`` reads them).
+    shm: ShmRef | None = None
 
 
 @dataclass(slots=True)
@@ -34,6 +41,8 @@ class InferenceRequest:
     #: The version the data plane routed the request to (set once routed), so a failure after
     #: routing counts against the version that was asked to answer, not the active one.
     routed_version: str = ""
+    #: Requested outputs to write into shared memory instead of the response, by name.
+    output_shm: dict[str, ShmRef] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -41,6 +50,9 @@ class OutputTensor:
     name: str
     datatype: str
     data: np.ndarray
+    #: Where the data was written (``byte_size`` = the bytes written); the response then
+    #: carries the tensor's name, datatype and shape only.
+    shm: ShmRef | None = None
 
 
 @dataclass(slots=True)

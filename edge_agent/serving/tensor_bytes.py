@@ -74,6 +74,15 @@ def encode_bytes_tensor(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def tensor_bytes(arr: np.ndarray, datatype: str) -> bytes | memoryview:
+    """One output tensor in the binary layout, without a copy when the array already has it
+    (shared memory writes it straight from the runtime's buffer)."""
+    if datatype == "BYTES":
+        return encode_bytes_tensor(arr)
+    flat = np.ascontiguousarray(arr, dtype=LE[datatype]).reshape(-1)
+    return memoryview(flat).cast("B")
+
+
 def encode_raw(arr: np.ndarray, datatype: str) -> bytes:
     """One output tensor in the binary layout."""
     if datatype == "BYTES":

@@ -31,9 +31,15 @@ class Devices(ResourceBase):
         return self._one(Device, self._t.call("GET", f"/devices/{seg(device_id)}"))
 
     @route("PATCH", "/devices/{device_id}")
-    def relabel(self, device_id: str, labels: dict[str, str]) -> Device:
-        """Replace the device's labels (edge services with a selector follow the change)."""
-        body = {"labels": labels}
+    def update(
+        self, device_id: str, name: str | None = None, labels: dict[str, str] | None = None
+    ) -> Device:
+        """Rename the device or replace its labels (a live label selector sees the change)."""
+        body: dict[str, Any] = {}
+        if name is not None:
+            body["name"] = name
+        if labels is not None:
+            body["labels"] = labels
         return self._one(Device, self._t.call("PATCH", f"/devices/{seg(device_id)}", json=body))
 
     @route("DELETE", "/devices/{device_id}")

@@ -263,10 +263,12 @@ def make_settings(tmp: Path, trusted: Keys, **overrides: Any) -> Settings:
 
 
 @pytest.fixture
-def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
+def control_plane(
+    tmp_path: Path, trusted_keys: Keys, database_url: str | None, blob_storage: dict[str, Any]
+) -> Iterator[ControlPlane]:
     port = free_port()
     broker_dir = tmp_path / "broker"
-    base = make_settings(tmp_path, trusted_keys)
+    base = make_settings(tmp_path, trusted_keys, database_url=database_url, **blob_storage)
     ctx = AppContext.from_settings(base)
     upgrade(ctx.engine)
     options = ListenerOptions(
@@ -283,6 +285,8 @@ def control_plane(tmp_path: Path, trusted_keys: Keys) -> Iterator[ControlPlane]:
     settings = make_settings(
         tmp_path,
         trusted_keys,
+        database_url=database_url,
+        **blob_storage,
         mqtt_url=f"mqtt://127.0.0.1:{port}",
         broker_config_dir=broker_dir,
         broker_reload_command=f"kill -HUP {broker.process.pid}",

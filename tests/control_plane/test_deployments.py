@@ -12,6 +12,10 @@ from model_packager.archive import sha256_file
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import CHUNK_SIZE, ControlPlane, wait_for
+from tests.pg import BOTH_DATABASES
+from tests.s3 import BOTH_STORES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _deploy(cp: ControlPlane, **body: Any) -> dict[str, Any]:
@@ -54,6 +58,7 @@ def test_deployment_publishes_retained_desired_state(
         assert sha == hashlib.sha256(data[i * CHUNK_SIZE : (i + 1) * CHUNK_SIZE]).digest()
 
 
+@BOTH_STORES  # chunks read by range from S3 too
 def test_chunk_request_gets_exactly_the_requested_chunks(
     control_plane: ControlPlane, package_factory: Any
 ) -> None:

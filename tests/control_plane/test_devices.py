@@ -9,6 +9,9 @@ from control_plane.devices.models import Device
 from protos import fleet_topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import ControlPlane, wait_for
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def test_register_returns_bundle_and_stores_only_a_hash(control_plane: ControlPlane) -> None:

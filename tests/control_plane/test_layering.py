@@ -89,6 +89,20 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     "services": {"core", "datasets", "devices", "deployments", "registry"},
     # notebooks: a dataset version read-only in the work folder; export stores training code.
     "notebooks": {"core", "datasets", "training"},
+    # users: accounts, tokens and sessions; core.auth holds the roles every route is checked by.
+    "users": {"core"},
+    # dashboard: pages over every domain's services, so it sits on top.
+    "dashboard": {
+        "core",
+        "datasets",
+        "training",
+        "registry",
+        "devices",
+        "deployments",
+        "fleet",
+        "services",
+        "users",
+    },
 }
 # What another domain may import of a domain: its service(s), its schemas, and (from tables only)
 # its tables.

@@ -1,4 +1,4 @@
-"""The Alembic migrations build exactly the schema the ORM models describe."""
+"""The Alembic migrations build exactly the schema the ORM models describe, on every engine."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ from alembic.migration import MigrationContext
 
 from control_plane.core.database import make_engine, upgrade
 from control_plane.tables import Base
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
-def test_migrations_match_models(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+def test_migrations_match_models(tmp_path: Path, database_url: str | None) -> None:
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'db.sqlite'}")
     upgrade(engine)
     upgrade(engine)  # idempotent: a second start changes nothing
     with engine.connect() as conn:

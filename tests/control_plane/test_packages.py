@@ -11,6 +11,9 @@ from control_plane.core.blobs import LocalBlobStore
 from control_plane.registry.models import Package
 from model_packager.archive import sha256_file
 from tests.control_plane.conftest import CHUNK_SIZE, ControlPlane, Keys, build_test_package
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _nothing_stored(cp: ControlPlane) -> None:

@@ -200,9 +200,17 @@ class Client:
 
 
 @pytest.fixture
-def client(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
+def client(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    database_url: str | None,
+    blob_storage: dict[str, Any],
+) -> Iterator[Client]:
     roots = [tmp_path_factory.getbasetemp()]
-    app, ctx = brokerless_app(make_settings(tmp_path, dataset_import_roots=roots))
+    settings = make_settings(
+        tmp_path, dataset_import_roots=roots, database_url=database_url, **blob_storage
+    )
+    app, ctx = brokerless_app(settings)
     api = TestClient(app, headers={"Authorization": f"Bearer {API_TOKEN}"})
     try:
         yield Client(api, ctx, tmp_path)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.datasets.conftest import API, Client, DetImage, write_detection, write_voc
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py); S3: test_digits, test_s3_versions
 
 
 def _boxes_by_digest(client: Client, ds: str) -> dict[str, list[tuple]]:

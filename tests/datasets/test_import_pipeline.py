@@ -20,6 +20,9 @@ from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 from control_plane.datasets.sources import FolderSource
 from control_plane.datasets.storage import DatasetStore
 from tests.datasets.conftest import API, API_TOKEN, Client, digit_png
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _png(seed: int) -> bytes:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from control_plane.datasets.versions.service import VersionService, split_samples
 from tests.datasets.conftest import API, Client, digit_png
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 def _dataset(client: Client, labels: list[str], multi: bool = False) -> tuple[str, list[int]]:

@@ -16,6 +16,9 @@ from sqlalchemy import event
 
 from control_plane.datasets.schemas import SamplePage
 from tests.datasets.conftest import API, Client, write_detection
+from tests.pg import BOTH_DATABASES
+
+pytestmark = BOTH_DATABASES  # also on PostgreSQL (tests/pg.py)
 
 
 @contextmanager

@@ -177,6 +177,12 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
     assert meta["name"] == "mlp" and meta["inputs"][0]["name"] == "input"
     bad = api.post(f"{API}/services/mlp/v2/models/mlp/infer", content=b"{not json")
     assert bad.status_code == 400 and "error" in bad.json()  # the agent's own answer
+    # An agent's shared memory is for clients on its machine: never reachable through the proxy.
+    relayed = api.post(
+        f"{API}/services/mlp/v2/systemsharedmemory/region/r/register",
+        json={"key": "/edge-proxy-test", "byte_size": 8},
+    )
+    assert relayed.status_code == 400 and "own machine" in relayed.json()["error"]
     assert api.post(f"{API}/services/nope/v2/models/mlp/infer", json={}).status_code == 404
     unauthenticated = TestClient(api.app).get(f"{API}/services/mlp/v2/models/mlp")
     assert unauthenticated.status_code == 401

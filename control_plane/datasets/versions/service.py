@@ -11,8 +11,11 @@ V001/
 ```
 
 into a temporary folder that is renamed into place only when complete, and records the version
-in the database. The version digest is the sha256 of ``manifest.jsonl``, which itself names each
-file's sha256, so the digest covers the content.
+in the database. With an S3-compatible store the folder goes to the bucket instead, without
+``data/`` (the manifest names every file by sha256, which is its object's name), and is
+materialised into a local folder on the nodes that read it (``control_plane.datasets.storage``).
+The version digest is the sha256 of ``manifest.jsonl``, which itself names each file's sha256,
+so the digest covers the content (and is the same whichever store holds the version).
 
 The split is reproducible: samples are ordered by content digest (not by import order or id),
 shuffled with ``random.Random(seed)`` within each stratum (the label, for classification) and the
@@ -48,7 +51,13 @@ from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.datasets import formats
 from control_plane.datasets.formats import ExportAnnotation, ExportFormat, VersionItem
 from control_plane.datasets.images import EXTENSIONS, MEDIA_TYPES
-from control_plane.datasets.models import Annotation, DatasetVersion, DatasetVersionUse, Sample
+from control_plane.datasets.models import (
+    Annotation,
+    Dataset,
+    DatasetVersion,
+    DatasetVersionUse,
+    Sample,
+)
 from control_plane.datasets.schemas import VersionCreate
 from control_plane.datasets.service import CLASSIFICATION, DETECTION, DatasetService, dataset_store
 
@@ -114,12 +123,21 @@ class VersionService:
         return version
 
     def path(self, version: DatasetVersion) -> Path:
-        return self.store.version_dir(version.dataset_id, version.name)
+        """The version's local folder; with an S3 store, materialised from the bucket on first
+        use on this node (``DatasetStore.materialize``)."""
+        return self.store.materialize(version.dataset_id, version.name)
 
     # --- publish -----------------------------------------------------------------------------
 
     def publish(self, dataset_id: str, spec: VersionCreate) -> DatasetVersion:
-        dataset = self.datasets.get(dataset_id)
+        """Publish the next version of a dataset.
+
+        Two publishes of one dataset at once: on PostgreSQL the dataset row is locked (``SELECT
+        ... FOR UPDATE``) for the whole publish, so the second waits and then publishes the next
+        number; SQLite has no row locks, so there the loser of the race gets a Conflict and its
+        half-written folder is removed, never the winner's.
+        """
+        dataset = self._lock_dataset(dataset_id)
         detection = dataset.type == DETECTION
         samples = self.session.scalars(
             select(Sample)
@@ -139,8 +157,9 @@ class VersionService:
             raise Conflict(f"version folder {name} already exists")
         tmp = self.store.new_version_tmp(dataset_id)
         final = self.store.version_dir(dataset_id, name)
+        remote = self.store.remote is not None  # S3: the manifest names objects, no data/ links
         try:
-            digest = self._write_folder(tmp, items, detection)
+            digest = self._write_folder(tmp, items, detection, link_files=not remote)
             stats = _label_stats(items)
             train = sum(1 for it in items if it.split == "train")
             summary: dict[str, Any] = {
@@ -158,7 +177,19 @@ class VersionService:
                 "label_stats": stats,
             }
             (tmp / "version.json").write_text(json.dumps(summary, indent=1) + "\n")
-            os.rename(tmp, final)
+            if remote:
+                try:
+                    self.store.upload_version(tmp, dataset_id, name)
+                except FileExistsError:
+                    raise Conflict(f"version {name} was published concurrently") from None
+                shutil.rmtree(tmp)
+            else:
+                try:
+                    os.rename(tmp, final)
+                except OSError:
+                    if final.exists():  # another publish of the same number got there first
+                        raise Conflict(f"version {name} was published concurrently") from None
+                    raise
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -180,7 +211,7 @@ class VersionService:
             self.session.commit()
         except BaseException as exc:
             self.session.rollback()
-            shutil.rmtree(final, ignore_errors=True)
+            self.store.delete_version(dataset_id, name)
             if isinstance(exc, IntegrityError):
                 raise Conflict(f"version {name} was published concurrently") from None
             raise
@@ -194,13 +225,32 @@ class VersionService:
         )
         return version
 
-    def _write_folder(self, folder: Path, items: list[VersionItem], detection: bool) -> str:
+    def _lock_dataset(self, dataset_id: str) -> Dataset:
+        """The dataset row, locked until this session commits (a no-op lock on SQLite).
+
+        ``populate_existing`` reloads it: after waiting for another publish, the row read must be
+        the one that publish committed (its ``versions_published``), not a stale copy.
+        """
+        dataset = self.session.scalars(
+            select(Dataset)
+            .where(Dataset.id == dataset_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).first()
+        if dataset is None:
+            raise NotFound(f"dataset {dataset_id} not found")
+        return dataset
+
+    def _write_folder(
+        self, folder: Path, items: list[VersionItem], detection: bool, link_files: bool = True
+    ) -> str:
         (folder / "data").mkdir()
         if detection:
             (folder / "Annotations").mkdir()
         lines = []
         for it in items:
-            self.store.link_into(it.digest, folder / it.path)
+            if link_files:
+                self.store.link_into(it.digest, folder / it.path)
             if detection:
                 xml = formats.voc_xml(it, Path(it.path).name)
                 (folder / "Annotations" / f"{it.digest}.xml").write_bytes(xml)
@@ -289,10 +339,9 @@ class VersionService:
         if version.uses:
             users = ", ".join(f"{u.kind} {u.ref}" for u in version.uses)
             raise Conflict(f"version {name} is used by {users}; it cannot be deleted")
-        folder = self.path(version)
         self.session.delete(version)
         self.session.commit()
-        shutil.rmtree(folder, ignore_errors=True)
+        self.store.delete_version(dataset_id, name)
         logger.info("deleted version %s of dataset %s", name, dataset_id)
 
     def add_use(self, dataset_id: str, name: str, kind: str, ref: str) -> DatasetVersionUse:

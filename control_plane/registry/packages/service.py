@@ -80,9 +80,14 @@ class PackageService:
             )
             self.session.add(package)
             try:
+                # The insert takes the row (and the name/version index entry): a concurrent upload
+                # of the same package waits here until this one commits, then fails the insert.
                 self.session.flush()
             except IntegrityError:
                 self.session.rollback()
+                stored = self.session.get(Package, digest)
+                if stored is not None:  # the same package, stored by a concurrent upload
+                    return stored, False
                 raise Conflict(
                     f"a different package {manifest.name} {manifest.version} already exists"
                 ) from None

@@ -1,0 +1,1 @@
+"""One module of pages per area; each holds a ``router`` that ``dashboard.routes`` collects."""

@@ -1,0 +1,36 @@
+"""What every page module shares: the route class that renders service errors as pages."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.routing import APIRoute
+
+from control_plane.core.errors import ControlPlaneError
+from control_plane.core.http_errors import status_for
+from control_plane.dashboard.render import page
+
+
+class PageRoute(APIRoute):
+    """A page whose service raised (an unknown dataset, say) answers with an error page carrying
+    the status the REST API would give (``core.http_errors.status_for``), not a JSON body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def rendered(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ControlPlaneError as exc:
+                status = status_for(exc)
+                if status == 401:
+                    raise
+                return page(request, "error.html", None, status_code=status, message=str(exc))
+
+        return rendered
+
+
+def page_router() -> APIRouter:
+    return APIRouter(prefix="/ui", route_class=PageRoute, include_in_schema=False)

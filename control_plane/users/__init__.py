@@ -1,0 +1,1 @@
+"""Users, roles, per-user API tokens and dashboard sessions."""
