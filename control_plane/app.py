@@ -36,6 +36,7 @@ from control_plane.registry.conversions import Conversions
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
 from control_plane.services.device_batch import DeviceBatches
+from control_plane.services.rollouts.engine import RolloutEngine
 from control_plane.services.supervisor import Supervisor
 from control_plane.training import routes as training_jobs
 from control_plane.training import tensorboard_proxy_routes as tensorboard_proxy
@@ -160,12 +161,15 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.conversions = Conversions.start(ctx)
         # Services: starts (or adopts) the replicas of every online service.
         app.state.services = Supervisor.start(ctx)
+        # Edge services: resumes every running rollout from the database.
+        app.state.rollouts = RolloutEngine.start(ctx)
         # Notebooks: adopts the JupyterLab servers an earlier run left running.
         app.state.notebooks = JupyterServers(ctx)
         try:
             yield
         finally:
             app.state.notebooks.close()  # the servers keep running, adopted on the next start
+            app.state.rollouts.stop()
             app.state.services.stop()
             app.state.conversions.stop()
             app.state.training.stop()

@@ -18,8 +18,47 @@ from protos.gen import fleet_pb2
 
 
 @dataclass(frozen=True)
+class LocalGuard:
+    """The device's own check after an activation (``fleet_pb2.LocalGuard``)."""
+
+    bake_s: float
+    max_error_rate: float = 1.0
+    max_p99_ms: float = 0.0  # 0: latency not checked
+    min_requests: int = 1
+
+
+@dataclass(frozen=True)
+class ShadowWarmup:
+    """Mirror live requests to the version before activating it (``fleet_pb2.ShadowWarmup``)."""
+
+    fraction: float
+    min_requests: int
+    min_agreement: float = 1.0
+    max_abs_diff: float = 0.0  # outputs without classes: largest difference allowed
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ModelRemoval:
+    """A version the device should uninstall (``fleet_pb2.ModelRemoval``)."""
+
+    deployment_id: str
+    name: str
+    version: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.deployment_id}:remove:{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
 class DesiredModel:
-    """One package a device should run (``fleet_pb2.DesiredModel``)."""
+    """One package a device should hold (``fleet_pb2.DesiredModel``).
+
+    ``standby`` False makes it the model's active version once installed (re-activated when the
+    device already holds it); True keeps it loaded beside the active one, taking ``weight``
+    percent of the requests that name no version.
+    """
 
     deployment_id: str
     name: str
@@ -29,6 +68,10 @@ class DesiredModel:
     chunk_size: int
     chunk_count: int
     chunk_sha256: tuple[bytes, ...]  # raw 32-byte digest of each chunk, in index order
+    standby: bool = False
+    weight: float = 0.0
+    guard: LocalGuard | None = None
+    warmup: ShadowWarmup | None = None
 
     @classmethod
     def of_chunks(
@@ -41,6 +84,10 @@ class DesiredModel:
         package_size: int,
         chunk_size: int,
         chunk_sha256: Sequence[bytes],
+        standby: bool = False,
+        weight: float = 0.0,
+        guard: LocalGuard | None = None,
+        warmup: ShadowWarmup | None = None,
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -52,6 +99,10 @@ class DesiredModel:
             chunk_size,
             len(chunk_sha256),
             tuple(chunk_sha256),
+            standby,
+            weight,
+            guard,
+            warmup,
         )
 
     @property
@@ -69,6 +120,15 @@ class DesiredState:
     deployment_id: str
     models: tuple[DesiredModel, ...]
     issued_at_ms: int = 0
+    removals: tuple[ModelRemoval, ...] = ()
+
+    def active_entries(self) -> dict[str, DesiredModel]:
+        """Per model name, the entry to activate: the last one listed that is not standby."""
+        out: dict[str, DesiredModel] = {}
+        for m in self.models:
+            if not m.standby:
+                out[m.name] = m
+        return out
 
 
 def encode_desired_state(state: DesiredState) -> bytes:
@@ -79,7 +139,7 @@ def encode_desired_state(state: DesiredState) -> bytes:
         issued_at_ms=state.issued_at_ms,
     )
     for m in state.models:
-        msg.models.add(
+        entry = msg.models.add(
             deployment_id=m.deployment_id,
             name=m.name,
             version=m.version,
@@ -88,7 +148,30 @@ def encode_desired_state(state: DesiredState) -> bytes:
             chunk_size=m.chunk_size,
             chunk_count=m.chunk_count,
             chunk_sha256=m.chunk_sha256,
+            standby=m.standby,
+            weight=m.weight,
         )
+        if m.guard is not None:
+            entry.guard.CopyFrom(
+                fleet_pb2.LocalGuard(
+                    bake_s=m.guard.bake_s,
+                    max_error_rate=m.guard.max_error_rate,
+                    max_p99_ms=m.guard.max_p99_ms,
+                    min_requests=m.guard.min_requests,
+                )
+            )
+        if m.warmup is not None:
+            entry.warmup.CopyFrom(
+                fleet_pb2.ShadowWarmup(
+                    fraction=m.warmup.fraction,
+                    min_requests=m.warmup.min_requests,
+                    min_agreement=m.warmup.min_agreement,
+                    max_abs_diff=m.warmup.max_abs_diff,
+                    timeout_s=m.warmup.timeout_s,
+                )
+            )
+    for r in state.removals:
+        msg.removals.add(deployment_id=r.deployment_id, name=r.name, version=r.version)
     return msg.SerializeToString()
 
 
@@ -109,7 +192,33 @@ def decode_desired_state(payload: bytes) -> DesiredState:
             chunk_size=m.chunk_size,
             chunk_count=m.chunk_count,
             chunk_sha256=tuple(bytes(h) for h in m.chunk_sha256),
+            standby=m.standby,
+            weight=m.weight,
+            guard=(
+                LocalGuard(
+                    m.guard.bake_s,
+                    m.guard.max_error_rate,
+                    m.guard.max_p99_ms,
+                    m.guard.min_requests,
+                )
+                if m.HasField("guard")
+                else None
+            ),
+            warmup=(
+                ShadowWarmup(
+                    m.warmup.fraction,
+                    m.warmup.min_requests,
+                    m.warmup.min_agreement,
+                    m.warmup.max_abs_diff,
+                    m.warmup.timeout_s,
+                )
+                if m.HasField("warmup")
+                else None
+            ),
         )
         for m in msg.models
     )
-    return DesiredState(msg.device_id, msg.generation, msg.deployment_id, models, msg.issued_at_ms)
+    removals = tuple(ModelRemoval(r.deployment_id, r.name, r.version) for r in msg.removals)
+    return DesiredState(
+        msg.device_id, msg.generation, msg.deployment_id, models, msg.issued_at_ms, removals
+    )

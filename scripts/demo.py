@@ -11,11 +11,12 @@ labelled and published as V001, the built-in classifier trained on it as a worke
 registered, converted and signed, deployed to the device, the device's accuracy on the validation
 split, and the same model as an online service (two agent replicas run by the control plane)
 called through the control plane's OIP REST proxy with curl and tritonclient.http, and a batch
-service over the validation split with its evaluation. Finally the device's reported state, and
-everything stopped (21-22), or, with ``--keep``, the control plane and the device's agent left
-running and the dashboard's URL and the admin's one-time password printed (21). Everything
-lives in ``.demo/`` and nothing is downloaded; ``--no-fleet`` stops after step 9, ``--no-training``
-after step 14.
+service over the validation split with its evaluation. Then an edge service rolls the package's
+version 2 out to the device, canary first, through its health gates (step 21,
+``scripts/demo_edge.py``). Finally the device's reported state, and everything stopped (22-23),
+or, with ``--keep``, the control plane and the device's agent left running and the dashboard's
+URL and the admin's one-time password printed (23). Everything lives in ``.demo/`` and nothing is
+downloaded; ``--no-fleet`` stops after step 9, ``--no-training`` skips steps 15-20.
 
 This process talks to the agent only over the network, as a user's application would: it imports
 tritonclient, never the agent's inference code.
@@ -218,7 +219,13 @@ def main() -> int:
         print(f"agent exited with {stop_process(proc, 20)}")
     if not args.no_fleet:
         run_fleet_demo(
-            work / "fleet", v1, trusted, models, ai_flow=not args.no_training, keep=args.keep
+            work / "fleet",
+            v1,
+            trusted,
+            models,
+            ai_flow=not args.no_training,
+            keep=args.keep,
+            update=v2,
         )
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0

@@ -280,7 +280,7 @@ def call_device(grpc_port: int, models: Path) -> None:
 
 
 def print_reported(demo: FleetDemo) -> None:
-    step("21. The device as the control plane sees it (GET /api/v1/devices/{id})")
+    step("22. The device as the control plane sees it (GET /api/v1/devices/{id})")
     dev = demo.call("GET", f"/devices/{DEVICE_ID}")
     print(f"status {dev['status']}, desired generation {dev['desired_generation']}")
     print("reported state:")
@@ -288,7 +288,7 @@ def print_reported(demo: FleetDemo) -> None:
 
 
 def stop(demo: FleetDemo) -> None:
-    step("22. Stop the agent, then the control plane (SIGTERM, graceful)")
+    step("23. Stop the agent, then the control plane (SIGTERM, graceful)")
     print(f"agent exited with {demo.stop('fleet-agent')}")
     status = _wait(
         "the device reported offline",
@@ -309,7 +309,7 @@ def stop(demo: FleetDemo) -> None:
 def keep_running(demo: FleetDemo, base: str) -> None:
     """``--keep``: leave the control plane and the device's agent running for a person to look at
     what the demo made in the dashboard; print where, how to sign in and how to stop them."""
-    step("21. Left running (--keep): the dashboard")
+    step("23. Left running (--keep): the dashboard")
     password_file = demo.work / "control-plane" / "admin-password"
     password = password_file.read_text().strip() if password_file.exists() else "(see its file)"
     pids = {name: proc.pid for name, proc in demo.procs if proc.poll() is None}
@@ -335,9 +335,11 @@ def run_fleet_demo(
     models: Path,
     ai_flow: bool = True,
     keep: bool = False,
+    update: Path | None = None,
 ) -> None:
-    """Steps 10-20 of the demo; every child process is stopped whatever happens, unless ``keep``
-    asks to leave the control plane and the agent running once the demo has succeeded."""
+    """Steps 10-23 of the demo (21, an edge service rolling ``update`` out, when it is given);
+    every child process is stopped whatever happens, unless ``keep`` asks to leave the control
+    plane and the agent running once the demo has succeeded."""
     work.mkdir(parents=True, exist_ok=True)
     demo = FleetDemo(work)
     try:
@@ -352,6 +354,10 @@ def run_fleet_demo(
             assert demo.api is not None
             token = demo.api.headers["Authorization"].removeprefix("Bearer ")
             run_ai_flow(demo, base, token, grpc_port)
+        if update is not None:
+            from demo_edge import rollout_edge_service
+
+            rollout_edge_service(demo, update, grpc_port)
         print_reported(demo)
         if keep:
             keep_running(demo, base)

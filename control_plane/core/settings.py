@@ -299,6 +299,13 @@ class ServiceSettings(Section):
     proxy_timeout_s: float = Field(
         60.0, gt=0, description="How long the REST proxy waits for a replica's answer."
     )
+    rollout_tick_s: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="How often the edge rollout engine looks at running rollouts (stage "
+        "progress, bake time, health gates, devices joining or leaving a label selector).",
+    )
     telemetry_interval_s: float = Field(
         10.0,
         gt=0,
@@ -443,6 +450,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "service_restart_backoff_max_s": ("services", "backoff_max_s"),
     "service_proxy_max_body_bytes": ("services", "proxy_max_body_bytes"),
     "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
+    "rollout_tick_s": ("services", "rollout_tick_s"),
     "service_telemetry_interval_s": ("services", "telemetry_interval_s"),
     "notebooks_dir": ("notebooks", "dir"),
     "notebook_idle_s": ("notebooks", "idle_s"),

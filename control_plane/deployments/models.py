@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from control_plane.core.database import Base, utcnow
@@ -23,6 +23,15 @@ class Deployment(Base):
     package_digest: Mapped[str] = mapped_column(ForeignKey("packages.digest"))
     # {"device_id": "..."} or {"selector": {"label": "value", ...}}
     target: Mapped[dict[str, Any]] = mapped_column()
+    # install: hold the package (and activate it unless standby) | remove: uninstall the version
+    action: Mapped[str] = mapped_column(String(16), default="install")
+    # Installed but not activated; ``weight`` percent of the requests naming no version.
+    standby: Mapped[bool] = mapped_column(Boolean, default=False)
+    weight: Mapped[float] = mapped_column(Float, default=0.0)
+    # The device's local guard after activation ({"bake_s", "max_error_rate", ...}) or None.
+    guard: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Shadow warm-up before activation ({"fraction", "min_requests", ...}) or None.
+    warmup: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     package: Mapped[Package] = relationship(lazy="joined")
@@ -44,7 +53,7 @@ class DeploymentTarget(Base):
     )
     # The package's model name, denormalised: supersession is per (device, model name).
     model_name: Mapped[str] = mapped_column(String(128), index=True)
-    # pending | in_progress | installed | failed | superseded
+    # pending | in_progress | installed | failed | removed | superseded
     state: Mapped[str] = mapped_column(String(16), default="pending")
     reason: Mapped[str] = mapped_column(Text, default="")
     step: Mapped[str] = mapped_column(String(64), default="")

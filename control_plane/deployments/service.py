@@ -1,16 +1,23 @@
 """Deployments: desired state per device, supersession, and what each device's desired state is.
 
-A deployment puts one package on one device or on every device matching a label selector
-(resolved when the deployment is created). For each targeted device, it supersedes that device's
-earlier deployments of the same model name, so a device's desired state is at most one package
-per model name: the newest deployment of it.
+A deployment puts one package on one device, on a list of devices, or on every device matching a
+label selector (resolved when the deployment is created). Its action is ``install`` (hold the
+package; activate it unless ``standby``) or ``remove`` (uninstall that version). For each
+targeted device it supersedes earlier deployments:
+
+* an active install supersedes every earlier one of the same model name except removals of
+  other versions, so a device activates exactly the newest active deployment of a model (and a
+  rollback to a version it still holds is a re-activation, no download);
+* a standby install or a removal supersedes only earlier ones of the same model version, so a
+  candidate or a removal sits beside the model's active deployment.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,9 +32,15 @@ from control_plane.registry.packages.service import PackageService
 logger = logging.getLogger(__name__)
 
 # Deployment outcomes a device reports, mapped to a target's state.
-OUTCOME_STATES = {"IN_PROGRESS": "in_progress", "INSTALLED": "installed", "FAILED": "failed"}
+OUTCOME_STATES = {
+    "IN_PROGRESS": "in_progress",
+    "INSTALLED": "installed",
+    "FAILED": "failed",
+    "REMOVED": "removed",
+}
 # A late IN_PROGRESS report never moves a target out of these.
-FINAL_STATES = ("installed", "failed")
+FINAL_STATES = ("installed", "failed", "removed")
+ACTIONS = ("install", "remove")
 
 
 @dataclass(frozen=True)
@@ -49,6 +62,27 @@ class DesiredModelView:
     package_size: int
     chunk_size: int
     chunk_sha256: list[bytes]
+    standby: bool = False
+    weight: float = 0.0
+    guard: dict[str, Any] | None = None
+    warmup: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RemovalView:
+    deployment_id: str
+    name: str
+    version: str
+
+
+@dataclass(frozen=True)
+class DeviceModelView:
+    name: str
+    version: str
+    package_digest: str
+    active: bool
+    deployment_id: str | None
+    out_of_band: bool
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,7 @@ class DesiredStateView:
     generation: int
     deployment_id: str
     models: list[DesiredModelView]
+    removals: list[RemovalView] = field(default_factory=list)
 
 
 class DeploymentService:
@@ -70,9 +105,21 @@ class DeploymentService:
         package_digest: str | None,
         package_name: str | None,
         package_version: str | None,
-        device_id: str | None,
-        selector: dict[str, str] | None,
+        device_id: str | None = None,
+        selector: dict[str, str] | None = None,
+        device_ids: list[str] | None = None,
+        action: str = "install",
+        standby: bool = False,
+        weight: float = 0.0,
+        guard: dict[str, Any] | None = None,
+        warmup: dict[str, Any] | None = None,
+        publish: bool = True,
     ) -> Deployment:
+        """Record the deployment, bump each target's generation, publish their desired states.
+
+        ``publish=False`` leaves publishing to the caller (``publish``), for one that creates
+        several deployments in one go.
+        """
         packages = PackageService(self.session, self.ctx)
         if package_digest:
             package = packages.get(package_digest)
@@ -80,43 +127,77 @@ class DeploymentService:
             package = packages.find(package_name, package_version)
         else:
             raise InvalidRequest("name the package by digest, or by name and version")
-        if (device_id is None) == (selector is None):
+        if action not in ACTIONS:
+            raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}")
+        if action == "remove" and (standby or weight or guard or warmup):
+            raise InvalidRequest("standby, weight, guard and warmup are for action install")
+        if standby and (guard or warmup):
+            raise InvalidRequest("guard and warmup are for a version that is activated")
+        if weight and not standby:
+            raise InvalidRequest("weight is for a standby version (the active one takes the rest)")
+        if not 0 <= weight <= 100:
+            raise InvalidRequest("weight is a percentage, 0 to 100")
+        if sum(x is not None for x in (device_id, selector, device_ids)) != 1:
             raise InvalidRequest("target exactly one of: a device id, a label selector")
+        devices_service = DeviceService(self.session, self.ctx)
         if device_id is not None:
-            devices = [DeviceService(self.session, self.ctx).get(device_id)]
-            target = {"device_id": device_id}
+            devices = [devices_service.get(device_id)]
+            target: dict[str, Any] = {"device_id": device_id}
+        elif device_ids is not None:
+            devices = [devices_service.get(d) for d in device_ids]
+            target = {"device_ids": list(device_ids)}
+            if not devices:
+                raise InvalidRequest("no device to deploy to")
         else:
             assert selector is not None
-            devices = DeviceService(self.session, self.ctx).list(selector)
+            devices = devices_service.list(selector)
             target = {"selector": dict(selector)}
             if not devices:
                 raise InvalidRequest(f"label selector {selector} matches no device")
 
         deployment = Deployment(
-            id=f"dep-{secrets.token_hex(6)}", package_digest=package.digest, target=target
+            id=f"dep-{secrets.token_hex(6)}",
+            package_digest=package.digest,
+            target=target,
+            action=action,
+            standby=standby,
+            weight=weight,
+            guard=guard,
+            warmup=warmup,
         )
         self.session.add(deployment)
         model_name = package.name
         for device in devices:
-            self._supersede(device.id, model_name)
+            self._supersede(device.id, model_name, package.version, action, standby)
             deployment.targets.append(
                 DeploymentTarget(
-                    device_id=device.id, model_name=model_name, chunks_total=package.chunk_count
+                    device_id=device.id,
+                    model_name=model_name,
+                    chunks_total=package.chunk_count if action == "install" else 0,
                 )
             )
-            DeviceService(self.session, self.ctx).bump_desired_generation(device)
+            devices_service.bump_desired_generation(device)
         self.session.commit()
         logger.info(
-            "deployment %s: %s %s to %d device(s)",
+            "deployment %s: %s %s %s to %d device(s)",
             deployment.id,
+            action,
             package.name,
             package.version,
             len(devices),
         )
-        self.ctx.publisher.publish_desired([d.id for d in devices])
+        if publish:
+            self.ctx.publisher.publish_desired([d.id for d in devices])
         return deployment
 
-    def _supersede(self, device_id: str, model_name: str) -> None:
+    def publish(self, device_ids: list[str]) -> None:
+        """Publish the devices' desired states (after ``create(..., publish=False)``)."""
+        if device_ids:
+            self.ctx.publisher.publish_desired(sorted(set(device_ids)))
+
+    def _supersede(
+        self, device_id: str, model_name: str, version: str, action: str, standby: bool
+    ) -> None:
         older = self.session.scalars(
             select(DeploymentTarget).where(
                 DeploymentTarget.device_id == device_id,
@@ -124,9 +205,13 @@ class DeploymentService:
                 DeploymentTarget.state != "superseded",
             )
         ).all()
+        whole_model = action == "install" and not standby
         for t in older:
-            t.state = "superseded"
-            t.updated_at = utcnow()
+            dep = t.deployment
+            same_version = dep.package.version == version
+            if same_version or (whole_model and dep.action != "remove"):
+                t.state = "superseded"
+                t.updated_at = utcnow()
 
     def list(self) -> list[Deployment]:
         return list(
@@ -159,15 +244,26 @@ class DeploymentService:
                 package_size=pkg.size,
                 chunk_size=pkg.chunk_size,
                 chunk_sha256=[pkg.chunk_sha256(i) for i in range(pkg.chunk_count)],
+                standby=dep.standby,
+                weight=dep.weight,
+                guard=dep.guard,
+                warmup=dep.warmup,
             )
             for dep in deployments
+            if dep.action == "install"
             for pkg in [dep.package]
+        ]
+        removals = [
+            RemovalView(dep.id, dep.package.name, dep.package.version)
+            for dep in deployments
+            if dep.action == "remove"
         ]
         return DesiredStateView(
             device_id=device_id,
             generation=device.desired_generation,
-            deployment_id=models[-1].deployment_id if models else "",
+            deployment_id=deployments[-1].id if deployments else "",
             models=models,
+            removals=removals,
         )
 
     def device_ids_with_desired_state(self) -> list[str]:
@@ -189,6 +285,37 @@ class DeploymentService:
             ).all()
         )
 
+    def device_models(self, device_id: str) -> list[DeviceModelView]:
+        """What the device reports it holds, each with the deployment that put it there.
+
+        A version no install deployment to this device ever named (an offline bundle, a
+        package installed over the agent's own API) is ``out_of_band``: shown, and left alone
+        until a deployment or an edge service says otherwise.
+        """
+        device = DeviceService(self.session, self.ctx).get(device_id)
+        deployed: dict[str, str] = {}
+        for dep_id, digest in self.session.execute(
+            select(Deployment.id, Deployment.package_digest)
+            .join(DeploymentTarget, DeploymentTarget.deployment_id == Deployment.id)
+            .where(DeploymentTarget.device_id == device_id, Deployment.action == "install")
+            .order_by(Deployment.created_at)
+        ).all():
+            deployed[digest] = dep_id
+        out = []
+        for m in (device.reported or {}).get("models", []):
+            digest = str(m.get("package_digest", ""))
+            out.append(
+                DeviceModelView(
+                    name=str(m.get("name", "")),
+                    version=str(m.get("version", "")),
+                    package_digest=digest,
+                    active=bool(m.get("active", False)),
+                    deployment_id=deployed.get(digest),
+                    out_of_band=digest not in deployed,
+                )
+            )
+        return out
+
     def is_desired(self, device_id: str, package_digest: str) -> bool:
         """Whether the package is in the device's current desired state.
 
@@ -202,6 +329,7 @@ class DeploymentService:
                 DeploymentTarget.device_id == device_id,
                 DeploymentTarget.state != "superseded",
                 Deployment.package_digest == package_digest,
+                Deployment.action == "install",
             )
         ).first()
         return found is not None

@@ -54,11 +54,23 @@ def desired_state_to_proto(view: DesiredStateView) -> bytes:
             package_size=m.package_size,
             chunk_size=m.chunk_size,
             chunk_sha256=m.chunk_sha256,
+            standby=m.standby,
+            weight=m.weight,
+            guard=fleet_state.LocalGuard(**m.guard) if m.guard else None,
+            warmup=fleet_state.ShadowWarmup(**m.warmup) if m.warmup else None,
         )
         for m in view.models
     )
+    removals = tuple(
+        fleet_state.ModelRemoval(r.deployment_id, r.name, r.version) for r in view.removals
+    )
     state = fleet_state.DesiredState(
-        view.device_id, view.generation, view.deployment_id, models, issued_at_ms=_now_ms()
+        view.device_id,
+        view.generation,
+        view.deployment_id,
+        models,
+        issued_at_ms=_now_ms(),
+        removals=removals,
     )
     return fleet_state.encode_desired_state(state)
 

@@ -18,9 +18,9 @@ class Service(Base):
     __tablename__ = "services"
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    # online (batch and edge services come later under the same resource)
+    # online | batch | edge
     type: Mapped[str] = mapped_column(String(16))
-    # deploying | running | failed | stopped
+    # deploying | running | failed | stopped (edge services also: paused | rolled_back)
     state: Mapped[str] = mapped_column(String(16), default="deploying")
     reason: Mapped[str] = mapped_column(Text, default="")
     # {"models": [{"model", "version"}], "replicas", "threads", "max_batch_size", ...}
@@ -35,6 +35,9 @@ class Service(Base):
         cascade="all, delete-orphan",
         lazy="selectin",
         order_by="ServiceReplica.index",
+    )
+    rollouts: Mapped[list[Rollout]] = relationship(
+        cascade="all, delete-orphan", lazy="select", order_by="Rollout.number"
     )
 
 
@@ -60,3 +63,31 @@ class ServiceReplica(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     service: Mapped[Service] = relationship(back_populates="replicas")
+
+
+class Rollout(Base):
+    """One staged rollout of an edge service's model version, and its history once done.
+
+    ``plan`` is the whole state machine's memory (stages, their devices, deployments, the
+    previous version of each device, gate figures), so a control plane killed in the middle
+    resumes from the database alone (``services/rollouts/engine.py``).
+    """
+
+    __tablename__ = "service_rollouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service_name: Mapped[str] = mapped_column(
+        ForeignKey("services.name", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per service
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(128))
+    package_digest: Mapped[str] = mapped_column(String(64))
+    # running | paused | succeeded | failed | aborted | rolled_back | superseded
+    state: Mapped[str] = mapped_column(String(16), default="running")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    stage: Mapped[int] = mapped_column(Integer, default=0)  # index into plan["stages"]
+    plan: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,9 +1,10 @@
-"""/services: online services (create, list, get, roll to new versions, delete) and batch
-services (create, follow, read the results, delete)."""
+"""/services: online services (create, list, get, roll to new versions, delete), batch
+services (create, follow, read the results, delete) and edge services (staged rollouts to devices:
+history, pause, resume, abort, rollback)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response, UploadFile, status
 from fastapi.responses import StreamingResponse
@@ -11,13 +12,16 @@ from starlette.concurrency import run_in_threadpool
 
 from control_plane.core.context import app_state
 from control_plane.core.deps import ContextDep, SessionDep
-from control_plane.core.errors import PayloadTooLarge
+from control_plane.core.errors import InvalidRequest, PayloadTooLarge
 from control_plane.services.batch import csv_chunks
 from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.proxy import ReplicaProxy
+from control_plane.services.rollouts.engine import RolloutEngine
+from control_plane.services.rollouts.service import RolloutService
 from control_plane.services.schemas import (
     InputUpload,
     ResultPage,
+    RolloutPublic,
     ServiceCreate,
     ServicePublic,
     ServiceUpdate,
@@ -45,6 +49,13 @@ def get_proxy(request: Request) -> ReplicaProxy:
 
 
 ProxyDep = Annotated[ReplicaProxy, Depends(get_proxy)]
+
+
+def get_rollout_engine(request: Request) -> RolloutEngine:
+    return app_state(request.app, "rollouts", RolloutEngine.start)
+
+
+RolloutEngineDep = Annotated[RolloutEngine, Depends(get_rollout_engine)]
 
 
 def get_device_batches(request: Request) -> DeviceBatches:
@@ -154,6 +165,37 @@ def get_versions(
     """Requests, errors and p50 / p99 per model version over the service's replicas, each
     compared with ``baseline`` (default: the version the service serves now)."""
     return ServiceManager(session, ctx, supervisor).versions(name, baseline)
+
+
+@router.get("/{name}/rollouts")
+def list_rollouts(
+    name: str, session: SessionDep, ctx: ContextDep, supervisor: SupervisorDep
+) -> list[RolloutPublic]:
+    """An edge service's rollouts, newest first: stages, device states, gate figures."""
+    service = ServiceManager(session, ctx, supervisor).get(name)
+    rollouts = RolloutService(session, ctx)
+    return [rollouts.public(r) for r in rollouts.history(service.name)]
+
+
+@router.post("/{name}/rollout/{action}")
+def act_on_rollout(
+    name: str,
+    action: Literal["pause", "resume", "abort", "rollback"],
+    session: SessionDep,
+    ctx: ContextDep,
+    supervisor: SupervisorDep,
+    engine: RolloutEngineDep,
+) -> RolloutPublic:
+    """Pause, resume or abort the latest rollout, or roll every device it reached back to the
+    version that device had before (a re-activation where the device still holds it)."""
+    service = ServiceManager(session, ctx, supervisor).get(name)
+    if service.type != "edge":
+        raise InvalidRequest(f"service {name} is a {service.type} service; rollouts are edge's")
+    rollouts = RolloutService(session, ctx)
+    rollout = getattr(rollouts, action)(service)
+    session.commit()
+    engine.wake()
+    return rollouts.public(rollout)
 
 
 @router.get("/{name}/results")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from control_plane.core.schemas import OrmModel
+from control_plane.deployments.schemas import GuardSpec, WarmupSpec
 
 #: Path segments under ``/services`` that are not service names.
 RESERVED_NAMES = ("inputs",)
@@ -95,17 +96,96 @@ class DetectionOutputs(BaseModel):
     iou_threshold: float = Field(0.5, gt=0, le=1, description="IoU from which a box matches.")
 
 
+Share = Annotated[
+    int | str,
+    Field(description='A device count (e.g. 1) or a percentage of the targets (e.g. "25%").'),
+]
+
+
+class EdgeTargets(BaseModel):
+    """The devices an edge service runs on: a fixed list, or a label selector that stays live
+    (a device registered or relabelled later joins, one that stops matching leaves)."""
+
+    device_ids: list[str] | None = Field(None, min_length=1, max_length=10000)
+    selector: dict[str, str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.device_ids is None) == (self.selector is None):
+            raise ValueError("targets: give exactly one of device_ids, selector")
+        return self
+
+
+class RolloutStrategy(BaseModel):
+    """Stages: a canary, then waves; each stage bakes before its gates decide."""
+
+    canary: Share = 1
+    waves: list[Share] = Field(
+        default_factory=lambda: ["100%"],
+        max_length=20,
+        description="Cumulative: each wave brings the total to this share; the last one "
+        "always ends with every target.",
+    )
+    bake_s: float = Field(60.0, ge=0, le=7 * 86400, description="Bake time of every stage.")
+
+    @model_validator(mode="after")
+    def _shares(self) -> Self:
+        for share in [self.canary, *self.waves]:
+            parse_share(share)
+        return self
+
+
+class HealthGates(BaseModel):
+    """Checked on a stage's devices from their per-version telemetry while it bakes."""
+
+    max_error_rate: float = Field(0.01, ge=0, le=1, description="errors / requests at most.")
+    max_p99_ms: float | None = Field(None, gt=0, description="p99 latency at most (ms).")
+    max_p99_ratio: float | None = Field(
+        None, gt=0, description="p99 at most k x the previous version's on the same devices."
+    )
+    min_requests: int = Field(
+        0, ge=0, description="Requests the stage must have answered before it can pass."
+    )
+    require_online: bool = Field(True, description="Every device of the stage stays online.")
+
+
+def parse_share(share: int | str) -> tuple[int, float]:
+    """(count, 0) or (0, fraction); ``ValueError`` for anything else."""
+    if isinstance(share, int):
+        if share < 1:
+            raise ValueError(f"a device count must be at least 1, got {share}")
+        return share, 0.0
+    text = share.strip()
+    if not text.endswith("%"):
+        raise ValueError(f"{share!r}: give a count or a percentage such as '25%'")
+    pct = float(text[:-1])
+    if not 0 < pct <= 100:
+        raise ValueError(f"{share!r}: a percentage is in (0, 100]")
+    return 0, pct / 100
+
+
 #: Settings that only mean something for a service that keeps serving requests.
 _ONLINE_ONLY_MODEL_FIELDS = ("max_batch_size", "max_queue_delay_ms")
 
 
 class ServiceCreate(BaseModel):
     name: str = ServiceName
-    type: Literal["online", "batch"] = "online"
+    type: Literal["online", "batch", "edge"] = "online"
     models: list[ServiceModel] = Field(min_length=1, max_length=16)
     replicas: int = Field(1, ge=1, le=16, description="Agent processes serving it.")
     input: BatchInput | None = Field(
         None, description="Batch services only: the dataset version split to predict over."
+    )
+    targets: EdgeTargets | None = Field(None, description="Edge services only: the devices.")
+    strategy: RolloutStrategy | None = Field(
+        None, description="Edge services only: canary, waves, bake time."
+    )
+    gates: HealthGates | None = Field(None, description="Edge services only: health gates.")
+    guard: GuardSpec | None = Field(
+        None, description="Edge services only: each device's own guard after activation."
+    )
+    warmup: WarmupSpec | None = Field(
+        None, description="Edge services only: shadow warm-up on each device before activation."
     )
     detection: DetectionOutputs | None = Field(
         None,
@@ -132,6 +212,22 @@ class ServiceCreate(BaseModel):
     def _fits_type(self) -> Self:
         """Refuse fields of the other type rather than silently ignore them: a batch request
         asking for replicas or dynamic batching would otherwise get something it did not ask."""
+        edge_fields = [
+            f
+            for f in ("targets", "strategy", "gates", "guard", "warmup")
+            if getattr(self, f) is not None
+        ]
+        if self.type == "edge":
+            if self.targets is None:
+                raise ValueError("an edge service needs targets (device_ids or selector)")
+            if len(self.models) != 1:
+                raise ValueError("an edge service rolls out one model version")
+            batch_only = self.input, self.device, self.detection
+            if any(f is not None for f in batch_only) or "replicas" in self.model_fields_set:
+                raise ValueError("input, device, detection and replicas are not for edge services")
+            return self
+        if edge_fields:
+            raise ValueError(f"{', '.join(edge_fields)}: edge services only (type: edge)")
         if self.type == "online":
             if self.input is not None:
                 raise ValueError("input is for batch services (type: batch)")
@@ -281,6 +377,8 @@ class ServicePublic(BaseModel):
     batch: BatchProgress | None = None
     evaluation: Evaluation | None = None
     detection_evaluation: DetectionEvaluation | None = None
+    targets: EdgeTargets | None = None
+    rollout: RolloutPublic | None = Field(None, description="Edge services: the latest rollout.")
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -323,3 +421,53 @@ class ServiceVersions(BaseModel):
     service: str
     telemetry_interval_s: float = Field(description="How often replicas send their figures.")
     items: list[VersionFigures]
+
+
+class GateResult(BaseModel):
+    gate: str = Field(description="installs | online | error_rate | p99_ms | p99_ratio | traffic")
+    passed: bool
+    value: float | None = None
+    limit: float | None = None
+    detail: str = ""
+
+
+class StagePublic(BaseModel):
+    name: str = Field(description="canary | wave-1 | wave-2 | ...")
+    devices: list[str]
+    state: str = Field(
+        description="pending | deploying | baking | passed | failed | rolled_back | skipped"
+    )
+    deployment_id: str = ""
+    previous: dict[str, str | None] = Field(
+        default_factory=dict, description="Each device's active version before the stage."
+    )
+    gates: list[GateResult] = Field(default_factory=list)
+    device_states: dict[str, str] = Field(
+        default_factory=dict, description="Each device's deployment state."
+    )
+    rollback_deployments: list[str] = Field(default_factory=list)
+
+
+class RolloutPublic(OrmModel):
+    id: str
+    number: int
+    model: str
+    version: str
+    package_digest: str
+    state: str = Field(
+        description="running | paused | succeeded | failed | aborted | rolled_back | superseded"
+    )
+    reason: str
+    stage: int
+    stages: list[StagePublic] = Field(default_factory=list)
+    joined: dict[str, str] = Field(
+        default_factory=dict,
+        description="Devices that joined the selector after planning, and what they were given.",
+    )
+    left: list[str] = Field(default_factory=list)
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    finished_at: dt.datetime | None
+
+
+ServicePublic.model_rebuild()

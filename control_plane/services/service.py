@@ -5,6 +5,9 @@ Creating a service records it and its replicas, registers each replica as a flee
 then starts the agents and deploys the models to them. Nothing long runs inside a request except
 a delete, which waits for the replicas to stop.
 
+An edge service (``type: edge``) runs on fleet devices instead: creating or updating it records
+a staged rollout (``rollouts/``) that the rollout engine carries out; it has no replicas.
+
 A batch service (``type: batch``) is the same with one replica and an input: creating it
 selects the dataset version's samples (a bad reference fails the request) and writes them where
 the supervisor's batch follower finds them; its results are read back here.
@@ -31,10 +34,13 @@ from control_plane.services import batch, device_batch
 from control_plane.services.device_batch import DeviceBatches
 from control_plane.services.inputs import InputStore
 from control_plane.services.models import Service, ServiceReplica
+from control_plane.services.rollouts.engine import latest_rollout
+from control_plane.services.rollouts.service import RolloutService
 from control_plane.services.schemas import (
     BatchInput,
     BatchProgress,
     DetectionEvaluation,
+    EdgeTargets,
     Evaluation,
     InputUpload,
     ReplicaPublic,
@@ -128,6 +134,12 @@ class ServiceManager:
                 if "detection_evaluation" in service.spec
                 else None
             ),
+            targets=EdgeTargets(**service.spec["targets"]) if "targets" in service.spec else None,
+            rollout=(
+                RolloutService(self.session, self.ctx).public(rollout)
+                if (rollout := latest_rollout(self.session, service.name)) is not None
+                else None
+            ),
             created_at=service.created_at,
             updated_at=service.updated_at,
         )
@@ -164,6 +176,8 @@ class ServiceManager:
     def create(self, spec: ServiceCreate) -> Service:
         if self.session.get(Service, spec.name) is not None:
             raise Conflict(f"service {spec.name} already exists")
+        if spec.type == "edge":
+            return self._create_edge(spec)
         if spec.device is not None:
             self._check_device(spec.device, spec.models[0])
         else:
@@ -230,11 +244,47 @@ class ServiceManager:
         self.supervisor.wake()
         return service
 
+    def _create_edge(self, spec: ServiceCreate) -> Service:
+        assert spec.targets is not None
+        rollouts = RolloutService(self.session, self.ctx)
+        rollouts.package_of(spec.models[0].model, spec.models[0].version)  # refuse unknown
+        if not rollouts.targets(spec.targets) and spec.targets.device_ids is not None:
+            raise InvalidRequest("no target device")
+        service = Service(
+            name=spec.name,
+            type="edge",
+            spec={
+                "models": [{"model": m.model, "version": m.version} for m in spec.models],
+                "targets": spec.targets.model_dump(exclude_none=True),
+                "strategy": (spec.strategy.model_dump() if spec.strategy else None),
+                "gates": (spec.gates.model_dump() if spec.gates else None),
+                "guard": (spec.guard.model_dump() if spec.guard else None),
+                "warmup": (spec.warmup.model_dump() if spec.warmup else None),
+            },
+        )
+        self.session.add(service)
+        self.session.flush()
+        rollouts.start(service)
+        self.session.commit()
+        return service
+
     def update(self, name: str, change: ServiceUpdate) -> Service:
-        """New model versions, rolled out one replica at a time by the supervisor."""
+        """New model versions, rolled out one replica at a time by the supervisor (a new staged
+        rollout for an edge service)."""
         service = self.get(name)
         if service.type == "batch":
             raise InvalidRequest("a batch service runs one model version; create another one")
+        if service.type == "edge":
+            if len(change.models) != 1:
+                raise InvalidRequest("an edge service rolls out one model version")
+            m = change.models[0]
+            RolloutService(self.session, self.ctx).package_of(m.model, m.version)
+            service.spec = {**service.spec, "models": [{"model": m.model, "version": m.version}]}
+            service.generation += 1
+            service.updated_at = utcnow()
+            RolloutService(self.session, self.ctx).start(service)
+            self.session.commit()
+            return service
         self._check_models(change.models)
         service.spec = {**service.spec, "models": [m.model_dump() for m in change.models]}
         service.generation += 1

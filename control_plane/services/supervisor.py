@@ -176,6 +176,8 @@ class Supervisor:
         rows of those that are gone are reset, to be started by the first tick."""
         with self.ctx.sessions() as session:
             for service in session.scalars(select(Service)).all():
+                if service.type == "edge":
+                    continue  # devices run it; the rollout engine drives it
                 for replica in service.replicas:
                     key = (replica.service_name, replica.index)
                     if replica.pid and _runs(replica.pid, self._config(key)):
@@ -191,7 +193,7 @@ class Supervisor:
         with self._lock, self.ctx.sessions() as session:
             services = session.scalars(select(Service)).all()
             for service in services:
-                if service.state == "stopped":
+                if service.state == "stopped" or service.type == "edge":
                     continue
                 batch = service.type == "batch"
                 if batch and service.spec.get("device"):

@@ -14,6 +14,17 @@ Flow for each DesiredState (retained on ``<prefix>/desired``):
 3. Record and report INSTALLED or FAILED with the step and the reason. The installer leaves the
    previous version serving on any failure.
 
+Activation is explicit: the entry of a model that is not ``standby`` becomes its active version,
+whether it was just installed or already held, so deploying a version the device still holds
+re-activates it without a download (a rollback). Standby entries are installed without
+activation and, with a weight, take that percentage of the requests that name no version (the
+split in ``serving/traffic.py``). ``removals`` uninstall versions. An entry with a ``guard``
+starts the local guard (``guard.py``) after its activation: on a breach the previous version is
+re-activated at once, the deployment is recorded FAILED at step ``guard`` with the figures (sent
+when the broker is reachable) and that deployment is never activated again. An entry with a
+``warmup`` is first the active version's shadow (``warmup.py``) and is activated only if its
+answers agree; else FAILED at step ``shadow``, installed but not active.
+
 A newer DesiredState supersedes the one being worked on between chunks (what was downloaded
 stays on disk); an install in progress is never interrupted. Reported state is published retained
 at start, after every change and after every reconnect; telemetry goes through the outbox.
@@ -30,7 +41,8 @@ from typing import Any
 
 from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
-from edge_agent.fleet import codec
+from edge_agent.errors import AgentError
+from edge_agent.fleet import codec, guard, warmup
 from edge_agent.fleet.batch import BatchJobs, DeviceBatchRunner
 from edge_agent.fleet.domain import INSTALLED, ModelReport, Reported, Result, TelemetryOut
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError, remove_stale
@@ -51,8 +63,9 @@ from edge_agent.metrics import METRICS
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.served_model import ServedModel
 from edge_agent.serving.stats import ModelStats, quantile_ms
+from edge_agent.serving.traffic import TrafficSplit
 from protos import fleet_topics as topics
-from protos.fleet_state import DesiredModel, DesiredState
+from protos.fleet_state import DesiredModel, DesiredState, ModelRemoval
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +128,7 @@ class FleetClient:
         self._outbox_wakeup = asyncio.Event()
         self._last_progress = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        self._guards: dict[str, asyncio.Task[None]] = {}  # model name -> its guard watch
         self.batches: DeviceBatchRunner | None = None
         if jobs is not None:
             self.batches = DeviceBatchRunner(
@@ -146,9 +160,9 @@ class FleetClient:
     async def stop(self) -> None:
         if self.batches is not None:
             await self.batches.stop()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._guards.values()]:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._guards.values(), return_exceptions=True)
         if self.link is not None:
             await asyncio.to_thread(self.link.stop)
         self.outbox.close()
@@ -373,14 +387,22 @@ class FleetClient:
             self.state.save()
             crash_point("after_generation_write")
         log.info(
-            "reconciling desired generation %d (%d models)", desired.generation, len(desired.models)
+            "reconciling desired generation %d (%d models, %d removals)",
+            desired.generation,
+            len(desired.models),
+            len(desired.removals),
         )
-        self.state.prune({m.key for m in desired.models})
+        self.state.prune({m.key for m in desired.models} | {r.key for r in desired.removals})
         remove_stale(self.downloads_root, {m.package_digest for m in desired.models})
         self._publish_reported()
+        for r in desired.removals:
+            self._check_current(desired)
+            await self._remove(r)
+        active = desired.active_entries()
         for m in desired.models:
             self._check_current(desired)
-            await self._deploy(desired, m)
+            await self._deploy(desired, m, activate=active.get(m.name) is m)
+        await self._apply_weights(desired)
         self.state.save()
         self._publish_reported()
 
@@ -388,15 +410,38 @@ class FleetClient:
         entry = self.store.load_state().models.get(m.name)
         return entry is not None and entry.versions.get(m.version) == m.package_digest
 
-    async def _deploy(self, desired: DesiredState, m: DesiredModel) -> None:
-        key = m.key
-        if self._committed(m):
-            previous = self.state.results.get(key)
-            if previous is None or previous.outcome != INSTALLED:
-                self._finish(key, m, Result.installed(m))
-            ChunkDownload.discard(self.downloads_root, m.package_digest)
+    async def _remove(self, r: ModelRemoval) -> None:
+        previous = self.state.results.get(r.key)
+        if previous is not None and previous.final:
             return
+        held = await self.installer.uninstall(r.name, r.version)
+        result = Result.removed(r, "" if held else "was not installed")
+        self.state.set_result(r.key, result)
+        self.state.save()
+        log.info("removal %s of %s:%s: %s", r.deployment_id, r.name, r.version, result.reason)
+        self.record(
+            "deployment_event",
+            {"deployment_id": r.deployment_id, "name": r.name, "version": r.version}
+            | {"outcome": result.outcome, "step": result.step, "reason": result.reason},
+        )
+        self._publish_reported()
+
+    async def _deploy(self, desired: DesiredState, m: DesiredModel, activate: bool) -> None:
+        key = m.key
         previous = self.state.results.get(key)
+        if self._committed(m):
+            ChunkDownload.discard(self.downloads_root, m.package_digest)
+            if previous is not None and previous.final:
+                # Carried out once already (or reverted by the local guard): what changed on
+                # the device since (an offline bundle, a local activation) is not fought until
+                # a new deployment says otherwise.
+                return
+            if activate and self.repo.active_version(m.name) != m.version:
+                failed = await self._warm_up(m)
+                self._finish(key, m, failed or await self._activate(m))
+            else:
+                self._finish(key, m, Result.installed(m))
+            return
         if previous is not None and previous.final:
             return  # repeated desired state: the outcome stands and is already reported
         try:
@@ -410,10 +455,18 @@ class FleetClient:
             self._progress(key, Result.in_progress(m, "install", m.chunk_count), force=True)
             self.state.save()
             crash_point("before_install")
-            outcome, _ = await self.installer.install(path, activate=True)
+            prior = self.repo.active_version(m.name)
+            warm = activate and m.warmup is not None and prior not in (None, m.version)
+            outcome, served = await self.installer.install(path, activate=activate and not warm)
             crash_point("after_install")
             if outcome.outcome == "COMMITTED":
                 result = Result.installed(m)
+                if warm:
+                    failed = await self._warm_up(m)
+                    result = failed or await self._activate(m)
+                    result = Result.installed(m) if result.outcome == INSTALLED else result
+                elif activate and served is not None:
+                    self._start_guard(m, prior, served)
             else:
                 result = Result.failed(m, outcome.failed_step, outcome.reason)
         except DownloadError as exc:
@@ -422,6 +475,99 @@ class FleetClient:
             result = Result.failed(m, exc.step, exc.reason)
         self._finish(key, m, result)
         ChunkDownload.discard(self.downloads_root, m.package_digest)
+
+    async def _warm_up(self, m: DesiredModel) -> Result | None:
+        """The shadow warm-up before activating ``m``: None when it passed (or none is asked)."""
+        if m.warmup is None or self.repo.active_version(m.name) is None:
+            return None
+        log.info("shadow warm-up of %s:%s", m.name, m.version)
+        try:
+            passed, figures = await warmup.warm_up(
+                self.installer, self.repo, m.name, m.version, m.warmup
+            )
+        except AgentError as exc:
+            return Result.failed(m, "shadow", str(exc))
+        log.info("shadow warm-up of %s:%s: %s", m.name, m.version, figures)
+        return None if passed else Result.failed(m, "shadow", figures)
+
+    async def _activate(self, m: DesiredModel) -> Result:
+        """Re-activate a version the device already holds: no download, no reload."""
+        prior = self.repo.active_version(m.name)
+        try:
+            served = await self.installer.activate(m.name, m.version)
+        except AgentError as exc:
+            return Result.failed(m, "activate", str(exc), chunks_done=0)
+        log.info("re-activated %s:%s (was %s)", m.name, m.version, prior)
+        self._start_guard(m, prior, served)
+        return Result.activated(m)
+
+    async def _apply_weights(self, desired: DesiredState) -> None:
+        """Standby weights -> the model's traffic split; the active version takes the rest."""
+        names = {m.name for m in desired.models} | set(self.state.split_models)
+        for name in sorted(names):
+            active = self.repo.active_version(name)
+            if active is None:
+                continue
+            weights = {
+                m.version: m.weight
+                for m in desired.models
+                if m.name == name and m.standby and m.weight > 0 and self.repo.has(name, m.version)
+            }
+            weights.pop(active, None)
+            if weights:
+                weights[active] = max(0.0, 100.0 - sum(weights.values()))
+                split = TrafficSplit(weights)
+            elif name in self.state.split_models:
+                split = TrafficSplit()
+            else:
+                continue
+            if self.repo.traffic(name) == split:
+                continue
+            try:
+                await self.installer.set_traffic(name, split)
+            except AgentError as exc:
+                log.warning("traffic split of %s from the desired state refused: %s", name, exc)
+                continue
+            if split.is_default:
+                self.state.split_models.discard(name)
+            else:
+                self.state.split_models.add(name)
+            log.info("traffic split of %s: %s", name, dict(split.weights) or "active only")
+
+    # --- local guard ------------------------------------------------------------------------
+
+    def _start_guard(self, m: DesiredModel, prior: str | None, served: ServedModel) -> None:
+        if m.guard is None or m.guard.bake_s <= 0:
+            return
+        old = self._guards.pop(m.name, None)
+        if old is not None:
+            old.cancel()  # a newer activation of the model: its own watch replaces this one
+        self._guards[m.name] = asyncio.create_task(self._guard(m, prior, served))
+
+    async def _guard(self, m: DesiredModel, prior: str | None, served: ServedModel) -> None:
+        assert m.guard is not None
+        why, figures = await guard.watch(m.guard, served)
+        if self._guards.get(m.name) is asyncio.current_task():
+            del self._guards[m.name]
+        if not why:
+            log.info("guard of %s:%s passed: %s", m.name, m.version, figures.describe())
+            return
+        if self.repo.active_version(m.name) != m.version:
+            return  # something else was activated meanwhile: nothing of ours to undo
+        if prior is None or prior == m.version or not self.repo.has(m.name, prior):
+            log.error(
+                "guard of %s:%s breached (%s) with no version to revert to", m.name, m.version, why
+            )
+            return
+        await self.installer.activate(m.name, prior)
+        reason = f"{why} ({figures.describe()}); reverted to version {prior}"
+        log.warning("guard of %s:%s: %s", m.name, m.version, reason)
+        self.record(
+            "guard_revert",
+            {"name": m.name, "version": m.version, "reverted_to": prior, "reason": why}
+            | {"requests": figures.requests, "errors": figures.errors, "p99_ms": figures.p99_ms},
+        )
+        self._finish(m.key, m, Result.failed(m, "guard", reason))
 
     def _done_chunks(self, m: DesiredModel) -> int:
         chunks = self.downloads_root / m.package_digest / "chunks"

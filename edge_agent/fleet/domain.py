@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from protos.fleet_state import DesiredModel
+from protos.fleet_state import DesiredModel, ModelRemoval
 
-IN_PROGRESS, INSTALLED, FAILED = "IN_PROGRESS", "INSTALLED", "FAILED"
+IN_PROGRESS, INSTALLED, FAILED, REMOVED = "IN_PROGRESS", "INSTALLED", "FAILED", "REMOVED"
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Result:
     """
 
     deployment_id: str
-    outcome: str  # IN_PROGRESS | INSTALLED | FAILED
+    outcome: str  # IN_PROGRESS | INSTALLED | FAILED | REMOVED
     step: str = ""
     reason: str = ""
     chunks_done: int = 0
@@ -45,6 +45,16 @@ class Result:
         )
 
     @classmethod
+    def activated(cls, m: DesiredModel) -> Result:
+        """Installed already (no chunk fetched) and made the active version again."""
+        return cls(m.deployment_id, INSTALLED, "activate", "", 0, m.chunk_count, m.package_digest)
+
+    @classmethod
+    def removed(cls, r: ModelRemoval, reason: str = "") -> Result:
+        """A removal done (``reason`` says when there was nothing to remove)."""
+        return cls(r.deployment_id, REMOVED, "uninstall", reason)
+
+    @classmethod
     def failed(
         cls, m: DesiredModel, step: str, reason: str, chunks_done: int | None = None
     ) -> Result:
@@ -54,7 +64,7 @@ class Result:
 
     @property
     def final(self) -> bool:
-        return self.outcome in (INSTALLED, FAILED)
+        return self.outcome in (INSTALLED, FAILED, REMOVED)
 
 
 @dataclass(frozen=True)

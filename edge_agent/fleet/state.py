@@ -7,6 +7,8 @@
 * ``attempts``: installs started per key, so an install that keeps killing the agent ends FAILED
   instead of looping.
 * ``last_result``: the key of the result that ReportedState.last_result carries.
+* ``split_models``: models whose traffic split the desired state set (standby weights), so the
+  split is cleared when the weights go, and a split set locally over gRPC is left alone.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ class FleetState:
         }
         self.attempts: dict[str, int] = {k: int(v) for k, v in doc.get("attempts", {}).items()}
         self.last_key: str = str(doc.get("last_key", ""))
+        self.split_models: set[str] = set(doc.get("split_models", []))
 
     @property
     def last_result(self) -> Result | None:
@@ -52,5 +55,6 @@ class FleetState:
                 "results": {k: asdict(v) for k, v in self.results.items()},
                 "attempts": self.attempts,
                 "last_key": self.last_key,
+                "split_models": sorted(self.split_models),
             },
         )

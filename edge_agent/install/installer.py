@@ -195,6 +195,35 @@ class Installer:
         self.store.save_state(state)
         return served
 
+    async def uninstall(self, name: str, version: str) -> bool:
+        """Forget a committed version: state first (atomic), then memory, then its files.
+
+        Removing the active version hands activity to the newest version left, so a model with
+        any version installed always answers. Returns False when the version was not installed
+        (a repeated removal is harmless).
+        """
+        async with self._lock:
+            state = self.store.load_state()
+            entry = state.models.get(name)
+            if entry is None or version not in entry.versions:
+                return False
+            del entry.versions[version]
+            if entry.active == version:
+                left = [v for v in self.repo.versions(name) if v.version in entry.versions]
+                entry.active = left[-1].version if left else next(iter(entry.versions), None)
+            if not entry.versions:
+                del state.models[name]
+            self.store.save_state(state)
+            served = self.repo.remove(name, version)
+            if entry.active is not None and self.repo.has(name, entry.active):
+                self.repo.set_active(name, entry.active)
+            self.store.save_traffic(self.repo.splits())
+            self.store.remove_unreferenced(state.digests())
+            if served is not None:
+                asyncio.get_running_loop().create_task(close_later([served]))
+            log.info("uninstalled %s:%s", name, version)
+            return True
+
     async def set_traffic(self, name: str, split: TrafficSplit) -> TrafficSplit:
         """Check and swap in a model's split, then persist every split (``traffic.json``).
 

@@ -70,7 +70,8 @@ class Deployments(ResourceBase):
     @route("POST", "/deployments")
     def create(self, **target: Any) -> Deployment:
         """``package_digest`` (or ``package_name`` + ``package_version``) to ``device_id`` or a
-        label ``selector``."""
+        label ``selector``; optionally ``action`` (install | remove), ``standby``, ``weight``,
+        ``guard``, ``warmup``."""
         return self._one(Deployment, self._t.call("POST", "/deployments", json=target))
 
     @route("GET", "/deployments")
@@ -80,6 +81,11 @@ class Deployments(ResourceBase):
     @route("GET", "/deployments/{deployment_id}")
     def get(self, deployment_id: str) -> Deployment:
         return self._one(Deployment, self._t.call("GET", f"/deployments/{seg(deployment_id)}"))
+
+    @route("GET", "/deployments/devices/{device_id}/models")
+    def device_models(self, device_id: str) -> Any:
+        """What a device reports holding, each with its deployment or ``out_of_band``."""
+        return self._t.call("GET", f"/deployments/devices/{seg(device_id)}/models")
 
     def wait(
         self,

@@ -15,8 +15,9 @@ from edge_inference_sdk.transport import Progress
 class Services(ResourceBase):
     @route("POST", "/services")
     def create(self, name: str, models: list[dict[str, Any]], **spec: Any) -> Service:
-        """``models``: ``[{"model": name, "version": v}]``; ``type`` online|batch, ``replicas``,
-        ``input`` for batch services."""
+        """``models``: ``[{"model": name, "version": v}]``; ``type`` online|batch|edge,
+        ``replicas``, ``input`` for batch services, ``targets``, ``strategy``, ``gates``,
+        ``guard``, ``warmup`` for edge services."""
         body = {"name": name, "models": models, **spec}
         return self._one(Service, self._t.call("POST", "/services", json=body))
 
@@ -79,6 +80,28 @@ class Services(ResourceBase):
     @route("DELETE", "/services/inputs/{upload_id}")
     def delete_input(self, upload_id: str) -> None:
         self._t.call("DELETE", f"/services/inputs/{seg(upload_id)}")
+
+    @route("GET", "/services/{name}/rollouts")
+    def rollouts(self, name: str) -> Any:
+        """An edge service's rollouts, newest first (stages, device states, gate figures)."""
+        return self._t.call("GET", f"/services/{seg(name)}/rollouts")
+
+    @route("POST", "/services/{name}/rollout/{action}")
+    def rollout_action(self, name: str, action: str) -> Any:
+        """``pause``, ``resume``, ``abort`` or ``rollback`` an edge service's latest rollout."""
+        return self._t.call("POST", f"/services/{seg(name)}/rollout/{seg(action)}")
+
+    def pause(self, name: str) -> Any:
+        return self.rollout_action(name, "pause")
+
+    def resume(self, name: str) -> Any:
+        return self.rollout_action(name, "resume")
+
+    def abort(self, name: str) -> Any:
+        return self.rollout_action(name, "abort")
+
+    def rollback(self, name: str) -> Any:
+        return self.rollout_action(name, "rollback")
 
     @route("GET", "/services/{name}/versions")
     def versions(self, name: str, baseline: str | None = None) -> Any:

@@ -8,21 +8,23 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class DesiredState(_message.Message):
-    __slots__ = ("device_id", "generation", "deployment_id", "models", "issued_at_ms")
+    __slots__ = ("device_id", "generation", "deployment_id", "models", "issued_at_ms", "removals")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     MODELS_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    REMOVALS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     generation: int
     deployment_id: str
     models: _containers.RepeatedCompositeFieldContainer[DesiredModel]
     issued_at_ms: int
-    def __init__(self, device_id: _Optional[str] = ..., generation: _Optional[int] = ..., deployment_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[DesiredModel, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ...) -> None: ...
+    removals: _containers.RepeatedCompositeFieldContainer[ModelRemoval]
+    def __init__(self, device_id: _Optional[str] = ..., generation: _Optional[int] = ..., deployment_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[DesiredModel, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., removals: _Optional[_Iterable[_Union[ModelRemoval, _Mapping]]] = ...) -> None: ...
 
 class DesiredModel(_message.Message):
-    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256")
+    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +33,10 @@ class DesiredModel(_message.Message):
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STANDBY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     name: str
     version: str
@@ -39,7 +45,47 @@ class DesiredModel(_message.Message):
     chunk_size: int
     chunk_count: int
     chunk_sha256: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    standby: bool
+    weight: float
+    guard: LocalGuard
+    warmup: ShadowWarmup
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ...) -> None: ...
+
+class ShadowWarmup(_message.Message):
+    __slots__ = ("fraction", "min_requests", "min_agreement", "max_abs_diff", "timeout_s")
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_AGREEMENT_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    fraction: float
+    min_requests: int
+    min_agreement: float
+    max_abs_diff: float
+    timeout_s: float
+    def __init__(self, fraction: _Optional[float] = ..., min_requests: _Optional[int] = ..., min_agreement: _Optional[float] = ..., max_abs_diff: _Optional[float] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class LocalGuard(_message.Message):
+    __slots__ = ("bake_s", "max_error_rate", "max_p99_ms", "min_requests")
+    BAKE_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    bake_s: float
+    max_error_rate: float
+    max_p99_ms: float
+    min_requests: int
+    def __init__(self, bake_s: _Optional[float] = ..., max_error_rate: _Optional[float] = ..., max_p99_ms: _Optional[float] = ..., min_requests: _Optional[int] = ...) -> None: ...
+
+class ModelRemoval(_message.Message):
+    __slots__ = ("deployment_id", "name", "version")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    name: str
+    version: str
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ReportedState(_message.Message):
     __slots__ = ("device_id", "agent_version", "models", "last_result", "timestamp_ms", "desired_generation")
@@ -79,10 +125,12 @@ class DeploymentResult(_message.Message):
         IN_PROGRESS: _ClassVar[DeploymentResult.Outcome]
         INSTALLED: _ClassVar[DeploymentResult.Outcome]
         FAILED: _ClassVar[DeploymentResult.Outcome]
+        REMOVED: _ClassVar[DeploymentResult.Outcome]
     OUTCOME_UNSPECIFIED: DeploymentResult.Outcome
     IN_PROGRESS: DeploymentResult.Outcome
     INSTALLED: DeploymentResult.Outcome
     FAILED: DeploymentResult.Outcome
+    REMOVED: DeploymentResult.Outcome
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]

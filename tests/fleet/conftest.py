@@ -156,7 +156,7 @@ class Fleet:
     def wait_final(self, deployment_id: str, devices: list[str], timeout: float = 60) -> dict:
         def final() -> dict[str, dict[str, Any]] | None:
             t = self.targets(deployment_id)
-            done = all(t[d]["state"] in ("installed", "failed") for d in devices)
+            done = all(t[d]["state"] in ("installed", "failed", "removed") for d in devices)
             return t if done else None
 
         try:

@@ -11,10 +11,17 @@ import hashlib
 
 import pytest
 
-from control_plane.deployments.service import DesiredModelView, DesiredStateView
+from control_plane.deployments.service import DesiredModelView, DesiredStateView, RemovalView
 from control_plane.fleet import codec as cloud_codec
 from edge_agent.fleet import codec as device_codec
-from protos.fleet_state import DesiredModel, DesiredState, decode_desired_state
+from protos.fleet_state import (
+    DesiredModel,
+    DesiredState,
+    LocalGuard,
+    ModelRemoval,
+    ShadowWarmup,
+    decode_desired_state,
+)
 from protos.gen import fleet_pb2
 
 
@@ -90,3 +97,32 @@ def test_device_normalises_digest_case_and_refuses_garbage() -> None:
     assert decode_desired_state(msg.SerializeToString()).models[0].package_digest == "ab" * 32
     with pytest.raises(ValueError, match="DesiredState"):
         device_codec.desired_from_proto(b"\xff\xff\xff")
+
+
+def test_activation_fields_and_removals_round_trip() -> None:
+    base = _view()
+    standby = DesiredModelView(**{**vars(base.models[1]), "standby": True, "weight": 12.5})
+    guarded = DesiredModelView(
+        **{
+            **vars(base.models[0]),
+            "guard": {"bake_s": 30.0, "max_error_rate": 0.1, "max_p99_ms": 0.0, "min_requests": 5},
+            "warmup": {
+                "fraction": 0.5,
+                "min_requests": 20,
+                "min_agreement": 0.95,
+                "max_abs_diff": 0.001,
+                "timeout_s": 60.0,
+            },
+        }
+    )
+    view = DesiredStateView(
+        "dev-1", 8, "dep-9", [guarded, standby], [RemovalView("dep-9", "old-model", "3")]
+    )
+    desired = device_codec.desired_from_proto(cloud_codec.desired_state_to_proto(view))
+    first, second = desired.models
+    assert (first.standby, first.weight) == (False, 0.0)
+    assert first.guard == LocalGuard(30.0, 0.1, 0.0, 5)
+    assert first.warmup == ShadowWarmup(0.5, 20, 0.95, 0.001, 60.0)
+    assert (second.standby, second.weight, second.guard, second.warmup) == (True, 12.5, None, None)
+    assert desired.removals == (ModelRemoval("dep-9", "old-model", "3"),)
+    assert desired.active_entries() == {"model-0": first}  # a standby entry is never activated
