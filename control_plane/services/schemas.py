@@ -16,10 +16,25 @@ ServiceName = Field(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]*$"
 
 
 class ServiceModel(BaseModel):
-    """A registered model version the service serves (by its registry name)."""
+    """A registered model version the service serves (by its registry name).
+
+    An online service may list several versions of one model, each with a ``weight``: the
+    percentage of the requests that name no version it answers (a request naming a version goes
+    to it). The first version listed of a model is its active one (what the replicas load as the
+    model's default, the others stand by beside it), so changing only the weights never changes
+    which version is active, and a 0/100 split still answers from a version every replica holds.
+    """
 
     model: str = Field(min_length=1, max_length=128, description="Registered model name.")
     version: str = Field(min_length=1, max_length=128)
+    weight: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="Online services, several versions of one model: the percentage of the "
+        "requests naming no version this one answers; the weights of a model sum to 100. "
+        "Optional (100) when the model has one version.",
+    )
     max_batch_size: int = Field(
         1, ge=1, le=1024, description="Dynamic batching: the largest batch (1 = off)."
     )
@@ -165,7 +180,35 @@ def parse_share(share: int | str) -> tuple[int, float]:
 
 
 #: Settings that only mean something for a service that keeps serving requests.
-_ONLINE_ONLY_MODEL_FIELDS = ("max_batch_size", "max_queue_delay_ms")
+_ONLINE_ONLY_MODEL_FIELDS = ("max_batch_size", "max_queue_delay_ms", "weight")
+
+
+def check_versions(models: list[ServiceModel]) -> None:
+    """Several versions of one model: each named once, all with weights summing to 100, the
+    batching settings given on the first (active) one only (a model has one batching queue).
+    ``ValueError`` with the reason otherwise."""
+    by_model: dict[str, list[ServiceModel]] = {}
+    for m in models:
+        by_model.setdefault(m.model, []).append(m)
+    for name, versions in by_model.items():
+        numbers = [m.version for m in versions]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"model {name}: each version once")
+        if len(versions) == 1:
+            weight = versions[0].weight
+            if weight is not None and weight != 100:
+                raise ValueError(f"model {name}: one version takes every request (weight 100)")
+            continue
+        if any(m.weight is None for m in versions):
+            raise ValueError(f"model {name}: give every version of it a weight (0-100)")
+        total = sum(m.weight or 0 for m in versions)
+        if total != 100:
+            raise ValueError(f"model {name}: the weights of its versions sum to {total}, not 100")
+        batching = ("max_batch_size", "max_queue_delay_ms")
+        if any(f in m.model_fields_set for m in versions[1:] for f in batching):
+            raise ValueError(
+                f"model {name}: batching settings go on its first (active) version only"
+            )
 
 
 class ServiceCreate(BaseModel):
@@ -222,6 +265,8 @@ class ServiceCreate(BaseModel):
                 raise ValueError("an edge service needs targets (device_ids or selector)")
             if len(self.models) != 1:
                 raise ValueError("an edge service rolls out one model version")
+            if self.models[0].weight is not None:
+                raise ValueError("weight is for online services serving several versions")
             batch_only = self.input, self.device, self.detection
             if any(f is not None for f in batch_only) or "replicas" in self.model_fields_set:
                 raise ValueError("input, device, detection and replicas are not for edge services")
@@ -229,6 +274,7 @@ class ServiceCreate(BaseModel):
         if edge_fields:
             raise ValueError(f"{', '.join(edge_fields)}: edge services only (type: edge)")
         if self.type == "online":
+            check_versions(self.models)
             if self.input is not None:
                 raise ValueError("input is for batch services (type: batch)")
             if self.device is not None:
@@ -251,9 +297,14 @@ class ServiceCreate(BaseModel):
 
 
 class ServiceUpdate(BaseModel):
-    """A new set of model versions: rolled out one replica at a time."""
+    """A new set of model versions or weights: rolled out one replica at a time."""
 
     models: list[ServiceModel] = Field(min_length=1, max_length=16)
+
+    @model_validator(mode="after")
+    def _versions(self) -> Self:
+        check_versions(self.models)
+        return self
 
 
 class ReplicaPublic(OrmModel):
@@ -407,7 +458,10 @@ class VersionFigures(BaseModel):
 
     model: str
     version: str
-    serving: bool = Field(description="The version the service's spec serves now.")
+    serving: bool = Field(description="The spec serves this version now (any weight).")
+    weight: int | None = Field(
+        None, description="Its weight in the spec (online services serving several versions)."
+    )
     requests: int = Field(description="Summed over replicas.")
     errors: int
     error_rate: float | None = Field(description="errors / requests; null before any request.")

@@ -164,11 +164,15 @@ class ServiceManager:
             for replica in service.replicas
             for r in telemetry.latest(replica.device_id, "metrics", METRICS_RECORDS)
         ]
-        serving = {m["model"]: m["version"] for m in service.spec["models"]}
+        serving: dict[str, str] = {}
+        weights: dict[tuple[str, str], int | None] = {}
+        for m in service.spec["models"]:
+            serving.setdefault(m["model"], m["version"])  # the active (first listed) version
+            weights[(m["model"], m["version"])] = m.get("weight")
         return ServiceVersions(
             service=name,
             telemetry_interval_s=self.ctx.settings.services.telemetry_interval_s,
-            items=version_figures(records, serving, baseline),
+            items=version_figures(records, serving, baseline, weights),
         )
 
     # --- changes -----------------------------------------------------------------------------
@@ -269,8 +273,8 @@ class ServiceManager:
         return service
 
     def update(self, name: str, change: ServiceUpdate) -> Service:
-        """New model versions, rolled out one replica at a time by the supervisor (a new staged
-        rollout for an edge service)."""
+        """New model versions or weights, rolled out one replica at a time by the supervisor (a
+        new staged rollout for an edge service)."""
         service = self.get(name)
         if service.type == "batch":
             raise InvalidRequest("a batch service runs one model version; create another one")
@@ -362,9 +366,9 @@ class ServiceManager:
             )
 
     def _check_models(self, models: list[ServiceModel]) -> None:
-        names = [m.model for m in models]
-        if len(set(names)) != len(names):
-            raise InvalidRequest("a service serves one version of each model")
+        pairs = [(m.model, m.version) for m in models]
+        if len(set(pairs)) != len(pairs):
+            raise InvalidRequest("a service names each model version once")
         registry = ModelService(self.session, self.ctx)
         for m in models:
             mv = registry.get(m.model, m.version)
@@ -383,10 +387,14 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _model_settings(models: list[ServiceModel]) -> dict[str, Any]:
-    return {
-        m.model: {"max_batch_size": m.max_batch_size, "max_queue_delay_ms": m.max_queue_delay_ms}
-        for m in models
-    }
+    """Each model's batching settings, from its first (active) version."""
+    out: dict[str, Any] = {}
+    for m in models:
+        out.setdefault(
+            m.model,
+            {"max_batch_size": m.max_batch_size, "max_queue_delay_ms": m.max_queue_delay_ms},
+        )
+    return out
 
 
 def _progress(spec: dict[str, Any]) -> dict[str, Any]:

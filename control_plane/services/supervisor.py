@@ -7,9 +7,11 @@ One thread, one tick every ``TICK_S``. For each replica of each service it:
   ``services.restart_backoff_max_s``);
 - reads the agent's port file to learn its gRPC (and HTTP) address;
 - gives it the service's models: a deployment of each model version's signed package to the
-  replica's device. A fresh replica gets them at once; when the service's models change, the
-  replicas get the new ones one at a time, the next only once the previous has installed them,
-  so a rolling update never leaves the service without a replica serving;
+  replica's device; of several versions of one model, the first listed is activated and the
+  others are standby deployments with their weights (the agent's traffic split). A fresh
+  replica gets them at once; when the service's models or weights change, the replicas get the
+  new ones one at a time, the next only once the previous has installed them, so a rolling
+  update never leaves the service without a replica serving;
 - and sets the service's state from what it sees: ``running`` once every replica runs and has
   its models installed, ``failed`` when an install failed (with the device's reason).
 
@@ -67,7 +69,18 @@ class ReplicaView:
 
     installed: bool = False
     failed: str = ""
-    digests: dict[str, str] = field(default_factory=dict)
+    wanted: list[WantedVersion] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WantedVersion:
+    """One version a replica should hold: active, or standby with its weight (percent)."""
+
+    model: str
+    version: str
+    digest: str
+    standby: bool
+    weight: float
 
 
 class Supervisor:
@@ -297,30 +310,38 @@ class Supervisor:
     # --- models ------------------------------------------------------------------------------
 
     def view(self, session: Session, service: Service, replica: ServiceReplica) -> ReplicaView:
-        """Whether the replica has its generation's models installed (or why one failed)."""
-        wanted = self._digests(session, service)
-        view = ReplicaView(digests=wanted)
+        """Whether the replica has its generation's models installed (or why one failed):
+        every version the spec names, active and standby, by its package digest."""
+        wanted = self.wanted(session, service)
+        view = ReplicaView(wanted=wanted)
         if replica.generation != service.generation:
             return view
         by_digest = {
             t.deployment.package_digest: t
             for t in DeploymentService(session, self.ctx).device_targets(replica.device_id)
         }
-        states = [by_digest[d].state if d in by_digest else "pending" for d in wanted.values()]
-        failed = [by_digest[d] for d in wanted.values() if d in by_digest]
+        states = [by_digest[w.digest].state if w.digest in by_digest else "pending" for w in wanted]
+        failed = [by_digest[w.digest] for w in wanted if w.digest in by_digest]
         failed = [t for t in failed if t.state == "failed"]
         if failed:
             view.failed = f"{replica.device_id}: {failed[0].reason or 'install failed'}"
         view.installed = all(s == "installed" for s in states)
         return view
 
-    def _digests(self, session: Session, service: Service) -> dict[str, str]:
+    def wanted(self, session: Session, service: Service) -> list[WantedVersion]:
+        """The spec's versions as deployments: per model, the first listed is active, the
+        others stand by with their weights (the agent's traffic split gives the active one the
+        rest)."""
         models = ModelService(session, self.ctx)
-        out = {}
+        out = []
+        seen: set[str] = set()
         for m in service.spec["models"]:
             digest = models.get(m["model"], m["version"]).package_digest
+            standby = m["model"] in seen
+            seen.add(m["model"])
             if digest:
-                out[m["model"]] = digest
+                weight = float(m.get("weight") or 0) if standby else 0.0
+                out.append(WantedVersion(m["model"], m["version"], digest, standby, weight))
         return out
 
     def _roll_out(self, session: Session, service: Service, views: dict[int, ReplicaView]) -> None:
@@ -339,22 +360,50 @@ class Supervisor:
             if replica.generation != 0:
                 updating = True
             replica.generation = service.generation
-            views[replica.index] = ReplicaView(digests=views[replica.index].digests)
+            views[replica.index] = ReplicaView(wanted=views[replica.index].wanted)
 
     def _give(self, session: Session, service: Service, replica: ServiceReplica) -> None:
+        """Deploy what the replica lacks, model by model, and publish its desired state once.
+
+        A standby deployment supersedes only earlier ones of its own version, so a weight change
+        is one new standby deployment and the active version is left alone. An active one
+        supersedes every deployment of the model, so when the active version changes, or a
+        standby version leaves the spec, the model's whole set is deployed again, active first.
+        """
         deployments = DeploymentService(session, self.ctx)
-        current = {
-            t.deployment.package_digest for t in deployments.device_targets(replica.device_id)
-        }
-        for digest in self._digests(session, service).values():
-            if digest not in current:
+        current: dict[str, set[tuple[str, bool, float]]] = {}
+        for t in deployments.device_targets(replica.device_id):
+            dep = t.deployment
+            if dep.action == "install":
+                current.setdefault(t.model_name, set()).add(
+                    (dep.package_digest, dep.standby, dep.weight)
+                )
+        by_model: dict[str, list[WantedVersion]] = {}
+        for w in self.wanted(session, service):
+            by_model.setdefault(w.model, []).append(w)
+        created = False
+        for name, versions in by_model.items():
+            have = current.get(name, set())
+            keys = [(w.digest, w.standby, w.weight) for w in versions]
+            wanted_digests = {w.digest for w in versions}
+            if keys[0] not in have or any(d not in wanted_digests for d, _, _ in have):
+                todo = versions  # a new active version or one to drop: the whole set again
+            else:
+                todo = [w for w, key in zip(versions, keys, strict=True) if key not in have]
+            for w in todo:
                 deployments.create(
-                    package_digest=digest,
+                    package_digest=w.digest,
                     package_name=None,
                     package_version=None,
                     device_id=replica.device_id,
                     selector=None,
+                    standby=w.standby,
+                    weight=w.weight,
+                    publish=False,
                 )
+                created = True
+        if created:
+            deployments.publish([replica.device_id])
         logger.info(
             "replica %s/%d given generation %d", service.name, replica.index, service.generation
         )

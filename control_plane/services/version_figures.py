@@ -45,9 +45,14 @@ def version_figures(
     records: Iterable[MetricsRecord],
     serving: dict[str, str],
     baseline: str | None = None,
+    weights: dict[tuple[str, str], int | None] | None = None,
 ) -> list[VersionFigures]:
     """Figures per (model, version), sorted by model then version, each compared with the
-    baseline version of its model (``baseline``, else the version ``serving[model]``)."""
+    baseline version of its model (``baseline``, else the version ``serving[model]``).
+
+    ``weights`` names every version the spec serves (with its weight, or None), for a service
+    serving several versions of a model; without it only ``serving[model]`` is served."""
+    in_spec = weights if weights is not None else {(m, v): None for m, v in serving.items()}
     newest: dict[tuple[str, str, str], tuple[int, dict[str, Any], dt.datetime | None]] = {}
     timed: dict[tuple[str, str, str], dict[str, Any]] = {}
     for rec in sorted(records, key=lambda r: (r.device_id, r.seq)):
@@ -79,7 +84,7 @@ def version_figures(
                 at=at,
             )
         )
-    figures = {key: _combine(key, rows, serving) for key, rows in replicas.items()}
+    figures = {key: _combine(key, rows, in_spec) for key, rows in replicas.items()}
     for (model, _), fig in figures.items():
         base_version = baseline or serving.get(model)
         base = figures.get((model, base_version)) if base_version else None
@@ -89,7 +94,9 @@ def version_figures(
 
 
 def _combine(
-    key: tuple[str, str], rows: list[ReplicaVersionFigures], serving: dict[str, str]
+    key: tuple[str, str],
+    rows: list[ReplicaVersionFigures],
+    in_spec: dict[tuple[str, str], int | None],
 ) -> VersionFigures:
     model, version = key
     requests = sum(r.requests for r in rows)
@@ -99,7 +106,8 @@ def _combine(
     return VersionFigures(
         model=model,
         version=version,
-        serving=serving.get(model) == version,
+        serving=key in in_spec,
+        weight=in_spec.get(key),
         requests=requests,
         errors=errors,
         error_rate=errors / requests if requests else None,

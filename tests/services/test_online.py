@@ -4,7 +4,7 @@ One control plane (with its lifespan: embedded broker, fleet channel, supervisor
 MLP as two registered versions, serves version 1 with two replicas, then: a replica killed is
 restarted while the other keeps answering; a rolling update to version 2 fails no request; a
 control plane that stops gracefully restarts the replicas, one that dies adopts them; a delete
-stops everything.
+stops everything. A second service serves both versions 90/10, then moves to 0/100 under load.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def _infer(address: str) -> str:
         client.close()
 
 
-def _rest_infer(api: TestClient) -> str:
+def _rest_infer(api: TestClient, service: str = "mlp") -> str:
     """One OIP REST request through the control plane's proxy; returns the answering version."""
     body = {
         "inputs": [
@@ -105,7 +105,7 @@ def _rest_infer(api: TestClient) -> str:
             }
         ]
     }
-    r = api.post(f"{API}/services/mlp/v2/models/mlp/infer", json=body)
+    r = api.post(f"{API}/services/{service}/v2/models/mlp/infer", json=body)
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["outputs"][0]["name"] == "logits" and out["outputs"][0]["shape"] == [1, 10]
@@ -130,8 +130,8 @@ def _served(app: Any) -> Iterator[str]:
         sock.close()
 
 
-def _running(api: TestClient, generation: int = 1) -> dict[str, Any] | None:
-    s = api.get(f"{API}/services/mlp").json()
+def _running(api: TestClient, generation: int = 1, name: str = "mlp") -> dict[str, Any] | None:
+    s = api.get(f"{API}/services/{name}").json()
     ok = s["state"] == "running" and s["generation"] == generation
     ok = ok and all(r["installed"] and r["grpc_address"] for r in s["replicas"])
     return s if ok else None
@@ -268,6 +268,55 @@ def test_online_service_lifecycle(api: TestClient, data_dir: Path) -> None:
     )
     assert unknown.status_code == 404
     assert api.get(f"{API}/services/nope").status_code == 404
+
+
+def test_weighted_versions(api: TestClient) -> None:
+    """Two versions of one model at 90/10 over two replicas; then 0/100 rolled out under load."""
+
+    def models(w1: int, w2: int) -> list[dict[str, Any]]:
+        return [
+            {"model": "mlp", "version": "1", "weight": w1},
+            {"model": "mlp", "version": "2", "weight": w2},
+        ]
+
+    for bad, why in (
+        (models(90, 20), "sum to 110"),
+        ([{"model": "mlp", "version": "1", "weight": 90}, {"model": "mlp", "version": "2"}], ""),
+        ([{"model": "mlp", "version": "1"}, {"model": "mlp", "version": "1"}], "once"),
+    ):
+        r = api.post(f"{API}/services", json={"name": "ab", "models": bad})
+        assert r.status_code == 422 and why in r.text, r.text
+    r = api.post(f"{API}/services", json={"name": "ab", "models": models(90, 10), "replicas": 2})
+    assert r.status_code == 201, r.text
+    assert [m["weight"] for m in r.json()["models"]] == [90, 10]
+    _wait("the weighted service running", lambda: _running(api, name="ab"))
+    answers = [_rest_infer(api, "ab") for _ in range(400)]
+    share = answers.count("2") / len(answers)
+    assert set(answers) == {"1", "2"} and abs(share - 0.10) <= 0.03, share
+
+    assert api.patch(f"{API}/services/ab", json={"models": models(90, 5)}).status_code == 422
+    r = api.patch(f"{API}/services/ab", json={"models": models(0, 100)})
+    assert r.status_code == 200 and r.json()["generation"] == 2
+    served = 0
+    while not _running(api, generation=2, name="ab"):
+        replicas = api.get(f"{API}/services/ab").json()["replicas"]
+        assert sum(r["generation"] == 2 and not r["installed"] for r in replicas) <= 1
+        for _ in range(5):
+            assert _rest_infer(api, "ab") in {"1", "2"}  # asserts a 200 each time
+            served += 1
+    assert served > 0
+    assert {_rest_infer(api, "ab") for _ in range(40)} == {"2"}
+
+    def both() -> list[dict[str, Any]] | None:
+        items = api.get(f"{API}/services/ab/versions").json()["items"]
+        return items if len(items) == 2 else None
+
+    versions = _wait("figures of both versions", both)
+    assert [(v["version"], v["serving"], v["weight"]) for v in versions] == [
+        ("1", True, 0),
+        ("2", True, 100),
+    ]
+    assert api.delete(f"{API}/services/ab").status_code == 204
 
 
 def test_replicas_outlive_a_control_plane_restart(api: TestClient, data_dir: Path) -> None:

@@ -84,3 +84,20 @@ def test_no_records_no_figures() -> None:
         [_rec("r0", 1, {"m": {"1": {"requests": 0, "errors": 0, "window": 0}}})], {}
     )
     assert (only.requests, only.error_rate, only.p50_ms, only.serving) == (0, None, None, False)
+
+
+def test_several_versions_served_with_their_weights() -> None:
+    records = [
+        _rec("r0", 1, {"m": {"1": {"requests": 90, "errors": 0}, "2": {"requests": 10}}}),
+        _rec("r0", 2, {"m": {"3": {"requests": 5, "errors": 0}}}),
+    ]
+    weights = {("m", "1"): 90, ("m", "2"): 10}
+    v1, v2, v3 = version_figures(records, serving={"m": "1"}, weights=weights)
+    assert [(v.version, v.serving, v.weight) for v in (v1, v2, v3)] == [
+        ("1", True, 90),
+        ("2", True, 10),
+        ("3", False, None),
+    ]
+    # The active (first listed) version stays the baseline of the others.
+    assert v1.vs_baseline is None and v2.vs_baseline is not None
+    assert v2.vs_baseline.baseline == "1"
