@@ -15,9 +15,12 @@ from edge_inference_sdk.transport import Progress
 class Services(ResourceBase):
     @route("POST", "/services")
     def create(self, name: str, models: list[dict[str, Any]], **spec: Any) -> Service:
-        """``models``: ``[{"model": name, "version": v}]``; ``type`` online|batch|edge,
-        ``replicas``, ``input`` for batch services, ``targets``, ``strategy``, ``gates``,
-        ``guard``, ``warmup`` for edge services."""
+        """``models``: ``[{"model": name, "version": v}]``; an online service may list several
+        versions of one model with weights summing to 100 (``[{"model": "digits", "version":
+        "1", "weight": 90}, {"model": "digits", "version": "2", "weight": 10}]``; the first
+        listed is the active one). ``type`` online|batch|edge, ``replicas``, ``input`` for batch
+        services, ``targets``, ``strategy``, ``gates``, ``guard``, ``warmup`` for edge
+        services."""
         body = {"name": name, "models": models, **spec}
         return self._one(Service, self._t.call("POST", "/services", json=body))
 
@@ -31,6 +34,8 @@ class Services(ResourceBase):
 
     @route("PATCH", "/services/{name}")
     def update(self, name: str, models: list[dict[str, Any]]) -> Service:
+        """New versions or weights (same shape as ``create``'s ``models``), rolled out one
+        replica at a time without a failed request."""
         body = {"models": models}
         return self._one(Service, self._t.call("PATCH", f"/services/{seg(name)}", json=body))
 
@@ -105,7 +110,8 @@ class Services(ResourceBase):
 
     @route("GET", "/services/{name}/versions")
     def versions(self, name: str, baseline: str | None = None) -> Any:
-        """Per-version figures (requests, errors, p50/p99), compared against ``baseline``."""
+        """Per-version figures (requests, errors, p50/p99, ``serving`` and ``weight`` in the
+        spec), compared against ``baseline``."""
         params = {"baseline": baseline} if baseline else {}
         return self._t.call("GET", f"/services/{seg(name)}/versions", params=params)
 

@@ -306,6 +306,10 @@ def test_weighted_versions(api: TestClient) -> None:
             served += 1
     assert served > 0
     assert {_rest_infer(api, "ab") for _ in range(40)} == {"2"}
+    # Version 1 (weight 0) is still held: a request naming it gets it.
+    x = {"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}
+    r = api.post(f"{API}/services/ab/v2/models/mlp/versions/1/infer", json={"inputs": [x]})
+    assert r.status_code == 200 and r.json()["model_version"] == "1", r.text
 
     def both() -> list[dict[str, Any]] | None:
         items = api.get(f"{API}/services/ab/versions").json()["items"]
