@@ -16,6 +16,7 @@ import secrets
 from pathlib import Path
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.core.auth import Principal, Role
@@ -69,7 +70,12 @@ class UserService:
             must_change_password=must_change_password,
         )
         self.session.add(user)
-        self.session.commit()
+        try:
+            self.session.commit()
+        except IntegrityError:
+            # Another request (or another replica at start) created the same name first.
+            self.session.rollback()
+            raise Conflict(f"user {spec.username!r} already exists") from None
         return user
 
     def update(self, username: str, changes: UserUpdate, by: str) -> User:
@@ -143,7 +149,11 @@ class UserService:
         given = auth.admin_password.get_secret_value() if auth.admin_password else None
         password = given or secrets.token_urlsafe(12)
         spec = UserCreate(username=auth.admin_username, password=password, role=Role.admin)
-        self.create(spec, must_change_password=given is None)
+        try:
+            self.create(spec, must_change_password=given is None)
+        except Conflict:
+            # A replica starting at the same moment made the admin (and wrote its password file).
+            return None
         if given:
             return None
         path = self.ctx.settings.data_dir / ADMIN_PASSWORD_FILE
