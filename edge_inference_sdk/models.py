@@ -256,6 +256,9 @@ class Replica(Resource):
     state: str
     reason: str
     restarts: int
+    pid: int | None = None
+    grpc_address: str | None = None
+    http_address: str | None = None
 
 
 class Service(Resource):
@@ -266,8 +269,11 @@ class Service(Resource):
     models: list[dict[str, Any]]
     generation: int
     replicas: list[Replica]
+    grpc_addresses: list[str] = []
     batch: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
+    rollout: dict[str, Any] | None = None
+    """Edge services: the latest rollout (``state``, ``stages`` with their gates, ``reason``)."""
 
 
 class ResultRow(Resource):

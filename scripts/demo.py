@@ -4,7 +4,8 @@ Steps: generate a small real model (ONNX + TFLite of the same MLP), build a sign
 package, start an edge agent, install the package over the agent's gRPC API, call it with the
 stock ``tritonclient``, hot-swap to a second version, run a batch job over .npy files, print
 everything, and stop the agent cleanly. Then the fleet (steps 10-14, ``scripts/demo_fleet.py``):
-``control-plane serve`` with its embedded MQTT broker, a device registered over REST, its agent
+``control-plane serve`` with its embedded MQTT broker, a device registered through the Python
+SDK (every control-plane call of steps 10-23 goes through ``edge_inference_sdk``), its agent
 started from the config bundle, the same signed package deployed to it over MQTT, the model called
 on the device. Then the AI flow (steps 15-20, ``scripts/demo_flow.py``): a digits dataset imported,
 labelled and published as V001, the built-in classifier trained on it as a worker process,

@@ -4,7 +4,8 @@ The device runs ``digits-mlp`` 1 (step 13). Version 2 is uploaded and given to a
 whose target is the device; the rollout's canary is the device itself (a one-device
 fleet), which bakes for a few seconds while requests flow and the health gates (installs, device
 online, error rate from its per-version telemetry) decide. The stages, their gates and the
-device's answer (the version that replied) are printed.
+device's answer (the version that replied) are printed. The control-plane calls go through the
+Python SDK (``demo.api``); the requests to the device use the stock tritonclient.
 """
 
 from __future__ import annotations
@@ -35,31 +36,28 @@ def _ask(grpc_port: int) -> str:
 
 def rollout_edge_service(demo: FleetDemo, package: Path, grpc_port: int) -> None:
     step("21. An edge service: digits-mlp 2 rolled out to the device, canary first, with gates")
-    with open(package, "rb") as f:
-        pkg = demo.call("POST", "/packages", files={"file": (package.name, f)})
+    pkg = demo.api.packages.upload(package)
     print(f"device answers with version {_ask(grpc_port)} before the rollout")
     t0 = time.monotonic()
-    service = demo.call(
-        "POST",
-        "/services",
-        json={
-            "name": "digits-edge",
-            "type": "edge",
-            "models": [{"model": pkg["name"], "version": pkg["version"]}],
-            "targets": {"device_ids": [DEVICE_ID]},
-            "strategy": {"canary": 1, "waves": ["100%"], "bake_s": BAKE_S},
-            "gates": {"max_error_rate": 0.01},
-            "guard": {"bake_s": 30, "max_error_rate": 0.2, "min_requests": 5},
-        },
+    service = demo.api.services.create(
+        "digits-edge",
+        [{"model": pkg.name, "version": pkg.version}],
+        type="edge",
+        targets={"device_ids": [DEVICE_ID]},
+        strategy={"canary": 1, "waves": ["100%"], "bake_s": BAKE_S},
+        gates={"max_error_rate": 0.01},
+        guard={"bake_s": 30, "max_error_rate": 0.2, "min_requests": 5},
     )
-    print(f"edge service {service['name']}: rollout {service['rollout']['number']} planned:")
-    for s in service["rollout"]["stages"]:
+    if service.rollout is None:
+        raise SystemExit("demo: the edge service planned no rollout")
+    print(f"edge service {service.name}: rollout {service.rollout['number']} planned:")
+    for s in service.rollout["stages"]:
         print(f"  {s['name']}: {', '.join(s['devices'])}")
 
     def finished() -> dict[str, Any] | None:
         _ask(grpc_port)  # live traffic for the gates (and the device's own guard)
-        r: dict[str, Any] = demo.call("GET", "/services/digits-edge")["rollout"]
-        return r if r["state"] not in ("running", "paused") else None
+        r = demo.api.services.get("digits-edge").rollout
+        return r if r is not None and r["state"] not in ("running", "paused") else None
 
     rollout = _wait("the rollout to finish", finished, 120, 0.2)
     print(f"rollout {rollout['state']} in {time.monotonic() - t0:.1f} s (bake {BAKE_S:g} s)")
@@ -73,5 +71,5 @@ def rollout_edge_service(demo: FleetDemo, package: Path, grpc_port: int) -> None
     if rollout["state"] != "succeeded":
         raise SystemExit(f"demo: the rollout ended {rollout['state']}: {rollout['reason']}")
     print(f"device answers with version {_ask(grpc_port)} after the rollout")
-    print(f"(a rollback is POST /api/v1/services/digits-edge/rollout/rollback; {DEVICE_ID} still")
+    print(f"(a rollback is client.services.rollback('digits-edge'); {DEVICE_ID} still")
     print(" holds version 1, so it would re-activate it without a download)")

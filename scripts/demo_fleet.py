@@ -6,19 +6,23 @@ on a device through the cloud side, using only the public surfaces, each as a se
 1. ``control-plane serve`` with no broker URL, so it runs its embedded MQTT broker on loopback
    (nothing to install), a SQLite file, a generated API token and a generated broker password (so
    it would start outside development mode too) and the demo's signing key as trusted key;
-2. ``POST /devices`` registers a device; its config bundle is written to ``bundle.json``;
+2. ``client.devices.register`` (``POST /devices``) registers a device; its config bundle is
+   written to ``bundle.json``;
 3. ``edge-agent join bundle.json`` writes the agent's config, ``edge-agent run`` starts it (free
    ports through ``EDGE_AGENT_*`` variables: the joined config is used unmodified);
-4. ``POST /packages`` uploads the signed package, ``POST /deployments`` makes it the device's
-   desired state, and the deployment is followed on the API until the device reports INSTALLED;
+4. ``client.packages.upload`` uploads the signed package, ``client.deployments.create`` makes it
+   the device's desired state, and ``client.deployments.wait`` follows it until the device reports
+   INSTALLED;
 5. the model is called on the device with the stock tritonclient and compared with onnxruntime
    in this process;
-6. the device's reported state is printed from ``GET /devices/{id}``, then the agent and the
+6. the device's reported state is printed from ``client.devices.get``, then the agent and the
    control plane are stopped with SIGTERM, and the device is seen going offline first.
 
-This module never imports the agent's or the control plane's code: like a user's tools, it talks
-to them over HTTP and gRPC (tritonclient) only, which also keeps tritonclient's protobuf
-registrations apart from the agent's.
+Every control-plane call goes through the Python SDK (``edge_inference_sdk.Client``, see
+docs/sdk.md), so these steps are also its worked example. This module never imports the agent's
+or the control plane's code: like a user's tools, it talks to them over HTTP (the SDK) and gRPC
+(tritonclient) only, which also keeps tritonclient's protobuf registrations apart from the
+agent's.
 """
 
 from __future__ import annotations
@@ -44,12 +48,17 @@ if str(REPO / "scripts") not in sys.path:
 from script_support import (  # noqa: E402
     console_script,
     free_port,
-    request_json,
     spawn_logged,
     stop_process,
     wait_port_file,
     wait_until,
 )
+
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from edge_inference_sdk import Client, EdgeInferenceError, Unauthorized, WaitTimeout  # noqa: E402
+from edge_inference_sdk.models import DeploymentTarget  # noqa: E402
 
 DEVICE_ID = "demo-edge-1"
 MODEL = "digits-mlp"
@@ -80,15 +89,15 @@ def _clean_env(**extra: str) -> dict[str, str]:
 class FleetDemo:
     work: Path
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
-    api: httpx.Client | None = None
+    client: Client | None = None
+    token: str = ""
 
-    def call(self, method: str, path: str, **kw: Any) -> Any:
-        """The JSON answer; an HTTP error ends the demo with the call and the answer."""
-        assert self.api is not None
-        try:
-            return request_json(self.api, method, path, **kw)
-        except RuntimeError as exc:
-            raise SystemExit(f"demo: {exc}") from None
+    @property
+    def api(self) -> Client:
+        """The SDK client of the running control plane (set by step 10)."""
+        if self.client is None:
+            raise RuntimeError("the control plane is not started")
+        return self.client
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         proc = spawn_logged(cmd, self.log(name), env=env)
@@ -106,11 +115,15 @@ class FleetDemo:
                 return stop_process(proc, timeout)
         return None
 
+    def close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
     def stop_all(self) -> None:
         for name, _ in reversed(self.procs):
             self.stop(name)
-        if self.api is not None:
-            self.api.close()
+        self.close_client()
 
 
 def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
@@ -131,31 +144,35 @@ def start_control_plane(demo: FleetDemo, trusted_pub: Path) -> str:
     t0 = time.monotonic()
     proc = demo.spawn("control-plane", [*console_script("control-plane"), "serve"], env)
     base = f"http://127.0.0.1:{port}"
-    demo.api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    demo.client = Client(base, token, timeout=120)
+    demo.token = token
 
     def healthy() -> bool:
         if proc.poll() is not None:
             raise SystemExit(f"demo: control plane exited; see {demo.log('control-plane')}")
         try:
-            return bool(httpx.get(f"{base}/health", timeout=2).json().get("broker_connected"))
-        except httpx.HTTPError:
+            return bool(demo.api.health().get("broker_connected"))
+        except httpx.HTTPError:  # not listening yet
             return False
 
     _wait("the control plane answering /health with its broker connected", healthy, 90, 0.2)
-    unauth = httpx.get(f"{base}/api/v1/devices", timeout=5).status_code
+    with Client(base, "not-the-token", retries=0) as stranger:
+        try:
+            stranger.devices.list()
+            raise SystemExit("demo: the control plane answered a call with a wrong token")
+        except Unauthorized as exc:
+            unauth = exc.status
     print(
         f"control plane pid {proc.pid}: REST {base} (OpenAPI docs at {base}/docs), ready in "
-        f"{time.monotonic() - t0:.1f} s; a call without the token gets HTTP {unauth}"
+        f"{time.monotonic() - t0:.1f} s; a call with a wrong token gets HTTP {unauth}"
     )
     return base
 
 
 def register_device(demo: FleetDemo) -> Path:
-    step("11. Register a device (POST /api/v1/devices): credentials + config bundle")
-    reg = demo.call(
-        "POST", "/devices", json={"device_id": DEVICE_ID, "name": "Demo gateway", "labels": {}}
-    )
-    bundle = reg["bundle"]
+    step("11. Register a device (client.devices.register): credentials + config bundle")
+    reg = demo.api.devices.register(name="Demo gateway", device_id=DEVICE_ID)
+    bundle = reg.bundle
     path = demo.work / "bundle.json"
     path.write_text(json.dumps(bundle, indent=2))
     path.chmod(0o600)  # it holds the broker password
@@ -200,7 +217,7 @@ def start_agent(demo: FleetDemo, bundle: Path) -> int:
         raise SystemExit(f"demo: {exc}; see {demo.log('fleet-agent')}") from None
     _wait(
         "the device reporting online",
-        lambda: demo.call("GET", f"/devices/{DEVICE_ID}")["status"] == "online",
+        lambda: demo.api.devices.get(DEVICE_ID).status == "online",
         30,
         0.1,
     )
@@ -208,33 +225,29 @@ def start_agent(demo: FleetDemo, bundle: Path) -> int:
     return grpc_port
 
 
-def deploy(demo: FleetDemo, package: Path) -> dict[str, Any]:
+def deploy(demo: FleetDemo, package: Path) -> None:
     step("13. Upload the signed package (verified on upload) and deploy it to the device")
-    with open(package, "rb") as f:
-        pkg = demo.call("POST", "/packages", files={"file": (package.name, f)})
+    pkg = demo.api.packages.upload(package)
     print(
-        f"package {pkg['name']}:{pkg['version']} {pkg['digest'][:16]}... ({pkg['size']} B, "
-        f"{pkg['chunk_count']} chunks of {pkg['chunk_size']} B, signed by key {pkg['key_id']})"
+        f"package {pkg.name}:{pkg.version} {pkg.digest[:16]}... ({pkg.size} B, "
+        f"{pkg.chunk_count} chunks of {pkg.chunk_size} B, signed by key {pkg.key_id})"
     )
     t0 = time.monotonic()
-    dep = demo.call(
-        "POST", "/deployments", json={"package_digest": pkg["digest"], "device_id": DEVICE_ID}
-    )
-    print(f"deployment {dep['id']} created; following it until the device reports a result")
+    dep = demo.api.deployments.create(package_digest=pkg.digest, device_id=DEVICE_ID)
+    print(f"deployment {dep.id} created; following it until the device reports a result")
     seen: set[tuple[str, int]] = set()
 
-    def show(t: dict[str, Any]) -> None:
-        key = (t["state"], t["chunks_done"])
+    def show(t: DeploymentTarget) -> None:
+        key = (t.state, t.chunks_done)
         if key not in seen:
             seen.add(key)
             print(
-                f"  +{time.monotonic() - t0:4.1f} s  {t['state']:<11} step={t['step'] or '-'} "
-                f"chunks {t['chunks_done']}/{t['chunks_total']}"
+                f"  +{time.monotonic() - t0:4.1f} s  {t.state:<11} step={t.step or '-'} "
+                f"chunks {t.chunks_done}/{t.chunks_total}"
             )
 
-    wait_installed(demo, dep["id"], "the deployment reaching a final state", 120, 0.1, show)
+    wait_installed(demo, dep.id, "the deployment reaching a final state", 120, 0.1, show)
     print(f"installed on {DEVICE_ID} {time.monotonic() - t0:.1f} s after the deployment call")
-    return dict(pkg)
 
 
 def wait_installed(
@@ -243,21 +256,23 @@ def wait_installed(
     what: str,
     timeout: float,
     every: float,
-    on_poll: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Follow a deployment's one target until it is final: the target once installed; a failed
-    install ends the demo with the step and reason the device reported. ``on_poll`` sees every
-    polled target (progress output)."""
-
-    def final() -> dict[str, Any] | None:
-        t: dict[str, Any] = demo.call("GET", f"/deployments/{deployment_id}")["targets"][0]
-        if on_poll is not None:
-            on_poll(t)
-        return t if t["state"] in ("installed", "failed") else None
-
-    target: dict[str, Any] = _wait(what, final, timeout, every)
-    if target["state"] != "installed":
-        raise SystemExit(f"demo: deployment failed at {target['step']}: {target['reason']}")
+    on_poll: Callable[[DeploymentTarget], None] | None = None,
+) -> DeploymentTarget:
+    """Follow a deployment's one target until it is final (``client.deployments.wait``): the
+    target once installed; a failed install ends the demo with the step and reason the device
+    reported. ``on_poll`` sees every polled target (progress output)."""
+    try:
+        dep = demo.api.deployments.wait(
+            deployment_id,
+            timeout=timeout,
+            poll_s=every,
+            on_poll=None if on_poll is None else lambda d: on_poll(d.targets[0]),
+        )
+    except WaitTimeout:
+        raise SystemExit(f"demo: {what} did not happen within {timeout:.0f} s") from None
+    target = dep.targets[0]
+    if target.state != "installed":
+        raise SystemExit(f"demo: deployment failed at {target.step}: {target.reason}")
     return target
 
 
@@ -280,11 +295,11 @@ def call_device(grpc_port: int, models: Path) -> None:
 
 
 def print_reported(demo: FleetDemo) -> None:
-    step("22. The device as the control plane sees it (GET /api/v1/devices/{id})")
-    dev = demo.call("GET", f"/devices/{DEVICE_ID}")
-    print(f"status {dev['status']}, desired generation {dev['desired_generation']}")
+    step("22. The device as the control plane sees it (client.devices.get)")
+    dev = demo.api.devices.get(DEVICE_ID)
+    print(f"status {dev.status}, desired generation {dev.desired_generation}")
     print("reported state:")
-    print(json.dumps(dev["reported"], indent=2))
+    print(json.dumps(dev.reported, indent=2))
 
 
 def stop(demo: FleetDemo) -> None:
@@ -292,14 +307,12 @@ def stop(demo: FleetDemo) -> None:
     print(f"agent exited with {demo.stop('fleet-agent')}")
     status = _wait(
         "the device reported offline",
-        lambda: (s := demo.call("GET", f"/devices/{DEVICE_ID}")["status"]) != "online" and s,
+        lambda: (s := demo.api.devices.get(DEVICE_ID).status) != "online" and s,
         15,
         0.1,
     )
     print(f"device status on the API: {status} (the agent said goodbye before it left)")
-    if demo.api is not None:
-        demo.api.close()
-        demo.api = None
+    demo.close_client()
     code = demo.stop("control-plane")
     clean = "Application shutdown complete" in demo.log("control-plane").read_text()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: the status is then -15.
@@ -322,9 +335,7 @@ def keep_running(demo: FleetDemo, base: str) -> None:
     for name, pid in pids.items():
         print(f"{name:13} pid {pid}, log {demo.log(name)}")
     print(f"stop them with: kill {' '.join(str(p) for p in pids.values())}")
-    if demo.api is not None:
-        demo.api.close()
-        demo.api = None
+    demo.close_client()
     demo.procs.clear()  # not stopped on the way out
 
 
@@ -351,9 +362,7 @@ def run_fleet_demo(
         if ai_flow:
             from demo_flow import run_ai_flow
 
-            assert demo.api is not None
-            token = demo.api.headers["Authorization"].removeprefix("Bearer ")
-            run_ai_flow(demo, base, token, grpc_port)
+            run_ai_flow(demo, base, demo.token, grpc_port)
         if update is not None:
             from demo_edge import rollout_edge_service
 
@@ -363,5 +372,7 @@ def run_fleet_demo(
             keep_running(demo, base)
         else:
             stop(demo)
+    except EdgeInferenceError as exc:  # an API error or an unreachable control plane
+        raise SystemExit(f"demo: {exc}") from None
     finally:
         demo.stop_all()

@@ -7,6 +7,10 @@ validation split, sent as PNG bytes that the package's declared preprocessing de
 device, and their accuracy against the labels -> the same model as an online service (two agent
 replicas run by the control plane), called over OIP REST through the control plane with curl and
 the stock tritonclient.http -> a batch service over the validation split with its evaluation.
+
+The control-plane calls go through the Python SDK (``demo.api``, an
+``edge_inference_sdk.Client``); the calls to the device and to the service's OIP endpoint use curl
+and tritonclient on purpose, as an application serving requests would.
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ from demo_datasets import run_datasets_demo  # noqa: E402
 from demo_fleet import DEVICE_ID, FleetDemo, step, wait_installed  # noqa: E402
 from demo_training import run_training_demo  # noqa: E402
 
+from edge_inference_sdk import WaitTimeout  # noqa: E402
+
 
 def deploy_digest(demo: FleetDemo, digest: str) -> None:
     t0 = time.monotonic()
-    dep = demo.call("POST", "/deployments", json={"package_digest": digest, "device_id": DEVICE_ID})
+    dep = demo.api.deployments.create(package_digest=digest, device_id=DEVICE_ID)
     what = "the trained model's deployment reaching a final state"
-    wait_installed(demo, dep["id"], what, 300, 0.2)
-    print(f"deployment {dep['id']}: installed on {DEVICE_ID} in {time.monotonic() - t0:.1f} s")
+    wait_installed(demo, dep.id, what, 300, 0.2)
+    print(f"deployment {dep.id}: installed on {DEVICE_ID} in {time.monotonic() - t0:.1f} s")
 
 
 def predict_validation(grpc_port: int, model: str, data_url: str) -> float:
@@ -84,37 +90,31 @@ def serve_online(
     import tritonclient.http as httpclient
 
     t0 = time.monotonic()
-    demo.call(
-        "POST",
-        "/services",
-        json={"name": "digits", "models": [{"model": model, "version": version}], "replicas": 2},
-    )
-    deadline = time.monotonic() + 300
-    while (service := demo.call("GET", "/services/digits"))["state"] != "running":
-        if service["state"] == "failed" or time.monotonic() > deadline:
-            raise SystemExit(f"demo: service not running: {service['state']} {service['reason']}")
-        time.sleep(0.5)
-    pids = [r["pid"] for r in service["replicas"]]
+    demo.api.services.create("digits", [{"model": model, "version": version}], replicas=2)
+    try:
+        service = demo.api.services.wait("digits", ("running", "failed"), 300, poll_s=0.5)
+    except WaitTimeout:
+        service = demo.api.services.get("digits")
+    if service.state != "running":
+        raise SystemExit(f"demo: service not running: {service.state} {service.reason}")
+    pids = [r.pid for r in service.replicas]
     print(f"service digits running in {time.monotonic() - t0:.1f} s: replicas (pids) {pids}")
-    print(f"gRPC replicas: {service['grpc_addresses']}")
+    print(f"gRPC replicas: {service.grpc_addresses}")
     url = f"{base_url}/api/v1/services/digits/v2/models/{model}/infer"
     images, labels = validation_split(data_url)
     png = demo.work / "digit.png"
     png.write_bytes(images[0])
     curl = ["curl", "-sS", "-H", f"Authorization: Bearer {token}", "-F", f"file=@{png}", url]
     shown = shlex.join(curl).replace(token, "$TOKEN")
-    if shutil.which("curl"):
+    if shutil.which("curl"):  # a system package of scripts/setup and CI
         print(f"$ {shown}")
         out = subprocess.run(curl, capture_output=True, text=True, timeout=60, check=True).stdout
-    else:  # the same multipart request, for a machine without curl
-        print(f"(curl not installed; the same request with httpx) {shown}")
-        with open(png, "rb") as f:
-            assert demo.api is not None
-            out = demo.api.post(url, files={"file": ("digit.png", f, "image/png")}).text
-    outputs = json.loads(out)["outputs"]
-    topk = [o for o in outputs if o["name"].endswith("_topk")]
-    answer = topk[0]["data"] if topk else f"argmax {int(np.argmax(outputs[0]['data']))}"
-    print(f"image labelled {labels[0]}: the service answers {answer}")
+        outputs = json.loads(out)["outputs"]
+        topk = [o for o in outputs if o["name"].endswith("_topk")]
+        answer = topk[0]["data"] if topk else f"argmax {int(np.argmax(outputs[0]['data']))}"
+        print(f"image labelled {labels[0]}: the service answers {answer}")
+    else:
+        print(f"(curl not installed: skipped) {shown}")
 
     client = httpclient.InferenceServerClient(
         base_url.split("://", 1)[1] + "/api/v1/services/digits"
@@ -139,36 +139,29 @@ def serve_online(
 def batch_evaluation(demo: FleetDemo, model: str, version: str, dataset: dict[str, Any]) -> float:
     """A batch service over the validation split; its evaluation (accuracy, per class)."""
     t0 = time.monotonic()
-    demo.call(
-        "POST",
-        "/services",
-        json={
-            "name": "digits-eval",
-            "type": "batch",
-            "models": [{"model": model, "version": version}],
-            "input": {
-                "dataset_id": dataset["dataset_id"],
-                "dataset_version": dataset["name"],
-                "split": "validation",
-            },
+    demo.api.services.create(
+        "digits-eval",
+        [{"model": model, "version": version}],
+        type="batch",
+        input={
+            "dataset_id": dataset["dataset_id"],
+            "dataset_version": dataset["name"],
+            "split": "validation",
         },
     )
-    deadline = time.monotonic() + 300
-    while (service := demo.call("GET", "/services/digits-eval"))["state"] not in (
-        "succeeded",
-        "failed",
-    ):
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: batch service still {service['state']} after 300 s")
-        time.sleep(0.5)
-    if service["state"] != "succeeded":
-        raise SystemExit(f"demo: batch service failed: {service['reason']}")
-    page = demo.call("GET", "/services/digits-eval/results", params={"limit": 3})
-    for row in page["items"]:
-        print(f"  {row['source']}: label {row['label']}, predicted {row['predicted']}")
-    ev = service["evaluation"]
+    try:
+        service = demo.api.services.wait("digits-eval", ("succeeded", "failed"), 300, poll_s=0.5)
+    except WaitTimeout:
+        state = demo.api.services.get("digits-eval").state
+        raise SystemExit(f"demo: batch service still {state} after 300 s") from None
+    if service.state != "succeeded" or service.evaluation is None:
+        raise SystemExit(f"demo: batch service failed: {service.reason}")
+    page = demo.api.services.results_page("digits-eval", limit=3)
+    for row in page.items:
+        print(f"  {row.source}: label {row.label}, predicted {row.predicted}")
+    ev = service.evaluation
     print(
-        f"batch service over {page['total']} validation images in "
+        f"batch service over {page.total} validation images in "
         f"{time.monotonic() - t0:.1f} s: accuracy {ev['accuracy']:.3f} "
         f"({ev['correct']}/{ev['total']}); results: GET /api/v1/services/digits-eval/results.csv"
     )
