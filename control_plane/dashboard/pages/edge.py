@@ -32,7 +32,8 @@ class DeviceRow:
     """One device of a stage as the page shows it."""
 
     device_id: str
-    #: pending | downloading | installing | installed | failed | rolling back | rolled back,
+    #: pending | downloading | installing | installed | failed | rolling back | rolled back |
+    #: rollback failed,
     #: or the deployment's own word (removed, superseded).
     state: str
     previous: str | None
@@ -53,7 +54,9 @@ def device_state(target_state: str, step: str, rollback_state: str | None) -> st
     when the stage was not rolled back for it).
     """
     if rollback_state is not None:
-        return "rolled back" if rollback_state in ("installed", "removed") else "rolling back"
+        if rollback_state in ("installed", "removed"):
+            return "rolled back"
+        return "rollback failed" if rollback_state == "failed" else "rolling back"
     if target_state == "in_progress":
         return "installing" if step == "install" else "downloading"  # the agent's two steps
     return target_state or "pending"  # no deployment yet: the stage has not started
