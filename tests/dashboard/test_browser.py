@@ -1,6 +1,7 @@
 """The whole flow in a real Chromium: sign in, a dataset from a zip, labelling with the keyboard
 and a box with the mouse, publishing, a training job and its curves, the model's conversion and
-lineage, a device coming online and a deployment reaching ``installed``; and a labeller's
+lineage, a device coming online and a deployment reaching ``installed``, an edge service rolled
+out to it from its form; and a labeller's
 attempt to deploy refused in the page and in the API. Each page is saved as a screenshot.
 
 One server and one browser serve the module; the tests are few and broad to keep suite time low.
@@ -313,7 +314,26 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
             page.click("#device-labels button[type=submit]")
         expect(page.locator("#device-labels input[name=labels]")).to_have_value("site=lab, floor=2")
         assert rest.get("/devices/gw-1").json()["labels"] == {"site": "lab", "floor": "2"}
+        held = page.locator('#device-models tr[data-model="digits-cnn"]')
+        expect(held).to_have_attribute("data-out-of-band", "false")
         shot(page, "11-device")
+
+        # An edge service from the form (selector, canary count, waves list): it reaches gw-1.
+        page.goto("/ui/services")
+        form = page.locator("#create-edge")
+        form.locator("input[name=name]").fill("lab-edge")
+        form.locator("select[name=model]").select_option("digits-cnn|1")
+        form.locator("input[name='targets.selector']").fill("site=lab")
+        form.locator("input[name='strategy.waves']").fill("50%, 100%")
+        form.locator("input[name='strategy.bake_s']").fill("0")
+        form.locator("button[type=submit]").click()
+        expect(page).to_have_url(re.compile(r"/ui/services/lab-edge$"))
+        spec = rest.get("/services/lab-edge").json()
+        assert spec["targets"] == {"device_ids": None, "selector": {"site": "lab"}}, spec
+        canary = page.locator('.stage[data-stage="canary"] tr[data-device="gw-1"]')
+        expect(canary).to_have_attribute("data-state", "installed", timeout=60_000)
+        expect(page.locator("#rollout")).to_have_attribute("data-state", "succeeded")
+        shot(page, "11-edge-service")
         for name in ("models", "deployments", "account"):
             page.goto(f"/ui/{name}")
             expect(page.locator("h1")).to_be_visible()

@@ -1,5 +1,5 @@
-"""Devices (table, register, a device's telemetry) and deployments (create, per-device
-progress)."""
+"""Devices (table, register, a device's telemetry and the models it holds) and deployments
+(create, per-device progress)."""
 
 from __future__ import annotations
 
@@ -52,8 +52,16 @@ def device(
             if isinstance(value, int | float) and not isinstance(value, bool):
                 series.setdefault(r.kind, {}).setdefault(key, []).append((r.seq, float(value)))
     charts = [line_chart(kind, s) for kind, s in sorted(series.items())]
-    targets = DeploymentService(session, ctx).device_targets(device_id)
-    return page(request, "devices_detail.html", user, device=d, charts=charts, targets=targets)
+    deployments = DeploymentService(session, ctx)
+    return page(
+        request,
+        "devices_detail.html",
+        user,
+        device=d,
+        charts=charts,
+        targets=deployments.device_targets(device_id),
+        held=deployments.device_models(device_id),
+    )
 
 
 @router.get("/deployments")

@@ -1,6 +1,6 @@
-"""Services: the list (online and batch, with state) and create forms, and a service's page:
-replicas, endpoints and per-version figures for an online service; progress, evaluation and
-paged result rows for a batch service."""
+"""Services: the list (online, batch and edge, with state) and create forms, and a service's
+page: replicas, endpoints and per-version figures for an online service; progress, evaluation and
+paged result rows for a batch service; the rollout's stages for an edge service (``edge.py``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import bar_chart
 from control_plane.dashboard.deps import PageUser
 from control_plane.dashboard.pages.base import page_router
+from control_plane.dashboard.pages.edge import edge_page
 from control_plane.dashboard.render import page
 from control_plane.datasets.service import DatasetService
 from control_plane.datasets.versions.service import VersionService
+from control_plane.devices.service import DeviceService
+from control_plane.registry.packages.service import PackageService
 from control_plane.registry.service import ModelService
 from control_plane.services.deps import SupervisorDep
 from control_plane.services.schemas import Evaluation
@@ -49,6 +52,12 @@ def services(
         services=[manager.public(s) for s in manager.list()],
         models=models,
         inputs=inputs,
+        # An edge service takes a ready registry version or an uploaded (signed) package.
+        edge_models=sorted(
+            {(m.name, m.version) for m in models}
+            | {(p.name, p.version) for p in PackageService(session, ctx).list()}
+        ),
+        devices=[d.id for d in DeviceService(session, ctx).list()],
     )
 
 
@@ -72,6 +81,8 @@ def service(
 ) -> HTMLResponse:
     manager = ServiceManager(session, ctx, supervisor)
     svc = manager.public(manager.get(name))
+    if svc.type == "edge":
+        return edge_page(request, user, session, ctx, svc)
     values: dict[str, Any] = {"svc": svc, "live": svc.state in ACTIVE}
     if svc.type == "batch":
         batch = svc.batch

@@ -36,7 +36,10 @@ function setPath(obj, path, value) {
 }
 
 // Form fields -> JSON body: dotted names nest; data-type number | bool | list | map | json;
+// share(s): a device count or a percentage ("1", "25%"), one or a comma-separated list;
 // data-split="a,b" splits "x|y" into two fields; empty text fields are left out.
+const share = (text) => (/^\d+$/.test(text.trim()) ? Number(text) : text.trim());
+
 function formBody(form) {
   const body = {};
   for (const el of form.elements) {
@@ -47,6 +50,8 @@ function formBody(form) {
     else if (el.type === "checkbox") { if (!el.checked) continue; value = el.value; }
     else if (el.value === "" && !el.dataset.keepEmpty) continue;
     else if (type === "number") value = Number(el.value);
+    else if (type === "share") value = share(el.value);
+    else if (type === "shares") value = el.value.split(",").map((s) => s.trim()).filter(Boolean).map(share);
     else if (type === "list") value = el.value.split(",").map((s) => s.trim()).filter(Boolean);
     else if (type === "map") {
       value = {};
