@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
@@ -30,6 +29,7 @@ from control_plane.core.auth import Principal, Role
 from control_plane.core.context import AppContext
 from control_plane.core.deps import SESSION_COOKIE, authenticator
 from control_plane.core.errors import Unauthorized, Unavailable
+from control_plane.core.proxying import HOP_HEADERS, LoopClients
 from control_plane.notebooks.deps import servers_for
 
 logger = logging.getLogger(__name__)
@@ -38,22 +38,12 @@ router = APIRouter(tags=["notebooks"])
 
 COOKIE = "edge_notebook_token"
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "authorization", "cookie", "content-length",
-}  # fmt: skip
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-_clients_lock = threading.Lock()
+_HOP = HOP_HEADERS
+_clients = LoopClients(timeout_s=300.0)
 
 
 def _client() -> httpx.AsyncClient:
-    # One pool per event loop: a pool is bound to the loop that created it.
-    loop = asyncio.get_running_loop()
-    with _clients_lock:
-        client = _clients.get(loop)
-        if client is None:
-            client = _clients[loop] = httpx.AsyncClient(timeout=300.0, trust_env=False)
-        return client
+    return _clients.get()
 
 
 def _authorized(

@@ -13,9 +13,6 @@ cookies are not forwarded.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-
 import httpx
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -25,6 +22,7 @@ from control_plane.core.auth import Principal, Role
 from control_plane.core.context import AppContext
 from control_plane.core.deps import SESSION_COOKIE, authenticator
 from control_plane.core.errors import Forbidden, PayloadTooLarge, Unauthorized, Unavailable
+from control_plane.core.proxying import HOP_HEADERS, LoopClients
 from control_plane.training.runtime import runtime_for
 
 router = APIRouter(tags=["visualizations"])
@@ -33,22 +31,12 @@ PREFIX = "/tensorboard"
 METHODS = ["GET", "POST", "HEAD"]
 #: TensorBoard's own requests are small queries; a bigger body is refused before it is read whole.
 MAX_BODY_BYTES = 1 << 20
-_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "authorization", "cookie", "content-length",
-}  # fmt: skip
-_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
-_clients_lock = threading.Lock()
+_HOP = HOP_HEADERS
+_clients = LoopClients(timeout_s=120.0)
 
 
 def _client() -> httpx.AsyncClient:
-    # One pool per event loop: a pool is bound to the loop that created it.
-    loop = asyncio.get_running_loop()
-    with _clients_lock:
-        client = _clients.get(loop)
-        if client is None:
-            client = _clients[loop] = httpx.AsyncClient(timeout=120.0, trust_env=False)
-        return client
+    return _clients.get()
 
 
 def _principal(ctx: AppContext, request: Request) -> Principal:
