@@ -12,6 +12,10 @@ host the actor; it needs what the job's command itself needs (the same interpret
 training folder and the dataset at the same paths).
 
 Its methods never block for long: the control plane polls, so one actor call is answered at once.
+
+If the actor's own process dies outright (its node is lost, or it is killed), nothing in it runs
+any more; the job's leader is then ended by the kernel (``PR_SET_PDEATHSIG``), but helpers the
+job started itself may outlive it on that node, as with any supervisor that is killed.
 """
 
 from __future__ import annotations
@@ -20,10 +24,31 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from subprocess import Popen
 
 # (exit code, peak resident memory in bytes or None, CPU seconds or None)
 Outcome = tuple[int, int | None, float | None]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A function for the child (between fork and exec) that asks the kernel to SIGKILL it when
+    the actor's process dies; None where ``prctl`` does not exist. Resolved before forking, so
+    the child imports nothing and takes no lock."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    sigkill = int(signal.SIGKILL)
+
+    def set_pdeathsig() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+
+    return set_pdeathsig
 
 
 class JobProcess:
@@ -32,6 +57,7 @@ class JobProcess:
     def __init__(self) -> None:
         self.proc: Popen[bytes] | None = None
         self.outcome: Outcome | None = None
+        self._set_pdeathsig = _pdeathsig_setter()
 
     def start(self, argv: list[str], cwd: str, env: dict[str, str], log_path: str) -> int:
         """Start the command (once; a repeated call returns the same pid) and return its pid."""
@@ -46,6 +72,7 @@ class JobProcess:
                 stdout=log_file,
                 stderr=log_file,
                 start_new_session=True,
+                preexec_fn=self._set_pdeathsig,
             )
         return self.proc.pid
 

@@ -26,7 +26,7 @@ import ray
 from fastapi.testclient import TestClient
 
 from control_plane.training.ray_executor import actor_name
-from control_plane.training.runner import JobRunner
+from control_plane.training.runner import JobRunner, _marked
 from control_plane.training.runtime import runtime_for
 from tests.datasets.conftest import API_TOKEN, brokerless_app, make_settings
 from tests.training.conftest import SCRIPTS, Plane
@@ -113,7 +113,12 @@ def rplane(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         yield Plane(api, ctx, runtime, tmp, "", "", "")
     finally:
-        runtime.stop()
+        runtime.stop()  # on Ray this leaves jobs running: end what a failed test left behind
+        for pids in (runtime.runner.root / "jobs").glob("*/output/pids.txt"):
+            job_id = pids.parent.parent.name
+            for pid in pids.read_text().split():
+                if _marked(int(pid), job_id):
+                    os.kill(int(pid), signal.SIGKILL)
         ctx.close()
         if ray.is_initialized():
             ray.shutdown()
@@ -225,13 +230,16 @@ def test_restart_finds_ray_jobs_again_or_fails_them(rplane: Plane, ray_head: str
     rplane.runtime.runner.stop()  # the control plane goes away; Ray keeps the jobs
     assert rplane.job(kept)["state"] == "running" and rplane.job(lost)["state"] == "running"
 
-    # Meanwhile the second job's actor dies (its node is lost, say).
+    # Meanwhile the second job's actor is killed outright: the kernel ends the job's leader
+    # with it (PR_SET_PDEATHSIG); the helper the script started itself is ours to end.
     ray.init(address=ray_head, namespace=NAMESPACE, log_to_driver=False)
-    actor = ray.get_actor(actor_name(lost), namespace=NAMESPACE)
-    ray.get(actor.stop.remote(0.5))
-    ray.kill(actor)
+    ray.kill(ray.get_actor(actor_name(lost), namespace=NAMESPACE))
     ray.shutdown()
-    assert _gone(lost_pids[0]) and _gone(lost_pids[1])
+    deadline = time.monotonic() + 30
+    while not _gone(lost_pids[0]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(lost_pids[0])
+    os.kill(lost_pids[1], signal.SIGKILL)
 
     runner = JobRunner(rplane.ctx)
     rplane.runtime.runner = runner  # the fixture stops the new one
