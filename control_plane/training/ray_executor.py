@@ -29,6 +29,8 @@ from control_plane.training.ray_worker import Outcome
 
 logger = logging.getLogger(__name__)
 
+SETTINGS_PREFIX = "CONTROL_PLANE_"
+
 # How long a call that should answer at once (stop, lookup) may take before the runner gives up.
 CALL_TIMEOUT_S = 30.0
 
@@ -99,9 +101,12 @@ class RayExecutor:
         }
         if self.settings.ray_memory_bytes is not None:
             options["memory"] = self.settings.ray_memory_bytes
+        # The control plane's own settings (secrets among them) stay on its machine: call
+        # arguments are stored by the cluster, and no job needs them.
+        job_env = {k: v for k, v in env.items() if not k.startswith(SETTINGS_PREFIX)}
         actor = self._actor_class.options(**options).remote()
         job = RayJob(job_id, actor)
-        job.start_ref = actor.start.remote(argv, cwd, env, log_path)
+        job.start_ref = actor.start.remote(argv, cwd, job_env, log_path)
         return job
 
     def find(self, job_id: str) -> RayJob | None:

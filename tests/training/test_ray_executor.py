@@ -205,9 +205,17 @@ def test_builtin_job_runs_on_ray(rplane: Plane) -> None:
     assert not _actor_exists(job_id)
 
 
-def test_cancel_ends_the_process_group_on_ray(rplane: Plane) -> None:
+def test_cancel_ends_the_process_group_on_ray(
+    rplane: Plane, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A control-plane setting in the environment (read at start, so harmless here) must not
+    # travel to the cluster with the job.
+    monkeypatch.setenv("CONTROL_PLANE_API_TOKEN", "not-for-the-cluster")
     job_id = _sleeper(rplane, "ray-cancel")
     leader, child = _pids(rplane, job_id)
+    environ = Path(f"/proc/{leader}/environ").read_bytes().split(b"\0")
+    assert f"EDGE_TRAINING_JOB_ID={job_id}".encode() in environ
+    assert not any(v.startswith(b"CONTROL_PLANE_") for v in environ)
     assert rplane.job(job_id)["state"] == "running"
     assert _actor_exists(job_id)
     r = rplane.api.post(rplane.url(f"/training/jobs/{job_id}/cancel"))
