@@ -150,12 +150,18 @@ class RayExecutor:
     def stop(self, job: RayJob, grace_s: float) -> Outcome | None:
         """End the job's process group on its node; None when the actor could not answer
         (never started, or died). The actor itself is killed either way."""
+        ray = self.ray
         try:
-            outcome: Outcome = self.ray.get(
+            if job.start_ref is not None and not ray.wait([job.start_ref], timeout=0)[0]:
+                # Still waiting for resources (or starting): a stop call would queue behind the
+                # start. Killing the actor is enough: a leader it may have just started dies
+                # with it (PR_SET_PDEATHSIG).
+                return None
+            outcome: Outcome = ray.get(
                 job.actor.stop.remote(grace_s), timeout=grace_s + CALL_TIMEOUT_S
             )
             return outcome
-        except (self.ray.exceptions.RayError, TimeoutError) as exc:
+        except (ray.exceptions.RayError, TimeoutError) as exc:
             logger.warning("job %s: the Ray actor did not stop cleanly: %s", job.job_id, exc)
             return None
         finally:

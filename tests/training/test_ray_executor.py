@@ -25,6 +25,7 @@ import pytest
 import ray
 from fastapi.testclient import TestClient
 
+from control_plane.training.models import TrainingJob
 from control_plane.training.ray_executor import actor_name
 from control_plane.training.runner import JobRunner, _marked
 from control_plane.training.runtime import runtime_for
@@ -262,3 +263,29 @@ def test_restart_finds_ray_jobs_again_or_fails_them(rplane: Plane, ray_head: str
     assert done["state"] == "succeeded", done
     assert done["exit_code"] == 0 and "done" in done["log_tail"]
     assert not _actor_exists(kept)
+
+
+def test_resource_request_holds_a_job_until_canceled(rplane: Plane) -> None:
+    """A job asking for a GPU the cluster lacks waits unplaced (running, no pid); cancel ends it
+    at once and releases its actor."""
+    executor = rplane.runtime.runner.executor
+    assert executor is not None
+    plain = executor.settings
+    executor.settings = plain.model_copy(update={"ray_num_gpus": 1})
+    try:
+        job_id = _sleeper(rplane, "ray-gpu")
+        deadline = time.monotonic() + 30
+        while rplane.job(job_id)["state"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _actor_exists(job_id)
+    finally:
+        executor.settings = plain
+    time.sleep(3)  # several ticks: still not placed
+    with rplane.ctx.sessions() as session:
+        row = session.get(TrainingJob, job_id)
+        assert row is not None and row.state == "running" and row.pid is None
+    assert not (rplane.runtime.runner.output_dir(job_id) / "pids.txt").exists()
+    r = rplane.api.post(rplane.url(f"/training/jobs/{job_id}/cancel"))
+    assert r.status_code == 200, r.text
+    assert (r.json()["state"], r.json()["failure_reason"]) == ("canceled", "canceled by request")
+    assert not _actor_exists(job_id)
