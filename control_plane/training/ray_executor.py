@@ -20,6 +20,7 @@ busy cluster.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 SETTINGS_PREFIX = "CONTROL_PLANE_"
 
+# How long the cluster's address may take to accept a connection.
+CONNECT_TIMEOUT_S = 5.0
 # How long a call that should answer at once (stop, lookup) may take before the runner gives up.
 CALL_TIMEOUT_S = 30.0
 
@@ -68,9 +71,23 @@ class RayExecutor:
         ray.cloudpickle.register_pickle_by_value(ray_worker)
         self._actor_class = ray.remote(ray_worker.JobProcess)
 
-    def connect(self) -> None:
+    def connect(self) -> bool:
+        """Join the cluster; False (logged) when its address does not answer.
+
+        ``ray.init`` retries an unreachable address for minutes, so the address is tried with a
+        plain TCP connection first: the runner then keeps jobs queued and tries again later,
+        instead of hanging the control plane's start.
+        """
         if self.ray.is_initialized():
-            return
+            return True
+        address = self.settings.ray_address
+        if address and ":" in address and "://" not in address:
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            except (OSError, ValueError) as exc:
+                logger.error("training on Ray: cannot reach the cluster at %s: %s", address, exc)
+                return False
         self.ray.init(
             address=self.settings.ray_address,
             namespace=self.namespace,
@@ -79,6 +96,7 @@ class RayExecutor:
         )
         self._connected_here = True
         logger.info("training on Ray at %s", self.settings.ray_address or "a local instance")
+        return True
 
     def disconnect(self) -> None:
         """Leave the cluster; the job actors (detached) keep running for the next start."""

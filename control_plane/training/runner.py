@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 ENV_MARKER = "EDGE_TRAINING_JOB_ID"
 SDK_DIR = Path(sdk.__file__).parent
 FINAL_STATES = ("succeeded", "failed", "canceled")
+# Executor "ray": how often to try the cluster again while it does not answer.
+JOIN_RETRY_S = 10.0
 
 
 def _last_error_line(tail: str) -> str:
@@ -208,6 +210,9 @@ class JobRunner(JobFolders):
         self.replica = ctx.settings.replicas.id
         self._next_takeover = 0.0
         self.executor: RayExecutor | None = None
+        # Executor "ray": whether the cluster was joined; until then jobs stay queued.
+        self._ray_joined = False
+        self._next_join = 0.0
         if ctx.settings.training.executor == "ray":
             from control_plane.training.ray_executor import RayExecutor
 
@@ -217,9 +222,8 @@ class JobRunner(JobFolders):
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        if self.executor is not None:
-            self.executor.connect()
-        self.recover()
+        if self.executor is None or self._join_ray(time.monotonic()):
+            self.recover()
         self._thread = threading.Thread(target=self._loop, name="training-runner", daemon=True)
         self._thread.start()
 
@@ -237,6 +241,7 @@ class JobRunner(JobFolders):
             if self.executor is not None:
                 self._running.clear()
                 self.executor.disconnect()
+                self._ray_joined = False
                 return
             for run in list(self._running.values()):
                 run.ending = ("failed", "the control plane stopped while the job ran")
@@ -303,9 +308,21 @@ class JobRunner(JobFolders):
             self._wake.wait(self.tick_s)
             self._wake.clear()
 
+    def _join_ray(self, now: float) -> bool:
+        """Join the Ray cluster if not yet done (at most every ``JOIN_RETRY_S``)."""
+        assert self.executor is not None
+        if not self._ray_joined and now >= self._next_join:
+            self._next_join = now + JOIN_RETRY_S
+            self._ray_joined = self.executor.connect()
+        return self._ray_joined
+
     def tick(self) -> None:
         with self.lock:
             now = time.monotonic()
+            if self.executor is not None and not self._ray_joined:
+                if not self._join_ray(now):
+                    return  # jobs wait, queued, until the cluster answers
+                self.recover()
             if self.replica is not None:
                 self._replica_duties(now)
             for run in list(self._running.values()):

@@ -125,6 +125,32 @@ def rplane(ray_head: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             ray.shutdown()
 
 
+def test_unreachable_cluster_keeps_jobs_queued(tmp_path: Path) -> None:
+    """No Ray at the address: the control plane starts and serves anyway; jobs wait, queued.
+    (First in the module: nothing has joined a cluster in this process yet.)"""
+    assert not ray.is_initialized()
+    settings = make_settings(
+        tmp_path,
+        dev_mode=True,
+        training_executor="ray",
+        training_ray_address=f"127.0.0.1:{_free_port()}",  # nothing listens there
+    )
+    app, ctx = brokerless_app(settings)
+    api = TestClient(app, headers={"Authorization": f"Bearer {API_TOKEN}"})
+    runtime = runtime_for(app)
+    try:
+        plane = Plane(api, ctx, runtime, tmp_path, "", "", "")
+        job_id = _sleeper(plane, "no-cluster")
+        time.sleep(2)  # several ticks
+        assert plane.job(job_id)["state"] == "queued"
+        assert not ray.is_initialized()
+        r = api.post(plane.url(f"/training/jobs/{job_id}/cancel"))
+        assert (r.status_code, r.json()["state"]) == (200, "canceled")
+    finally:
+        runtime.stop()
+        ctx.close()
+
+
 def _actor_exists(job_id: str) -> bool:
     try:
         ray.get_actor(actor_name(job_id), namespace=NAMESPACE)
@@ -275,9 +301,9 @@ def test_resource_request_holds_a_job_until_canceled(rplane: Plane) -> None:
     try:
         job_id = _sleeper(rplane, "ray-gpu")
         deadline = time.monotonic() + 30
-        while rplane.job(job_id)["state"] != "running" and time.monotonic() < deadline:
+        while not _actor_exists(job_id) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _actor_exists(job_id)
+        assert _actor_exists(job_id), rplane.job(job_id)
     finally:
         executor.settings = plain
     time.sleep(3)  # several ticks: still not placed
