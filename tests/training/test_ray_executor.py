@@ -25,6 +25,7 @@ import pytest
 import ray
 from fastapi.testclient import TestClient
 
+from control_plane.core.context import AppContext
 from control_plane.training.models import TrainingJob
 from control_plane.training.ray_executor import actor_name
 from control_plane.training.runner import JobRunner, _marked
@@ -314,4 +315,37 @@ def test_resource_request_holds_a_job_until_canceled(rplane: Plane) -> None:
     r = rplane.api.post(rplane.url(f"/training/jobs/{job_id}/cancel"))
     assert r.status_code == 200, r.text
     assert (r.json()["state"], r.json()["failure_reason"]) == ("canceled", "canceled by request")
+    assert not _actor_exists(job_id)
+
+
+def test_survivor_ends_a_dead_replicas_ray_job(rplane: Plane) -> None:
+    """A replica whose heartbeat stopped left a job running on Ray: another replica's runner
+    marks it failed and ends it there (process group and actor)."""
+    job_id = _sleeper(rplane, "ray-dead-replica")
+    leader, child = _pids(rplane, job_id)
+    rplane.runtime.runner.stop()  # leaves the job running on Ray
+    with rplane.ctx.sessions() as session:
+        row = session.get(TrainingJob, job_id)
+        assert row is not None
+        row.replica = "gone"  # as if replica "gone" had claimed it, then died (no heartbeat row)
+        session.commit()
+    survivor_settings = rplane.ctx.settings.model_copy(
+        update={
+            "replicas": rplane.ctx.settings.replicas.model_copy(update={"id": "b"}),
+            "mqtt": rplane.ctx.settings.mqtt.model_copy(update={"url": "mqtt://127.0.0.1:1"}),
+        }
+    )
+    survivor = JobRunner(AppContext.from_settings(survivor_settings))
+    try:
+        survivor.start()  # its own thread ticks: the replica duties run on the first tick
+        done = rplane.wait_job(job_id, timeout=60)
+    finally:
+        survivor.stop()
+        survivor.ctx.close()
+    assert done["state"] == "failed"
+    assert done["failure_reason"] == "replica gone stopped while the job ran (no heartbeat)"
+    assert _gone(leader) and _gone(child)
+    runner = JobRunner(rplane.ctx)
+    rplane.runtime.runner = runner  # the fixture stops it
+    runner.start()
     assert not _actor_exists(job_id)
