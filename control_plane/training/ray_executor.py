@@ -133,9 +133,16 @@ class RayExecutor:
             actor = self.ray.get_actor(actor_name(job_id), namespace=self.namespace)
         except ValueError:
             return None
-        job = RayJob(job_id, actor)
-        job.start_ref = actor.poll.remote()  # any call: answers once the actor is alive
-        return job
+        return RayJob(job_id, actor)
+
+    def resend_start(
+        self, job: RayJob, argv: list[str], cwd: str, env: dict[str, str], log_path: str
+    ) -> None:
+        """Send a found job's start again: the actor starts only once (it answers with the
+        running pid), but a start sent by a control plane that died before the actor was
+        placed may have been dropped with its sender, leaving an actor with nothing running."""
+        job_env = {k: v for k, v in env.items() if not k.startswith(SETTINGS_PREFIX)}
+        job.start_ref = job.actor.start.remote(argv, cwd, job_env, log_path)
 
     def poll(self, job: RayJob) -> Outcome | None:
         """The outcome once the job's process ended, else None; never waits.

@@ -263,7 +263,7 @@ class JobRunner(JobFolders):
             jobs = session.scalars(query).all()
             for job in jobs:
                 if self.executor is not None:
-                    self._recover_ray(job)
+                    self._recover_ray(session, job)
                     continue
                 if job.pid and _marked(job.pid, job.id):
                     logger.warning("ending orphaned process group %d of job %s", job.pid, job.id)
@@ -276,7 +276,7 @@ class JobRunner(JobFolders):
                 logger.warning("job %s was orphaned by a restart: marked failed", job.id)
             session.commit()
 
-    def _recover_ray(self, job: TrainingJob) -> None:
+    def _recover_ray(self, session: Session, job: TrainingJob) -> None:
         """Keep supervising a job whose Ray actor is still there, or mark it failed."""
         assert self.executor is not None
         found = self.executor.find(job.id)
@@ -291,6 +291,14 @@ class JobRunner(JobFolders):
             logger.warning("job %s: no Ray actor after a restart: marked failed", job.id)
             return
         found.pid = job.pid
+        work = self.work_dir(job.id)
+        try:
+            argv, cwd = self.command(job, data_url_of(session, self.ctx, job), work)
+            env = self.environment(job, work)
+        except Exception as exc:  # its input is gone: the job's start cannot be repeated
+            logger.warning("job %s: cannot rebuild its command: %s", job.id, exc)
+        else:
+            self.executor.resend_start(found, argv, str(cwd), env, str(self.log_path(job.id)))
         started = job.started_at or utcnow()
         if started.tzinfo is None:  # SQLite hands back naive UTC times
             started = started.replace(tzinfo=dt.UTC)
