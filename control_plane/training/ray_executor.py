@@ -34,6 +34,8 @@ SETTINGS_PREFIX = "CONTROL_PLANE_"
 
 # How long the cluster's address may take to accept a connection.
 CONNECT_TIMEOUT_S = 5.0
+# How long a placed actor may take to answer a start (it only forks): longer means unplaced.
+START_ANSWER_S = 2.0
 # How long a call that should answer at once (stop, lookup) may take before the runner gives up.
 CALL_TIMEOUT_S = 30.0
 
@@ -119,12 +121,9 @@ class RayExecutor:
         }
         if self.settings.ray_memory_bytes is not None:
             options["memory"] = self.settings.ray_memory_bytes
-        # The control plane's own settings (secrets among them) stay on its machine: call
-        # arguments are stored by the cluster, and no job needs them.
-        job_env = {k: v for k, v in env.items() if not k.startswith(SETTINGS_PREFIX)}
         actor = self._actor_class.options(**options).remote()
         job = RayJob(job_id, actor)
-        job.start_ref = actor.start.remote(argv, cwd, job_env, log_path)
+        job.start_ref = actor.start.remote(argv, cwd, _job_env(env), log_path)
         return job
 
     def find(self, job_id: str) -> RayJob | None:
@@ -141,8 +140,7 @@ class RayExecutor:
         """Send a found job's start again: the actor starts only once (it answers with the
         running pid), but a start sent by a control plane that died before the actor was
         placed may have been dropped with its sender, leaving an actor with nothing running."""
-        job_env = {k: v for k, v in env.items() if not k.startswith(SETTINGS_PREFIX)}
-        job.start_ref = job.actor.start.remote(argv, cwd, job_env, log_path)
+        job.start_ref = job.actor.start.remote(argv, cwd, _job_env(env), log_path)
 
     def poll(self, job: RayJob) -> Outcome | None:
         """The outcome once the job's process ended, else None; never waits.
@@ -177,10 +175,13 @@ class RayExecutor:
         (never started, or died). The actor itself is killed either way."""
         ray = self.ray
         try:
-            if job.start_ref is not None and not ray.wait([job.start_ref], timeout=0)[0]:
-                # Still waiting for resources (or starting): a stop call would queue behind the
-                # start. Killing the actor is enough: a leader it may have just started dies
-                # with it (PR_SET_PDEATHSIG).
+            if (
+                job.start_ref is not None
+                and not ray.wait([job.start_ref], timeout=START_ANSWER_S)[0]
+            ):
+                # Still waiting for resources: a stop call would queue behind the start.
+                # Killing the actor is enough: a leader it may just have started dies with it
+                # (PR_SET_PDEATHSIG).
                 return None
             outcome: Outcome = ray.get(
                 job.actor.stop.remote(grace_s), timeout=grace_s + CALL_TIMEOUT_S
@@ -209,3 +210,9 @@ class RayExecutor:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:500]
+
+
+def _job_env(env: dict[str, str]) -> dict[str, str]:
+    """The job's environment without the control plane's own settings (secrets among them):
+    call arguments are stored by the cluster, and no job needs them."""
+    return {k: v for k, v in env.items() if not k.startswith(SETTINGS_PREFIX)}
