@@ -19,7 +19,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -250,6 +250,30 @@ class TrainingSettings(Section):
     code_max_archive_members: int = Field(
         10_000, ge=1, description="Most members an uploaded training-code zip may hold."
     )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="Where jobs run: 'local' worker processes of the control plane, or 'ray' "
+        "actors on a Ray cluster (needs the ray extra and a filesystem the Ray nodes share "
+        "with the control plane, see docs/control-plane.md 'Training on Ray').",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="Ray cluster address for executor 'ray', e.g. 'ray-head:6379'. Unset: a "
+        "Ray instance started by the control plane on this machine (ray.init()).",
+    )
+    ray_namespace: str = Field(
+        "edge-training",
+        min_length=1,
+        description="Ray namespace of the job actors; a restarted control plane finds its "
+        "running jobs there by name.",
+    )
+    ray_num_cpus: float = Field(
+        1.0, ge=0, description="CPUs a job asks Ray for (its actor's resource request)."
+    )
+    ray_num_gpus: float = Field(0.0, ge=0, description="GPUs a job asks Ray for.")
+    ray_memory_bytes: int | None = Field(
+        None, ge=1, description="Memory a job asks Ray for, bytes (unset: no memory request)."
+    )
 
 
 class RegistrySettings(Section):
@@ -436,6 +460,12 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "trusted_keys": ("registry", "trusted_keys"),
     "training_code_max_archive_bytes": ("training", "code_max_archive_bytes"),
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
+    "training_executor": ("training", "executor"),
+    "training_ray_address": ("training", "ray_address"),
+    "training_ray_namespace": ("training", "ray_namespace"),
+    "training_ray_num_cpus": ("training", "ray_num_cpus"),
+    "training_ray_num_gpus": ("training", "ray_num_gpus"),
+    "training_ray_memory_bytes": ("training", "ray_memory_bytes"),
     "model_max_archive_bytes": ("registry", "model_max_archive_bytes"),
     "model_max_archive_members": ("registry", "model_max_archive_members"),
     "admin_username": ("auth", "admin_username"),

@@ -20,11 +20,16 @@ script's working directory), ``output/`` (``--train_url``: model, ``metrics.json
 A control plane that restarts finds jobs still marked running: their supervisor is gone, so it
 ends any process that is still there (identified by the job id in its environment, never by a
 bare pid that may have been reused) and marks the job failed. Queued jobs simply run.
+
+With ``training.executor = "ray"`` the same runner claims, times out, cancels and records jobs,
+but each job's process runs in a Ray actor (``ray_executor.py``); the actor outlives a control
+plane restart, so a restarted runner keeps supervising the job instead of failing it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -36,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -51,11 +56,16 @@ from control_plane.training.algorithms import BUILTIN
 from control_plane.training.models import TrainingJob
 from control_plane.training.sdk import edge_training
 
+if TYPE_CHECKING:
+    from control_plane.training.ray_executor import RayExecutor, RayJob
+
 logger = logging.getLogger(__name__)
 
 ENV_MARKER = "EDGE_TRAINING_JOB_ID"
 SDK_DIR = Path(sdk.__file__).parent
 FINAL_STATES = ("succeeded", "failed", "canceled")
+# Executor "ray": how often to try the cluster again while it does not answer.
+JOIN_RETRY_S = 10.0
 
 
 def _last_error_line(tail: str) -> str:
@@ -90,11 +100,17 @@ def _marked(pid: int, job_id: str) -> bool:
 @dataclass
 class _Running:
     job_id: str
-    proc: Popen[bytes]
+    # The local process, or (executor "ray") the job's actor.
+    proc: Popen[bytes] | None
     deadline: float
     work: Path
     # None, or why the runner is ending it: (final state, reason).
     ending: tuple[str, str] | None = None
+    ray: RayJob | None = None
+
+
+# (exit code, peak resident memory in bytes, CPU seconds); the last two None when unknown.
+Outcome = tuple[int, int | None, float | None]
 
 
 def claim_queued_jobs(session: Session, limit: int, replica: str | None = None) -> list[str]:
@@ -193,22 +209,40 @@ class JobRunner(JobFolders):
         self._thread: threading.Thread | None = None
         self.replica = ctx.settings.replicas.id
         self._next_takeover = 0.0
+        self.executor: RayExecutor | None = None
+        # Executor "ray": whether the cluster was joined; until then jobs stay queued.
+        self._ray_joined = False
+        self._next_join = 0.0
+        if ctx.settings.training.executor == "ray":
+            from control_plane.training.ray_executor import RayExecutor
+
+            self.executor = RayExecutor(ctx.settings.training)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.recover()
+        if self.executor is None or self._join_ray(time.monotonic()):
+            self.recover()
         self._thread = threading.Thread(target=self._loop, name="training-runner", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """End every running job (marked failed: the control plane stopped) and the thread."""
+        """End every running job (marked failed: the control plane stopped) and the thread.
+
+        On Ray the jobs keep running: their actors outlive this process, and the next start
+        finds them again (``recover``).
+        """
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         with self.lock:
+            if self.executor is not None:
+                self._running.clear()
+                self.executor.disconnect()
+                self._ray_joined = False
+                return
             for run in list(self._running.values()):
                 run.ending = ("failed", "the control plane stopped while the job ran")
                 self._end(run)
@@ -228,6 +262,9 @@ class JobRunner(JobFolders):
                 query = query.where(TrainingJob.replica == self.replica)
             jobs = session.scalars(query).all()
             for job in jobs:
+                if self.executor is not None:
+                    self._recover_ray(session, job)
+                    continue
                 if job.pid and _marked(job.pid, job.id):
                     logger.warning("ending orphaned process group %d of job %s", job.pid, job.id)
                     kill_group(job.pid, signal.SIGKILL)
@@ -239,6 +276,37 @@ class JobRunner(JobFolders):
                 logger.warning("job %s was orphaned by a restart: marked failed", job.id)
             session.commit()
 
+    def _recover_ray(self, session: Session, job: TrainingJob) -> None:
+        """Keep supervising a job whose Ray actor is still there, or mark it failed."""
+        assert self.executor is not None
+        found = self.executor.find(job.id)
+        if found is None:
+            job.state = "failed"
+            job.failure_reason = (
+                "the control plane restarted while the job ran and its Ray actor is gone"
+            )
+            job.log_tail = log_tail(self.log_path(job.id))
+            job.finished_at = utcnow()
+            job.pid = None
+            logger.warning("job %s: no Ray actor after a restart: marked failed", job.id)
+            return
+        found.pid = job.pid
+        work = self.work_dir(job.id)
+        try:
+            argv, cwd = self.command(job, data_url_of(session, self.ctx, job), work)
+            env = self.environment(job, work)
+        except Exception as exc:  # its input is gone: the job's start cannot be repeated
+            logger.warning("job %s: cannot rebuild its command: %s", job.id, exc)
+        else:
+            self.executor.resend_start(found, argv, str(cwd), env, str(self.log_path(job.id)))
+        started = job.started_at or utcnow()
+        if started.tzinfo is None:  # SQLite hands back naive UTC times
+            started = started.replace(tzinfo=dt.UTC)
+        elapsed = (utcnow() - started).total_seconds()
+        deadline = time.monotonic() + max(0.0, job.timeout_s - elapsed)
+        self._running[job.id] = _Running(job.id, None, deadline, self.work_dir(job.id), ray=found)
+        logger.info("job %s: found its Ray actor again after a restart", job.id)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
@@ -248,9 +316,21 @@ class JobRunner(JobFolders):
             self._wake.wait(self.tick_s)
             self._wake.clear()
 
+    def _join_ray(self, now: float) -> bool:
+        """Join the Ray cluster if not yet done (at most every ``JOIN_RETRY_S``)."""
+        assert self.executor is not None
+        if not self._ray_joined and now >= self._next_join:
+            self._next_join = now + JOIN_RETRY_S
+            self._ray_joined = self.executor.connect()
+        return self._ray_joined
+
     def tick(self) -> None:
         with self.lock:
             now = time.monotonic()
+            if self.executor is not None and not self._ray_joined:
+                if not self._join_ray(now):
+                    return  # jobs wait, queued, until the cluster answers
+                self.recover()
             if self.replica is not None:
                 self._replica_duties(now)
             for run in list(self._running.values()):
@@ -288,7 +368,10 @@ class JobRunner(JobFolders):
         if now >= self._next_takeover:
             self._next_takeover = now + self.ctx.settings.replicas.heartbeat_s
             with self.ctx.sessions() as session:
-                fail_jobs_of_dead_replicas(session, self.ctx.settings.replicas.lease_s)
+                failed = fail_jobs_of_dead_replicas(session, self.ctx.settings.replicas.lease_s)
+            if self.executor is not None:
+                for job_id in failed:
+                    self.executor.end_named(job_id, self.grace_s)
 
     # --- cancel ------------------------------------------------------------------------------
 
@@ -374,7 +457,16 @@ class JobRunner(JobFolders):
                     )
                 with open(log, "ab") as log_file:
                     log_file.write(f"$ {' '.join(argv)}\n".encode())
-                    log_file.flush()
+                if self.executor is not None:
+                    ray_job = self.executor.launch(
+                        job.id, argv, str(cwd), self.environment(job, work), str(log)
+                    )
+                    self._running[job.id] = _Running(
+                        job.id, None, time.monotonic() + job.timeout_s, work, ray=ray_job
+                    )
+                    logger.info("job %s (%s v%d) sent to Ray", job.id, job.name, job.version)
+                    return
+                with open(log, "ab") as log_file:
                     proc = Popen(
                         argv,
                         cwd=cwd,
@@ -401,30 +493,63 @@ class JobRunner(JobFolders):
 
     # --- ending ------------------------------------------------------------------------------
 
-    def _wait(self, run: _Running, block: bool) -> tuple[int, Any] | None:
-        """Reap the job process: ``(exit code, rusage)``, or None while it runs."""
+    def _wait(self, run: _Running, block: bool) -> Outcome | None:
+        """Reap the job process: ``(exit code, peak rss, cpu seconds)``, or None while it runs."""
+        assert run.proc is not None
         if run.proc.returncode is not None:
-            return run.proc.returncode, None
+            return run.proc.returncode, None, None
         try:
             pid, status, usage = os.wait4(run.proc.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
             run.proc.returncode = -1
-            return -1, None
+            return -1, None, None
         if pid == 0:
             return None
         code = os.waitstatus_to_exitcode(status)
         run.proc.returncode = code
-        return code, usage
+        return code, int(usage.ru_maxrss) * 1024, float(usage.ru_utime + usage.ru_stime)
 
     def _reap(self, run: _Running) -> None:
+        if run.ray is not None:
+            self._reap_ray(run)
+            return
+        assert run.proc is not None
         done = self._wait(run, block=False)
         if done is not None:
             # The leader is gone; helpers it left in its group go with it.
             kill_group(run.proc.pid, signal.SIGKILL)
             self._finish(run, *done)
 
+    def _reap_ray(self, run: _Running) -> None:
+        from control_plane.training.ray_executor import RayJobLost
+
+        assert self.executor is not None and run.ray is not None
+        pid_known = run.ray.pid
+        try:
+            done = self.executor.poll(run.ray)
+        except RayJobLost as exc:
+            self.executor.release(run.ray)
+            run.ending = ("failed", str(exc))
+            self._finish(run, -1, None, None)
+            return
+        if run.ray.pid is not None and pid_known is None:
+            with self.ctx.sessions() as session:
+                job = session.get(TrainingJob, run.job_id)
+                if job is not None:
+                    job.pid = run.ray.pid
+                    session.commit()
+        if done is not None:
+            self.executor.release(run.ray)
+            self._finish(run, *done)
+
     def _end(self, run: _Running) -> None:
         """Stop the whole process group (TERM, grace, KILL) and record the outcome."""
+        if run.ray is not None:
+            assert self.executor is not None
+            outcome = self.executor.stop(run.ray, self.grace_s)
+            self._finish(run, *(outcome or (-1, None, None)))
+            return
+        assert run.proc is not None
         kill_group(run.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_s
         done = self._wait(run, block=False)
@@ -436,7 +561,7 @@ class JobRunner(JobFolders):
             done = self._wait(run, block=True)
         self._finish(run, *done)
 
-    def _finish(self, run: _Running, code: int, usage: Any) -> None:
+    def _finish(self, run: _Running, code: int, rss: int | None, cpu: float | None) -> None:
         self._running.pop(run.job_id, None)
         tail = log_tail(run.work / "job.log")
         metrics = None
@@ -466,8 +591,9 @@ class JobRunner(JobFolders):
             job.metrics = metrics
             job.pid = None
             job.finished_at = utcnow()
-            if usage is not None:
-                job.peak_rss_bytes = int(usage.ru_maxrss) * 1024
-                job.cpu_seconds = float(usage.ru_utime + usage.ru_stime)
+            if rss is not None:
+                job.peak_rss_bytes = rss
+            if cpu is not None:
+                job.cpu_seconds = cpu
             session.commit()
         logger.info("job %s %s (exit %s) %s", run.job_id, state, code, reason)
