@@ -37,7 +37,11 @@ def _report(report: Any) -> dict[str, Any]:
                 "status": v.status,
                 "size": v.size,
                 "seconds": round(v.seconds, 3),
-                "parity": {
+                "reason": v.reason,
+                **({"step": v.step, "error": v.error} if p is None else {}),
+                "parity": None
+                if p is None
+                else {
                     "reference": p.reference,
                     "samples": p.samples,
                     "max_abs_error": p.max_abs_error,
