@@ -1,6 +1,7 @@
 """FastAPI application assembly and lifespan.
 
-Startup order: database migrations, the embedded broker (only when no broker URL is configured),
+Startup order: database migrations, the registry's signing key (trusted, so every device bundle
+carries it), the embedded broker (only when no broker URL is configured),
 the fleet service, the training runtime, the registry's conversion executor. Shutdown reverses it.
 ``create_app`` takes a ``Settings`` so tests and the CLI build independent apps.
 """
@@ -27,6 +28,7 @@ from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
+from control_plane.registry.keys import load_signing_key
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
 from control_plane.services.supervisor import Supervisor
@@ -104,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx = AppContext.from_settings(settings)
         upgrade(ctx.engine)
+        # Before any device can register: its bundle must carry the registry's key.
+        load_signing_key(ctx)
         broker: EmbeddedBroker | None = None
         if not settings.mqtt.url:
             broker = EmbeddedBroker(
