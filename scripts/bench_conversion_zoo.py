@@ -109,6 +109,8 @@ def run_child(name: str) -> dict[str, Any]:
             )
         except subprocess.TimeoutExpired:
             return {"name": name, "error": f"timed out after {TIMEOUT_S}s"}
+        if not out.exists() and proc.returncode == -9:
+            return {"name": name, "error": "killed by SIGKILL (the kernel's OOM killer here)"}
         if not out.exists():
             tail = " ".join((proc.stderr or "").split()[-40:])
             return {"name": name, "error": f"child exited {proc.returncode}: {tail[-300:]}"}

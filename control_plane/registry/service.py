@@ -286,6 +286,7 @@ class ModelService:
                     "input_shapes": input_shapes,
                     "labels": labels,
                     "upload": {"filename": filename, "sha256": digest},
+                    "parity_samples": "generated samples (an upload brings no data)",
                     **({"preprocessing": preprocessing} if preprocessing else {}),
                     **({"postprocessing": postprocessing} if postprocessing else {}),
                 },
