@@ -33,7 +33,7 @@ LARGE = {"NASNetLarge", "EfficientNetB7", "EfficientNetV2L", "ConvNeXtXLarge", "
 TIMEOUT_S = 1800
 
 
-def one(name: str, work: Path) -> dict[str, Any]:
+def one(name: str, work: Path, steps: int) -> dict[str, Any]:
     """Build and convert one architecture (runs in the child process)."""
     sys.path.insert(0, str(REPO))
     import numpy as np
@@ -54,7 +54,7 @@ def one(name: str, work: Path) -> dict[str, Any]:
             m.save(str(path))
             samples = models.class_images(64, seed=7, size=32)[0]
         else:
-            path, samples = models.zoo_model(name, work / f"{name}.keras")
+            path, samples = models.zoo_model(name, work / f"{name}.keras", steps=steps)
     except Exception as exc:
         row["build_error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
         return row
@@ -94,13 +94,14 @@ def one(name: str, work: Path) -> dict[str, Any]:
     return row
 
 
-def run_child(name: str) -> dict[str, Any]:
+def run_child(name: str, steps: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"zoo-{name}-") as tmp:
         out = Path(tmp) / "row.json"
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
         try:
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", name, "--work", tmp, "--json", str(out)],
+                [sys.executable, __file__, "--child", name, "--work", tmp, "--json", str(out)]
+                + ["--steps", str(steps)],
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT_S,
@@ -144,11 +145,18 @@ def main() -> int:
     ap.add_argument("--only", nargs="*", help="architectures to run (default: all)")
     ap.add_argument("--skip-large", action="store_true", help=f"leave out {sorted(LARGE)}")
     ap.add_argument("--json", type=Path, help="write the rows here")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=30,
+        help="training batches before converting (default 30): an untrained network's outputs "
+        "are near-ties, on which fp16 and int8 gates judge noise",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        row = one(args.child, args.work)
+        row = one(args.child, args.work, args.steps)
         args.json.write_text(json.dumps(row))
         return 0
 
@@ -157,12 +165,16 @@ def main() -> int:
         print(f"left out (--skip-large): {', '.join(sorted(LARGE & set(names)))}")
         names = [n for n in names if n not in LARGE]
     load0 = os.getloadavg()
-    baseline = run_child("_baseline")
+    baseline = run_child("_baseline", args.steps)
     base_s = baseline.get("convert_s") or 1.0
-    print(f"baseline (dense 32x32x3 -> 10) converts in {base_s}s; load {load0[0]:.1f}", flush=True)
+    print(
+        f"baseline (dense 32x32x3 -> 10) converts in {base_s}s; load {load0[0]:.1f}; "
+        f"{args.steps} training steps per architecture",
+        flush=True,
+    )
     rows = []
     for name in names:
-        row = run_child(name)
+        row = run_child(name, args.steps)
         rows.append(row)
         if "build_error" in row:
             print(f"{name:22} does not build: {row['build_error']}", flush=True)
