@@ -100,8 +100,18 @@ def run_child(name: str, steps: int) -> dict[str, Any]:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(REPO)}
         try:
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", name, "--work", tmp, "--json", str(out)]
-                + ["--steps", str(steps)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    name,
+                    "--work",
+                    tmp,
+                    "--json",
+                    str(out),
+                    "--steps",
+                    str(steps),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT_S,
