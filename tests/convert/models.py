@@ -140,8 +140,5 @@ def zoo_model(
     model(x[:128], training=True)
     for layer in bns:
         layer.momentum = 0.99
-    # Saved without the optimizer's state (a compiled model's file is three times larger).
-    plain = tf.keras.models.clone_model(model)
-    plain.set_weights(model.get_weights())
-    plain.save(str(path))
+    model.save(str(path))
     return path, class_images(64, seed=7, size=size, classes=classes)[0]
