@@ -1,6 +1,7 @@
 """FastAPI application assembly and lifespan.
 
-Startup order: database migrations, the embedded broker (only when no broker URL is configured),
+Startup order: database migrations, the registry's signing key (trusted, so every device bundle
+carries it), the embedded broker (only when no broker URL is configured),
 the fleet service, the training runtime, the registry's conversion executor. Shutdown reverses it.
 ``create_app`` takes a ``Settings`` so tests and the CLI build independent apps.
 """
@@ -33,6 +34,7 @@ from control_plane.notebooks import routes as notebooks
 from control_plane.notebooks.servers import JupyterServers
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
+from control_plane.registry.keys import load_signing_key
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
 from control_plane.services.device_batch import DeviceBatches
@@ -132,6 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
         # Users: every API token and session cookie is resolved against the users tables; the
         # settings' admin is created on first start.
         app.state.admin_password = start_users(ctx)
+        # Before any device can register: its bundle must carry the registry's key.
+        load_signing_key(ctx)
         broker: EmbeddedBroker | None = None
         if not settings.mqtt.url:
             broker = EmbeddedBroker(

@@ -282,8 +282,9 @@ class RegistrySettings(Section):
     signing_key: Path | None = Field(
         None,
         description="Ed25519 private key (PEM) the model registry signs packages with; its public "
-        "key is trusted by the control plane. Default: <data_dir>/keys/signing.key, generated "
-        "on first use in dev mode only.",
+        "key is trusted by the control plane and in every device bundle. Loaded at start; it "
+        "must exist when set. Default: <data_dir>/keys/signing.key, generated at start in dev "
+        "mode only (kept across restarts).",
     )
     trusted_keys: list[Path] = Field(
         default_factory=list,

@@ -43,6 +43,26 @@ class ModelRegister(BaseModel):
     input_shapes: dict[str, list[int]] | None = Field(
         None, description="Needed for MXNet models unless the script described them."
     )
+    labels: list[str] | None = Field(
+        None,
+        description="Class names in output order. Default: the script's model.json, else the "
+        "dataset version's label names, sorted.",
+    )
+    preprocessing: dict[str, Any] | None = Field(
+        None,
+        description="The package's image preprocessing (as in model.json); default: the "
+        "script's model.json. With it, the parity gate and int8 calibration use the job's "
+        "validation images.",
+    )
+    postprocessing: dict[str, Any] | None = Field(
+        None, description="Softmax / top-k on an output; default: the script's model.json."
+    )
+    calibrate_on_generated: bool = Field(
+        False,
+        description="Allow calibrated int8 targets (tflite-int8, onnx-int8-static) when the "
+        "gate has no real data (no parity_samples.npy, no preprocessing): they are then "
+        "calibrated on generated noise.",
+    )
 
 
 class ModelVersionUpdate(BaseModel):

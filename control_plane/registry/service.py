@@ -35,6 +35,7 @@ from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.core.uploads import stage_upload
 from control_plane.core.workers import default_mxnet_python, log_tail, worker_env
 from control_plane.datasets.versions.service import VersionService
+from control_plane.registry import job_inputs
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.discovery import KINDS, find_model
 from control_plane.registry.keys import signing_key_path
@@ -162,6 +163,10 @@ class ModelService:
         kind, source = find_model(output)
         info = model_info(output)
         samples = next(iter(sorted(output.rglob("parity_samples.npy"))), None)
+        version_dir = self._version_dir(job.dataset_id, job.dataset_version)
+        inputs = job_inputs.resolve(
+            spec, kind, info, samples, version_dir, f"{job.dataset_id}/{job.dataset_version}"
+        )
         key = signing_key_path(self.ctx)
         mv = self._add(
             ModelVersion(
@@ -178,13 +183,15 @@ class ModelService:
                 hyperparameters=dict(job.hyperparameters),
                 metrics=job.metrics,
                 conversion={
-                    "targets": spec.targets,
+                    "targets": inputs.targets,
                     "on_parity_fail": spec.on_parity_fail,
                     "input_shapes": spec.input_shapes or info.get("input_shapes"),
-                    "labels": info.get("labels"),
-                    "preprocessing": info.get("preprocessing"),
-                    "postprocessing": info.get("postprocessing"),
-                    "parity_samples": "validation split" if samples else "generated",
+                    "labels": inputs.labels,
+                    "labels_from": inputs.labels_from,
+                    "preprocessing": inputs.preprocessing,
+                    "postprocessing": inputs.postprocessing,
+                    "parity_samples": inputs.gate_data,
+                    **({"notes": inputs.notes} if inputs.notes else {}),
                 },
             )
         )
@@ -192,8 +199,19 @@ class ModelService:
             VersionService(self.session, self.ctx).add_use(
                 job.dataset_id, job.dataset_version, "model", model_ref(mv.name, mv.version)
             )
-        self._start_conversion(mv, kind, source, samples, key)
+        self._start_conversion(mv, kind, source, samples, key, inputs.validation_images)
         return mv
+
+    def _version_dir(self, dataset_id: str | None, name: str | None) -> Path | None:
+        """The dataset version folder a job trained on, if it still exists."""
+        if not dataset_id or not name:
+            return None
+        versions = VersionService(self.session, self.ctx)
+        dv = versions.find(dataset_id, name)
+        if dv is None:
+            return None
+        folder = versions.path(dv)
+        return folder if folder.is_dir() else None
 
     def import_upload(
         self,
@@ -268,6 +286,7 @@ class ModelService:
                     "input_shapes": input_shapes,
                     "labels": labels,
                     "upload": {"filename": filename, "sha256": digest},
+                    "parity_samples": "generated samples (an upload brings no data)",
                     **({"preprocessing": preprocessing} if preprocessing else {}),
                     **({"postprocessing": postprocessing} if postprocessing else {}),
                 },
@@ -277,7 +296,13 @@ class ModelService:
         return mv
 
     def _start_conversion(
-        self, mv: ModelVersion, kind: str, source: Path, samples: Path | None, key: Path
+        self,
+        mv: ModelVersion,
+        kind: str,
+        source: Path,
+        samples: Path | None,
+        key: Path,
+        validation_images: list[str] | None = None,
     ) -> None:
         work = self.root / "conversions" / str(mv.id)
         shutil.rmtree(work, ignore_errors=True)
@@ -296,6 +321,7 @@ class ModelService:
             "preprocessing": c.get("preprocessing"),
             "postprocessing": c.get("postprocessing"),
             "samples": str(samples) if samples else None,
+            "validation_images": validation_images or [],
             "key": str(key),
             "out_dir": str(work / "out"),
             "mxnet_python": str(self.ctx.settings.training.mxnet_python or default_mxnet_python()),

@@ -24,6 +24,34 @@ from typing import Any
 
 logger = logging.getLogger("registry.worker")
 
+# Sources that only produce ONNX variants, and what they convert to when no targets are given.
+ONNX_ONLY_KINDS = ("mxnet", "onnx")
+ONNX_ONLY_TARGETS = ("onnx-fp32", "onnx-int8")
+
+
+def validation_samples(spec: dict[str, Any], out: Path) -> Path:
+    """The job's validation images through the declared preprocessing, as ``out`` (.npz).
+
+    Decoded by ``model_packager.processing``, the code the agent runs on every image request, so
+    the gate and the int8 calibration see exactly what the device will feed the model.
+    """
+    import numpy as np
+
+    from model_packager.processing import Preprocessing, ProcessingError
+
+    pre = Preprocessing.model_validate(spec["preprocessing"])
+    rows = []
+    for image in spec["validation_images"]:
+        try:
+            rows.append(pre.image(Path(image).read_bytes()))
+        except (OSError, ProcessingError) as exc:
+            logger.warning("validation image %s skipped: %s", image, exc)
+    if not rows:
+        raise ValueError("no validation image could be read with the declared preprocessing")
+    np.savez(out, **{pre.input: np.stack(rows)})
+    logger.info("parity and calibration samples: %d validation images", len(rows))
+    return out
+
 
 def _report(report: Any) -> dict[str, Any]:
     variants = []
@@ -37,7 +65,11 @@ def _report(report: Any) -> dict[str, Any]:
                 "status": v.status,
                 "size": v.size,
                 "seconds": round(v.seconds, 3),
-                "parity": {
+                "reason": v.reason,
+                **({"step": v.step, "error": v.error} if p is None else {}),
+                "parity": None
+                if p is None
+                else {
                     "reference": p.reference,
                     "samples": p.samples,
                     "max_abs_error": p.max_abs_error,
@@ -97,12 +129,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "tflite":
         return {**_tflite(spec, source, key), **extra, "source_kind": kind}
     shapes = spec.get("input_shapes") or None
+    samples = Path(spec["samples"]) if spec.get("samples") else None
+    if samples is None and spec.get("validation_images"):
+        samples = validation_samples(spec, Path(spec["out_dir"]).parent / "validation.npz")
     cspec = ConvertSpec(
         source=source,
         name=spec["name"],
         version=spec["version"],
         source_kind=kind,
-        samples=Path(spec["samples"]) if spec.get("samples") else None,
+        samples=samples,
         on_parity_fail=spec.get("on_parity_fail", "drop"),
         input_shapes={k: tuple(v) for k, v in shapes.items()} if shapes else None,
         labels=spec.get("labels"),
@@ -113,9 +148,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     )
     if spec.get("targets"):
         cspec.targets = list(spec["targets"])
-    elif kind in ("mxnet", "onnx"):
+    elif kind in ONNX_ONLY_KINDS:
         # These sources only produce ONNX variants (see model_packager.convert).
-        cspec.targets = ["onnx-fp32", "onnx-int8"]
+        cspec.targets = list(ONNX_ONLY_TARGETS)
     report = convert(cspec, Path(spec["out_dir"]), key, progress=lambda m: logger.info("%s", m))
     logger.info("%s", report.table())
     return {**_report(report), "package": str(report.package), **extra, "source_kind": kind}

@@ -79,16 +79,32 @@ class ConvertSpec:
 
 @dataclass
 class VariantReport:
+    """One target's outcome: kept, or dropped for its parity figures or a failed step.
+
+    ``parity`` is None when the target never got as far as the gate (its conversion, loading or
+    run failed); ``step`` and ``error`` then say where and why.
+    """
+
     name: str
     runtime: str
     precision: str
     status: Literal["kept", "dropped"]
     size: int
     seconds: float
-    parity: ParityResult
+    parity: ParityResult | None
+    step: str = ""
+    error: str = ""
+
+    @property
+    def reason(self) -> str:
+        if self.parity is None:
+            return f"failed at {self.step}: {self.error}"
+        return self.parity.reason
 
     def line(self) -> str:
         p = self.parity
+        if p is None:
+            return f"{self.name:20} {self.status:7} {'':>10}  -> {self.reason}"
         top1 = "-" if p.top1_agreement is None else f"{p.top1_agreement:.3f}"
         return (
             f"{self.name:20} {self.status:7} {self.size / 1e6:7.2f} MB  max {p.max_abs_error:9.3g}"
@@ -342,29 +358,28 @@ def _convert(
         work = Path(tmp)
         for target in targets:
             t0 = time.perf_counter()
-            suffix = ".onnx" if target.runtime == "onnx" else ".tflite"
-            out = work / f"{target.name}{suffix}"
-            progress(f"{target.name}: converting")
-            source.convert(target, out, calibration, work)
-            progress(f"{target.name}: checking parity ({out.stat().st_size / 1e6:.2f} MB)")
             try:
-                model = get_runtime(target.runtime).load(out, RuntimeOptions())
-            except PackageError as exc:
-                raise ConversionError(f"{target.name}: load", str(exc)) from exc
-            try:
-                got = _run_variant(model, source, samples)
-            except PackageError as exc:
-                raise ConversionError(f"{target.name}: run", str(exc)) from exc
-            finally:
-                model.close()
-            result = compare(
-                reference,
-                got,
-                reference_name=source.framework,
-                precision=target.precision,
-                classifier=spec.classifier,
-                overrides=spec.tolerances,
-            )
+                out, result = _convert_target(
+                    spec, source, target, samples, reference, calibration, work, progress
+                )
+            except ConversionError as exc:
+                if spec.on_parity_fail == "fail":
+                    raise
+                progress(f"{target.name}: FAILED at {exc.step}: {exc.reason}")
+                report.variants.append(
+                    VariantReport(
+                        name=target.name,
+                        runtime=target.runtime,
+                        precision=target.precision,
+                        status="dropped",
+                        size=0,
+                        seconds=time.perf_counter() - t0,
+                        parity=None,
+                        step=exc.step,
+                        error=exc.reason,
+                    )
+                )
+                continue
             status: Literal["kept", "dropped"] = "kept" if result.passed else "dropped"
             report.variants.append(
                 VariantReport(
@@ -391,14 +406,16 @@ def _convert(
                     )
                 )
         if report.dropped and spec.on_parity_fail == "fail":
-            names = ", ".join(f"{v.name} ({v.parity.reason})" for v in report.dropped)
+            names = ", ".join(f"{v.name} ({v.reason})" for v in report.dropped)
             raise ParityGateFailed(report, f"past tolerance: {names}; no package written")
         if not kept:
             raise ParityGateFailed(
-                report, "every variant failed the parity gate; no package written"
+                report,
+                "every variant failed its conversion or the parity gate; no package written: "
+                + "; ".join(f"{v.name}: {v.reason}" for v in report.dropped),
             )
         for v in report.dropped:
-            progress(f"dropped {v.name}: {v.parity.reason}")
+            progress(f"dropped {v.name}: {v.reason}")
         report.package = build_package(
             BuildSpec(
                 name=spec.name,
@@ -418,7 +435,7 @@ def _convert(
                     "parity_samples": report.samples,
                     "parity_samples_generated": report.generated_samples,
                     "on_parity_fail": spec.on_parity_fail,
-                    "dropped_variants": {v.name: v.parity.reason for v in report.dropped},
+                    "dropped_variants": {v.name: v.reason for v in report.dropped},
                 },
             ),
             out_dir,
@@ -426,3 +443,40 @@ def _convert(
             progress,
         )
     return report
+
+
+def _convert_target(
+    spec: ConvertSpec,
+    source: Source,
+    target: Target,
+    samples: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    calibration: dict[str, np.ndarray] | None,
+    work: Path,
+    progress: Progress,
+) -> tuple[Path, ParityResult]:
+    """Convert one target, load it with the device's runtime, run the samples, compare."""
+    suffix = ".onnx" if target.runtime == "onnx" else ".tflite"
+    out = work / f"{target.name}{suffix}"
+    progress(f"{target.name}: converting")
+    source.convert(target, out, calibration, work)
+    progress(f"{target.name}: checking parity ({out.stat().st_size / 1e6:.2f} MB)")
+    try:
+        model = get_runtime(target.runtime).load(out, RuntimeOptions())
+    except PackageError as exc:
+        raise ConversionError(f"{target.name}: load", str(exc)) from exc
+    try:
+        got = _run_variant(model, source, samples)
+    except PackageError as exc:
+        raise ConversionError(f"{target.name}: run", str(exc)) from exc
+    finally:
+        model.close()
+    result = compare(
+        reference,
+        got,
+        reference_name=source.framework,
+        precision=target.precision,
+        classifier=spec.classifier,
+        overrides=spec.tolerances,
+    )
+    return out, result

@@ -19,6 +19,7 @@ import numpy as np
 from model_packager.convert.base import ConversionError, Target
 from model_packager.convert.onnx_source import OnnxBackedSource
 from model_packager.convert.onnx_tools import rename_io
+from model_packager.convert.tf_graph import rewrite_unsupported
 from model_packager.tensors import TensorSpec, dtype_to_datatype
 
 ONNX_OPSET = 17
@@ -71,16 +72,36 @@ class _TensorFlowSource(OnnxBackedSource):
     def _function(self) -> Callable[..., Any]:
         raise NotImplementedError
 
+    def _frozen(self) -> Any:
+        """The model as one concrete function with every variable folded into a constant.
+
+        tf2onnx's own handling of captured tensors turns some layer state into extra graph
+        inputs (Keras ``Normalization`` keeps its mean and variance that way); frozen, the graph's
+        inputs are exactly the model's inputs. Freezing also inlines the nested
+        ``StatefulPartitionedCall`` functions Keras layers are traced into.
+        """
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
+
+        fn = self._tf.function(self._function(), input_signature=self._tf_signature())
+        return convert_variables_to_constants_v2(fn.get_concrete_function())
+
     def _export_onnx(self, out: Path) -> None:
         step = "onnx-fp32: tf2onnx"
         try:
             import tf2onnx
         except ImportError as exc:
             raise ConversionError(step, f"tf2onnx is not installed: {exc}") from exc
-        fn = self._tf.function(self._function(), input_signature=self._tf_signature())
         try:
-            tf2onnx.convert.from_function(
-                fn, input_signature=self._tf_signature(), opset=ONNX_OPSET, output_path=str(out)
+            frozen = self._frozen()
+            graph_def = rewrite_unsupported(frozen.graph.as_graph_def())
+            tf2onnx.convert.from_graph_def(
+                graph_def,
+                input_names=[t.name for t in frozen.inputs],
+                output_names=[t.name for t in frozen.outputs],
+                opset=ONNX_OPSET,
+                output_path=str(out),
             )
         except Exception as exc:  # tf2onnx raises plain exceptions for unsupported ops
             raise ConversionError(step, short(exc)) from exc

@@ -97,3 +97,48 @@ def small_savedmodel(path: Path) -> Path:
     module = Module()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     return path
+
+
+# Smallest input each keras.applications architecture accepts (32 for the rest); rounded up to a
+# multiple of 16, which ``class_images`` needs.
+ZOO_MIN_SIZE = {"InceptionV3": 80, "InceptionResNetV2": 80, "Xception": 80, "NASNetLarge": 32}
+
+
+def zoo_architectures() -> list[str]:
+    """Every model constructor in ``keras.applications`` (ResNet50, EfficientNetB0, ...)."""
+    tf = _tf()
+    apps = tf.keras.applications
+    return sorted(n for n in dir(apps) if n[:1].isupper() and callable(getattr(apps, n)))
+
+
+def zoo_model(
+    name: str, path: Path, size: int | None = None, steps: int = 6, classes: int = CLASSES
+) -> tuple[Path, np.ndarray]:
+    """``keras.applications.<name>`` (weights=None) at a small input size, saved as ``.keras``.
+
+    Trained ``steps`` batches on ``class_images`` and its batch-norm statistics re-estimated, as
+    ``mobilenet_v2`` does, so outputs depend on the input and int8's top-1 agreement is judged
+    on real decisions, not on the ties of an untrained network. Returns the path and 64 samples
+    of the same task (other seed) for the gate.
+    """
+    tf = _tf()
+    tf.keras.utils.set_random_seed(0)
+    size = size or ZOO_MIN_SIZE.get(name, 32)
+    build = getattr(tf.keras.applications, name)
+    model = build(
+        input_shape=(size, size, 3), weights=None, classes=classes, classifier_activation=None
+    )
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-3),
+        loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = class_images(steps * 32, seed=99, size=size, classes=classes)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    bns = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(x[:128], training=True)
+    for layer in bns:
+        layer.momentum = 0.99
+    model.save(str(path))
+    return path, class_images(64, seed=7, size=size, classes=classes)[0]
