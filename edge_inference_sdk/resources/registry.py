@@ -18,7 +18,8 @@ class Models(ResourceBase):
     @route("POST", "/models")
     def register(self, name: str, job_id: str, **options: Any) -> ModelVersion:
         """A succeeded job's model as the next version (``version``, ``targets``, ``tags``,
-        ``on_parity_fail``, ``input_shapes``, ``description``); converting until ready."""
+        ``on_parity_fail``, ``input_shapes``, ``description``, ``labels``, ``preprocessing``,
+        ``postprocessing``, ``calibrate_on_generated``); converting until ready."""
         body = {"name": name, "job_id": job_id, **options}
         return self._one(ModelVersion, self._t.call("POST", "/models", json=body))
 
