@@ -653,7 +653,10 @@ def _assert_inflight_gauge_tracks_requests(agent: AgentProcess) -> None:
     client = tc.InferenceServerClient(agent.address)
     x = np.ones((1, 4), dtype=np.float32)
     seen = 0.0
-    for _ in range(10):  # each try has one slow inference (tens of ms) to catch it in
+    # Each try has one slow inference (tens of ms) for a scrape to land in. On a loaded machine a
+    # scrape can take longer than the inference, so keep trying for a while instead of N times.
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
         done = threading.Event()
         client.async_infer(
             "slow", [infer_input("x", x, "FP32")], lambda result, error, ev=done: ev.set()
