@@ -160,7 +160,9 @@ def test_online_service_page_shows_replicas_endpoint_and_figures(
         row = re.search(r'<tr data-version="1">(.*?)</tr>', html, re.S)
         assert row, html
         cells = re.findall(r"<td>(.*?)</td>", row.group(1))
-        assert cells[:3] == ["digits", "1", "yes"] and int(cells[3]) >= figures[0]["requests"]
+        weight = figures[0].get("weight")
+        assert cells[:4] == ["digits", "1", "yes", "" if weight is None else str(weight)]
+        assert int(cells[4]) >= figures[0]["requests"]
         assert 'data-label="digits 1"' in html  # the requests-by-version chart
         assert page.get("/ui/services/nope").status_code == 404
     finally:
