@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -575,6 +575,13 @@ class Settings(BaseSettings):
                 sec.setdefault(name, value)
                 data[section] = sec
         return data
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Absolute at start: training jobs, conversions and notebooks run in folders of their
+        own, so a relative default (``var/control-plane``) would point elsewhere for them."""
+        return value.absolute()
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
