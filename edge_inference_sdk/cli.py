@@ -282,6 +282,8 @@ def cmd_models_wait(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_models_download(client: Client, args: argparse.Namespace) -> Any:
     dest = Path(args.output) if args.output else Path.cwd()
+    if args.output and args.output.endswith(("/", os.sep)):
+        dest.mkdir(parents=True, exist_ok=True)  # `-o ./packages/`: a folder, made if missing
     path = client.models.download(
         args.name, args.model_version, dest, progress=_bar(args, "download")
     )
@@ -582,7 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("download", parents=[common], help="download a version's signed package")
     p.add_argument("name")
     p.add_argument("model_version", metavar="version")
-    p.add_argument("-o", "--output", help="file or folder (default: here, <digest>.edgepkg)")
+    p.add_argument(
+        "-o", "--output", help="file or folder (ending in /: made if missing); default: here"
+    )
     p.set_defaults(func=cmd_models_download)
 
     devices = top.add_parser(
