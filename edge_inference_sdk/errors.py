@@ -44,7 +44,7 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
-    """403: valid credentials whose role does not allow the request (signing in again won't help)."""
+    """403: valid credentials whose role does not allow the request (signing in won't help)."""
 
 
 class NotFound(ApiError):
@@ -105,8 +105,8 @@ _BY_NAME: dict[str, type[ApiError]] = {
 }  # fmt: skip
 _BY_NAME["InternalServerError"] = ServerError
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed, 409: Conflict,
-    413: PayloadTooLarge, 422: InvalidRequest, 503: Unavailable,
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
+    409: Conflict, 413: PayloadTooLarge, 422: InvalidRequest, 503: Unavailable,
 }  # fmt: skip
 
 
