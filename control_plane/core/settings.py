@@ -621,7 +621,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_blob_dir(self) -> Path:
-        return self.storage.blob_dir or self.data_dir / "blobs"
+        return (self.storage.blob_dir or self.data_dir / "blobs").absolute()
 
     @property
     def staging_dir(self) -> Path:
@@ -629,19 +629,19 @@ class Settings(BaseSettings):
 
     @property
     def resolved_dataset_dir(self) -> Path:
-        return self.datasets.dir or self.data_dir / "datasets"
+        return (self.datasets.dir or self.data_dir / "datasets").absolute()
 
     @property
     def resolved_training_dir(self) -> Path:
-        return self.training.dir or self.data_dir / "training"
+        return (self.training.dir or self.data_dir / "training").absolute()
 
     @property
     def resolved_services_dir(self) -> Path:
-        return self.services.dir or self.data_dir / "services"
+        return (self.services.dir or self.data_dir / "services").absolute()
 
     @property
     def resolved_notebooks_dir(self) -> Path:
-        return self.notebooks.dir or self.data_dir / "notebooks"
+        return (self.notebooks.dir or self.data_dir / "notebooks").absolute()
 
 
 SECTIONS: dict[str, type[Section]] = {

@@ -82,3 +82,6 @@ def test_relative_data_dir_is_made_absolute(
     assert settings.data_dir == tmp_path / "var/control-plane"
     assert settings.resolved_training_dir == tmp_path / "var/control-plane/training"
     assert settings.resolved_dataset_dir.is_absolute()
+    explicit = Settings(dev_mode=True, training_dir="jobs-here", notebooks_dir="nb")
+    assert explicit.resolved_training_dir == tmp_path / "jobs-here"  # a relative folder too
+    assert explicit.resolved_notebooks_dir == tmp_path / "nb"
