@@ -430,6 +430,7 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_models_import: ("name", "version", "state", "package_digest"),
     cmd_models_wait: ("name", "version", "state", "package_digest"),
     cmd_models_download: ("path", "size"),
+    cmd_models_list: ("name", "latest", "versions"),
     cmd_devices_list: ("id", "name", "status", "labels"),
     cmd_devices_register: ("id", "name", "labels"),
     cmd_deploy: ("id", "package_name", "package_version", "summary"),
@@ -444,6 +445,13 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_services_get: ("name", "type", "state", "reason"),
     cmd_login: ("url", "profile", "config"),
 }
+
+
+def _columns(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The table's columns; `models list NAME` lists versions, `models list` the models."""
+    if args.func is cmd_models_list and args.name:
+        return ("name", "version", "state", "package_digest")
+    return _COLUMNS.get(args.func)
 
 
 def _wait_options(p: argparse.ArgumentParser) -> None:
@@ -676,13 +684,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.token_value:
                     return _usage("login needs --token (or EDGE_INFERENCE_TOKEN)")
             result = args.func(client, args)
-            _emit(args, result, _COLUMNS.get(args.func))
+            _emit(args, result, _columns(args))
             return EXIT_OK
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     except Failed as exc:
         if exc.result is not None:
-            _emit(args, exc.result, _COLUMNS.get(args.func))
+            _emit(args, exc.result, _columns(args))
         print(f"eictl: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except WaitTimeout as exc:
