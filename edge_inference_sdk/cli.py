@@ -282,6 +282,8 @@ def cmd_models_wait(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_models_download(client: Client, args: argparse.Namespace) -> Any:
     dest = Path(args.output) if args.output else Path.cwd()
+    if args.output and args.output.endswith(("/", os.sep)):
+        dest.mkdir(parents=True, exist_ok=True)  # `-o ./packages/`: a folder, made if missing
     path = client.models.download(
         args.name, args.model_version, dest, progress=_bar(args, "download")
     )
@@ -428,6 +430,7 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_models_import: ("name", "version", "state", "package_digest"),
     cmd_models_wait: ("name", "version", "state", "package_digest"),
     cmd_models_download: ("path", "size"),
+    cmd_models_list: ("name", "latest", "versions"),
     cmd_devices_list: ("id", "name", "status", "labels"),
     cmd_devices_register: ("id", "name", "labels"),
     cmd_deploy: ("id", "package_name", "package_version", "summary"),
@@ -442,6 +445,13 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_services_get: ("name", "type", "state", "reason"),
     cmd_login: ("url", "profile", "config"),
 }
+
+
+def _columns(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The table's columns; `models list NAME` lists versions, `models list` the models."""
+    if args.func is cmd_models_list and args.name:
+        return ("name", "version", "state", "package_digest")
+    return _COLUMNS.get(args.func)
 
 
 def _wait_options(p: argparse.ArgumentParser) -> None:
@@ -582,7 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("download", parents=[common], help="download a version's signed package")
     p.add_argument("name")
     p.add_argument("model_version", metavar="version")
-    p.add_argument("-o", "--output", help="file or folder (default: here, <digest>.edgepkg)")
+    p.add_argument(
+        "-o", "--output", help="file or folder (ending in /: made if missing); default: here"
+    )
     p.set_defaults(func=cmd_models_download)
 
     devices = top.add_parser(
@@ -672,13 +684,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not args.token_value:
                     return _usage("login needs --token (or EDGE_INFERENCE_TOKEN)")
             result = args.func(client, args)
-            _emit(args, result, _COLUMNS.get(args.func))
+            _emit(args, result, _columns(args))
             return EXIT_OK
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     except Failed as exc:
         if exc.result is not None:
-            _emit(args, exc.result, _COLUMNS.get(args.func))
+            _emit(args, exc.result, _columns(args))
         print(f"eictl: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except WaitTimeout as exc:

@@ -43,6 +43,10 @@ class Unauthorized(ApiError):
     """401: missing or wrong API token."""
 
 
+class Forbidden(ApiError):
+    """403: valid credentials whose role does not allow the request (signing in won't help)."""
+
+
 class NotFound(ApiError):
     """404: the resource (or route) does not exist."""
 
@@ -94,15 +98,15 @@ class ServerError(ApiError):
 _BY_NAME: dict[str, type[ApiError]] = {
     cls.__name__: cls
     for cls in (
-        BadRequest, Unauthorized, NotFound, MethodNotAllowed, Conflict, PayloadTooLarge,
+        BadRequest, Unauthorized, Forbidden, NotFound, MethodNotAllowed, Conflict, PayloadTooLarge,
         ArchiveTooLarge, InvalidRequest, InvalidArchive, PackageRejected, ValidationError,
         Unavailable, BrokerUnavailable,
     )
 }  # fmt: skip
 _BY_NAME["InternalServerError"] = ServerError
 _BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequest, 401: Unauthorized, 404: NotFound, 405: MethodNotAllowed, 409: Conflict,
-    413: PayloadTooLarge, 422: InvalidRequest, 503: Unavailable,
+    400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 405: MethodNotAllowed,
+    409: Conflict, 413: PayloadTooLarge, 422: InvalidRequest, 503: Unavailable,
 }  # fmt: skip
 
 

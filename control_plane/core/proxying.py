@@ -36,6 +36,14 @@ class LoopClients:
         with self._lock:
             client = self._clients.get(loop)
             if client is None:
-                client = httpx.AsyncClient(timeout=self._timeout_s, trust_env=False)
+                # The answer's bytes are passed through as they come: ask for them uncompressed
+                # unless the caller's own Accept-Encoding (forwarded) says it reads gzip. httpx's
+                # default would send gzip to a caller that never asked for it (`curl` without
+                # --compressed printed binary).
+                client = httpx.AsyncClient(
+                    timeout=self._timeout_s,
+                    trust_env=False,
+                    headers={"accept-encoding": "identity"},
+                )
                 self._clients[loop] = client
             return client

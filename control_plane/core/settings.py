@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -576,6 +576,13 @@ class Settings(BaseSettings):
                 data[section] = sec
         return data
 
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        """Absolute at start: training jobs, conversions and notebooks run in folders of their
+        own, so a relative default (``var/control-plane``) would point elsewhere for them."""
+        return value.absolute()
+
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Self:
         if self.dev_mode:
@@ -614,7 +621,7 @@ class Settings(BaseSettings):
 
     @property
     def resolved_blob_dir(self) -> Path:
-        return self.storage.blob_dir or self.data_dir / "blobs"
+        return (self.storage.blob_dir or self.data_dir / "blobs").absolute()
 
     @property
     def staging_dir(self) -> Path:
@@ -622,19 +629,19 @@ class Settings(BaseSettings):
 
     @property
     def resolved_dataset_dir(self) -> Path:
-        return self.datasets.dir or self.data_dir / "datasets"
+        return (self.datasets.dir or self.data_dir / "datasets").absolute()
 
     @property
     def resolved_training_dir(self) -> Path:
-        return self.training.dir or self.data_dir / "training"
+        return (self.training.dir or self.data_dir / "training").absolute()
 
     @property
     def resolved_services_dir(self) -> Path:
-        return self.services.dir or self.data_dir / "services"
+        return (self.services.dir or self.data_dir / "services").absolute()
 
     @property
     def resolved_notebooks_dir(self) -> Path:
-        return self.notebooks.dir or self.data_dir / "notebooks"
+        return (self.notebooks.dir or self.data_dir / "notebooks").absolute()
 
 
 SECTIONS: dict[str, type[Section]] = {

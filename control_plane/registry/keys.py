@@ -60,4 +60,4 @@ def signing_key_path(ctx: AppContext) -> Path:
         logger.warning("dev mode: generated registry signing key %s (%s)", path, kid)
     public = load_private_key(path).public_key()
     ctx.trust.keys.setdefault(key_id(public), public)
-    return path
+    return path.absolute()  # conversion workers run in their own folders

@@ -181,7 +181,9 @@ class JobFolders:
     """Where a job's files live under the training folder (code by digest, work per job)."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
+        # Absolute: a job's process runs in its own folder, so a relative root (the default
+        # data_dir is ``var/control-plane``) would put its --train_url under that folder.
+        self.root = root.absolute()
 
     def work_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id

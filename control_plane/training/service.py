@@ -94,7 +94,7 @@ class TrainingService:
         )
         if latest is not None and parent is None:
             raise Conflict(
-                f"a job named {spec.name} exists; re-run it (POST /training-jobs/{{id}}/versions) "
+                f"a job named {spec.name} exists; re-run it (POST /training/jobs/{{id}}/versions) "
                 "to make a new version"
             )
         job = TrainingJob(

@@ -70,3 +70,18 @@ def test_every_flat_name_names_a_section_field() -> None:
     for section, cls in SECTIONS.items():
         for name in cls.model_fields:
             assert (section, name) in covered, f"{section}.{name} has no environment name"
+
+
+def test_relative_data_dir_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers (training, conversion, notebooks) run in their own folders: every path derived
+    from the default, relative data_dir must still point at the server's."""
+    monkeypatch.chdir(tmp_path)
+    settings = Settings(dev_mode=True)
+    assert settings.data_dir == tmp_path / "var/control-plane"
+    assert settings.resolved_training_dir == tmp_path / "var/control-plane/training"
+    assert settings.resolved_dataset_dir.is_absolute()
+    explicit = Settings(dev_mode=True, training_dir="jobs-here", notebooks_dir="nb")
+    assert explicit.resolved_training_dir == tmp_path / "jobs-here"  # a relative folder too
+    assert explicit.resolved_notebooks_dir == tmp_path / "nb"

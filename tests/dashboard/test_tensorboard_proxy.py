@@ -82,6 +82,11 @@ def test_tensorboard_is_served_to_signed_in_users_only(plane: Plane, tensorboard
 
     # An API token works as well (scripts), and an unknown server is a 404.
     assert plane.admin.get(base + "data/runs").json() == [RUN]
+    # A caller that does not ask for gzip (`curl` without --compressed) gets plain bytes.
+    plain = plane.admin
+    del plain.headers["accept-encoding"]
+    r = plain.get(base + "data/runs")
+    assert "content-encoding" not in r.headers and json.loads(r.content) == [RUN]
     assert plane.admin.get("/tensorboard/nope/").status_code == 404
 
     # The dashboard's page for it: sign-in first, then on to the proxy while it serves.

@@ -136,6 +136,16 @@ def test_models_devices_deploy(
     assert code == EXIT_OK
     path = Path(json.loads(out)["path"])
     assert path.name == f"{mv['package_digest']}.edgepkg" and "download: 100%" in err
+    code, out, _ = run(capsys, "--json", "models", "download", "cli-mlp", mv["version"],
+                       "-o", f"{tmp_path}/packages/")  # fmt: skip
+    assert code == EXIT_OK  # a trailing slash names a folder, made when missing
+    assert Path(json.loads(out)["path"]) == tmp_path / "packages" / path.name
+    code, out, _ = run(capsys, "models", "list")
+    assert code == EXIT_OK and out.split()[:3] == ["NAME", "LATEST", "VERSIONS"]  # a table
+    assert "cli-mlp" in out
+    code, out, _ = run(capsys, "models", "list", "cli-mlp")
+    assert code == EXIT_OK and out.split()[:4] == ["NAME", "VERSION", "STATE", "PACKAGE_DIGEST"]
+    assert mv["package_digest"] in out
     bundle = tmp_path / "bundle.json"
     code, out, _ = run(capsys, "--json", "devices", "register", "--id", "cli-dev", "--label",
                        "site=lab", "--bundle", str(bundle))  # fmt: skip

@@ -45,6 +45,15 @@ def test_typed_results(stack: Stack) -> None:
     assert stack.client.health()["status"] == "ok"
 
 
+def _viewer_token(stack: Stack) -> str:
+    """An API token of the viewer the test made (as its account page would issue it)."""
+    from control_plane.users.service import UserService
+
+    ctx = stack.server.app.state.ctx
+    with ctx.sessions() as session:
+        return UserService(session, ctx).create_token("sdk-viewer", "test")[1]
+
+
 def test_error_bodies_become_one_exception_tree(stack: Stack) -> None:
     c = stack.client
     with pytest.raises(errors.NotFound) as nf:
@@ -58,6 +67,12 @@ def test_error_bodies_become_one_exception_tree(stack: Stack) -> None:
     assert "type" in str(invalid.value)
     with Client(stack.url, "wrong-token") as bad, pytest.raises(errors.Unauthorized):
         bad.datasets.list()
+    stack.client.users.create("sdk-viewer", "viewer-password", "viewer")
+    with Client(stack.url, _viewer_token(stack)) as viewer:
+        assert viewer.datasets.list()  # a viewer reads
+        with pytest.raises(errors.Forbidden) as forbidden:
+            viewer.datasets.create("viewer-made")  # but may not write
+    assert forbidden.value.status == 403 and isinstance(forbidden.value, errors.ApiError)
     for exc in (nf.value, invalid.value):
         assert isinstance(exc, errors.ApiError) and isinstance(exc, errors.EdgeInferenceError)
 

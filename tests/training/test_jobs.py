@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from control_plane.training.models import TrainingJob
 from control_plane.training.runner import ENV_MARKER, JobRunner
@@ -231,3 +232,18 @@ def test_tabular_classification(plane: Plane, tmp_path: Path) -> None:
     m = done["metrics"]
     assert m["accuracy"] >= 0.85 and set(m["per_class"]) == {"no", "yes"}
     assert len(m["confusion_matrix"]["matrix"]) == 2
+
+
+def test_relative_training_root_gives_jobs_absolute_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job runs in its own folder, so its --train_url must not be relative to the server's
+    working directory (the default data_dir, ``var/control-plane``, is relative)."""
+    from control_plane.training.runner import JobFolders
+
+    monkeypatch.chdir(tmp_path)
+    folders = JobFolders(Path("var/control-plane/training"))
+    expected = tmp_path / "var/control-plane/training/jobs/j1/output"
+    assert folders.output_dir("j1").is_absolute()
+    assert folders.output_dir("j1") == expected
+    assert folders.code_dir("c1") == tmp_path / "var/control-plane/training/code/c1"
