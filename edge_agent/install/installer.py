@@ -309,7 +309,8 @@ class Installer:
             state = self.store.load_state()
             entry = state.models.setdefault(name, ModelEntry())
             entry.versions[version] = digest
-            evicted = self.repo.evict_extra(name)
+            spare = (previous,) if activate and previous is not None and previous != version else ()
+            evicted = self.repo.evict_extra(name, spare)
             if replaced is not None:
                 evicted.append(replaced)
             for old in evicted:
