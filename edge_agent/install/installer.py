@@ -309,7 +309,9 @@ class Installer:
             state = self.store.load_state()
             entry = state.models.setdefault(name, ModelEntry())
             entry.versions[version] = digest
-            spare = (previous,) if activate and previous is not None and previous != version else ()
+            # The replaced version stays loaded for a guard or a rollback, unless the cap is 1.
+            keep_replaced = self.repo.max_versions > 1 and activate and previous != version
+            spare = (previous,) if keep_replaced and previous is not None else ()
             evicted = self.repo.evict_extra(name, spare)
             if replaced is not None:
                 evicted.append(replaced)
