@@ -309,7 +309,10 @@ class Installer:
             state = self.store.load_state()
             entry = state.models.setdefault(name, ModelEntry())
             entry.versions[version] = digest
-            evicted = self.repo.evict_extra(name)
+            # The replaced version stays loaded for a guard or a rollback, unless the cap is 1.
+            keep_replaced = self.repo.max_versions > 1 and activate and previous != version
+            spare = (previous,) if keep_replaced and previous is not None else ()
+            evicted = self.repo.evict_extra(name, spare)
             if replaced is not None:
                 evicted.append(replaced)
             for old in evicted:

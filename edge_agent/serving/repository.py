@@ -114,14 +114,20 @@ class ModelRepository:
         METRICS.models_ready.set(sum(len(v) for v in self._versions.values()))
         return old if old is not served else None
 
-    def evict_extra(self, name: str) -> list[ServedModel]:
-        """Drop the oldest inactive versions beyond the cap; the caller closes them later."""
+    def evict_extra(self, name: str, keep_also: tuple[str, ...] = ()) -> list[ServedModel]:
+        """Drop the oldest inactive versions beyond the cap; the caller closes them later.
+
+        ``keep_also`` names versions to spare besides the active one and the split's: an
+        activating install passes the version it replaced, the one a local guard or a rollback
+        re-activates without a download. Load order alone would not protect it: at start-up the
+        active version is loaded first, so it is the oldest once another is installed.
+        """
         order = self._order.get(name, [])
         evicted = []
         while len(order) > self.max_versions:
             route = self._routes.get(name)
             pinned = route.split.versions() if route is not None else set()
-            keep = {self._active.get(name), *pinned}
+            keep = {self._active.get(name), *pinned, *keep_also}
             victim = next((v for v in order if v not in keep), None)
             if victim is None:
                 break

@@ -168,6 +168,21 @@ def test_versions_side_by_side_activation_persists_across_restart(
     np.testing.assert_allclose(out, probe["2"], rtol=RTOL, atol=ATOL)  # v3 carries v2's weights
     assert sorted(client.get_model_metadata("mlp").versions) == ["1", "3"]
     assert not client.is_model_ready("mlp", "2")
+
+    # an activating install keeps the version it replaces (the one a guard or a rollback
+    # re-activates without a download) and makes room with the other one (3), although the
+    # active version 1 was loaded first at start-up
+    v4 = make_package("mlp", "4", [models_dir / "mlp_v2.onnx"])
+    r = agent.install(v4)
+    assert r.result.outcome == "COMMITTED" and r.model.active
+    assert sorted(client.get_model_metadata("mlp").versions) == ["1", "4"]
+    assert infer_mlp(client, probe["x"])[0] == "4"
+    request = agent_pb2.ActivateVersionRequest(name="mlp", version="1")
+    info = agent.agent_stub().ActivateVersion(request)
+    assert (info.version, info.active) == ("1", True)
+    version, out = infer_mlp(client, probe["x"])
+    assert version == "1"
+    np.testing.assert_allclose(out, probe["1"], rtol=RTOL, atol=ATOL)
     client.close()
 
 
