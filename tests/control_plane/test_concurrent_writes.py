@@ -79,6 +79,9 @@ def test_two_packages_with_one_name_and_version_at_once_one_wins(
 
 def test_two_runners_never_claim_the_same_job(control_plane: ControlPlane) -> None:
     ctx = control_plane.ctx
+    # The app's own runner claims queued jobs too; with no free slot it leaves them to the two
+    # runners raced here (it reads the setting on every round).
+    ctx.settings.training.max_concurrent = 0
     with ctx.sessions() as session:
         for i in range(12):
             session.add(
