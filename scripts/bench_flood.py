@@ -27,12 +27,10 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -62,7 +60,13 @@ from fleet_stack import (  # noqa: E402
     wait_credentials,
     wait_online,
 )
-from script_support import free_port, spawn_logged, stop_process, wait_until  # noqa: E402
+from script_support import (  # noqa: E402
+    free_port,
+    run_in_work_folder,
+    spawn_logged,
+    stop_process,
+    wait_until,
+)
 
 FLOOD_SCRIPT = Path(__file__).resolve().parent / "fleet_flood.py"
 FLOOD_ID = "bench-flood"
@@ -289,23 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
-    work = Path(tempfile.mkdtemp(prefix="bench-flood-"))
-    try:
-        figures = run(args, work)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2, default=str))
-    except KeyboardInterrupt:
-        print(f"\nbench-flood: interrupted; logs in {work}", flush=True)
-        return 0
-    except Exception as exc:  # a benchmark reports, it does not fail the caller
-        print(f"\nbench-flood: FAILED to complete: {type(exc).__name__}: {exc}", flush=True)
-        print(f"logs kept in {work}", flush=True)
-        return 0
-    if args.keep:
-        print(f"\nwork folder kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_in_work_folder("bench-flood", run, args)
 
 
 if __name__ == "__main__":

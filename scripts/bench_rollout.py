@@ -51,11 +51,9 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -88,7 +86,7 @@ from fleet_stack import (  # noqa: E402
     wait_credentials,
     wait_online,
 )
-from script_support import free_port, stop_process, wait_until  # noqa: E402
+from script_support import free_port, run_in_work_folder, stop_process, wait_until  # noqa: E402
 
 from protos import fleet_topics  # noqa: E402
 
@@ -596,20 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    try:
-        figures = run(args, work)
-        if args.json:
-            args.json.write_text(json.dumps(figures, indent=2, default=str))
-    except Exception as exc:  # a benchmark reports, it does not fail the caller
-        print(f"\nbench-rollout: FAILED to complete: {type(exc).__name__}: {exc}", flush=True)
-        print(f"logs kept in {work}", flush=True)
-        return 0
-    if args.keep:
-        print(f"\nwork folder kept: {work}")
-    else:
-        shutil.rmtree(work, ignore_errors=True)
-    return 0
+    return run_in_work_folder("bench-rollout", run, args)
 
 
 if __name__ == "__main__":

@@ -190,3 +190,29 @@ def api_client(
             raise ValueError("give base_url (and token) or app")
         client = httpx.Client(base_url=base_url, headers=headers, timeout=120)
     return client, partial(request_json, client)
+
+
+def run_in_work_folder(name: str, run: Callable[[Any, Path], dict[str, Any]], args: Any) -> int:
+    """Run a fleet benchmark in a fresh work folder and always exit 0: a benchmark reports, it
+    does not fail its caller. ``args`` needs ``json`` (a path or None) and ``keep``; the folder
+    (agent and broker logs) is kept when the run fails, is interrupted or ``--keep`` asks."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    try:
+        figures = run(args, work)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2, default=str))
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted; logs in {work}", flush=True)
+        return 0
+    except Exception as exc:
+        print(f"\n{name}: FAILED to complete: {type(exc).__name__}: {exc}", flush=True)
+        print(f"logs kept in {work}", flush=True)
+        return 0
+    if args.keep:
+        print(f"\nwork folder kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
