@@ -8,10 +8,8 @@ from fastapi.responses import HTMLResponse
 
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.deps import PageUser
-from control_plane.dashboard.pages.base import page_router
+from control_plane.dashboard.pages.base import page_router, version_choices
 from control_plane.dashboard.render import page
-from control_plane.datasets.service import DatasetService
-from control_plane.datasets.versions.service import VersionService
 from control_plane.notebooks.deps import ServersDep
 from control_plane.notebooks.service import NotebookService, examples
 
@@ -23,12 +21,7 @@ ACTIVE = ("starting",)
 def notebooks(
     request: Request, user: PageUser, session: SessionDep, ctx: ContextDep, servers: ServersDep
 ) -> HTMLResponse:
-    versions = VersionService(session, ctx)
-    inputs = [
-        (d.id, d.name, v.name)
-        for d in DatasetService(session, ctx).list()
-        for v in versions.list(d.id)
-    ]
+    inputs = version_choices(session, ctx)
     return page(
         request,
         "notebooks_list.html",

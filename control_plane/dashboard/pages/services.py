@@ -12,11 +12,9 @@ from fastapi.responses import HTMLResponse
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import bar_chart
 from control_plane.dashboard.deps import PageUser
-from control_plane.dashboard.pages.base import page_router
+from control_plane.dashboard.pages.base import page_router, version_choices
 from control_plane.dashboard.pages.edge import edge_page
 from control_plane.dashboard.render import page
-from control_plane.datasets.service import DatasetService
-from control_plane.datasets.versions.service import VersionService
 from control_plane.devices.service import DeviceService
 from control_plane.registry.packages.service import PackageService
 from control_plane.registry.service import ModelService
@@ -38,12 +36,7 @@ def services(
     supervisor: SupervisorDep,
 ) -> HTMLResponse:
     manager = ServiceManager(session, ctx, supervisor)
-    versions = VersionService(session, ctx)
-    inputs = [
-        (d.id, d.name, v.name)
-        for d in DatasetService(session, ctx).list()
-        for v in versions.list(d.id)
-    ]
+    inputs = version_choices(session, ctx)
     models = [m for m in ModelService(session, ctx).list_versions() if m.state == "ready"]
     return page(
         request,

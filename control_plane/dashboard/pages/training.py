@@ -10,10 +10,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import LineChart, line_chart
 from control_plane.dashboard.deps import PageUser
-from control_plane.dashboard.pages.base import page_router
+from control_plane.dashboard.pages.base import page_router, version_choices
 from control_plane.dashboard.render import page
-from control_plane.datasets.service import DatasetService
-from control_plane.datasets.versions.service import VersionService
 from control_plane.training.deps import RuntimeDep
 from control_plane.training.service import TrainingService, algorithms
 
@@ -24,12 +22,7 @@ LOG_TAIL_BYTES = 16_000
 
 @router.get("/training")
 def jobs(request: Request, user: PageUser, session: SessionDep, ctx: ContextDep) -> HTMLResponse:
-    versions = VersionService(session, ctx)
-    inputs = [
-        (d.id, d.name, v.name)
-        for d in DatasetService(session, ctx).list()
-        for v in versions.list(d.id)
-    ]
+    inputs = version_choices(session, ctx)
     return page(
         request,
         "training_list.html",
