@@ -47,3 +47,18 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES, limit: int = LOG_TAIL_BYTE
         return ""
     text = data.decode("utf-8", "replace")
     return "\n".join(text.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process this control plane did not start itself (one adopted after a restart,
+    so there is no ``Popen`` to poll) still runs: it exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True

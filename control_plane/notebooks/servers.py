@@ -41,6 +41,7 @@ from subprocess import DEVNULL, Popen
 import httpx
 
 from control_plane.core.context import AppContext
+from control_plane.core.workers import pid_alive
 from control_plane.notebooks.models import Notebook
 
 logger = logging.getLogger(__name__)
@@ -225,16 +226,7 @@ class JupyterServers:
     def _alive(live: Live) -> bool:
         if live.proc is not None:
             return live.proc.poll() is None
-        try:
-            os.kill(live.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        with contextlib.suppress(OSError):
-            if "\nState:\tZ" in Path(f"/proc/{live.pid}/status").read_text():
-                return False
-        return True
+        return pid_alive(live.pid)
 
     def _adopt(self) -> None:
         with self.ctx.sessions() as session:

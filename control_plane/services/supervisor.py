@@ -45,6 +45,7 @@ from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
+from control_plane.core.workers import pid_alive
 from control_plane.deployments.service import DeploymentService
 from control_plane.registry.service import ModelService
 from control_plane.services.batch import DONE, BatchFollower
@@ -463,13 +464,7 @@ def _forget_process(replica: ServiceReplica, state: str) -> None:
 def _alive(proc: _Process) -> bool:
     if proc.popen is not None:
         return proc.popen.poll() is None
-    try:
-        os.kill(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(proc.pid)
 
 
 def _runs(pid: int, config: Path) -> bool:
