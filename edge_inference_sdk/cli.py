@@ -441,6 +441,7 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_notebooks_start: ("id", "name", "state"),
     cmd_notebooks_export: ("code_id", "boot_file"),
     cmd_notebooks_open: ("url", "state"),
+    cmd_notebooks_delete: ("deleted",),
     cmd_services_list: ("name", "type", "state"),
     cmd_services_get: ("name", "type", "state", "reason"),
     cmd_login: ("url", "profile", "config"),

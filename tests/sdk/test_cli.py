@@ -168,3 +168,17 @@ def test_console_entry_point_runs(env: Stack) -> None:
     )  # fmt: skip
     assert proc.returncode == EXIT_OK, proc.stderr
     assert isinstance(json.loads(proc.stdout), list)
+
+
+def test_every_command_with_a_result_prints_a_table_without_json() -> None:
+    """A command that returns data must name its columns, or it would print raw JSON by default."""
+    import edge_inference_sdk.cli as cli
+
+    streams_itself = {cli.cmd_jobs_logs}
+    commands = {
+        value
+        for name, value in vars(cli).items()
+        if name.startswith("cmd_") and callable(value) and value not in streams_itself
+    }
+    missing = sorted(c.__name__ for c in commands if c not in cli._COLUMNS)
+    assert not missing, f"commands printing JSON without --json: {missing}"
