@@ -252,3 +252,32 @@ def test_device_joining_the_selector_gets_what_its_stage_allows(
     wait_serving(agents[0].address, packages.models, "v1", timeout=30)
     assert set(committed_state(agents[0].workdir)["models"]["mlp"]["versions"]) == {"1"}
     assert _service(fleet, "siteb")["rollout"]["left"] == ["site-0"]
+
+
+def test_a_local_guard_revert_during_the_bake_fails_the_stage_at_once(
+    fleet: Fleet, packages: Packages, fixed_batch_v3: Path, four
+) -> None:
+    """The cloud's gates are lenient and the bake long: only the device's guard can stop it."""
+    fleet.upload(fixed_batch_v3)
+    _create(
+        fleet,
+        {
+            "name": "guarded",
+            "models": [{"model": "mlp", "version": "3"}],
+            "targets": {"device_ids": ["edge-0"]},
+            "strategy": {"canary": 1, "waves": [], "bake_s": 600},
+            "gates": {"max_error_rate": 1.0, "min_requests": 1},
+            "guard": {"bake_s": 120, "max_error_rate": 0.05, "min_requests": 5},
+        },
+    )
+    # No traffic until the stage bakes, so the guard breaches during the bake, not before it.
+    wait_for(lambda: _service(fleet, "guarded")["rollout"]["stages"][0]["state"] == "baking", 30)
+    with Traffic(four[:1]):
+        rollout = _wait_rollout(fleet, "guarded", ("failed", "succeeded"), timeout=60)
+        wait_serving(four[0].address, packages.models, "v1", timeout=5)
+    assert rollout["state"] == "failed", rollout
+    canary = rollout["stages"][0]
+    assert canary["state"] == "rolled_back"
+    gate = next(g for g in canary["gates"] if g["gate"] == "installs")
+    assert not gate["passed"] and "edge-0: guard:" in gate["detail"], gate
+    assert rollout["reason"].startswith("canary: gate installs failed")

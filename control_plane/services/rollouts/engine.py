@@ -2,8 +2,9 @@
 
 Per stage: ``pending`` -> (record each device's active version and telemetry position, create
 the stage's deployment) ``deploying`` -> (every device installed) ``baking`` -> (bake time over,
-gates clean) ``passed``, and the next stage starts. A failed gate, at any point, marks the stage
-``failed``, rolls its devices back to the version each had before (a re-activation where the
+gates clean) ``passed``, and the next stage starts. A failed gate, at any point (a device's
+local guard reverting during the bake fails the installs gate at once), marks the stage ``failed``,
+rolls its devices back to the version each had before (a re-activation where the
 device still holds it; a removal where it had none), records the gate and its figures, and stops
 the rollout (``failed``). Stages before it keep the new version: they passed their own gates.
 
@@ -192,6 +193,12 @@ class RolloutEngine:
                 stage["gates"] = verdict.results
                 stage["state"], stage["baking_since"] = "baking", now
         elif stage["state"] == "baking":
+            # A device's local guard that reverts the version mid-bake reports the deployment
+            # FAILED at step `guard`: the stage fails now, not when the bake is over.
+            reverted = gates.installs(session, self.ctx, stage)
+            if reverted.state == "fail":
+                self._fail(session, service, rollout, plan, stage, reverted)
+                return
             strategy = RolloutStrategy(**plan["strategy"])
             baked = now - float(stage["baking_since"]) >= strategy.bake_s
             verdict = gates.health(
