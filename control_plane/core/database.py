@@ -15,6 +15,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import JSON, Column, DateTime, Engine, create_engine, event, select, text
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +77,31 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class UtcDateTime(TypeDecorator[dt.datetime]):
+    """A UTC time that comes back aware from every engine.
+
+    SQLite hands back naive times where PostgreSQL hands back aware ones, so without this a row
+    answered right after its creation said ``...Z`` and the same row read back later said nothing:
+    one API, two spellings of the same instant. Naive times going in are taken as UTC; aware
+    ones are stored as UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map = {dt.datetime: DateTime(timezone=True), dict[str, Any]: JSON}
+    type_annotation_map = {dt.datetime: UtcDateTime(), dict[str, Any]: JSON}
 
 
 def references(session: Session, column: Column[Any], value: Any) -> dict[str, list[Any]]:

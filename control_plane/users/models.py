@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from control_plane.core.database import Base, utcnow
+from control_plane.core.database import Base, UtcDateTime, utcnow
 
 
 class User(Base):
@@ -38,7 +38,7 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(200))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime(), default=None)
 
 
 class UserSession(Base):
@@ -50,4 +50,4 @@ class UserSession(Base):
     )
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime())
