@@ -236,6 +236,7 @@ def test_whole_flow(browser: Browser, served: Served, tmp_path: Path) -> None:
     expect(page.locator("#endpoint .grpc-address").first).to_contain_text("127.0.0.1:")
     png = tmp_path / "try.png"
     png.write_bytes(digit_png(1, random.Random(9)))
+    page.select_option("#try-it-model", "digits-cnn")  # the path's model comes from here
     page.set_input_files("#try-it-form input[type=file]", str(png))
     page.click("#try-it-form button[type=submit]")
     expect(page.locator("#try-it-topk")).to_have_attribute("data-done", "true")

@@ -135,12 +135,19 @@ def test_online_service_page_shows_replicas_endpoint_and_figures(
         # The try-it form's request: the image as a multipart upload to the form's URL, with the
         # session cookie and its CSRF token (as dashboard.js sends it); the answer holds top-k.
         action = re.search(r'<form data-upload="([^"]+)" data-topk id="try-it-form">', html)
-        assert action and action.group(1) == "/api/v1/services/digits-online/v2/models/digits/infer"
+        assert (
+            action and action.group(1) == "/api/v1/services/digits-online/v2/models/{model}/infer"
+        )
+        # The model is chosen in the form (one option per model of the service).
+        assert re.findall(
+            r"<select data-url-field=\"model\" id=\"try-it-model\">(.*?)</select>", html
+        ) == ["<option>digits</option>"]
+        url = action.group(1).replace("{model}", "digits")
         png = digit_png(7, random.Random(3))
-        r = page.post(action.group(1), files={"file": ("d.png", png, "image/png")})
+        r = page.post(url, files={"file": ("d.png", png, "image/png")})
         assert r.status_code == 403  # no CSRF token: refused
         r = page.post(
-            action.group(1),
+            url,
             files={"file": ("d.png", png, "image/png")},
             headers={"X-CSRF-Token": csrf_of(page)},
         )

@@ -114,7 +114,10 @@ function bindUploads() {
       const report = form.querySelector(".report");
       showError(form, { message: "" });
       const xhr = new XMLHttpRequest();
-      xhr.open("POST", attr(form, "upload"));
+      // Path parts chosen in the form ("{model}" from a data-url-field select), not sent as fields.
+      const parts = {};
+      form.querySelectorAll("[data-url-field]").forEach((el) => { parts[attr(el, "url-field")] = el.value; });
+      xhr.open("POST", Object.keys(parts).length ? fill(attr(form, "upload"), parts) : attr(form, "upload"));
       xhr.setRequestHeader("X-CSRF-Token", csrf());
       bar.hidden = false;
       bar.value = 0;
