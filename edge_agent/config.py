@@ -184,7 +184,7 @@ class CaptureSettings(BaseModel):
         "skipped and counted (the request is never held).",
     )
     upload_window: int = Field(
-        default=4, ge=1, le=64, description="Records being uploaded at once, awaiting their ack."
+        default=8, ge=1, le=64, description="Records being uploaded at once, awaiting their ack."
     )
     ack_timeout_s: float = Field(
         default=30.0,

@@ -174,8 +174,11 @@ class CaptureUploader:
             free = self.settings.upload_window - len(self._inflight)
             if free <= 0:
                 continue
-            for entry in self.store.oldest(free, skip=set(self._inflight)):
-                record = await asyncio.to_thread(self.store.read, entry)
+            entries = self.store.oldest(free, skip=set(self._inflight))
+            if not entries:
+                continue
+            records = await asyncio.to_thread(self._read_all, entries)  # one hop for all
+            for entry, record in records:
                 if record is None or not self._connected.is_set():
                     continue
                 try:
@@ -190,6 +193,9 @@ class CaptureUploader:
                 self._inflight[entry.digest] = item
                 if not self._send(item):
                     break
+
+    def _read_all(self, entries: list[Entry]) -> list[tuple[Entry, tuple[bytes, bytes] | None]]:
+        return [(e, self.store.read(e)) for e in entries]
 
     async def _status_loop(self) -> None:
         while True:
