@@ -306,3 +306,59 @@ def test_a_disabled_policy_captures_nothing(
     status = rig.cloud.wait_status("cam-5", lambda s: s.uploaded_total == 1)
     assert status.captured_total == 1
     assert [r.meta.version for r in rig.cloud.stored.values()] == ["1"]
+
+
+def test_disagreement_with_a_shadow_version_is_captured_with_both_answers(
+    rig: Rig, samples: Samples, models_dir: Path, fleet_keys: dict[str, Keys]
+) -> None:
+    from protos.gen import agent_pb2
+
+    key = load_private_key(fleet_keys["trusted"].private)
+    policy = {"on_disagreement": True, "top_k": TOP_K}
+    built = {
+        version: build_package(
+            BuildSpec(
+                name="judge",
+                version=version,
+                artifacts=[ArtifactInput(models_dir / onnx)],
+                labels=LABELS,
+                capture=policy,
+            ),
+            rig.tmp / f"judge-{version}",
+            key,
+        )
+        for version, onnx in (("1", "mlp.onnx"), ("2", "mlp_v2.onnx"))
+    }
+    agent = rig.agent("cam-6")
+    assert agent.install(built["1"]).result.outcome == "COMMITTED"
+    assert agent.install(built["2"], activate=False).result.outcome == "COMMITTED"
+    split = agent_pb2.SetTrafficRequest(model="judge", shadow_version="2", shadow_fraction=1.0)
+    agent.agent_stub().SetTraffic(split, timeout=10, metadata=agent._metadata())
+
+    def probs(onnx: str, x: np.ndarray) -> np.ndarray:
+        session = ort.InferenceSession(str(models_dir / onnx), providers=["CPUExecutionProvider"])
+        logits = session.run(["logits"], {"input": x})[0].astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    # Inputs on which the two versions differ, and inputs on which they agree (negative control).
+    pool = (np.random.default_rng(6).random((600, 784)) * 0.08).astype(np.float32)
+    live, shadow = probs("mlp.onnx", pool), probs("mlp_v2.onnx", pool)
+    same = live.argmax(axis=1) == shadow.argmax(axis=1)
+    agree, differ_rows = np.nonzero(same)[0][:3], np.nonzero(~same)[0][:5]
+    assert (len(agree), len(differ_rows)) == (3, 5), "the versions must agree on some inputs"
+    differ = {npy_digest(pool[i]): int(i) for i in differ_rows}
+    for i in [*agree, *differ_rows]:
+        infer_http(agent, "judge", pool[i : i + 1])
+        time.sleep(0.02)  # lets the mirror run, so none is skipped for being busy
+    cloud = rig.cloud
+    cloud.wait(lambda: len(cloud.stored) >= 1, what="a disagreement")
+    cloud.wait_status("cam-6", lambda s: s.stored_records == 0 and s.captured_total > 0)
+    assert set(cloud.stored) <= set(differ)  # never an input on which the versions agree
+    for digest, rec in cloud.stored.items():
+        i = differ[digest]
+        meta = rec.meta
+        assert (meta.reason, meta.version, meta.shadow_version) == (fc.DISAGREEMENT, "1", "2")
+        assert meta.top_k[0].index == int(live[i].argmax())
+        assert meta.shadow_top_k[0].index == int(shadow[i].argmax())
+        assert meta.shadow_top_k[0].score == pytest.approx(shadow[i].max(), abs=1e-5)
