@@ -24,8 +24,8 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 import numpy as np
 from prometheus_client import Counter, Histogram
@@ -57,9 +57,6 @@ from edge_agent.serving.validation import (
     validate_outputs,
 )
 from model_packager.tensors import TensorSpec
-
-if TYPE_CHECKING:
-    from edge_agent.capture import Capturer
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +94,28 @@ class WireRequest(Protocol):
 W = TypeVar("W", bound=WireRequest)
 
 
+class CaptureHook(Protocol):
+    """What the data plane tells the capture wing (``edge_agent.capture.Capturer``): called on
+    the event loop, it must return at once and never raise."""
+
+    def after_inference(
+        self,
+        served: ServedModel,
+        requested: bool,
+        raw: list[InputTensor],
+        results: Mapping[str, np.ndarray],
+    ) -> None: ...
+
+    def after_shadow(
+        self,
+        served: ServedModel,
+        shadow_version: str,
+        raw: list[InputTensor],
+        live: Mapping[str, np.ndarray],
+        shadow: Mapping[str, np.ndarray],
+    ) -> None: ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -104,7 +123,7 @@ class DataPlane:
         max_inflight: int,
         status_name: Callable[[AgentError], str],
         shm: SharedMemoryRegistry | None = None,
-        capture: Capturer | None = None,
+        capture: CaptureHook | None = None,
     ) -> None:
         """``status_name`` names a failed request's status in the request counter (the
         transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``. ``shm`` holds
