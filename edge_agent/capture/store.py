@@ -6,14 +6,15 @@ the same input captured twice is kept once. A file holds ``MAGIC``, the meta's l
 big endian), the encoded ``CaptureMeta`` and the data.
 
 Writes go to ``.tmp-*`` in the same folder, are fsynced, then renamed: a crash leaves a whole
-record or a temporary file, never a half record, and temporary files are removed when the store
-opens. Quotas (``max_records``, ``max_bytes``) are kept by dropping the oldest records first,
-each counted in ``dropped_total``.
+record or a temporary file, never a half record, and temporary files (these, and the ``.*.tmp``
+of an interrupted ``state.json`` write) are removed when the store opens. Quotas
+(``max_records``, ``max_bytes``) are kept by dropping the oldest records first, each counted in
+``dropped_total``.
 
 Counters (``captured_total``, ``uploaded_total``, ``dropped_total``) and the last purge applied
 live in ``state.json``. The purge id is written at once (a purge is applied once per id across
-restarts); the counters at most once a second and when the store closes, so a crash can lose the
-increments of its last second, never a record.
+restarts); the counters on a change when the last save is a second old, and when the store
+closes, so a crash can lose the latest increments of the totals, never a record.
 
 Thread safety: the background writer adds records while the event loop reads, deletes and
 purges; one lock guards the index and the counters, file contents are read and written outside
@@ -112,7 +113,7 @@ class CaptureStore:
         found = []
         for path in self.folder.iterdir():
             name = path.name
-            if name.startswith(TMP_PREFIX):
+            if name.startswith(TMP_PREFIX) or (name.startswith(".") and name.endswith(".tmp")):
                 path.unlink(missing_ok=True)
                 log.info("removed %s, left by an interrupted capture", name)
                 continue

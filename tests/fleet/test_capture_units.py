@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from control_plane.fleet.broker_config import device_access
+from edge_agent.capture import Capturer, Override
 from edge_agent.capture.policy import ModelCapture, decide
 from edge_agent.capture.store import CaptureStore
 from edge_agent.capture.uploader import CaptureUploader
@@ -149,3 +151,38 @@ def test_the_device_acl_grants_the_capture_leaves() -> None:
     assert access["edge/dev-1/captures/stat"] == "readwrite"
     assert access["edge/dev-1/captures/ack"] == "read"
     assert access["edge/dev-1/captures/ctl"] == "read"
+
+
+def _served(capture: dict | None) -> SimpleNamespace:
+    """The parts of a ServedModel that resolving a policy reads (no runtime needed)."""
+    spec = SimpleNamespace(name="logits", datatype="FP32", shape=(-1, 10))
+    manifest = SimpleNamespace(capture=capture, labels=None, output_specs=lambda: [spec])
+    return SimpleNamespace(
+        name="digits",
+        version="1",
+        manifest=manifest,
+        hooks=None,
+        inputs=[SimpleNamespace(name="input")],
+        processing=SimpleNamespace(pre=None, post=None),
+    )
+
+
+def test_the_deployments_policy_replaces_the_packages_and_is_kept(tmp_path: Path) -> None:
+    served = _served({"below_confidence": 0.5})
+    capturer = Capturer(CaptureSettings(), tmp_path)
+    own = capturer.setup_for(served)  # type: ignore[arg-type]
+    assert own is not None and own.policy.below_confidence == 0.5 and own.scores == "logits"
+    told = fc.CapturePolicy(enabled=True, on_request=True)
+    capturer.set_overrides([("digits", "1", Override("dep-9", told))])
+    setup = capturer.setup_for(served)  # type: ignore[arg-type]
+    assert setup is not None and setup.policy == told and setup.deployment_id == "dep-9"
+    # Kept across a restart (an offline device keeps capturing as told).
+    again = Capturer(CaptureSettings(), tmp_path).setup_for(served)  # type: ignore[arg-type]
+    assert again is not None and again.policy == told
+    # A deployment that turns it off, and one that says nothing (the package's block again).
+    capturer.set_overrides([("digits", "1", Override("dep-10", fc.CapturePolicy()))])
+    assert capturer.setup_for(served) is None  # type: ignore[arg-type]
+    capturer.set_overrides([("digits", "1", Override("dep-11", None))])
+    back = capturer.setup_for(served)  # type: ignore[arg-type]
+    assert back is not None and back.policy.below_confidence == 0.5
+    assert Capturer(CaptureSettings(), tmp_path).setup_for(_served(None)) is None  # type: ignore[arg-type]
