@@ -17,7 +17,12 @@ rate. The baseline, in the same run and on the same broker: a paho client publis
 same chunk messages with QoS 1, back to back, to a plain subscriber (no acks of the protocol, no
 window), timed from the first to the last message received.
 
-Both parts print the machine's load average. It is a benchmark, not a test: it always exits 0.
+Hook. Also in-process, away from the loaded sockets: what ``Capturer.after_inference`` (the
+decision and the hand-off to the writer's queue, what the serving path pays) costs per call on a
+CNN-sized request, with the writer thread really writing, against a plain ``np.argmax`` of the
+same scores as the baseline.
+
+Every part prints the machine's load average. It is a benchmark, not a test: it always exits 0.
 """
 
 from __future__ import annotations
@@ -283,6 +288,63 @@ def upload(args: argparse.Namespace, work: Path, model: Path, shape: str) -> dic
             broker.stop()
 
 
+def hook(args: argparse.Namespace, work: Path, shape: str) -> dict[str, Any]:
+    from types import SimpleNamespace
+
+    from edge_agent.capture import Capturer
+    from edge_agent.config import CaptureSettings
+    from edge_agent.serving.requests import InputTensor
+
+    dims = tuple(int(d) for d in shape.split(","))
+    classes = 1000 if len(dims) == 4 else 10
+    spec = SimpleNamespace(name="logits", datatype="FP32", shape=(-1, classes))
+    served = SimpleNamespace(
+        name="cap",
+        version="1",
+        manifest=SimpleNamespace(capture=WORST_CASE, labels=None, output_specs=lambda: [spec]),
+        hooks=None,
+        inputs=[SimpleNamespace(name="input")],
+        processing=SimpleNamespace(pre=None, post=None),
+        has_batch_dim=True,
+    )
+    capturer = Capturer(CaptureSettings(max_records=100), work / "hook-captures")
+    capturer.start()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(dims).astype(np.float32)
+    calls, base = [], []
+    try:
+        for n in range(args.hook_calls):
+            xi = x.copy()
+            xi.reshape(-1)[0] = n
+            raw = [InputTensor("input", "FP32", dims, xi)]
+            results = {"logits": rng.standard_normal((1, classes)).astype(np.float32)}
+            t0 = time.perf_counter_ns()
+            capturer.after_inference(served, False, raw, results)  # type: ignore[arg-type]
+            t1 = time.perf_counter_ns()
+            int(np.argmax(results["logits"]))
+            t2 = time.perf_counter_ns()
+            calls.append(t1 - t0)
+            base.append(t2 - t1)
+            time.sleep(0.002)  # requests arrive spaced out, as at c=1
+    finally:
+        capturer.close()
+    call_us, base_us = float(np.median(calls)) / 1e3, float(np.median(base)) / 1e3
+    writer = capturer.writer
+    log(
+        f"hook: after_inference {call_us:.1f} us per call (median of {len(calls)}; p99 "
+        f"{float(np.percentile(calls, 99)) / 1e3:.1f} us), np.argmax of the same scores "
+        f"{base_us:.1f} us; {capturer.store.counters().captured_total} written, "
+        f"{writer.skipped_queue_full} skipped (queue full); {load()}"
+    )
+    return {
+        "after_inference_us_p50": call_us,
+        "after_inference_us_p99": float(np.percentile(calls, 99)) / 1e3,
+        "argmax_us_p50": base_us,
+        "written": capturer.store.counters().captured_total,
+        "skipped_queue_full": writer.skipped_queue_full,
+    }
+
+
 def ensure_cnn(models_dir: Path) -> Path:
     path = models_dir / "cnn.onnx"
     if not path.is_file():
@@ -299,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3, help="alternating windows per model")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     p.add_argument("--uploads", type=int, default=60, help="records in the upload part")
+    p.add_argument("--hook-calls", type=int, default=500, help="calls in the hook part")
     p.add_argument("--mlp", action="store_true", help="the MLP instead of the CNN (quick)")
     p.add_argument("--models-dir", type=Path, default=REPO / "tests" / ".models")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
@@ -312,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"bench-capture: {model.name}, input {shape}; {load()}")
     try:
         figures = {"model": model.name, "load_start": os.getloadavg()}
+        figures["hook"] = hook(args, work, shape)
         figures["serving"] = serving(args, work, model, shape)
         figures["upload"] = upload(args, work, model, shape)
         figures["load_end"] = os.getloadavg()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_agent.capture.policy import ModelCapture, decide, probabilities, resolve
+from edge_agent.capture.policy import ModelCapture, decide, resolve, score_rows
 from edge_agent.capture.record import Pending
 from edge_agent.capture.store import CaptureStore
 from edge_agent.capture.writer import CaptureWriter
@@ -125,7 +125,7 @@ class Capturer:
                 return
             now_ms = time.time_ns() // 1_000_000
             batched = served.has_batch_dim or t.datatype == "BYTES"
-            for row, reason, probs in picked:
+            for row, reason, scores_row in picked:
                 self._offer(
                     Pending(
                         setup,
@@ -137,7 +137,7 @@ class Capturer:
                         t.shape,
                         t.data,
                         row if batched else None,
-                        probs,
+                        scores_row,
                     )
                 )
         except Exception:  # capture must never fail a request
@@ -160,7 +160,10 @@ class Capturer:
             a, b = live.get(setup.scores), shadow.get(setup.scores)
             if t is None or a is None or b is None or a.shape != b.shape:
                 return
-            pa, pb = probabilities(setup, a), probabilities(setup, b)
+            rows = _rows(served, t)
+            pa, pb = score_rows(a, rows), score_rows(b, rows)
+            if pa is None or pb is None:
+                return
             differ = np.nonzero(pa.argmax(axis=1) != pb.argmax(axis=1))[0]
             if not differ.size:
                 return
@@ -180,7 +183,7 @@ class Capturer:
                         row if batched else None,
                         pa[row],
                         shadow_version=shadow_version,
-                        shadow_probs=pb[row],
+                        shadow_scores=pb[row],
                     )
                 )
         except Exception:

@@ -8,8 +8,9 @@ class scores (the post-processing's ``output``, else the first floating-point ou
 than one class) and whether those scores are already probabilities.
 
 The decision runs on the event loop for every request of a version with an active policy, so it
-is a few numpy reductions over the scores the request computed anyway: no copy, no allocation
-beyond one small array per request.
+is a few numpy reductions over the scores the request computed anyway (``top1``: no softmax, no
+copy of the input); the probabilities and the top-k of a kept sample are computed later, in the
+writer thread.
 """
 
 from __future__ import annotations
@@ -97,35 +98,55 @@ def probabilities(mc: ModelCapture, scores: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+def score_rows(scores: np.ndarray | None, rows: int) -> np.ndarray | None:
+    """The scores as one row per sample, or None when they are not that (no confidence to read)."""
+    if scores is None or scores.dtype.kind != "f" or not scores.size:
+        return None
+    out = scores.reshape(scores.shape[0] if scores.ndim > 1 else 1, -1)
+    return out if out.shape[0] == rows else None
+
+
+def top1(mc: ModelCapture, rows: np.ndarray) -> np.ndarray:
+    """Each row's top-1 probability, without normalising the rows: for logits it is
+    ``1 / sum(exp(x - max))``, three numpy passes instead of a whole softmax."""
+    best = rows.max(axis=1)
+    if mc.probabilities:
+        return best
+    if rows.min() >= 0.0 and best.max() <= 1.0 and np.all(np.abs(rows.sum(axis=1) - 1.0) < 1e-3):
+        return best
+    return 1.0 / np.exp(rows - best[:, None]).sum(axis=1)
+
+
 def decide(
     mc: ModelCapture, requested: bool, scores: np.ndarray | None, rows: int
 ) -> list[tuple[int, str, np.ndarray | None]]:
-    """(row, reason, probability row or None) of every sample of one request to capture."""
+    """(row, reason, that row's raw scores or None) of every sample of one request to capture.
+
+    The scores stay raw: the writer thread turns a kept row into probabilities for its top-k.
+    """
     policy = mc.policy
-    probs = None
-    if scores is not None and scores.dtype.kind == "f" and scores.size:
-        probs = probabilities(mc, scores)
-        if probs.shape[0] != rows:
-            probs = None  # an output without one row per sample: no confidence to read
-    picked: list[tuple[int, str, np.ndarray | None]] = []
+    table = score_rows(scores, rows)
     if requested and policy.on_request:
-        return [(r, fc.REQUESTED, probs[r] if probs is not None else None) for r in range(rows)]
+        return [(r, fc.REQUESTED, table[r] if table is not None else None) for r in range(rows)]
+    picked: list[tuple[int, str, np.ndarray | None]] = []
     low = None
-    if probs is not None and policy.below_confidence > 0:
-        low = probs.max(axis=1) < policy.below_confidence
+    if table is not None and policy.below_confidence > 0:
+        low = top1(mc, table) < policy.below_confidence
     fraction = policy.sample_fraction
     for r in range(rows):
         if low is not None and low[r]:
-            picked.append((r, fc.LOW_CONFIDENCE, probs[r] if probs is not None else None))
+            picked.append((r, fc.LOW_CONFIDENCE, table[r] if table is not None else None))
         elif fraction > 0 and random.random() < fraction:
-            picked.append((r, fc.SAMPLED, probs[r] if probs is not None else None))
+            picked.append((r, fc.SAMPLED, table[r] if table is not None else None))
     return picked
 
 
-def top_k(mc: ModelCapture, probs: np.ndarray | None) -> tuple[fc.Prediction, ...]:
-    """The best ``top_k`` classes of one probability row, best first (in the writer thread)."""
-    if probs is None:
+def top_k(mc: ModelCapture, scores: np.ndarray | None) -> tuple[fc.Prediction, ...]:
+    """The best ``top_k`` classes of one row of raw scores, as probabilities, best first (in the
+    writer thread)."""
+    if scores is None:
         return ()
+    probs = probabilities(mc, scores.reshape(1, -1))[0]
     k = min(mc.policy.effective_top_k, probs.size)
     order = np.argsort(-probs, kind="stable")[:k]
     labels = mc.labels

@@ -54,9 +54,10 @@ class Pending:
     data: np.ndarray
     #: The sample's row in the batch; None: the whole tensor is the sample.
     row: int | None
-    probs: np.ndarray | None
+    #: The sample's raw scores (probabilities and top-k are computed by the writer).
+    scores: np.ndarray | None
     shadow_version: str = ""
-    shadow_probs: np.ndarray | None = None
+    shadow_scores: np.ndarray | None = None
 
 
 def media_type(data: bytes) -> str:
@@ -95,8 +96,8 @@ def build(p: Pending) -> tuple[bytes, fc.CaptureMeta]:
         input_kind=kind,
         media_type=media,
         deployment_id=p.setup.deployment_id,
-        top_k=top_k(p.setup, p.probs),
+        top_k=top_k(p.setup, p.scores),
         shadow_version=p.shadow_version,
-        shadow_top_k=top_k(p.setup, p.shadow_probs),
+        shadow_top_k=top_k(p.setup, p.shadow_scores),
     )
     return data, meta

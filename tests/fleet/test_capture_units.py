@@ -11,7 +11,7 @@ import pytest
 
 from control_plane.fleet.broker_config import device_access
 from edge_agent.capture import Capturer, Override
-from edge_agent.capture.policy import ModelCapture, decide
+from edge_agent.capture.policy import ModelCapture, decide, top1
 from edge_agent.capture.store import CaptureStore
 from edge_agent.capture.uploader import CaptureUploader
 from edge_agent.config import CaptureSettings
@@ -70,8 +70,12 @@ def test_decision_per_row() -> None:
     scores = np.array([sure, unsure, sure], dtype=np.float32)
     picked = decide(_setup(below_confidence=0.6), False, scores, 3)
     assert [(r, why) for r, why, _ in picked] == [(1, fc.LOW_CONFIDENCE)]
-    probs = picked[0][2]
-    assert probs is not None and probs.sum() == pytest.approx(1.0)  # softmax of the logits
+    kept = picked[0][2]
+    assert kept is not None and kept.tolist() == pytest.approx(unsure)  # raw, for the writer
+    # top-1 of the logits without a softmax: 1 / sum(exp(x - max)).
+    assert top1(_setup(), scores.reshape(3, -1))[1] == pytest.approx(
+        1 / np.exp(np.array(unsure) - 1.0).sum()
+    )
     # Scores that are probabilities already are read as they are.
     dist = np.array([[0.5, 0.3, 0.2]], dtype=np.float32)
     assert decide(_setup(below_confidence=0.6), False, dist, 1)[0][2] is not None
