@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +207,22 @@ def test_low_confidence_and_requested_inputs_arrive_once_with_their_meta(
         assert meta.top_k[0].score == pytest.approx(samples.confidence[i], abs=1e-5)
         assert abs(meta.captured_at_ms - time.time() * 1000) < 120_000
     assert stored_files(agent) == []
+    # A flag that is not a boolean is the client's error, on both protocols.
+    body = {"parameters": {"capture": "yes"}, "inputs": [_json_input(samples.x[0])]}
+    request = urllib.request.Request(
+        f"{agent.http_url}/v2/models/digits/infer", data=json.dumps(body).encode()
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400 and b"capture" in refused.value.read()
+    import tritonclient.utils as tu
+
+    with pytest.raises(tu.InferenceServerException, match="capture"):
+        infer_grpc(agent, "digits", samples.x[:1], capture="yes")  # type: ignore[arg-type]
+
+
+def _json_input(row: np.ndarray) -> dict[str, Any]:
+    return {"name": "input", "datatype": "FP32", "shape": [1, 784], "data": row.tolist()}
 
 
 def test_broker_cut_during_upload_loses_nothing_and_stores_each_once(
