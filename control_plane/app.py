@@ -26,6 +26,7 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
+from control_plane.fleet import broker_hook_routes as broker_hooks
 from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
@@ -194,6 +195,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     http_errors.install(app)
     app.include_router(health.router)
+    # EMQX's auth hooks: authenticated by their own token, not a user's (fleet/emqx.py).
+    app.include_router(broker_hooks.router)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
     api.include_router(devices.router)
     api.include_router(packages.router)
