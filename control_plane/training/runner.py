@@ -467,7 +467,12 @@ class JobRunner(JobFolders):
                     log_file.write(f"$ {' '.join(argv)}\n".encode())
                 if self.executor is not None:
                     ray_job = self.executor.launch(
-                        job.id, argv, str(cwd), self.environment(job, work), str(log)
+                        job.id,
+                        argv,
+                        str(cwd),
+                        self.environment(job, work),
+                        str(log),
+                        job.resources,
                     )
                     self._running[job.id] = _Running(
                         job.id, None, time.monotonic() + job.timeout_s, work, ray=ray_job

@@ -31,7 +31,7 @@ from control_plane.training.bucket import JobBucket, code_limits
 from control_plane.training.events import read_scalars
 from control_plane.training.models import TrainingJob
 from control_plane.training.runner import FINAL_STATES, JobFolders, JobRunner
-from control_plane.training.schemas import JobCreate, JobRerun
+from control_plane.training.schemas import JobCreate, JobRerun, JobResources
 from control_plane.training.sdk import edge_training
 
 logger = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ class TrainingService:
             boot_file=spec.boot_file,
             hyperparameters=dict(spec.hyperparameters),
             timeout_s=spec.timeout_s or self.ctx.settings.training.timeout_s,
+            resources=spec.resources.model_dump(exclude_none=True) if spec.resources else None,
         )
         self.session.add(job)
         self.session.commit()
@@ -181,6 +182,7 @@ class TrainingService:
             boot_file=old.boot_file,
             hyperparameters={**old.hyperparameters, **changes.hyperparameters},
             timeout_s=changes.timeout_s or old.timeout_s,
+            resources=JobResources(**old.resources) if old.resources else None,
         )
         return self.create(spec, parent=old)
 
