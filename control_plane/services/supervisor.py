@@ -35,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,7 +222,9 @@ class Supervisor:
                 self._next_claim = time.monotonic() + self.ctx.settings.replicas.heartbeat_s
                 self._claim(session)
             services = session.scalars(select(Service)).all()
-            self._drop_foreign({s.name for s in services if self._mine(s)})
+            self._drop_foreign(
+                {s.name for s in services if self._mine(s)}, {s.name for s in services}
+            )
             for service in services:
                 if service.state == "stopped" or service.type == "edge":
                     continue
@@ -296,13 +299,16 @@ class Supervisor:
             )
         return out
 
-    def _drop_foreign(self, mine: set[str]) -> None:
+    def _drop_foreign(self, mine: set[str], existing: set[str]) -> None:
         """End the agents of services this replica no longer owns (deleted through another
-        replica, or claimed by another while this one was taken for dead)."""
+        replica, or claimed by another while this one was taken for dead); a deleted service's
+        folder goes with them."""
         for key in [k for k in self._procs if k[0] not in mine]:
             self._terminate(key)
             self._followers.pop(key[0], None)
             logger.info("replica %s/%d ended: the service is no longer this replica's", *key)
+            if key[0] not in existing:
+                shutil.rmtree(self.service_dir(key[0]), ignore_errors=True)
 
     def _follow(self, name: str) -> None:
         """Start following the batch service's job, unless a thread already does."""
