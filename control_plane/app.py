@@ -120,6 +120,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "`/notebooks/{id}/`), shipped examples, and export of a notebook into training code.",
     },
     {
+        "name": "broker hooks",
+        "description": "EMQX's HTTP authentication and authorization hooks (outside /api/v1, "
+        "with their own token, CONTROL_PLANE_BROKER_HOOK_TOKEN): the same rules as the "
+        "Mosquitto ACL.",
+    },
+    {
         "name": "users",
         "description": "User accounts with roles (admin only) and each user's own profile and "
         "API tokens (`/users/me`).",
