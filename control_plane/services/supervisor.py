@@ -275,7 +275,7 @@ class Supervisor:
                 self._procs.pop((name, replica.index), None)
                 registration = DeviceService(session, self.ctx).reset_password(replica.device_id)
                 bundle = DeviceService(session, self.ctx).bundle(registration).model_dump()
-                models = self.write_models_of(service)
+                models = self.model_settings(service)
                 self.write_config(name, replica.index, bundle, models)
                 _forget_process(replica, "starting")
                 replica.generation = 0  # a fresh agent: it is given every model again
@@ -286,7 +286,7 @@ class Supervisor:
             logger.warning("service %s: agents taken over from replica %s", name, previous)
 
     @staticmethod
-    def write_models_of(service: Service) -> dict[str, Any]:
+    def model_settings(service: Service) -> dict[str, Any]:
         """Each model's batching settings, from its first (active) version in the spec."""
         out: dict[str, Any] = {}
         for m in service.spec["models"]:

@@ -339,7 +339,10 @@ def test_one_replica_runs_a_services_agents_and_a_survivor_takes_them_over(
     a, b = cluster.replicas["a"], cluster.replicas["b"]
     with open(models_dir / "mlp.onnx", "rb") as f:
         r = a.call(
-            "POST", "/api/v1/models/import", files={"file": ("mlp.onnx", f)}, data={"name": "mlp"}
+            "POST",
+            "/api/v1/models/import",
+            files={"file": ("mlp.onnx", f)},
+            data={"name": "mlp", "targets": '["onnx-fp32"]'},
         )
     assert r.status_code == 202, r.text
 
