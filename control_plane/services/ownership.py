@@ -50,10 +50,15 @@ def claim_orphans(
         if kind == "batch" and spec.get("device"):
             continue  # runs on a device, not on a control plane's machine
         condition = Service.owner.is_(None) if owner is None else Service.owner == owner
+        values: dict[str, str] = {"owner": me, "owner_address": address}
+        if kind == "online":
+            # In the same write as the claim: no reader sees the new owner with the old state.
+            values["state"] = "deploying"
+            values["reason"] = f"taken over from replica {owner}" if owner else "claimed"
         result = session.execute(
             update(Service)
             .where(Service.name == name, condition)
-            .values(owner=me, owner_address=address)
+            .values(**values)
             .execution_options(synchronize_session=False)
         )
         session.commit()
