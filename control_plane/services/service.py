@@ -107,7 +107,9 @@ class ServiceManager:
     def agent_host(self, service: Service) -> str:
         """Where the service's agents listen: its owner's address (with several control-plane
         replicas), else this machine's ``services.agent_host``."""
-        return service.owner_address or self.ctx.settings.services.agent_host
+        if self.ctx.settings.replicas.id is not None and service.owner_address:
+            return service.owner_address
+        return self.ctx.settings.services.agent_host
 
     def public(self, service: Service) -> ServicePublic:
         replicas = []
