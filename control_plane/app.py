@@ -26,6 +26,7 @@ from control_plane.datasets import routes as datasets
 from control_plane.datasets.versions import routes as dataset_versions
 from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
+from control_plane.fleet import broker_hook_routes as broker_hooks
 from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.service import FleetService
@@ -119,6 +120,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "`/notebooks/{id}/`), shipped examples, and export of a notebook into training code.",
     },
     {
+        "name": "broker hooks",
+        "description": "EMQX's HTTP authentication and authorization hooks (outside /api/v1, "
+        "with their own token, CONTROL_PLANE_BROKER_HOOK_TOKEN): the same rules as the "
+        "Mosquitto ACL.",
+    },
+    {
         "name": "users",
         "description": "User accounts with roles (admin only) and each user's own profile and "
         "API tokens (`/users/me`).",
@@ -194,6 +201,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     http_errors.install(app)
     app.include_router(health.router)
+    # EMQX's auth hooks: authenticated by their own token, not a user's (fleet/emqx.py).
+    app.include_router(broker_hooks.router)
     api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
     api.include_router(devices.router)
     api.include_router(packages.router)

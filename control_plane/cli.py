@@ -34,7 +34,30 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emqx_config(args: argparse.Namespace) -> int:
+    from control_plane.fleet.emqx import EmqxOptions, render_emqx_conf
+
+    if not args.hook_url:
+        print("control-plane broker-config: --emqx needs --hook-url", file=sys.stderr)
+        return 2
+    try:
+        text = render_emqx_conf(_settings(), EmqxOptions(hook_url=args.hook_url))
+    except ValueError as exc:
+        print(f"control-plane broker-config: {exc}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "emqx.conf"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o600)  # it holds the hook token
+    tmp.replace(path)
+    print(f"wrote {path}; include it in EMQX's configuration (see docs/deployment.md)")
+    return 0
+
+
 def cmd_broker_config(args: argparse.Namespace) -> int:
+    if args.emqx:
+        return cmd_emqx_config(args)
     from control_plane.core.context import AppContext
     from control_plane.core.database import upgrade
     from control_plane.fleet.broker_config import (
@@ -108,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     bc = sub.add_parser(
-        "broker-config", help="write mosquitto.conf, passwd and acl from the device registry"
+        "broker-config",
+        help="write mosquitto.conf, passwd and acl from the device registry (or emqx.conf)",
     )
     bc.add_argument("--out", type=Path, required=True, help="folder to write into")
     bc.add_argument("--port", type=int, default=1883)
@@ -136,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="user Mosquitto drops to when started as root (default as root: mosquitto); the "
         "password and ACL files and the persistence folder are given to it",
     )
+    bc.add_argument(
+        "--emqx",
+        action="store_true",
+        help="write emqx.conf instead: EMQX authenticates and authorizes through the control "
+        "plane's HTTP hooks (needs --hook-url and CONTROL_PLANE_BROKER_HOOK_TOKEN)",
+    )
+    bc.add_argument("--hook-url", help="with --emqx: the control plane's URL as EMQX reaches it")
     bc.set_defaults(func=cmd_broker_config)
 
     sub.add_parser("migrate", help="apply database migrations and exit").set_defaults(

@@ -127,6 +127,8 @@ class TrainingJob(Resource):
     code_id: str | None
     boot_file: str | None
     hyperparameters: dict[str, Any]
+    resources: dict[str, Any] | None = None
+    """Ray resources the job asked for (``cpus``, ``gpus``, ``memory_mb``); None: the settings'."""
     state: str
     exit_code: int | None
     failure_reason: str
@@ -274,6 +276,8 @@ class Service(Resource):
     evaluation: dict[str, Any] | None = None
     rollout: dict[str, Any] | None = None
     """Edge services: the latest rollout (``state``, ``stages`` with their gates, ``reason``)."""
+    owner: str | None = None
+    """With several control-plane replicas: the one running this service's agents."""
 
 
 class ResultRow(Resource):

@@ -168,6 +168,12 @@ class MqttSettings(Section):
         "chunk_window); its further requests are dropped and counted, so a flooding device "
         "slows only itself.",
     )
+    hook_token: SecretStr | None = Field(
+        None,
+        description="Bearer token EMQX sends to the control plane's broker hooks "
+        "(/broker/emqx/authn and /broker/emqx/authz). Unset: the hooks answer 404. Only for an "
+        "EMQX broker; see docs/deployment.md.",
+    )
 
     @model_validator(mode="after")
     def _client_cert_with_key(self) -> Self:
@@ -337,6 +343,13 @@ class ServiceSettings(Section):
         description="How often each replica sends its per-version request figures (the window "
         "of the p50 / p99 that GET /services/{name}/versions shows).",
     )
+    agent_host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address the online services' agents listen on and are reached at by the "
+        "REST proxy. With control-plane replicas on several machines, this machine's address "
+        "that the other replicas can reach (the agents then accept requests from that network).",
+    )
 
 
 class NotebookSettings(Section):
@@ -483,6 +496,8 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "service_proxy_timeout_s": ("services", "proxy_timeout_s"),
     "rollout_tick_s": ("services", "rollout_tick_s"),
     "service_telemetry_interval_s": ("services", "telemetry_interval_s"),
+    "service_agent_host": ("services", "agent_host"),
+    "broker_hook_token": ("mqtt", "hook_token"),
     "notebooks_dir": ("notebooks", "dir"),
     "notebook_idle_s": ("notebooks", "idle_s"),
     "notebook_start_timeout_s": ("notebooks", "start_timeout_s"),

@@ -72,6 +72,20 @@ class DeviceService:
         self.ctx.publisher.devices_changed()
         return Registration(device, password)
 
+    def reset_password(self, device_id: str) -> Registration:
+        """Give the device a new broker password, shown once, as at registration.
+
+        The old one stops working when the broker rereads its files. A control-plane replica
+        taking over an online service's agents uses it: the password its owner wrote into their
+        configs exists nowhere else.
+        """
+        device = self.get(device_id)
+        password = new_password()
+        device.password_hash = hash_password(password)
+        self.session.commit()
+        self.ctx.publisher.devices_changed()
+        return Registration(device, password)
+
     def list(self, selector: dict[str, str] | None = None) -> list[Device]:
         devices = self.session.scalars(select(Device).order_by(Device.created_at)).all()
         return [d for d in devices if not selector or matches(d.labels, selector)]

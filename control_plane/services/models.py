@@ -27,6 +27,11 @@ class Service(Base):
     spec: Mapped[dict[str, Any]] = mapped_column()
     # Bumped by every change of the spec; a replica that has applied it records it.
     generation: Mapped[int] = mapped_column(Integer, default=1)
+    # With several control-plane replicas: the one that runs this service's agent processes
+    # (None: a single control plane, or not claimed yet), and the host its agents listen on,
+    # which every replica's REST proxy uses to reach them.
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
+    owner_address: Mapped[str | None] = mapped_column(String(255), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 

@@ -430,6 +430,11 @@ class ServicePublic(BaseModel):
     detection_evaluation: DetectionEvaluation | None = None
     targets: EdgeTargets | None = None
     rollout: RolloutPublic | None = Field(None, description="Edge services: the latest rollout.")
+    owner: str | None = Field(
+        None,
+        description="With several control-plane replicas: the replica id that runs this "
+        "service's agents (another takes over when its heartbeat stops).",
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 

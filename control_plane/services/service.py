@@ -97,22 +97,31 @@ class ServiceManager:
         """The OIP REST addresses of the service's running replicas (``NotFound`` if none such
         service)."""
         service = self.get(name)
+        host = self.agent_host(service)
         return [
-            f"127.0.0.1:{r.http_port}"
+            f"{host}:{r.http_port}"
             for r in service.replicas
             if r.state == "running" and r.http_port
         ]
 
+    def agent_host(self, service: Service) -> str:
+        """Where the service's agents listen: its owner's address (with several control-plane
+        replicas), else this machine's ``services.agent_host``."""
+        if self.ctx.settings.replicas.id is not None and service.owner_address:
+            return service.owner_address
+        return self.ctx.settings.services.agent_host
+
     def public(self, service: Service) -> ServicePublic:
         replicas = []
+        host = self.agent_host(service)
         for r in service.replicas:
             view = self.supervisor.view(self.session, service, r)
             public = ReplicaPublic.model_validate(r)
             public.installed = view.installed
             if r.grpc_port and r.state == "running":
-                public.grpc_address = f"127.0.0.1:{r.grpc_port}"
+                public.grpc_address = f"{host}:{r.grpc_port}"
             if r.http_port and r.state == "running":
-                public.http_address = f"127.0.0.1:{r.http_port}"
+                public.http_address = f"{host}:{r.http_port}"
             replicas.append(public)
         return ServicePublic(
             name=service.name,
@@ -140,6 +149,7 @@ class ServiceManager:
                 if (rollout := latest_rollout(self.session, service.name)) is not None
                 else None
             ),
+            owner=service.owner,
             created_at=service.created_at,
             updated_at=service.updated_at,
         )
@@ -191,6 +201,10 @@ class ServiceManager:
             type=spec.type,
             spec={"models": [m.model_dump() for m in spec.models], "replicas": spec.replicas},
         )
+        if self.ctx.settings.replicas.id is not None and spec.device is None:
+            # This replica writes the agents' configs, so it runs them (services/ownership.py).
+            service.owner = self.ctx.settings.replicas.id
+            service.owner_address = self.ctx.settings.services.agent_host
         if spec.input is not None:
             folder = self.supervisor.service_dir(spec.name)
             shutil.rmtree(folder, ignore_errors=True)  # a deleted namesake's leftovers

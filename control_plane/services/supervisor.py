@@ -22,6 +22,11 @@ Its ``succeeded`` and ``failed`` are final: the supervisor stops the replica and
 Processes are started in their own session, so a control plane killed with SIGKILL leaves them
 running: the next start adopts them by pid (when ``/proc/<pid>/cmdline`` still names the
 replica's config) instead of starting a second copy. A graceful stop ends them.
+
+With several control-plane replicas (``replicas.id``), each service's agents are run by exactly
+one of them, its *owner* (``services/ownership.py``): the others' supervisors leave the service
+alone, and their REST proxies reach its agents at ``owner_address``. When the owner's heartbeat
+stops, a survivor claims the service and starts its agents afresh.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +53,9 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.workers import pid_alive
 from control_plane.deployments.service import DeploymentService
+from control_plane.devices.service import DeviceService
 from control_plane.registry.service import ModelService
+from control_plane.services import ownership
 from control_plane.services.batch import DONE, BatchFollower
 from control_plane.services.models import Service, ServiceReplica
 
@@ -95,6 +103,9 @@ class Supervisor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._followers: dict[str, BatchFollower] = {}
+        # This control plane's replica id (None: the only control plane, which owns everything).
+        self.me = ctx.settings.replicas.id
+        self._next_claim = 0.0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -154,9 +165,9 @@ class Supervisor:
         config = {
             "device_id": bundle["device_id"],
             "data_dir": str(folder / "data"),
-            "grpc_host": "127.0.0.1",
+            "grpc_host": self.ctx.settings.services.agent_host,
             "grpc_port": 0,
-            "http_host": "127.0.0.1",
+            "http_host": self.ctx.settings.services.agent_host,
             "http_port": 0,
             "metrics_port": -1,
             "port_file": str(folder / "ports.json"),
@@ -192,6 +203,8 @@ class Supervisor:
             for service in session.scalars(select(Service)).all():
                 if service.type == "edge":
                     continue  # devices run it; the rollout engine drives it
+                if not self._mine(service):
+                    continue  # another replica runs its agents
                 for replica in service.replicas:
                     key = (replica.service_name, replica.index)
                     if replica.pid and _runs(replica.pid, self._config(key)):
@@ -205,9 +218,17 @@ class Supervisor:
 
     def tick(self) -> None:
         with self._lock, self.ctx.sessions() as session:
+            if self.me is not None and time.monotonic() >= self._next_claim:
+                self._next_claim = time.monotonic() + self.ctx.settings.replicas.heartbeat_s
+                self._claim(session)
             services = session.scalars(select(Service)).all()
+            self._drop_foreign(
+                {s.name for s in services if self._mine(s)}, {s.name for s in services}
+            )
             for service in services:
                 if service.state == "stopped" or service.type == "edge":
+                    continue
+                if not self._mine(service):
                     continue
                 batch = service.type == "batch"
                 if batch and service.spec.get("device"):
@@ -224,6 +245,70 @@ class Supervisor:
                 if batch and service.state == "running":
                     self._follow(service.name)
             session.commit()
+
+    # --- several control-plane replicas ---------------------------------------------------------
+
+    def _mine(self, service: Service) -> bool:
+        """Whether this control plane runs the service's agents."""
+        return self.me is None or service.owner == self.me
+
+    def _claim(self, session: Session) -> None:
+        """Take over the services no live replica owns; start their agents afresh."""
+        lease_s = self.ctx.settings.replicas.lease_s
+        assert self.me is not None
+        for name, previous in ownership.claim_orphans(
+            session, self.me, self.ctx.settings.services.agent_host, lease_s
+        ):
+            service = session.get(Service, name)
+            if service is None:
+                continue
+            ownership.end_old_agents(session, service, previous)
+            if service.type == "batch":
+                if service.state not in DONE and previous is not None:
+                    # Its inputs and results live in the old owner's folder: it cannot go on.
+                    service.state = "failed"
+                    service.reason = f"replica {previous} stopped while the batch service ran"
+                    service.updated_at = utcnow()
+                session.commit()
+                continue
+            for replica in service.replicas:
+                self._procs.pop((name, replica.index), None)
+                registration = DeviceService(session, self.ctx).reset_password(replica.device_id)
+                bundle = DeviceService(session, self.ctx).bundle(registration).model_dump()
+                models = self.model_settings(service)
+                self.write_config(name, replica.index, bundle, models)
+                _forget_process(replica, "starting")
+                replica.generation = 0  # a fresh agent: it is given every model again
+            service.state = "deploying"
+            service.reason = f"taken over from replica {previous}" if previous else "claimed"
+            service.updated_at = utcnow()
+            session.commit()
+            logger.warning("service %s: agents taken over from replica %s", name, previous)
+
+    @staticmethod
+    def model_settings(service: Service) -> dict[str, Any]:
+        """Each model's batching settings, from its first (active) version in the spec."""
+        out: dict[str, Any] = {}
+        for m in service.spec["models"]:
+            out.setdefault(
+                m["model"],
+                {
+                    "max_batch_size": m.get("max_batch_size"),
+                    "max_queue_delay_ms": m.get("max_queue_delay_ms"),
+                },
+            )
+        return out
+
+    def _drop_foreign(self, mine: set[str], existing: set[str]) -> None:
+        """End the agents of services this replica no longer owns (deleted through another
+        replica, or claimed by another while this one was taken for dead); a deleted service's
+        folder goes with them."""
+        for key in [k for k in self._procs if k[0] not in mine]:
+            self._terminate(key)
+            self._followers.pop(key[0], None)
+            logger.info("replica %s/%d ended: the service is no longer this replica's", *key)
+            if key[0] not in existing:
+                shutil.rmtree(self.service_dir(key[0]), ignore_errors=True)
 
     def _follow(self, name: str) -> None:
         """Start following the batch service's job, unless a thread already does."""
@@ -357,14 +442,19 @@ class Supervisor:
         for replica in behind:
             if replica.generation != 0 and updating:
                 continue
-            self._give(session, service, replica)
+            self._give(session, service, replica, fresh=replica.generation == 0)
             if replica.generation != 0:
                 updating = True
             replica.generation = service.generation
             views[replica.index] = ReplicaView(wanted=views[replica.index].wanted)
 
-    def _give(self, session: Session, service: Service, replica: ServiceReplica) -> None:
+    def _give(
+        self, session: Session, service: Service, replica: ServiceReplica, fresh: bool = False
+    ) -> None:
         """Deploy what the replica lacks, model by model, and publish its desired state once.
+
+        ``fresh``: an agent that holds nothing yet (new, or restarted by a replica that took
+        the service over) gets every version again, whatever earlier deployments say.
 
         A standby deployment supersedes only earlier ones of its own version, so a weight change
         is one new standby deployment and the active version is left alone. An active one
@@ -387,7 +477,7 @@ class Supervisor:
             have = current.get(name, set())
             keys = [(w.digest, w.standby, w.weight) for w in versions]
             wanted_digests = {w.digest for w in versions}
-            if keys[0] not in have or any(d not in wanted_digests for d, _, _ in have):
+            if fresh or keys[0] not in have or any(d not in wanted_digests for d, _, _ in have):
                 todo = versions  # a new active version or one to drop: the whole set again
             else:
                 todo = [w for w, key in zip(versions, keys, strict=True) if key not in have]

@@ -45,6 +45,8 @@ class TrainingJob(Base):
     boot_file: Mapped[str | None] = mapped_column(String(500), default=None)
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
     timeout_s: Mapped[float] = mapped_column(Float)
+    # Ray resources asked for this job ({"cpus", "gpus", "memory_mb"}); None: the settings'.
+    resources: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # queued | running | succeeded | failed | canceled
     state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
     cancel_requested: Mapped[bool] = mapped_column(default=False)

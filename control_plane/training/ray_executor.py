@@ -109,22 +109,39 @@ class RayExecutor:
     # --- one job ---------------------------------------------------------------------------
 
     def launch(
-        self, job_id: str, argv: list[str], cwd: str, env: dict[str, str], log_path: str
+        self,
+        job_id: str,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        log_path: str,
+        resources: dict[str, Any] | None = None,
     ) -> RayJob:
         options: dict[str, Any] = {
             "name": actor_name(job_id),
             "namespace": self.namespace,
             "lifetime": "detached",
             "max_restarts": 0,
-            "num_cpus": self.settings.ray_num_cpus,
-            "num_gpus": self.settings.ray_num_gpus,
+            **self.resource_options(resources),
         }
-        if self.settings.ray_memory_bytes is not None:
-            options["memory"] = self.settings.ray_memory_bytes
         actor = self._actor_class.options(**options).remote()
         job = RayJob(job_id, actor)
         job.start_ref = actor.start.remote(argv, cwd, _job_env(env), log_path)
         return job
+
+    def resource_options(self, resources: dict[str, Any] | None) -> dict[str, Any]:
+        """The actor's Ray resource request: the job's own ``{cpus, gpus, memory_mb}`` where it
+        names them, the settings' values for the rest."""
+        asked = resources or {}
+        options: dict[str, Any] = {
+            "num_cpus": asked.get("cpus", self.settings.ray_num_cpus),
+            "num_gpus": asked.get("gpus", self.settings.ray_num_gpus),
+        }
+        if asked.get("memory_mb") is not None:
+            options["memory"] = int(asked["memory_mb"]) << 20
+        elif self.settings.ray_memory_bytes is not None:
+            options["memory"] = self.settings.ray_memory_bytes
+        return options
 
     def find(self, job_id: str) -> RayJob | None:
         """The running job's actor, found by name (after a restart), or None when it is gone."""

@@ -53,6 +53,7 @@ from control_plane.core.workers import default_mxnet_python, log_tail, worker_en
 from control_plane.datasets.versions.service import VersionService
 from control_plane.training import sdk
 from control_plane.training.algorithms import BUILTIN
+from control_plane.training.bucket import JobBucket, code_limits
 from control_plane.training.models import TrainingJob
 from control_plane.training.sdk import edge_training
 
@@ -212,6 +213,7 @@ class JobRunner(JobFolders):
         self.replica = ctx.settings.replicas.id
         self._next_takeover = 0.0
         self.executor: RayExecutor | None = None
+        self.bucket = JobBucket.of(ctx.objects)
         # Executor "ray": whether the cluster was joined; until then jobs stay queued.
         self._ray_joined = False
         self._next_join = 0.0
@@ -449,6 +451,10 @@ class JobRunner(JobFolders):
                 work.mkdir(parents=True, exist_ok=True)
                 (work / "output").mkdir(exist_ok=True)
                 if job.code_id:
+                    if not self.code_dir(job.code_id).is_dir() and self.bucket is not None:
+                        self.bucket.fetch_code(
+                            job.code_id, self.code_dir(job.code_id), code_limits(self.ctx)
+                        )
                     shutil.rmtree(work / "code", ignore_errors=True)
                     shutil.copytree(self.code_dir(job.code_id), work / "code")
                 argv, cwd = self.command(job, data_url, work)
@@ -461,7 +467,12 @@ class JobRunner(JobFolders):
                     log_file.write(f"$ {' '.join(argv)}\n".encode())
                 if self.executor is not None:
                     ray_job = self.executor.launch(
-                        job.id, argv, str(cwd), self.environment(job, work), str(log)
+                        job.id,
+                        argv,
+                        str(cwd),
+                        self.environment(job, work),
+                        str(log),
+                        job.resources,
                     )
                     self._running[job.id] = _Running(
                         job.id, None, time.monotonic() + job.timeout_s, work, ray=ray_job
@@ -582,6 +593,14 @@ class JobRunner(JobFolders):
             reason = f"killed by signal {signal.Signals(-code).name}: {_last_error_line(tail)}"
         else:
             state, reason = "failed", f"exit status {code}: {_last_error_line(tail)}"
+        if self.bucket is not None and run.work.is_dir():
+            # Before the final state is recorded: a replica that sees it finds the outputs.
+            try:
+                self.bucket.put_outputs(run.job_id, run.work)
+            except Exception as exc:
+                logger.warning("job %s: outputs not stored: %s", run.job_id, exc)
+                state = "failed"
+                reason = f"its outputs could not be stored in the object store: {exc}"
         with self.ctx.sessions() as session:
             job = session.get(TrainingJob, run.job_id)
             if job is None:

@@ -6,7 +6,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.core.schemas import Name, OrmModel
 
@@ -38,6 +38,19 @@ class CodePublic(BaseModel):
     files: list[str]
 
 
+class JobResources(BaseModel):
+    """What a job asks its executor for; an unset field takes the settings' value
+    (``training.ray_num_cpus``, ``ray_num_gpus``, ``ray_memory_bytes``). Ray places the job on a
+    node with that much free, or holds it (running, no pid) until one has; local worker
+    processes take no reservation and ignore it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(None, ge=0, le=1024, description="CPUs (fractions allowed).")
+    gpus: float | None = Field(None, ge=0, le=64, description="GPUs (fractions allowed).")
+    memory_mb: int | None = Field(None, ge=1, le=16 << 20, description="Memory, MiB.")
+
+
 class JobCreate(BaseModel):
     name: str = Name
     description: str = Field("", max_length=10_000)
@@ -58,6 +71,9 @@ class JobCreate(BaseModel):
         default_factory=dict, description="Passed to the script as --name=value."
     )
     timeout_s: float | None = Field(None, gt=0, description="Default: the configured limit.")
+    resources: JobResources | None = Field(
+        None, description="Ray resources of this job; default: the settings' (Ray only)."
+    )
 
 
 class JobRerun(BaseModel):
@@ -83,6 +99,9 @@ class JobPublic(OrmModel):
     boot_file: str | None
     hyperparameters: dict[str, Any]
     timeout_s: float
+    resources: dict[str, Any] | None = Field(
+        None, description="The resources the job asked for (unset fields: the settings')."
+    )
     state: JobState
     replica: str | None = Field(
         None, description="The control-plane replica running the job (None: a single one)."

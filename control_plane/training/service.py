@@ -20,17 +20,18 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from control_plane.core.archives import ArchiveLimits, check_relative, extract_zip
+from control_plane.core.archives import check_relative, extract_zip
 from control_plane.core.context import AppContext
 from control_plane.core.database import describe_references, references
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.core.uploads import stage_upload
 from control_plane.datasets.versions.service import VersionService
 from control_plane.training.algorithms import BUILTIN, Algorithm
+from control_plane.training.bucket import JobBucket, code_limits
 from control_plane.training.events import read_scalars
 from control_plane.training.models import TrainingJob
 from control_plane.training.runner import FINAL_STATES, JobFolders, JobRunner
-from control_plane.training.schemas import JobCreate, JobRerun
+from control_plane.training.schemas import JobCreate, JobRerun, JobResources
 from control_plane.training.sdk import edge_training
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class TrainingService:
         self.ctx = ctx
         self._runner = runner
         self.folders = runner or JobFolders(ctx.settings.resolved_training_dir)
+        self.bucket = JobBucket.of(ctx.objects)
 
     @property
     def runner(self) -> JobRunner:
@@ -74,6 +76,8 @@ class TrainingService:
             folder.parent.mkdir(parents=True, exist_ok=True)
             if not folder.exists():
                 extract_zip(staged, folder, code_limits(self.ctx), what="training code")
+            if self.bucket is not None:  # for the replicas and nodes that lack this folder
+                self.bucket.put_code(digest, staged)
         finally:
             staged.unlink(missing_ok=True)
         logger.info("stored training code %s", digest)
@@ -81,6 +85,8 @@ class TrainingService:
 
     def code_files(self, code_id: str) -> list[str]:
         folder = self.folders.code_dir(code_id)
+        if len(code_id) == 64 and not folder.is_dir() and self.bucket is not None:
+            self.bucket.fetch_code(code_id, folder, code_limits(self.ctx))
         if len(code_id) != 64 or not folder.is_dir():
             raise NotFound(f"training code {code_id} not found")
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -112,6 +118,7 @@ class TrainingService:
             boot_file=spec.boot_file,
             hyperparameters=dict(spec.hyperparameters),
             timeout_s=spec.timeout_s or self.ctx.settings.training.timeout_s,
+            resources=spec.resources.model_dump(exclude_none=True) if spec.resources else None,
         )
         self.session.add(job)
         self.session.commit()
@@ -175,6 +182,7 @@ class TrainingService:
             boot_file=old.boot_file,
             hyperparameters={**old.hyperparameters, **changes.hyperparameters},
             timeout_s=changes.timeout_s or old.timeout_s,
+            resources=JobResources(**old.resources) if old.resources else None,
         )
         return self.create(spec, parent=old)
 
@@ -227,32 +235,29 @@ class TrainingService:
         shutil.rmtree(self.folders.work_dir(job_id), ignore_errors=True)
 
     def log_path(self, job_id: str) -> Path:
-        self.get(job_id)
-        return self.folders.log_path(job_id)
+        job = self.get(job_id)
+        path = self.folders.log_path(job_id)
+        if not path.is_file():
+            self._fetch_outputs(job)
+        return path
 
     def output_dir(self, job_id: str) -> Path:
-        return self.folders.output_dir(self.get(job_id).id)
+        job = self.get(job_id)
+        path = self.folders.output_dir(job.id)
+        if not path.is_dir():
+            self._fetch_outputs(job)
+        return path
+
+    def _fetch_outputs(self, job: TrainingJob) -> None:
+        """A finished job another node ran: its outputs and log from the object store."""
+        if self.bucket is not None and job.state in FINAL_STATES:
+            self.bucket.fetch_outputs(job.id, self.folders.work_dir(job.id))
 
     def event_dir(self, job_id: str) -> Path:
         return self.output_dir(job_id) / edge_training.TENSORBOARD_DIR
 
     def scalars(self, job_id: str) -> dict[str, dict[str, list[dict[str, float]]]]:
         return read_scalars(self.event_dir(job_id))
-
-
-def code_limits(ctx: AppContext) -> ArchiveLimits:
-    """How large an uploaded training-code zip may be, inflated.
-
-    No separate per-file limit: extraction streams each member to disk, so one large file (a
-    pretrained checkpoint shipped with the code) costs no more memory than many small ones, and
-    the total already bounds the disk a zip can fill.
-    """
-    s = ctx.settings
-    return ArchiveLimits(
-        max_members=s.training.code_max_archive_members,
-        max_total_bytes=s.training.code_max_archive_bytes,
-        max_file_bytes=s.training.code_max_archive_bytes,
-    )
 
 
 def model_info(output: Path) -> dict[str, Any]:

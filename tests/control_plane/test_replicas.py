@@ -5,6 +5,10 @@ through one is published once; each chunk request is answered exactly once (MQTT
 subscription); a training job runs on one of them. Then the replica running the job is killed
 with SIGKILL: the survivor marks the job failed (its heartbeat stopped), ends the orphaned
 process, and still answers every chunk request exactly once.
+
+An online service created through one replica runs one set of agents, on that replica (its
+owner), and answers through either replica's proxy; when the owner is killed with SIGKILL, the
+survivor ends the orphaned agents, starts its own and the service answers again.
 """
 
 from __future__ import annotations
@@ -94,6 +98,7 @@ def _env(tmp: Path, db: str, s3: dict[str, Any], broker: Mosquitto, keys: Keys) 
         "broker_config_dir": tmp / "broker",
         "broker_reload_command": f"kill -HUP {broker.process.pid}",
         "trusted_keys": json.dumps([str(keys.public)]),
+        "signing_key": keys.private,
         "chunk_size": 1024,
         "replica_peers": json.dumps(REPLICAS),
         "replica_heartbeat_s": 0.5,
@@ -302,3 +307,83 @@ def _job_owner(cluster: Cluster, job_id: str) -> tuple[str | None, int | None]:
             return owner, pid
     finally:
         engine.dispose()
+
+
+def _agents(root: Path) -> dict[int, str]:
+    """pid -> agent config of every edge agent process whose config lies under ``root``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").rstrip("\0")
+            argv = argv.split("\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and "edge_agent" in argv and argv[-1].startswith(str(root)):
+            found[int(entry.name)] = argv[-1]
+    return found
+
+
+def _infer(replica: Replica) -> httpx.Response:
+    body = {
+        "inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": [0.5] * 784}]
+    }
+    return replica.call("POST", "/api/v1/services/mlp/v2/models/mlp/infer", json=body)
+
+
+def test_one_replica_runs_a_services_agents_and_a_survivor_takes_them_over(
+    cluster: Cluster, models_dir: Path
+) -> None:
+    a, b = cluster.replicas["a"], cluster.replicas["b"]
+    with open(models_dir / "mlp.onnx", "rb") as f:
+        r = a.call(
+            "POST",
+            "/api/v1/models/import",
+            files={"file": ("mlp.onnx", f)},
+            data={"name": "mlp", "targets": '["onnx-fp32"]'},
+        )
+    assert r.status_code == 202, r.text
+
+    def ready() -> Any:
+        got = b.call("GET", "/api/v1/models/mlp/versions/1").json()
+        assert got["state"] in ("converting", "ready"), got
+        return got["state"] == "ready"
+
+    wait_for(ready, timeout=120, interval=0.5)
+    spec = {"name": "mlp", "models": [{"model": "mlp", "version": "1"}], "replicas": 2}
+    r = b.call("POST", "/api/v1/services", json=spec)
+    assert r.status_code == 201, r.text
+
+    def running() -> Any:
+        got = a.call("GET", "/api/v1/services/mlp").json()
+        return got if got["state"] == "running" else None
+
+    service = wait_for(running, timeout=120, interval=0.5)
+    assert service["owner"] == "b"  # the replica that created it runs its agents
+    agents = _agents(cluster.tmp)
+    assert len(agents) == 2, agents  # one set: the other replica started none
+    assert all(c.startswith(str(cluster.tmp / "data-b")) for c in agents.values()), agents
+    for replica in (a, b):  # either proxy reaches them
+        r = _infer(replica)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["shape"] == [1, 10]
+
+    b.proc.send_signal(signal.SIGKILL)
+    b.proc.wait(10)
+    assert set(_agents(cluster.tmp)) == set(agents)  # the agents outlive their control plane
+
+    def taken_over() -> Any:
+        got = a.call("GET", "/api/v1/services/mlp").json()
+        return got if got["owner"] == "a" and got["state"] == "running" else None
+
+    wait_for(taken_over, timeout=120, interval=0.5)
+    now = _agents(cluster.tmp)
+    assert len(now) == 2 and not set(now) & set(agents), (agents, now)  # old ones ended
+    assert all(c.startswith(str(cluster.tmp / "data-a")) for c in now.values()), now
+    r = _infer(a)
+    assert r.status_code == 200, r.text
+    r = a.call("DELETE", "/api/v1/services/mlp")
+    assert r.status_code == 204, r.text
+    wait_for(lambda: not _agents(cluster.tmp), timeout=30)

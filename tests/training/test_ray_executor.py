@@ -160,7 +160,9 @@ def _actor_exists(job_id: str) -> bool:
     return True
 
 
-def _sleeper(plane: Plane, name: str, **hp: float) -> str:
+def _sleeper(
+    plane: Plane, name: str, resources: dict[str, float] | None = None, **hp: float
+) -> str:
     code_id = plane.upload_code({"train.py": (SCRIPTS / "sleeper.py").read_text()})
     data = plane.tmp / "empty"
     data.mkdir(exist_ok=True)
@@ -174,6 +176,7 @@ def _sleeper(plane: Plane, name: str, **hp: float) -> str:
             "boot_file": "train.py",
             "data_path": str(data),
             "hyperparameters": hp,
+            "resources": resources,
         },
     )
     assert r.status_code == 201, r.text
@@ -316,6 +319,45 @@ def test_resource_request_holds_a_job_until_canceled(rplane: Plane) -> None:
     assert r.status_code == 200, r.text
     assert (r.json()["state"], r.json()["failure_reason"]) == ("canceled", "canceled by request")
     assert not _actor_exists(job_id)
+
+
+def _reserved(resource: str) -> float:
+    return float(
+        ray.cluster_resources().get(resource, 0) - ray.available_resources().get(resource, 0)
+    )
+
+
+def test_per_job_resources_override_the_settings(rplane: Plane) -> None:
+    """A job's own ``resources`` are what its actor asks Ray for: 3 CPUs on a 2-CPU cluster
+    wait unplaced; half a CPU and 64 MiB are placed and reserved exactly; bad requests are 422."""
+    for bad in ({"cpus": -1}, {"tpus": 1}, {"memory_mb": 0}):
+        r = rplane.api.post(
+            rplane.url("/training/jobs"),
+            json={"name": "bad-resources", "algorithm": "script", "resources": bad},
+        )
+        assert r.status_code == 422, (bad, r.text)
+    big = _sleeper(rplane, "ray-3-cpus", resources={"cpus": 3})
+    small = _sleeper(rplane, "ray-half-cpu", resources={"cpus": 0.5, "memory_mb": 64})
+    assert rplane.job(big)["resources"] == {"cpus": 3.0}
+    assert rplane.job(small)["resources"] == {"cpus": 0.5, "memory_mb": 64}
+    _pids(rplane, small)  # placed and started
+
+    def reserved() -> tuple[float, float]:
+        return _reserved("CPU"), _reserved("memory")
+
+    deadline = time.monotonic() + 30
+    while reserved() != (0.5, 64 << 20) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the cluster's view of free resources follows within moments
+    assert reserved() == (0.5, 64 << 20)  # the small job's request; the big one holds nothing
+    with rplane.ctx.sessions() as session:
+        row = session.get(TrainingJob, big)
+        assert row is not None and row.state == "running" and row.pid is None
+    rerun = rplane.api.post(rplane.url(f"/training/jobs/{small}/versions"), json={})
+    assert rerun.status_code == 201 and rerun.json()["resources"] == {"cpus": 0.5, "memory_mb": 64}
+    for job_id in (big, small, rerun.json()["id"]):
+        r = rplane.api.post(rplane.url(f"/training/jobs/{job_id}/cancel"))
+        assert r.status_code == 200, r.text
+        assert not _actor_exists(job_id)
 
 
 def test_survivor_ends_a_dead_replicas_ray_job(rplane: Plane) -> None:
