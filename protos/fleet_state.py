@@ -72,6 +72,8 @@ class DesiredModel:
     weight: float = 0.0
     guard: LocalGuard | None = None
     warmup: ShadowWarmup | None = None
+    # Delta updates: sha256 (raw) of the package's chunk index; empty: no delta.
+    cdc_index_sha256: bytes = b""
 
     @classmethod
     def of_chunks(
@@ -88,6 +90,7 @@ class DesiredModel:
         weight: float = 0.0,
         guard: LocalGuard | None = None,
         warmup: ShadowWarmup | None = None,
+        cdc_index_sha256: bytes = b"",
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -103,6 +106,7 @@ class DesiredModel:
             weight,
             guard,
             warmup,
+            cdc_index_sha256,
         )
 
     @property
@@ -150,6 +154,7 @@ def encode_desired_state(state: DesiredState) -> bytes:
             chunk_sha256=m.chunk_sha256,
             standby=m.standby,
             weight=m.weight,
+            cdc_index_sha256=m.cdc_index_sha256,
         )
         if m.guard is not None:
             entry.guard.CopyFrom(
@@ -215,6 +220,7 @@ def decode_desired_state(payload: bytes) -> DesiredState:
                 if m.HasField("warmup")
                 else None
             ),
+            cdc_index_sha256=bytes(m.cdc_index_sha256),
         )
         for m in msg.models
     )
