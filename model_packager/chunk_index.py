@@ -69,7 +69,8 @@ class ChunkIndex:
         head = _HEAD.pack(
             MAGIC, self.min_size, self.avg_size, self.max_size, self.package_size, self.count
         )
-        return head + b"".join(_ENTRY.pack(d, s) for d, s in zip(self.digests, self.sizes, strict=True))
+        pairs = zip(self.digests, self.sizes, strict=True)
+        return head + b"".join(_ENTRY.pack(d, s) for d, s in pairs)
 
     def sha256(self) -> bytes:
         return hashlib.sha256(self.encode()).digest()
