@@ -14,30 +14,30 @@ from control_plane.core.errors import InvalidRequest
 from control_plane.fleet import codec
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
-from protos.gen import fleet_pb2
 
 
-def is_delta_request(req: fleet_pb2.ChunkRequest) -> bool:
-    return bool(req.cdc_index or req.cdc_sha256)
-
-
-def delta_answers(packages: PackageService, req: fleet_pb2.ChunkRequest) -> list[bytes]:
+def delta_answers(
+    packages: PackageService,
+    package_digest: str,
+    request_id: str,
+    *,
+    want_index: bool,
+    digests: list[bytes],
+) -> list[bytes]:
     """The ChunkData payloads answering a delta request, in request order.
 
     Raises a ``ControlPlaneError`` (sent back as one refusal) for a package without a chunk
     index, a malformed or unknown digest, or too many chunks.
     """
-    wanted = list(dict.fromkeys(bytes(d) for d in req.cdc_sha256))
+    wanted = list(dict.fromkeys(digests))
     if len(wanted) > topics.MAX_CHUNK_INDEXES_PER_REQUEST:
         raise InvalidRequest(f"at most {topics.MAX_CHUNK_INDEXES_PER_REQUEST} chunks per request")
     if any(len(d) != 32 for d in wanted):
         raise InvalidRequest("chunk digests are raw 32-byte sha256 values")
-    encoded, index = packages.chunk_index(req.package_digest)
+    encoded, index = packages.chunk_index(package_digest)
     out = []
-    if req.cdc_index:
-        out.append(
-            codec.chunk_index_to_proto(req.package_digest, encoded, index.count, req.request_id)
-        )
-    for chunk in packages.read_cdc_chunks(req.package_digest, wanted):
-        out.append(codec.cdc_chunk_to_proto(req.package_digest, chunk, index.count, req.request_id))
+    if want_index:
+        out.append(codec.chunk_index_to_proto(package_digest, encoded, index.count, request_id))
+    for chunk in packages.read_cdc_chunks(package_digest, wanted):
+        out.append(codec.cdc_chunk_to_proto(package_digest, chunk, index.count, request_id))
     return out

@@ -418,8 +418,14 @@ class FleetService:
                         f"package {req.package_digest} is not in the desired state of {device_id}"
                     )
                 packages = PackageService(session, self.ctx)
-                if delta.is_delta_request(req):  # delta updates: chunks by digest (delta.py)
-                    payloads = delta.delta_answers(packages, req)
+                if req.cdc_index or req.cdc_sha256:  # delta updates: chunks by digest
+                    payloads = delta.delta_answers(
+                        packages,
+                        req.package_digest,
+                        req.request_id,
+                        want_index=req.cdc_index,
+                        digests=[bytes(d) for d in req.cdc_sha256],
+                    )
                 else:
                     chunks = packages.read_chunks(req.package_digest, indexes)
                     count = packages.get(req.package_digest).chunk_count
