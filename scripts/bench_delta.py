@@ -22,12 +22,19 @@ Figures, in one run:
    checked package (its ``IN_PROGRESS`` report at step ``install``) and to ``INSTALLED``.
    Printed as ratios delta / full, medians over the rounds, with the machine's load.
 
+The agents reach the broker through ``LinkProxy``, a TCP relay in this process that gives each
+connection a link of ``--link-mbit`` megabits a second each way and ``--link-rtt-ms`` of round
+trip (defaults 8 Mbit/s, 40 ms: a camera on a modest uplink), since on loopback a 1.5 MB
+package moves in a tenth of a second and the install's fixed costs (loading four variants,
+golden self-tests) hide what the transfer costs. ``--link-mbit 0`` connects them directly.
+
 Always exits 0 (a benchmark, not a test).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import logging
 import os
@@ -143,6 +150,79 @@ def package(work: Path, models: dict[str, Path], key: Path) -> dict[str, Path]:
         kept = [r.name for r in report.variants if r.status == "kept"]
         log(f"{v}: {report.package.stat().st_size} bytes, variants {', '.join(kept)}")
     return out
+
+
+# --- the devices' link -------------------------------------------------------------------------
+
+
+class LinkProxy:
+    """A TCP relay to the broker: per connection, ``mbit`` Mbit/s each way and ``rtt_ms``.
+
+    Each direction is a queue: bytes read at ``t`` are written no earlier than ``t + rtt/2`` and
+    no faster than the rate allows (a serialisation schedule, as a link's would be).
+    """
+
+    def __init__(self, target_port: int, mbit: float, rtt_ms: float) -> None:
+        self.target_port = target_port
+        self.rate = mbit * 1e6 / 8  # bytes per second
+        self.delay = rtt_ms / 2000
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="link-proxy", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("link proxy did not start")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._connection, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        try:
+            self.loop.run_forever()
+        finally:
+            server.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(
+            self._pipe(reader, up_w), self._pipe(up_r, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+
+        async def send() -> None:
+            free_at = 0.0
+            while (item := await queue.get()) is not None:
+                arrived, data = item
+                free_at = max(free_at, arrived) + len(data) / self.rate
+                wait = max(arrived + self.delay, free_at) - self.loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        sender = asyncio.ensure_future(send())
+        try:
+            while data := await src.read(16 * 1024):
+                queue.put_nowait((self.loop.time(), data))
+        except OSError:
+            pass
+        finally:
+            queue.put_nowait(None)
+            await asyncio.gather(sender, return_exceptions=True)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
 
 
 # --- what each device received -------------------------------------------------------------------
@@ -282,13 +362,22 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         cleanup.callback(watcher.close)
         counter = ChunkCounter(stack)
         cleanup.callback(counter.close)
+        link: dict[str, Any] = {}
+        if args.link_mbit > 0:
+            proxy = LinkProxy(stack.broker_port, args.link_mbit, args.link_rtt_ms)
+            cleanup.callback(proxy.close)
+            link = {"url": f"mqtt://127.0.0.1:{proxy.port}"}
+            log(
+                f"agents reach the broker over {args.link_mbit:g} Mbit/s, "
+                f"{args.link_rtt_ms:g} ms RTT"
+            )
         for r in range(args.rounds):
             ids = {"delta": f"delta-{r}", "full": f"full-{r}"}
             bundles = {mode: register(stack, d, {"bench": f"delta-{r}"}) for mode, d in ids.items()}
             for b in bundles.values():
                 wait_credentials(stack, b)
-            agents = start_agents(stack, [bundles["delta"]])
-            agents += start_agents(stack, [bundles["full"]], {"delta_updates": False})
+            agents = start_agents(stack, [bundles["delta"]], link)
+            agents += start_agents(stack, [bundles["full"]], {**link, "delta_updates": False})
             try:
                 for device in ids.values():
                     _, _, _, outcome = deploy_one(
@@ -386,12 +475,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5, help="epochs of version 1")
     parser.add_argument("--extra-epochs", type=int, default=2, help="epochs of each retrain")
     parser.add_argument("--timeout", type=float, default=120, help="per deployment, seconds")
+    parser.add_argument(
+        "--link-mbit", type=float, default=8.0, help="agents' link, Mbit/s each way (0: direct)"
+    )
+    parser.add_argument("--link-rtt-ms", type=float, default=40.0, help="agents' link round trip")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
     print(
         f"bench-delta: the digits CNN, version 1 then a head-only retrain and 2 more epochs; "
-        f"{args.rounds} rounds of one agent with delta updates and one without; "
+        f"{args.rounds} rounds of one agent with delta updates and one without, over "
+        f"{args.link_mbit:g} Mbit/s and {args.link_rtt_ms:g} ms RTT; "
         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
