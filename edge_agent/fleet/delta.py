@@ -12,7 +12,8 @@ tries to produce them locally:
 2. For the fixed chunks still missing, the content-defined chunks covering them are either held
    in an installed package (read back and checked against their digest) or fetched by digest
    (``ChunkRequest.cdc_sha256``, a window of requests, each answer checked before it is written
-   to ``<download>/cdc/<sha256>``). Nothing held: nothing fetched, the pull is a full download.
+   to ``<download>/cdc/<sha256>``). Nothing held, or less than ``MIN_REUSED_SHARE`` (5%) of the
+   bytes needed: nothing fetched here, the pull is a full download.
 3. Each missing fixed chunk is composed from them and checked against ``chunk_sha256[i]`` before
    ``ChunkDownload.write_chunk``, exactly as a pulled chunk is; then the usual path runs
    (``ChunkPuller`` for any chunk still missing, the whole-file sha256, the signature and every
@@ -52,6 +53,11 @@ from protos.fleet_state import DesiredModel
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "cdc.index"
+#: A delta that would reuse less than this share of the bytes it needs is not worth its costs
+#: (the index's round trip, about 1% more bytes in per-chunk message overhead, smaller
+#: requests): the package is pulled whole. E.g. a model trained further, where every weight moved
+#: (scripts/bench-delta: ~2% of the digits CNN's package still matched).
+MIN_REUSED_SHARE = 0.05
 _MAX_SENT_IDS = 4096
 
 
@@ -123,8 +129,12 @@ class DeltaUpdates:
                 await asyncio.to_thread(self.held.load, committed - {m.package_digest})
             )
             plan = _plan(dl, index, held)
-            if plan.reused_bytes == 0:
-                log.info("delta of %s: no chunk held; pulling it whole", m.package_digest[:12])
+            if plan.reused_bytes < MIN_REUSED_SHARE * (plan.reused_bytes + plan.remote_bytes):
+                log.info(
+                    "delta of %s: %d of the bytes needed held, too few; pulling it whole",
+                    m.package_digest[:12],
+                    plan.reused_bytes,
+                )
                 return None
             stats.reused_chunks, stats.reused_bytes = len(plan.local), plan.reused_bytes
             await self._fetch(dl, plan.remote, send, connected, still_wanted, stats)
@@ -334,22 +344,24 @@ class _Plan:
     local: set[bytes]
     remote: list[bytes]  # distinct digests to fetch, in file order
     reused_bytes: int
+    remote_bytes: int
 
 
 def _plan(dl: ChunkDownload, index: ChunkIndex, held: ChunkSource) -> _Plan:
     needed = sorted({j for i in dl.missing() for j in _covering(dl, index, i)})
     local: set[bytes] = set()
     remote: dict[bytes, None] = {}
-    reused = 0
+    reused = fetched = 0
     for j in needed:
         digest = index.digests[j]
         if digest in held:
             if digest not in local:
                 reused += index.sizes[j]
             local.add(digest)
-        else:
-            remote.setdefault(digest)
-    return _Plan(local, list(remote), reused)
+        elif digest not in remote:
+            remote[digest] = None
+            fetched += index.sizes[j]
+    return _Plan(local, list(remote), reused, fetched)
 
 
 def _covering(dl: ChunkDownload, index: ChunkIndex, i: int) -> range:

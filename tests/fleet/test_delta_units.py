@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.config import FleetSettings
-from edge_agent.fleet.delta import INDEX_FILE, DeltaUpdates
+from edge_agent.fleet.delta import INDEX_FILE, MIN_REUSED_SHARE, DeltaUpdates
 from edge_agent.fleet.domain import ChunkAnswer
 from edge_agent.fleet.downloads import ChunkDownload
 from edge_agent.fleet.held_chunks import ChunkSource, HeldChunks
@@ -35,7 +35,8 @@ FIXED = 16 * 1024
 
 @pytest.fixture(scope="module")
 def pkgs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """v1 and v2 share the first layer (head retrained); v3 shares nothing with either."""
+    """v1 and v2 share the first layer (head retrained); v3 shares nothing with either; v4 only
+    v1's head (~1% of the bytes)."""
     out = tmp_path_factory.mktemp("delta-pkgs")
     key = out / "k.key"
     generate_keypair(key, out / "k.pub")
@@ -43,6 +44,7 @@ def pkgs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "v1": head_package(out, "1", base_seed=1, head_seed=1, key=key),
         "v2": head_package(out, "2", base_seed=1, head_seed=2, key=key),
         "v3": head_package(out, "3", base_seed=3, head_seed=3, key=key),
+        "v4": head_package(out, "4", base_seed=3, head_seed=1, key=key),
     }
 
 
@@ -220,6 +222,13 @@ def test_nothing_held_is_a_full_download(pkgs: dict[str, Path], tmp_path: Path) 
     assert run_seed(delta, dl, {v1}, cp) is None
     assert cp.sent_chunks == 0 and dl.done == 0  # the fixed-chunk pull does it all
     assert cp.index_requests == 1 and (dl.dir / INDEX_FILE).exists()  # for the next version
+    # Too little held to be worth a delta (the head only): pulled whole as well.
+    index4 = cdc.chunk_file(pkgs["v4"])
+    _, missing4 = cdc.missing_bytes(index4, set(cdc.chunk_file(pkgs["v1"]).digests))
+    assert 0 < index4.package_size - missing4 < MIN_REUSED_SHARE * index4.package_size
+    dl4 = ChunkDownload(tmp_path / "downloads4", desired(pkgs["v4"]))
+    cp4 = FakeControlPlane(delta, pkgs["v4"])
+    assert run_seed(delta, dl4, {v1}, cp4) is None and cp4.sent_chunks == 0 and dl4.done == 0
     # No chunk index in the desired state (an older control plane): nothing is asked at all.
     dl2 = ChunkDownload(tmp_path / "downloads2", desired(pkgs["v3"], with_index=False))
     cp2 = FakeControlPlane(delta, pkgs["v3"])
