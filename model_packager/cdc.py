@@ -7,7 +7,7 @@ Only the side that publishes packages chunks them (the control plane at upload, 
 The sizes are fixed for every package: chunks of two versions can only match when both were cut
 with the same settings. 8 KiB on average (2 KiB min, 32 KiB max) was chosen on the real case
 (``scripts/bench-delta``): the digits CNN with only its last layer retrained shares all but
-~6% of its 1.5 MB package with the previous version at 8 KiB, ~15% at 16 KiB, ~31% at 64 KiB;
+6-8% of its 1.5 MB package with the previous version at 8 KiB, ~15% at 16 KiB, ~31% at 64 KiB;
 each changed stretch (the manifest, the head's weights in each variant, the golden vectors)
 costs about one chunk, so smaller chunks waste less around it. Smaller still gains little
 (~5% at 4 KiB) for twice the index (36 bytes per chunk: ~90 KB for a 20 MiB package).
