@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import tarfile
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -174,7 +175,8 @@ class DeltaUpdates:
             return
         try:
             self.held.remember(digest, package, index_path.read_bytes())
-        except (OSError, InvalidPackage, ValueError) as exc:  # only a source lost, never an install
+        except (OSError, tarfile.TarError, InvalidPackage, ValueError) as exc:
+            # Only a source for later deltas is lost, never the install.
             log.warning("chunk index of %s not kept: %s", digest[:12], exc)
 
     def _forget_damaged(self, exc: LocalChunkMismatch) -> None:
