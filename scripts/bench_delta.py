@@ -484,9 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     print(
         f"bench-delta: the digits CNN, version 1 then a head-only retrain and 2 more epochs; "
-        f"{args.rounds} rounds of one agent with delta updates and one without, over "
-        f"{args.link_mbit:g} Mbit/s and {args.link_rtt_ms:g} ms RTT; "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
+        f"{args.rounds} rounds of one agent with delta updates and one without, "
+        + (
+            f"over {args.link_mbit:g} Mbit/s and {args.link_rtt_ms:g} ms RTT; "
+            if args.link_mbit > 0
+            else "directly over loopback; "
+        )
+        + f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
