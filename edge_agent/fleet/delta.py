@@ -7,8 +7,9 @@ tries to produce them locally:
    the control plane has none, and then nothing here happens). The index is fetched once
    (``ChunkRequest.cdc_index``), checked against that digest and kept in the download folder;
    after the install it is remembered with the package (``held_chunks.py``), so the package can
-   serve later deltas. It is fetched even when the device holds nothing useful: one small
-   message now makes the next version a delta.
+   serve later deltas. A device that holds no package with an index asks for it beside the
+   full pull instead of waiting for it (no round trip on its first install): one small message
+   now makes the next version a delta.
 2. For the fixed chunks still missing, the content-defined chunks covering them are either held
    in an installed package (read back and checked against their digest) or fetched by digest
    (``ChunkRequest.cdc_sha256``, a window of requests, each answer checked before it is written
@@ -90,6 +91,8 @@ class DeltaUpdates:
         self.held = held
         self._answers: asyncio.Queue[ChunkAnswer] | None = None
         self._sent: set[str] = set()  # request ids of delta requests, to route their refusals
+        # The index asked for on the side (nothing held): request id, where it goes, its sha256.
+        self._side: tuple[str, Path, bytes] | None = None
         self.last: DeltaStats | None = None
 
     # --- answers from the channel (event loop) -----------------------------------------------
@@ -100,6 +103,8 @@ class DeltaUpdates:
             return False
         if self._answers is not None:
             self._answers.put_nowait(answer)
+        elif self._side is not None and answer.request_id == self._side[0]:
+            self._keep_side_index(answer)
         return True
 
     # --- the delta ---------------------------------------------------------------------------
@@ -121,14 +126,22 @@ class DeltaUpdates:
         m = dl.model
         if not self.settings.delta_updates or not m.cdc_index_sha256 or dl.complete():
             return None
-        self._answers = asyncio.Queue()
         self._sent.clear()
+        self._side = None
+        held_any = await asyncio.to_thread(self.held.load, committed - {m.package_digest})
+        if not held_any and not (dl.dir / INDEX_FILE).exists():
+            # A device holding nothing: no delta now, so the index is not waited for; it is
+            # asked for beside the pull, to make the package a source for the next version.
+            if connected.is_set():
+                request_id, payload = codec_request(m.package_digest, index=True)
+                if self._send(send, request_id, payload):
+                    self._side = (request_id, dl.dir, m.cdc_index_sha256)
+            return None
+        self._answers = asyncio.Queue()
         stats = DeltaStats()
         try:
             index = await self._index(dl, send, connected, still_wanted)
-            held = ChunkSource(
-                await asyncio.to_thread(self.held.load, committed - {m.package_digest})
-            )
+            held = ChunkSource(held_any)
             plan = _plan(dl, index, held)
             if plan.reused_bytes < MIN_REUSED_SHARE * (plan.reused_bytes + plan.remote_bytes):
                 log.info(
@@ -178,6 +191,20 @@ class DeltaUpdates:
         except (OSError, tarfile.TarError, InvalidPackage, ValueError) as exc:
             # Only a source for later deltas is lost, never the install.
             log.warning("chunk index of %s not kept: %s", digest[:12], exc)
+
+    def _keep_side_index(self, answer: ChunkAnswer) -> None:
+        """The index asked for beside a full pull: kept if it matches and the download is on."""
+        assert self._side is not None
+        _, folder, sha256 = self._side
+        self._side = None
+        data = answer.cdc_index
+        if answer.error or hashlib.sha256(data).digest() != sha256 or not folder.is_dir():
+            log.info("chunk index not kept (%s)", answer.error or "no match or download gone")
+            return
+        try:
+            _atomic_write(folder / INDEX_FILE, data)
+        except OSError as exc:
+            log.warning("chunk index not kept: %s", exc)
 
     def _forget_damaged(self, exc: LocalChunkMismatch) -> None:
         self.held.forget(exc.package)

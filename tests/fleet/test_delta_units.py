@@ -259,3 +259,31 @@ def test_damaged_local_chunk_falls_back(
         if dl.has(i):
             assert dl.verify_chunk(i, (dl.chunks_dir / f"{i:08d}.chunk").read_bytes())
     assert delta.held.load({v1}) == []  # the damaged package is no longer a source
+
+
+def test_device_holding_nothing_asks_for_the_index_beside_the_pull(
+    pkgs: dict[str, Path], tmp_path: Path
+) -> None:
+    """No round trip waited for on a first install; the index still arrives for next time."""
+    delta = make_delta(tmp_path / "data")
+    dl = ChunkDownload(tmp_path / "downloads", desired(pkgs["v1"]))
+    cp = FakeControlPlane(delta, pkgs["v1"])
+
+    async def go() -> tuple[object, bool]:
+        connected = asyncio.Event()
+        connected.set()
+        result = await delta.seed(
+            dl, set(), send=cp.send, connected=connected, still_wanted=lambda: None
+        )
+        before = (dl.dir / INDEX_FILE).exists()  # seed returned before the answer came
+        await asyncio.sleep(0.1)
+        return result, before
+
+    result, before = asyncio.run(go())
+    assert result is None and not before and cp.index_requests == 1 and dl.done == 0
+    assert (dl.dir / INDEX_FILE).read_bytes() == cp.index.encode()
+    package = dl.dir / "pkg"
+    package.write_bytes(pkgs["v1"].read_bytes())
+    digest = install(tmp_path / "data", pkgs["v1"])
+    delta.remember(dl.dir, digest, package)  # what the client does after the install
+    assert [p.digest for p in delta.held.load({digest})] == [digest]
