@@ -287,3 +287,35 @@ def test_device_holding_nothing_asks_for_the_index_beside_the_pull(
     digest = install(tmp_path / "data", pkgs["v1"])
     delta.remember(dl.dir, digest, package)  # what the client does after the install
     assert [p.digest for p in delta.held.load({digest})] == [digest]
+
+
+def test_delta_resumes_without_fetching_again(pkgs: dict[str, Path], tmp_path: Path) -> None:
+    """After a break: chunks fetched by digest before it, and fixed chunks written, stay."""
+    data_dir = tmp_path / "data"
+    v1 = install(data_dir, pkgs["v1"])
+    delta = make_delta(data_dir)
+    delta.held.remember(v1, pkgs["v1"], cdc.chunk_file(pkgs["v1"]).encode())
+    m = desired(pkgs["v2"])
+    dl = ChunkDownload(tmp_path / "downloads", m)
+    cp = FakeControlPlane(delta, pkgs["v2"])
+    missing = [
+        d
+        for d in dict.fromkeys(cp.index.digests)
+        if d not in set(delta.held.load({v1})[0].index.digests)
+    ]
+    assert len(missing) >= 2
+    # What an interrupted run left: the index, one fetched chunk and one fixed chunk.
+    (dl.dir / INDEX_FILE).write_bytes(cp.index.encode())
+    (dl.dir / "cdc").mkdir()
+    j = cp.index.digests.index(missing[0])
+    at = cp.index.offsets[j]
+    (dl.dir / "cdc" / missing[0].hex()).write_bytes(cp.blob[at : at + cp.index.sizes[j]])
+    dl.write_chunk(0, cp.blob[: m.chunk_size])
+    dl = ChunkDownload(tmp_path / "downloads", m)  # reopened, as after a restart
+    assert dl.done == 1
+
+    assert run_seed(delta, dl, {v1}, cp) is not None and dl.complete()
+    assert cp.index_requests == 0  # the kept index was used
+    assert missing[0] not in cp.digests_asked
+    assert set(cp.digests_asked) <= set(missing[1:])
+    assert dl.assemble().read_bytes() == cp.blob
