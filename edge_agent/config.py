@@ -120,6 +120,11 @@ class FleetSettings(BaseModel):
         description="Times one chunk may fail its sha256 check (or the control plane may refuse "
         "a request) before the deployment is reported FAILED.",
     )
+    delta_updates: bool = Field(
+        default=True,
+        description="Fetch only the chunks of a new package that installed packages lack "
+        "(when the control plane offers a chunk index); off: always pull whole packages.",
+    )
     max_install_attempts: int = Field(
         default=3,
         ge=1,

@@ -1,4 +1,4 @@
-"""``model-packager``: keygen, build, convert, sign, verify, inspect.
+"""``model-packager``: keygen, build, convert, sign, verify, inspect, chunks.
 
 Errors from the library and unusable input files print as one clear line on stderr with exit
 status 1; usage errors exit 2. A traceback means a bug, never a mistake in the command.
@@ -113,6 +113,27 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chunks(args: argparse.Namespace) -> int:
+    try:
+        from model_packager import cdc  # pyfastcdc: installed with the control plane
+    except ImportError as exc:
+        raise PackageError(f"chunking needs pyfastcdc ({exc}); pip install pyfastcdc") from exc
+    index = cdc.chunk_file(Path(args.package))
+    if args.out:
+        Path(args.out).write_bytes(index.encode())
+    print(
+        f"{index.count} chunks, {index.package_size} bytes "
+        f"(FastCDC {index.min_size}/{index.avg_size}/{index.max_size}), "
+        f"index sha256 {index.sha256().hex()}"
+    )
+    for old in args.against or []:
+        held = set(cdc.chunk_file(Path(old)).digests)
+        count, size = cdc.missing_bytes(index, held)
+        share = size / index.package_size if index.package_size else 0.0
+        print(f"  holding {Path(old).name}: fetch {count} chunks, {size} bytes ({share:.1%})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="model-packager", description=__doc__)
     p.add_argument("--version", action="version", version=f"model-packager {__version__}")
@@ -154,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("package")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_cmd_inspect)
+
+    c = sub.add_parser(
+        "chunks", help="a package's chunk index, and what a delta from older packages costs"
+    )
+    c.add_argument("package")
+    c.add_argument("--against", action="append", help="a package a device already holds")
+    c.add_argument("--out", help="write the encoded chunk index to this file")
+    c.set_defaults(func=_cmd_chunks)
 
     # Lives in model_packager.convert; it imports no framework until a conversion runs.
     add_convert_parser(sub)

@@ -75,6 +75,8 @@ class DesiredModel:
     warmup: ShadowWarmup | None = None
     # What the device keeps of this version's inputs (None: the package's own capture block).
     capture: CapturePolicy | None = None
+    # Delta updates: sha256 (raw) of the package's chunk index; empty: no delta.
+    cdc_index_sha256: bytes = b""
 
     @classmethod
     def of_chunks(
@@ -92,6 +94,7 @@ class DesiredModel:
         guard: LocalGuard | None = None,
         warmup: ShadowWarmup | None = None,
         capture: CapturePolicy | None = None,
+        cdc_index_sha256: bytes = b"",
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -108,6 +111,7 @@ class DesiredModel:
             guard,
             warmup,
             capture,
+            cdc_index_sha256,
         )
 
     @property
@@ -155,6 +159,7 @@ def encode_desired_state(state: DesiredState) -> bytes:
             chunk_sha256=m.chunk_sha256,
             standby=m.standby,
             weight=m.weight,
+            cdc_index_sha256=m.cdc_index_sha256,
         )
         if m.guard is not None:
             entry.guard.CopyFrom(
@@ -223,6 +228,7 @@ def decode_desired_state(payload: bytes) -> DesiredState:
                 else None
             ),
             capture=policy_from_pb(m.capture) if m.HasField("capture") else None,
+            cdc_index_sha256=bytes(m.cdc_index_sha256),
         )
         for m in msg.models
     )

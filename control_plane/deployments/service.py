@@ -66,6 +66,7 @@ class DesiredModelView:
     weight: float = 0.0
     guard: dict[str, Any] | None = None
     warmup: dict[str, Any] | None = None
+    cdc_index_sha256: bytes = b""  # empty: the package has no chunk index (no delta)
 
 
 @dataclass(frozen=True)
@@ -248,6 +249,7 @@ class DeploymentService:
                 weight=dep.weight,
                 guard=dep.guard,
                 warmup=dep.warmup,
+                cdc_index_sha256=pkg.cdc_index_sha256 or b"",
             )
             for dep in deployments
             if dep.action == "install"

@@ -58,6 +58,7 @@ def desired_state_to_proto(view: DesiredStateView) -> bytes:
             weight=m.weight,
             guard=fleet_state.LocalGuard(**m.guard) if m.guard else None,
             warmup=fleet_state.ShadowWarmup(**m.warmup) if m.warmup else None,
+            cdc_index_sha256=m.cdc_index_sha256,
         )
         for m in view.models
     )
@@ -118,6 +119,25 @@ def chunk_to_proto(digest: str, chunk: Chunk, chunk_count: int, request_id: str)
         sha256=chunk.sha256,
         data=chunk.data,
         request_id=request_id,
+    ).SerializeToString()
+
+
+def cdc_chunk_to_proto(digest: str, chunk: Chunk, chunk_count: int, request_id: str) -> bytes:
+    """A content-defined chunk (delta updates): named by its sha256, ``index`` in the index."""
+    return fleet_pb2.ChunkData(
+        package_digest=digest,
+        index=chunk.index,
+        chunk_count=chunk_count,
+        sha256=chunk.sha256,
+        data=chunk.data,
+        request_id=request_id,
+        cdc=True,
+    ).SerializeToString()
+
+
+def chunk_index_to_proto(digest: str, index: bytes, chunk_count: int, request_id: str) -> bytes:
+    return fleet_pb2.ChunkData(
+        package_digest=digest, chunk_count=chunk_count, cdc_index=index, request_id=request_id
     ).SerializeToString()
 
 

@@ -49,7 +49,7 @@ from control_plane.core.errors import ControlPlaneError, NotFound
 from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
-from control_plane.fleet import broker_config, codec
+from control_plane.fleet import broker_config, codec, delta
 from control_plane.fleet.fair_queue import FairQueue
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
@@ -418,20 +418,32 @@ class FleetService:
                         f"package {req.package_digest} is not in the desired state of {device_id}"
                     )
                 packages = PackageService(session, self.ctx)
-                chunks = packages.read_chunks(req.package_digest, indexes)
-                count = packages.get(req.package_digest).chunk_count
+                if req.cdc_index or req.cdc_sha256:  # delta updates: chunks by digest
+                    payloads = delta.delta_answers(
+                        packages,
+                        req.package_digest,
+                        req.request_id,
+                        want_index=req.cdc_index,
+                        digests=[bytes(d) for d in req.cdc_sha256],
+                    )
+                else:
+                    chunks = packages.read_chunks(req.package_digest, indexes)
+                    count = packages.get(req.package_digest).chunk_count
+                    payloads = [
+                        codec.chunk_to_proto(req.package_digest, c, count, req.request_id)
+                        for c in chunks
+                    ]
         except ControlPlaneError as exc:
             logger.info("chunk request from %s refused: %s", device_id, exc)
             self.client.publish(
                 topic, codec.chunk_error_to_proto(req.package_digest, req.request_id, str(exc)), QOS
             )
             return
-        for chunk in chunks:
-            payload = codec.chunk_to_proto(req.package_digest, chunk, count, req.request_id)
+        for payload in payloads:
             self._make_room(len(payload))
             self._unacked.append((self.client.publish(topic, payload, QOS), len(payload)))
             self._unacked_bytes += len(payload)
-        logger.debug("served %d chunk(s) of %s to %s", len(chunks), req.package_digest, device_id)
+        logger.debug("served %d chunk(s) of %s to %s", len(payloads), req.package_digest, device_id)
 
     def _make_room(self, size: int) -> None:
         """Wait until ``size`` more bytes keep the unacknowledged chunks within the bound.

@@ -21,7 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, deferred, mapped_column
 
 from control_plane.core.database import Base, utcnow
 
@@ -40,6 +40,11 @@ class Package(Base):
     # Raw 32-byte sha256 of each chunk, concatenated in index order.
     chunk_digests: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Delta updates: the package's content-defined chunk index (model_packager/chunk_index.py)
+    # and its sha256 (raw), which the desired state pins. Loaded only when a device asks for it.
+    # NULL for packages stored before migration 0014: those are always pulled whole.
+    cdc_index: Mapped[bytes | None] = deferred(mapped_column(LargeBinary, nullable=True))
+    cdc_index_sha256: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
 
     @property
     def chunk_count(self) -> int:

@@ -6,7 +6,9 @@ Flow for each DesiredState (retained on ``<prefix>/desired``):
    persist the new generation.
 2. For each DesiredModel: already committed (``name:version`` -> digest in ``state.json``)? Report
    INSTALLED. Already final for this ``deployment_id:digest``? Report it again, do nothing.
-   Otherwise pull the package (``downloads.ChunkPuller`` into a ``downloads.ChunkDownload``: a
+   Otherwise make what it can of the package from chunks of installed packages (delta updates,
+   ``delta.py``, when the desired state pins a chunk index), then pull the rest
+   (``downloads.ChunkPuller`` into a ``downloads.ChunkDownload``: a
    window of ChunkRequests in flight, each chunk checked against ``chunk_sha256`` and written
    atomically, unanswered indexes asked again after ``chunk_timeout_s``), check the assembled
    file against ``package_digest``, and hand it to ``Installer.install`` (signature, digests,
@@ -46,8 +48,10 @@ from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError
 from edge_agent.fleet import codec, guard, warmup
 from edge_agent.fleet.batch import BatchJobs, DeviceBatchRunner
+from edge_agent.fleet.delta import DeltaUpdates
 from edge_agent.fleet.domain import INSTALLED, ModelReport, Reported, Result, TelemetryOut
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError, remove_stale
+from edge_agent.fleet.held_chunks import HeldChunks
 from edge_agent.fleet.link import (
     Connected,
     Disconnected,
@@ -119,6 +123,8 @@ class FleetClient:
         root = Path(settings.data_dir) / "fleet"
         root.mkdir(parents=True, exist_ok=True)
         self.downloads_root = root / "downloads"
+        # Delta updates: chunks of installed packages make most of the next version (delta.py).
+        self.delta = DeltaUpdates(self.fs, HeldChunks(root / "held_chunks", store.packages))
         self.state = FleetState(root / "state.json")
         self.outbox = Outbox(root / "outbox.sqlite3", self.fs.outbox_max_records)
         self._versions = VersionTelemetry()
@@ -221,6 +227,8 @@ class FleetClient:
             return
         if topic == self.topic[topics.CHUNKS_DATA]:
             answer = codec.chunk_from_proto(payload)
+            if self.delta.offer(answer):
+                return
             if self._puller is not None:
                 self._puller.offer(answer)
         elif topic == self.topic[topics.DESIRED] and payload:
@@ -435,6 +443,7 @@ class FleetClient:
             await self._deploy(desired, m, activate=active.get(m.name) is m)
         await self._apply_weights(desired)
         self.state.save()
+        self.delta.held.prune(self.store.load_state().digests())
         self._publish_reported()
 
     def _committed(self, m: DesiredModel) -> bool:
@@ -491,6 +500,8 @@ class FleetClient:
             outcome, served = await self.installer.install(path, activate=activate and not warm)
             crash_point("after_install")
             if outcome.outcome == "COMMITTED":
+                dl_dir = self.downloads_root / m.package_digest
+                await asyncio.to_thread(self.delta.remember, dl_dir, m.package_digest, path)
                 result = Result.installed(m)
                 if warm:
                     failed = await self._warm_up(m)
@@ -604,6 +615,10 @@ class FleetClient:
         chunks = self.downloads_root / m.package_digest / "chunks"
         return len(list(chunks.glob("*.chunk"))) if chunks.exists() else 0
 
+    def _publish_chunk_request(self, payload: bytes) -> bool:
+        assert self.link is not None
+        return self.link.publish(self.topic[topics.CHUNKS_REQUEST], payload) is not None
+
     async def _download(self, desired: DesiredState, m: DesiredModel) -> Path:
         """The package, assembled and checked: resumed from disk, pulled, or already there."""
         dl = ChunkDownload(self.downloads_root, m)
@@ -622,6 +637,14 @@ class FleetClient:
             sent = self.link.publish(self.topic[topics.CHUNKS_REQUEST], payload)
             return None if sent is None else request_id
 
+        if await self.delta.seed(
+            dl,
+            self.store.load_state().digests(),
+            send=self._publish_chunk_request,
+            connected=self._connected,
+            still_wanted=lambda: self._check_current(desired),
+        ):
+            self._progress(key, Result.in_progress(m, "download", dl.done))
         self._puller = ChunkPuller(
             dl,
             self.fs,

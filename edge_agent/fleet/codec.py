@@ -45,12 +45,30 @@ def desired_from_proto(payload: bytes) -> DesiredState:
 def chunk_from_proto(payload: bytes) -> ChunkAnswer:
     msg = _parse(fleet_pb2.ChunkData, payload)
     assert isinstance(msg, fleet_pb2.ChunkData)
-    return ChunkAnswer(msg.package_digest.lower(), msg.index, msg.data, msg.request_id, msg.error)
+    return ChunkAnswer(
+        msg.package_digest.lower(),
+        msg.index,
+        msg.data,
+        msg.request_id,
+        msg.error,
+        cdc=msg.cdc,
+        sha256=msg.sha256,
+        cdc_index=msg.cdc_index,
+    )
 
 
 def chunk_request_to_proto(digest: str, indexes: list[int], request_id: str) -> bytes:
     return fleet_pb2.ChunkRequest(
         package_digest=digest, indexes=indexes, request_id=request_id
+    ).SerializeToString()
+
+
+def cdc_request_to_proto(
+    digest: str, request_id: str, *, index: bool = False, digests: list[bytes] | None = None
+) -> bytes:
+    """A delta request: the package's chunk index and/or content-defined chunks by sha256."""
+    return fleet_pb2.ChunkRequest(
+        package_digest=digest, request_id=request_id, cdc_index=index, cdc_sha256=digests or []
     ).SerializeToString()
 
 

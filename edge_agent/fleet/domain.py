@@ -98,6 +98,10 @@ class ChunkAnswer:
     data: bytes
     request_id: str
     error: str
+    # Delta updates (delta.py): a content-defined chunk named by ``sha256``, or the chunk index.
+    cdc: bool = False
+    sha256: bytes = b""
+    cdc_index: bytes = b""
 
 
 @dataclass(frozen=True)

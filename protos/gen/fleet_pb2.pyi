@@ -25,7 +25,7 @@ class DesiredState(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., generation: _Optional[int] = ..., deployment_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[DesiredModel, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., removals: _Optional[_Iterable[_Union[ModelRemoval, _Mapping]]] = ...) -> None: ...
 
 class DesiredModel(_message.Message):
-    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup", "capture")
+    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup", "capture", "cdc_index_sha256")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class DesiredModel(_message.Message):
     GUARD_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    CDC_INDEX_SHA256_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     name: str
     version: str
@@ -52,7 +53,8 @@ class DesiredModel(_message.Message):
     guard: LocalGuard
     warmup: ShadowWarmup
     capture: _fleet_capture_pb2.CapturePolicy
-    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ..., capture: _Optional[_Union[_fleet_capture_pb2.CapturePolicy, _Mapping]] = ...) -> None: ...
+    cdc_index_sha256: bytes
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ..., capture: _Optional[_Union[_fleet_capture_pb2.CapturePolicy, _Mapping]] = ..., cdc_index_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ShadowWarmup(_message.Message):
     __slots__ = ("fraction", "min_requests", "min_agreement", "max_abs_diff", "timeout_s")
@@ -165,17 +167,21 @@ class DeviceStatus(_message.Message):
     def __init__(self, state: _Optional[_Union[DeviceStatus.State, str]] = ..., agent_version: _Optional[str] = ...) -> None: ...
 
 class ChunkRequest(_message.Message):
-    __slots__ = ("package_digest", "indexes", "request_id")
+    __slots__ = ("package_digest", "indexes", "request_id", "cdc_index", "cdc_sha256")
     PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     INDEXES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CDC_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CDC_SHA256_FIELD_NUMBER: _ClassVar[int]
     package_digest: str
     indexes: _containers.RepeatedScalarFieldContainer[int]
     request_id: str
-    def __init__(self, package_digest: _Optional[str] = ..., indexes: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    cdc_index: bool
+    cdc_sha256: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, package_digest: _Optional[str] = ..., indexes: _Optional[_Iterable[int]] = ..., request_id: _Optional[str] = ..., cdc_index: _Optional[bool] = ..., cdc_sha256: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ChunkData(_message.Message):
-    __slots__ = ("package_digest", "index", "chunk_count", "sha256", "data", "request_id", "error")
+    __slots__ = ("package_digest", "index", "chunk_count", "sha256", "data", "request_id", "error", "cdc_index", "cdc")
     PACKAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +189,8 @@ class ChunkData(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CDC_INDEX_FIELD_NUMBER: _ClassVar[int]
+    CDC_FIELD_NUMBER: _ClassVar[int]
     package_digest: str
     index: int
     chunk_count: int
@@ -190,7 +198,9 @@ class ChunkData(_message.Message):
     data: bytes
     request_id: str
     error: str
-    def __init__(self, package_digest: _Optional[str] = ..., index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+    cdc_index: bytes
+    cdc: bool
+    def __init__(self, package_digest: _Optional[str] = ..., index: _Optional[int] = ..., chunk_count: _Optional[int] = ..., sha256: _Optional[bytes] = ..., data: _Optional[bytes] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ..., cdc_index: _Optional[bytes] = ..., cdc: _Optional[bool] = ...) -> None: ...
 
 class TelemetryBatch(_message.Message):
     __slots__ = ("device_id", "records", "dropped")

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: Never loaded by the agent (design card, "Fixed" 3 and 7; onnx et al. are not in [agent]).
 HEAVY = ("tensorflow", "keras", "fastapi", "starlette", "uvicorn", "sqlalchemy", "alembic")
-NOT_IN_AGENT_EXTRA = ("onnx", "tf2onnx", "amqtt")
+NOT_IN_AGENT_EXTRA = ("onnx", "tf2onnx", "amqtt", "pyfastcdc")
 
 #: package -> top-level packages of this repo it must not import.
 FORBIDDEN = {

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from control_plane.core.blobs import LocalBlobStore
+from control_plane.core.errors import InvalidRequest, NotFound
+from control_plane.fleet.delta import delta_answers
 from control_plane.registry.models import Package
+from control_plane.registry.packages.service import PackageService
+from model_packager import cdc
 from model_packager.archive import sha256_file
+from protos.gen import fleet_pb2
 from tests.control_plane.conftest import CHUNK_SIZE, ControlPlane, Keys, build_test_package
 from tests.pg import BOTH_DATABASES
 
@@ -111,3 +119,40 @@ def test_upload_limit(control_plane: ControlPlane, package_factory: Any) -> None
     r = control_plane.upload(package_factory("1.0.0"))
     assert r.status_code == 413
     _nothing_stored(control_plane)
+
+
+def test_chunk_index_stored_and_chunks_served_by_digest(
+    control_plane: ControlPlane, package_factory: Any
+) -> None:
+    """Delta updates: the upload stores the package's chunk index; chunks are read by digest."""
+    path = package_factory("1.0.0")
+    digest = control_plane.upload(path).json()["digest"]
+    expected = cdc.chunk_file(path)
+    data = path.read_bytes()
+    with control_plane.ctx.sessions() as session:
+        packages = PackageService(session, control_plane.ctx)
+        encoded, index = packages.chunk_index(digest)
+        assert encoded == expected.encode() and index == expected
+        assert packages.get(digest).cdc_index_sha256 == hashlib.sha256(encoded).digest()
+        last = index.count - 1
+        [chunk] = packages.read_cdc_chunks(digest, [index.digests[last]])
+        at = index.offsets[last]
+        assert (chunk.index, chunk.data) == (last, data[at : at + index.sizes[last]])
+        with pytest.raises(NotFound, match="no chunk"):
+            packages.read_cdc_chunks(digest, [b"\0" * 32])
+        payloads = delta_answers(
+            packages, digest, "r1", want_index=True, digests=[index.digests[0]] * 2
+        )
+        first, second = (fleet_pb2.ChunkData.FromString(p) for p in payloads)
+        assert first.cdc_index == encoded and first.request_id == "r1"
+        assert second.cdc and second.sha256 == index.digests[0] and len(payloads) == 2  # once
+        with pytest.raises(InvalidRequest, match="at most 64"):
+            delta_answers(
+                packages,
+                digest,
+                "r2",
+                want_index=False,
+                digests=[bytes([i]) * 32 for i in range(65)],
+            )
+        with pytest.raises(InvalidRequest, match="32-byte"):
+            delta_answers(packages, digest, "r3", want_index=False, digests=[b"short"])

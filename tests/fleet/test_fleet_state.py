@@ -7,6 +7,7 @@ reads, and that the bytes did not change on the wire.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import pytest
@@ -126,3 +127,16 @@ def test_activation_fields_and_removals_round_trip() -> None:
     assert (second.standby, second.weight, second.guard, second.warmup) == (True, 12.5, None, None)
     assert desired.removals == (ModelRemoval("dep-9", "old-model", "3"),)
     assert desired.active_entries() == {"model-0": first}  # a standby entry is never activated
+
+
+def test_chunk_index_digest_round_trips_and_is_optional() -> None:
+    """Delta updates: the desired state pins the chunk index; without it the field stays empty."""
+    view = _view()
+    pinned = hashlib.sha256(b"an encoded chunk index").digest()
+    models = [view.models[0], dataclasses.replace(view.models[1], cdc_index_sha256=pinned)]
+    payload = cloud_codec.desired_state_to_proto(dataclasses.replace(view, models=models))
+    desired = device_codec.desired_from_proto(payload)
+    assert [m.cdc_index_sha256 for m in desired.models] == [b"", pinned]
+    raw = fleet_pb2.DesiredState.FromString(payload)
+    assert [m.cdc_index_sha256 for m in raw.models] == [b"", pinned]  # field 14 on the wire
+    assert fleet_pb2.DesiredModel.DESCRIPTOR.fields_by_name["cdc_index_sha256"].number == 14

@@ -13,6 +13,7 @@ import pytest
 
 from model_packager.archive import open_package, sha256_file
 from model_packager.build import sign_package
+from model_packager.chunk_index import ChunkIndex
 from model_packager.cli import build_parser
 from model_packager.convert import SOURCE_KINDS
 from model_packager.signing import generate_keypair, load_private_key
@@ -130,6 +131,23 @@ def test_inspect_json(cli_unsigned: Path) -> None:
     assert doc["signed"] is False
     assert doc["name"] == "mnist" and doc["version"] == "1.2.3"
     assert [v["name"] for v in doc["variants"]] == ["onnx-fp32"]
+
+
+def test_chunks(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> None:
+    """The chunk index, and what a delta costs: nothing against itself, little against a copy
+    that differs only by its signature (a member inserted near the start)."""
+    signed = sign_package(cli_unsigned, load_private_key(cli_keys / "release.key"), tmp_path)
+    out = tmp_path / "index.bin"
+    res = run("chunks", signed, "--against", signed, "--against", cli_unsigned, "--out", out)
+    assert res.returncode == 0, res.stderr
+    index = ChunkIndex.decode(out.read_bytes())
+    assert index.package_size == signed.stat().st_size
+    first, same, unsigned = res.stdout.splitlines()
+    assert first.startswith(f"{index.count} chunks, {index.package_size} bytes (FastCDC ")
+    assert f"index sha256 {index.sha256().hex()}" in first
+    assert same.endswith("fetch 0 chunks, 0 bytes (0.0%)")
+    share = float(unsigned.rsplit("(", 1)[1].rstrip("%)"))
+    assert 0 < share < 10, unsigned
 
 
 def test_sign_then_verify(cli_unsigned: Path, cli_keys: Path, tmp_path: Path) -> None:

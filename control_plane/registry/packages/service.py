@@ -21,7 +21,9 @@ from control_plane.core.errors import (
 )
 from control_plane.core.uploads import stage_upload
 from control_plane.registry.models import Package
+from model_packager import cdc
 from model_packager.archive import verify_package
+from model_packager.chunk_index import ChunkIndex
 from model_packager.errors import PackageError
 
 logger = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class PackageService:
             except PackageError as exc:
                 raise PackageRejected(f"package rejected: {exc}") from exc
             manifest = reader.manifest
+            index = cdc.chunk_file(staged).encode()
             package = Package(
                 digest=digest,
                 name=manifest.name,
@@ -77,6 +80,8 @@ class PackageService:
                 manifest=manifest.model_dump(mode="json"),
                 chunk_size=settings.mqtt.chunk_size,
                 chunk_digests=chunk_digests(staged, settings.mqtt.chunk_size),
+                cdc_index=index,
+                cdc_index_sha256=hashlib.sha256(index).digest(),
             )
             self.session.add(package)
             try:
@@ -140,4 +145,38 @@ class PackageService:
                 # The blob changed under us: never send bytes that disagree with the manifest.
                 raise PackageRejected(f"blob {digest} chunk {i} does not match its recorded digest")
             chunks.append(Chunk(i, sha, data))
+        return chunks
+
+    def chunk_index(self, digest: str) -> tuple[bytes, ChunkIndex]:
+        """The package's chunk index, encoded (as its sha256 was taken) and decoded.
+
+        ``NotFound`` for a package stored before chunk indexes existed (it has none).
+        """
+        package = self.get(digest)
+        if package.cdc_index is None:
+            raise NotFound(f"package {digest} has no chunk index (stored before delta updates)")
+        return package.cdc_index, ChunkIndex.decode(package.cdc_index)
+
+    def read_cdc_chunks(self, digest: str, wanted: list[bytes]) -> list[Chunk]:
+        """Content-defined chunks of a package, named by sha256, each checked before it goes.
+
+        A chunk's ``index`` is its first position in the chunk index. ``NotFound`` names a
+        digest the package does not contain.
+        """
+        _, index = self.chunk_index(digest)
+        where: dict[bytes, int] = {}
+        for i, d in enumerate(index.digests):
+            where.setdefault(d, i)
+        unknown = [d.hex()[:16] for d in wanted if d not in where]
+        if unknown:
+            raise NotFound(f"package {digest} has no chunk(s) {', '.join(unknown)}")
+        chunks = []
+        for d in wanted:
+            i = where[d]
+            data = self.ctx.blobs.read_range(digest, index.offsets[i], index.sizes[i])
+            if hashlib.sha256(data).digest() != d:
+                raise PackageRejected(
+                    f"blob {digest} chunk {d.hex()[:16]} does not match its chunk index"
+                )
+            chunks.append(Chunk(i, d, data))
         return chunks
