@@ -163,6 +163,7 @@ WING_RULES = {
     "grpc": {"capture", "fleet", "http", "app", "cli"},
     "http": {"install", "jobs", "capture", "fleet", "grpc", "app", "cli"},
     "config.py": _ALL,
+    "config_sources.py": _ALL,
     "errors.py": _ALL,
     "metrics.py": _ALL,
     "fsutil.py": _ALL,
