@@ -14,8 +14,6 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-from prometheus_client import start_http_server
-
 from edge_agent import __version__
 from edge_agent.auth import TokenAuth
 from edge_agent.capture import Capturer
@@ -26,6 +24,7 @@ from edge_agent.grpc.auth import TokenInterceptor
 from edge_agent.grpc.inference_servicer import InferenceServicer
 from edge_agent.grpc.server import GrpcServer
 from edge_agent.grpc.status import status_name
+from edge_agent.http.metrics_route import MAX_BODY, MetricsRoute, error_text
 from edge_agent.http.routes import Router, error_response
 from edge_agent.http.server import HttpServer
 from edge_agent.install.installer import Installer
@@ -93,7 +92,7 @@ class Agent:
         self.grpc_port = 0
         self.http_port = 0
         self.metrics_port = 0
-        self._metrics_server = None
+        self._metrics_server: HttpServer | None = None
         self._stopped = asyncio.Event()
         self.fleet: FleetClient | None = None
 
@@ -104,10 +103,10 @@ class Agent:
         if self.http is not None:
             self.http_port = await self.http.start()
         if s.metrics_port >= 0:
-            self._metrics_server, _ = start_http_server(
-                s.metrics_port, addr=s.metrics_host, registry=METRICS.registry
+            self._metrics_server = HttpServer(
+                s.metrics_host, s.metrics_port, MetricsRoute(METRICS.registry), error_text, MAX_BODY
             )
-            self.metrics_port = self._metrics_server.server_port
+            self.metrics_port = await self._metrics_server.start()
         log.info(
             "gRPC on %s:%d (%s), HTTP on %s:%d (%s), metrics on %d%s",
             s.grpc_host,
@@ -161,7 +160,7 @@ class Agent:
         await self.jobs.stop()
         await asyncio.to_thread(self.capture.close)
         if self._metrics_server is not None:
-            self._metrics_server.shutdown()
+            await self._metrics_server.stop(grace)
         for m in list(self.repo):
             await m.close()
         self.dataplane.shm.close()

@@ -1,12 +1,14 @@
-"""Agent settings: one pydantic-settings class, read from a YAML file then overridden by env.
+"""Agent settings: one pydantic model, read from a YAML file then overridden by env.
 
 Environment variables use the ``EDGE_AGENT_`` prefix and ``__`` for nesting, e.g.
-``EDGE_AGENT_GRPC_PORT=9001`` or ``EDGE_AGENT_MODELS__mlp__MAX_BATCH_SIZE=16``. Every field is
-described here and in ``edge_agent/README.md``.
+``EDGE_AGENT_GRPC_PORT=9001`` or ``EDGE_AGENT_MODELS__mlp__MAX_BATCH_SIZE=16``; ``load_settings``
+merges the sources (``config_sources.py`` says how, and why not pydantic-settings). Every field
+is described here and in ``edge_agent/README.md``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Self
 
@@ -19,13 +21,8 @@ from pydantic import (
     SecretStr,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
 
+from edge_agent.config_sources import EnvValueError, env_values, merged
 from protos.fleet_topics import MAX_TELEMETRY_BATCH_RECORDS
 
 
@@ -260,10 +257,11 @@ class ClientTlsSettings(BaseModel):
         return self
 
 
-class AgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EDGE_AGENT_", env_nested_delimiter="__", extra="forbid"
-    )
+class AgentSettings(BaseModel):
+    """Every setting of the agent. Built by ``load_settings`` (file, environment, overrides);
+    constructing it directly validates the given values alone."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
     device_id: str = Field(default="local", description="Name of this device in reports.")
     data_dir: Path = Field(
@@ -403,22 +401,6 @@ class AgentSettings(BaseSettings):
         """The token clients must present, from `auth_token` or `auth_token_file`."""
         return self._token
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Precedence: explicit arguments > environment > YAML file.
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        yaml_file = _YAML_FILE.get("path")
-        if yaml_file is not None:
-            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
-        return tuple(sources)
-
     @property
     def packages_dir(self) -> Path:
         return self.data_dir / "packages"
@@ -428,15 +410,13 @@ class AgentSettings(BaseSettings):
         return self.data_dir / "jobs"
 
 
-_YAML_FILE: dict[str, Path] = {}
-
-
 class ConfigFileError(ValueError):
-    """The settings file is not YAML, or not a mapping of settings."""
+    """The settings file is not YAML or not a mapping of settings, or a structured setting's
+    environment variable is not JSON."""
 
 
-def _check_yaml(path: Path) -> None:
-    """Fail with a readable message before pydantic-settings trips over a broken file."""
+def _read_yaml(path: Path) -> dict[str, Any]:
+    """The file's settings, or a readable message for a broken file."""
     import yaml
 
     try:
@@ -449,16 +429,18 @@ def _check_yaml(path: Path) -> None:
             f"config file {path} must be a mapping of setting names to values, "
             f"not a {type(doc).__name__}"
         )
+    return doc or {}
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from an optional YAML file, the environment, then explicit overrides."""
+    values: dict[str, Any] = {}
     if config_file is not None:
         if not Path(config_file).is_file():
             raise FileNotFoundError(f"config file {config_file} does not exist")
-        _check_yaml(Path(config_file))
-        _YAML_FILE["path"] = Path(config_file)
+        values = _read_yaml(Path(config_file))
     try:
-        return AgentSettings(**overrides)
-    finally:
-        _YAML_FILE.pop("path", None)
+        env = env_values(AgentSettings, os.environ)
+    except EnvValueError as exc:
+        raise ConfigFileError(str(exc)) from None
+    return AgentSettings.model_validate(merged(merged(values, env), overrides))

@@ -28,11 +28,10 @@ from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 import numpy as np
-from prometheus_client import Counter, Histogram
 
 from edge_agent import __version__
 from edge_agent.errors import AgentError, InvalidInput, ModelNotFound, Overloaded
-from edge_agent.metrics import METRICS
+from edge_agent.metrics import METRICS, CounterValue, HistogramValue
 from edge_agent.serving.batching import Tensors
 from edge_agent.serving.python_handlers import RESPONSE_OUTPUT
 from edge_agent.serving.repository import ModelRepository
@@ -139,7 +138,7 @@ class DataPlane:
         # Metric children of successful requests per (model, version): ``.labels()`` validates
         # and looks up its arguments under a lock on every call, a measurable share of a small
         # model's request. Keys are served versions only, so the dict stays small.
-        self._ok_metrics: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._ok_metrics: dict[tuple[str, str], tuple[CounterValue, HistogramValue]] = {}
         # Shadow runs in flight per (model, version), and their tasks (held so they are not
         # garbage collected mid-run); both bounded by SHADOW_MAX_INFLIGHT per candidate.
         self._shadow_inflight: dict[tuple[str, str], int] = {}

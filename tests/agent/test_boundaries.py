@@ -62,6 +62,61 @@ def test_importing_the_agent_loads_nothing_heavy() -> None:
     assert "control_plane" not in direct and "tensorflow" not in direct
 
 
+#: Modules the agent's memory budget keeps out of a serving process until something needs them:
+#: pydantic-settings and dotenv (edge_agent/config_sources.py reads the settings instead, 1.3 MB
+#: less RSS), prometheus_client and the http.server / wsgiref / urllib.request chain it imports
+#: (edge_agent/metrics.py, 2.3 MB less), cryptography (signatures are checked in a child
+#: process), the fleet client and MQTT (only with a ``fleet`` section), the runtimes (loaded
+#: with the first model), Pillow (first image input).
+LAZY = (
+    "pydantic_settings",
+    "dotenv",
+    "prometheus_client",
+    "wsgiref",
+    "http.server",
+    "urllib.request",
+    "cryptography",
+    "edge_agent.fleet",
+    "paho",
+    "onnxruntime",
+    "ai_edge_litert",
+    "PIL",
+)
+
+
+def test_serving_process_leaves_lazy_wings_unloaded(tmp_path: Path) -> None:
+    """What `edge-agent run` imports, and reading its settings, loads none of ``LAZY``.
+
+    The positive control: the same interpreter does load them when asked, so the check cannot
+    pass because a name is misspelt or missing from this venv.
+    """
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nmodels: {{mlp: {{max_batch_size: 4}}}}\n")
+    code = textwrap.dedent(
+        f"""
+        import importlib, json, sys
+        from pathlib import Path
+        import edge_agent.app, edge_agent.cli, edge_agent.install.installer
+        from edge_agent.config import load_settings
+        settings = load_settings(Path({str(config)!r}))
+        assert settings.for_model("mlp").max_batch_size == 4
+        lazy = {LAZY!r}
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in lazy or m in lazy)
+        for name in lazy:
+            importlib.import_module(name)
+        print(json.dumps({{"loaded": loaded, "after": [n for n in lazy if n in sys.modules]}}))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["loaded"] == [], f"the agent loads {result['loaded']} before it needs them"
+    assert result["after"] == list(LAZY)
+
+
 def imported_top_levels(source: str, filename: str = "<src>") -> set[str]:
     """Top-level names of every absolute import in the file, at any depth (lazy ones too)."""
     names: set[str] = set()
@@ -163,6 +218,7 @@ WING_RULES = {
     "grpc": {"capture", "fleet", "http", "app", "cli"},
     "http": {"install", "jobs", "capture", "fleet", "grpc", "app", "cli"},
     "config.py": _ALL,
+    "config_sources.py": _ALL,
     "errors.py": _ALL,
     "metrics.py": _ALL,
     "fsutil.py": _ALL,
