@@ -72,6 +72,8 @@ class DesiredModel:
     weight: float = 0.0
     guard: LocalGuard | None = None
     warmup: ShadowWarmup | None = None
+    # Shared topic the package's chunks may also arrive on ("": the device's own topic only).
+    chunk_topic: str = ""
 
     @classmethod
     def of_chunks(
@@ -88,6 +90,7 @@ class DesiredModel:
         weight: float = 0.0,
         guard: LocalGuard | None = None,
         warmup: ShadowWarmup | None = None,
+        chunk_topic: str = "",
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -103,6 +106,7 @@ class DesiredModel:
             weight,
             guard,
             warmup,
+            chunk_topic,
         )
 
     @property
@@ -150,6 +154,7 @@ def encode_desired_state(state: DesiredState) -> bytes:
             chunk_sha256=m.chunk_sha256,
             standby=m.standby,
             weight=m.weight,
+            chunk_topic=m.chunk_topic,
         )
         if m.guard is not None:
             entry.guard.CopyFrom(
@@ -215,6 +220,7 @@ def decode_desired_state(payload: bytes) -> DesiredState:
                 if m.HasField("warmup")
                 else None
             ),
+            chunk_topic=m.chunk_topic,
         )
         for m in msg.models
     )
