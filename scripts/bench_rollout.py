@@ -671,12 +671,16 @@ def baseline_rollout(
 ) -> RolloutResult:
     """Restart the control plane and the agents from ``src``, then the same rollout.
 
-    ``agents`` (stopped) is refilled with the new agent processes, for the caller to stop."""
+    ``agents`` (stopped) are started again on their folders, for the caller to stop."""
     log(f"restarting the control plane and the agents from {src}")
     stop_process(stack.cp, 15)
     with source_tree(src):
         start_control_plane(stack)
-        agents[:] = start_agents(stack, bundles)
+        for a in agents:  # the same folders, holding what the first rollout installed
+            a.spawn(stack.ledger)
+        wait_until(
+            "agents serving", lambda: all([a.serving() for a in agents]), 60 + 5 * len(agents)
+        )
     wait_online(stack, "rollout", len(bundles), 120)
     time.sleep(2)
     log(f"baseline rollout to {len(agents)} agents")

@@ -14,9 +14,12 @@ control plane sending each device its own copy through paho. Two pieces:
   to it. Devices keep asking for the chunks they lack exactly as before; this only changes how
   the answers travel:
 
-  * a chunk published on the shared topic less than ``window_s`` ago, after the requester's
-    first request for the package arrived (its agent subscribes to the topic before asking, so
-    the broker delivered that publish to it), is not sent again: many requests, one publish;
+  * a chunk published on the shared topic after the requester's first request for the package
+    arrived (its agent subscribes to the topic before asking, so the broker delivered that
+    publish to it), and at most ``window_s`` before this request arrived, is not sent again:
+    many requests, one publish. The window counts from the request's arrival, not from when the
+    worker gets to it: a request that waited in the queue behind others (a loaded control plane)
+    is still one the publish answers, and re-publishing it would send every device a duplicate;
   * otherwise, when other devices asked for the package within ``active_s``, it goes on the
     shared topic (they are pulling the same bytes);
   * otherwise (a single late device), and whenever a device asks again for an index it asked
@@ -137,7 +140,7 @@ class ChunkFanout:
                 sent = pkg.shared_at.get(i)
                 if repeat:
                     direct.append(i)
-                elif sent is not None and sent >= me.joined and now - sent < self.window_s:
+                elif sent is not None and sent >= me.joined and arrived - sent < self.window_s:
                     coalesced += 1
                 elif others:
                     shared.append(i)

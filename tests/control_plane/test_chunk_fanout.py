@@ -53,8 +53,18 @@ def test_after_the_window_a_chunk_is_published_again() -> None:
     fan = ChunkFanout(window_s=2.0, active_s=10.0)
     fan.plan("a", P, 10, [0], arrived=0.0, now=0.0)
     fan.plan("b", P, 10, [0], arrived=0.0, now=0.1)
-    c = fan.plan("c", P, 10, [0], arrived=0.0, now=5.0)  # window passed: publish again
+    c = fan.plan("c", P, 10, [0], arrived=5.0, now=5.0)  # asked long after: publish again
     assert c.shared == [0]
+
+
+def test_a_request_that_waited_in_the_queue_is_still_answered_by_the_publish() -> None:
+    fan = ChunkFanout(window_s=2.0, active_s=10.0)
+    fan.plan("a", P, 10, [0], arrived=0.0, now=0.0)
+    fan.plan("b", P, 10, [0], arrived=0.0, now=0.1)  # shared at 0.1
+    # c asked at 0.05, before that publish, but is served only at 4.0 (a busy control plane):
+    # the publish reached it, so publishing again would only send everyone a duplicate.
+    c = fan.plan("c", P, 10, [0], arrived=0.05, now=4.0)
+    assert (c.shared, c.direct, c.coalesced) == ([], [], 1)
 
 
 def test_grants_report_changes_and_answer_per_device() -> None:
