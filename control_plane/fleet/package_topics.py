@@ -21,8 +21,7 @@ control plane sending each device its own copy through paho. Two pieces:
     worker gets to it: a request that waited in the queue behind others (a loaded control plane)
     is still one the publish answers, and re-publishing it would send every device a duplicate;
   * otherwise, when other devices asked for the package within ``active_s``, it goes on the
-    shared topic (they are pulling the same bytes), as does the very first request for a package
-    targeted at several devices (a rollout starting: the others ask for the same chunks next);
+    shared topic (they are pulling the same bytes);
   * otherwise (a single late device), and whenever a device asks again for an index it asked
     for before (it lost it: a reconnect, a dropped message, an agent that does not read the
     shared topic), it goes on the device's own topic.
@@ -42,7 +41,7 @@ COALESCE_WINDOW_S = 2.0
 #: A device that asked for a package this recently (seconds) counts as pulling it.
 ACTIVE_S = 3.0
 #: Package state not touched for this long (seconds) is forgotten.
-IDLE_S = 600.0
+IDLE_S = 120.0
 
 
 class PackageGrants:
@@ -50,23 +49,13 @@ class PackageGrants:
 
     def __init__(self) -> None:
         self._by_device: dict[str, frozenset[str]] = {}
-        self._targeted: dict[str, int] = {}
 
     def replace(self, grants: Mapping[str, Collection[str]]) -> bool:
         """Take a new mapping; True when it differs from the current one."""
         new = {d: frozenset(p) for d, p in grants.items() if p}
         changed = new != self._by_device
-        targeted: dict[str, int] = {}
-        for digests in new.values():
-            for digest in digests:
-                targeted[digest] = targeted.get(digest, 0) + 1
-        # Reference swaps: readers see the old or the new mapping.
-        self._by_device, self._targeted = new, targeted
+        self._by_device = new  # one reference swap: readers see the old or the new mapping
         return changed
-
-    def targeted(self, package_digest: str) -> int:
-        """How many devices have the package in their desired state."""
-        return self._targeted.get(package_digest, 0)
 
     def may_read(self, device_id: str, package_digest: str) -> bool:
         return package_digest in self._by_device.get(device_id, frozenset())
@@ -127,23 +116,18 @@ class ChunkFanout:
         indexes: list[int],
         arrived: float,
         now: float,
-        targeted: int = 0,
     ) -> ChunkPlan:
         """``arrived``: when the request reached the control plane; ``now``: when it is served
-        (the shared publishes it plans happen at ``now``). Both ``time.monotonic()``.
-        ``targeted``: devices with the package in their desired state. The first request for a
-        package nobody pulled yet, with several devices targeted, is a rollout starting: the
-        others are about to ask for the same chunks, so it goes on the shared topic at once."""
+        (the shared publishes it plans happen at ``now``). Both ``time.monotonic()``."""
         with self._lock:
             self._prune(now)
-            fresh = package_digest not in self._packages
             pkg = self._packages.setdefault(package_digest, _Package())
             pkg.touched = now
             me = pkg.members.get(device_id)
             if me is None or len(me.asked) != chunk_count:
                 me = _Member(arrived, now, bytearray(chunk_count))
                 pkg.members[device_id] = me
-            others = (fresh and targeted > 1) or any(
+            others = any(
                 m.last_seen >= now - self.active_s for d, m in pkg.members.items() if d != device_id
             )
             me.last_seen = now

@@ -469,13 +469,7 @@ class FleetService:
                 shared: list[int] = []
                 if self.package_topics and all(0 <= i < count for i in indexes):
                     plan = self.fanout.plan(
-                        device_id,
-                        req.package_digest,
-                        count,
-                        indexes,
-                        arrived,
-                        time.monotonic(),
-                        self.grants.targeted(req.package_digest),
+                        device_id, req.package_digest, count, indexes, arrived, time.monotonic()
                     )
                     shared, indexes = plan.shared, plan.direct
                 chunks = packages.read_chunks(req.package_digest, shared + indexes)

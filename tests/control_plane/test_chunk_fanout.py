@@ -72,16 +72,5 @@ def test_grants_report_changes_and_answer_per_device() -> None:
     assert grants.replace({"a": {P}, "b": set()})
     assert not grants.replace({"a": [P]})  # same grants: no rewrite needed
     assert grants.may_read("a", P) and not grants.may_read("b", P)
-    assert grants.targeted(P) == 1 and grants.targeted("cd" * 32) == 0
     assert grants.replace({})
     assert not grants.may_read("a", P)
-
-
-def test_the_first_request_of_a_rollout_to_several_devices_goes_shared() -> None:
-    fan = ChunkFanout()
-    first = fan.plan("a", P, 10, [0, 1], arrived=0.0, now=0.0, targeted=20)
-    assert first.shared == [0, 1]
-    b = fan.plan("b", P, 10, [0, 1], arrived=0.0, now=0.1, targeted=20)
-    assert b.coalesced == 2  # nothing sent twice, not even the first request's chunks
-    solo = ChunkFanout()
-    assert solo.plan("a", P, 10, [0], arrived=0.0, now=0.0, targeted=1).direct == [0]
