@@ -29,6 +29,7 @@ from control_plane.devices import routes as devices
 from control_plane.fleet import broker_hook_routes as broker_hooks
 from control_plane.fleet.batch_channel import BatchChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
+from control_plane.fleet.package_topics import PackageGrants
 from control_plane.fleet.service import FleetService
 from control_plane.notebooks import proxy_routes as notebook_proxy
 from control_plane.notebooks import routes as notebooks
@@ -144,9 +145,10 @@ def create_app(settings: Settings) -> FastAPI:
         # Before any device can register: its bundle must carry the registry's key.
         load_signing_key(ctx)
         broker: EmbeddedBroker | None = None
+        grants = PackageGrants()  # who may read which shared package topic (fleet/service.py)
         if not settings.mqtt.url:
             broker = EmbeddedBroker(
-                Identities.from_context(ctx), port=settings.mqtt.embedded_broker_port
+                Identities.from_context(ctx, grants), port=settings.mqtt.embedded_broker_port
             )
             broker.start()
             ctx.broker_url = broker.url
@@ -155,7 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.replicas.id is not None:
             heartbeat = Heartbeat(ctx.sessions, settings.replicas.id, settings.replicas.heartbeat_s)
             heartbeat.start()
-        fleet = FleetService(ctx, ctx.broker_url)
+        fleet = FleetService(ctx, ctx.broker_url, grants)
         ctx.publisher = fleet
         # Batch jobs on devices: their own leaves on the fleet connection.
         batch_channel = BatchChannel(fleet)

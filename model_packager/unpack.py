@@ -57,12 +57,14 @@ class UnpackedPackage:
 
 
 class _HashingReader(io.RawIOBase):
-    """A file read front to back, every byte fed to one sha256 as it passes."""
+    """A file read front to back, every byte fed to one sha256 as it passes (unless the caller
+    already knows the file's digest: ``hash_bytes`` False only counts them)."""
 
-    def __init__(self, f: io.BufferedReader) -> None:
+    def __init__(self, f: io.BufferedReader, hash_bytes: bool = True) -> None:
         self._f = f
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self._hash = hash_bytes
 
     def readable(self) -> bool:
         return True
@@ -70,7 +72,8 @@ class _HashingReader(io.RawIOBase):
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         n = self._f.readinto(buffer)
         if n:
-            self.sha256.update(memoryview(buffer)[:n])
+            if self._hash:
+                self.sha256.update(memoryview(buffer)[:n])
             self.size += n
         return n or 0
 
@@ -80,17 +83,22 @@ def unpack_verified(
     verify: SignatureCheck,
     staging_parent: Path,
     limits: ArchiveLimits | None = None,
+    known_digest: str | None = None,
 ) -> UnpackedPackage:
     """Read ``path`` once: whole-file digest, signature, every member digest; extract into a
     new hidden folder under ``staging_parent``. Raises a ``PackageError`` (nothing left behind)
-    when anything is wrong."""
+    when anything is wrong.
+
+    ``known_digest``: the file's sha256, already checked by the caller as it wrote the file (the
+    fleet agent computes it from the chunks as they arrive); it is then not computed again. The
+    signature and every member digest are checked all the same."""
     limits = limits or ArchiveLimits()
     path = Path(path)
     staging_parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=".unpack-", suffix=".partial", dir=staging_parent))
     try:
         with open(path, "rb") as raw, _Signature(verify) as signature:
-            reader = _HashingReader(raw)  # type: ignore[arg-type]
+            reader = _HashingReader(raw, known_digest is None)  # type: ignore[arg-type]
             try:
                 manifest_bytes, signature_bytes, written = _stream(
                     reader, staged, limits, signature
@@ -109,9 +117,8 @@ def unpack_verified(
         (staged / MANIFEST_NAME).write_bytes(manifest_bytes)
         if signature_bytes is not None:
             (staged / SIGNATURE_NAME).write_bytes(signature_bytes)
-        return UnpackedPackage(
-            reader.sha256.hexdigest(), reader.size, manifest, manifest_bytes, key_id, staged
-        )
+        digest = known_digest or reader.sha256.hexdigest()
+        return UnpackedPackage(digest, reader.size, manifest, manifest_bytes, key_id, staged)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

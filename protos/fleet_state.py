@@ -77,6 +77,8 @@ class DesiredModel:
     capture: CapturePolicy | None = None
     # Delta updates: sha256 (raw) of the package's chunk index; empty: no delta.
     cdc_index_sha256: bytes = b""
+    # Shared topic the package's chunks may also arrive on ("": the device's own topic only).
+    chunk_topic: str = ""
 
     @classmethod
     def of_chunks(
@@ -95,6 +97,7 @@ class DesiredModel:
         warmup: ShadowWarmup | None = None,
         capture: CapturePolicy | None = None,
         cdc_index_sha256: bytes = b"",
+        chunk_topic: str = "",
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -112,6 +115,7 @@ class DesiredModel:
             warmup,
             capture,
             cdc_index_sha256,
+            chunk_topic,
         )
 
     @property
@@ -160,6 +164,7 @@ def encode_desired_state(state: DesiredState) -> bytes:
             standby=m.standby,
             weight=m.weight,
             cdc_index_sha256=m.cdc_index_sha256,
+            chunk_topic=m.chunk_topic,
         )
         if m.guard is not None:
             entry.guard.CopyFrom(
@@ -229,6 +234,7 @@ def decode_desired_state(payload: bytes) -> DesiredState:
             ),
             capture=policy_from_pb(m.capture) if m.HasField("capture") else None,
             cdc_index_sha256=bytes(m.cdc_index_sha256),
+            chunk_topic=m.chunk_topic,
         )
         for m in msg.models
     )

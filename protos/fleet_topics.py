@@ -14,6 +14,10 @@ the topic layout is as much a part of the wire contract as the messages.
 | ``<root>/<D>/chunks/data``   | cloud -> dev   | no       | 1   | ``ChunkData``    |
 | ``<root>/<D>/telemetry``     | dev -> cloud   | no       | 1   | ``TelemetryBatch``|
 | ``<root>/<D>/events``        | dev -> cloud   | no       | 1   | reserved         |
+| ``<root>/_packages/<digest>``| cloud -> devs  | no       | 1   | ``ChunkData``    |
+
+The last is the one topic outside a device's subtree: a package's chunks published once for every
+device targeted by a deployment of it (the ACL grants each such device read access to it).
 """
 
 from __future__ import annotations
@@ -74,6 +78,28 @@ def device_topic(device_id: str, leaf: str, root: str = DEFAULT_ROOT) -> str:
 def all_devices_filter(leaf: str, root: str = DEFAULT_ROOT) -> str:
     """Subscription filter for one leaf across every device, e.g. ``edge/+/reported``."""
     return f"{root}/+/{leaf}"
+
+
+#: The second topic level of the shared package topics, ``<root>/_packages/<digest>``. A device
+#: id starts with a letter or digit, so no device subtree can ever be named this.
+PACKAGES_LEVEL = "_packages"
+_DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def package_topic(package_digest: str, root: str = DEFAULT_ROOT) -> str:
+    """The shared topic of one package's chunks (``ChunkData``), read by every device targeted by
+    a deployment of it and by no other (docs/fleet.md, "Shared package topics")."""
+    if not _DIGEST_RE.match(package_digest):
+        raise ValueError(f"invalid package digest {package_digest!r}")
+    return f"{root}/{PACKAGES_LEVEL}/{package_digest}"
+
+
+def parse_package_topic(topic: str, root: str = DEFAULT_ROOT) -> str | None:
+    """The package digest of a shared package topic; None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 3 or parts[0] != root or parts[1] != PACKAGES_LEVEL:
+        return None
+    return parts[2] if _DIGEST_RE.match(parts[2]) else None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,16 @@ chunk protocol (chunk and package digests checked), and report INSTALLED. Measur
 deployment call until the API shows all M targets installed. Target: <= 60 s. The control plane
 process's CPU and memory are sampled with psutil during that window.
 
+With ``--baseline-src DIR`` (e.g. a checkout of the main branch), after the simulated devices the
+control plane and the N agents are restarted from that source tree (``PYTHONPATH``) and the same
+rollout is measured again with a second version of the package, followed by a third raw broadcast:
+before and after in one run, each against the raw broadcasts of the same run.
+
+Figures of the rollout: call -> all N agents holding the verified package (their IN_PROGRESS
+report at step ``install``) against the raw broadcast (target <= 3x); the agents' CPU seconds per
+agent for the whole install (pull, hashing, verify, stage, load, self-test, commit), scaled to
+20 MiB (target <= 0.25); call -> all INSTALLED against the raw broadcast (target <= 4x).
+
 The benchmark always exits 0 (it is a benchmark, not a test); the table says PASS or FAIL.
 """
 
@@ -92,6 +102,8 @@ from protos import fleet_topics  # noqa: E402
 
 PEERS = Path(__file__).resolve().parent / "bench_rollout_peers.py"
 ROLLOUT_TARGET_RATIO = 4.0
+HELD_TARGET_RATIO = 3.0
+AGENT_CPU_TARGET_S_PER_20MIB = 0.25
 SIM_TARGET_S = 60.0
 # Identities of the raw broadcast's clients (fleet_stack's local identities): the broker binds
 # each client id to its user name, so none of them may share the control plane's identity.
@@ -362,11 +374,18 @@ def print_report(
     raws: list[RawResult],
     roll: RolloutResult,
     sim: SimResult,
+    baseline: RolloutResult | None = None,
 ) -> None:
     raw = raws[0]
     raw_s = statistics.mean(r.seconds for r in raws)
     ratio = roll.seconds / raw_s
     roll_ok = roll.installed == args.agents and not roll.failed
+    per_20 = 20 * 2**20 / pkg_size
+
+    def agent_cpu(r: RolloutResult) -> float:
+        return r.usage["agents"].cpu_s / args.agents * per_20
+
+    held = roll.downloaded_s / raw_s
     sim_ok = sim.api_summary.get("installed", 0) == sim.devices and sim.seconds <= SIM_TARGET_S
     cpu = sim.usage["control plane"]
     rows = [
@@ -391,6 +410,18 @@ def print_report(
             verdict(roll_ok and ratio <= ROLLOUT_TARGET_RATIO),
         ),
         (
+            "call -> all agents hold the verified package / raw broadcast",
+            f"{roll.downloaded_s:.2f} s = {held:.2f}x",
+            f"<= {HELD_TARGET_RATIO:.0f}x",
+            verdict(roll_ok and held <= HELD_TARGET_RATIO),
+        ),
+        (
+            "agent CPU for the whole install, per agent per 20 MiB",
+            f"{agent_cpu(roll):.2f} s",
+            f"<= {AGENT_CPU_TARGET_S_PER_20MIB:.2f} s",
+            verdict(agent_cpu(roll) <= AGENT_CPU_TARGET_S_PER_20MIB),
+        ),
+        (
             f"{sim.devices} simulated devices, call -> all installed (API)",
             f"{sim.seconds:.2f} s",
             f"<= {SIM_TARGET_S:.0f} s",
@@ -409,6 +440,27 @@ def print_report(
             "",
         ),
     ]
+    if baseline is not None:
+        rows += [
+            (
+                f"baseline ({args.baseline_src}): call -> all INSTALLED",
+                f"{baseline.seconds:.2f} s = {baseline.seconds / raw_s:.2f}x",
+                "(before)",
+                "",
+            ),
+            (
+                "baseline: call -> all hold the verified package",
+                f"{baseline.downloaded_s:.2f} s = {baseline.downloaded_s / raw_s:.2f}x",
+                "(before)",
+                "",
+            ),
+            (
+                "baseline: agent CPU per agent per 20 MiB",
+                f"{agent_cpu(baseline):.2f} s",
+                "(before)",
+                "",
+            ),
+        ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     line = "+".join("-" * (w + 2) for w in widths)
     print("\n" + line)
@@ -434,8 +486,18 @@ def print_report(
     for g, u in roll.usage.items():
         print(f"  rollout {g}: {fmt_usage(u)}")
     print(f"  rollout {roll.machine}")
-    for when, r in zip(("before", "after"), raws, strict=False):
-        print(f"  raw broadcast {when} the rollout: {r.seconds:.2f} s")
+    if baseline is not None:
+        print(
+            f"  baseline rollout: all held the package at {baseline.downloaded_s:.2f} s; "
+            f"INSTALLED first {baseline.first_s:.2f} s, last {baseline.seconds:.2f} s; "
+            f"{baseline.installed} installed, {len(baseline.failed)} failed"
+        )
+        for g, u in baseline.usage.items():
+            print(f"  baseline rollout {g}: {fmt_usage(u)}")
+        print(f"  baseline rollout {baseline.machine}")
+    whens = ("before the rollout", "after the rollout", "after the baseline rollout")
+    for when, r in zip(whens, raws, strict=False):
+        print(f"  raw broadcast {when}: {r.seconds:.2f} s")
         for g, u in r.usage.items():
             print(f"    {g}: {fmt_usage(u)}")
         print(f"    {r.machine}")
@@ -469,6 +531,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     tiny = build_signed(
         make_onnx(work / "tiny.onnx", 4, 4, 2), "bench-tiny", "1", keys / "release.key", pkgs
     )
+    big2 = build_signed(big_model, "bench-big", "2", keys / "release.key", pkgs)
     log(
         f"built and signed {big.name[:16]}... ({big.stat().st_size / 2**20:.2f} MiB, ONNX with "
         f"a {in_dim}x{out_dim} float32 initializer) and a tiny package in "
@@ -551,7 +614,26 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         sim = simulate(stack, tiny_pkg["digest"], bundles_sim, args.sim_procs)
         log(f"simulated devices: {sim.seconds:.2f} s")
 
-    print_report(args, big.stat().st_size, chunk_size, raws, roll, sim)
+        baseline = None
+        if args.baseline_src is not None:
+            with open(big2, "rb") as f:
+                pkg2 = stack.call("POST", "/packages", files={"file": (big2.name, f)})
+            baseline = baseline_rollout(
+                stack,
+                args.baseline_src,
+                pkg2["digest"],
+                bundles_roll,
+                agents,
+                watcher,
+                args.timeout,
+            )
+            log(f"baseline rollout: {baseline.seconds:.2f} s")
+            time.sleep(1)
+            raws.append(raw_broadcast(stack, data, chunk_size, args.agents))
+            log(f"raw broadcast again: {raws[2].seconds:.2f} s")
+            stop_agents(agents)
+
+    print_report(args, big.stat().st_size, chunk_size, raws, roll, sim, baseline)
     return {
         "package_bytes": big.stat().st_size,
         "chunk_size": chunk_size,
@@ -560,7 +642,49 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "rollout": asdict(roll),
         "ratio": roll.seconds / statistics.mean(r.seconds for r in raws),
         "sim": asdict(sim),
+        "baseline": asdict(baseline) if baseline is not None else None,
     }
+
+
+@contextmanager
+def source_tree(src: Path) -> Iterator[None]:
+    """Children started meanwhile import the project from ``src`` (``PYTHONPATH``)."""
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = str(src.resolve())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = before
+
+
+def baseline_rollout(
+    stack: Stack,
+    src: Path,
+    digest: str,
+    bundles: list[dict[str, Any]],
+    agents: list[Agent],
+    watcher: ReportedWatcher,
+    timeout: float,
+) -> RolloutResult:
+    """Restart the control plane and the agents from ``src``, then the same rollout.
+
+    ``agents`` (stopped) are started again on their folders, for the caller to stop."""
+    log(f"restarting the control plane and the agents from {src}")
+    stop_process(stack.cp, 15)
+    with source_tree(src):
+        start_control_plane(stack)
+        for a in agents:  # the same folders, holding what the first rollout installed
+            a.spawn(stack.ledger)
+        wait_until(
+            "agents serving", lambda: all([a.serving() for a in agents]), 60 + 5 * len(agents)
+        )
+    wait_online(stack, "rollout", len(bundles), 120)
+    time.sleep(2)
+    log(f"baseline rollout to {len(agents)} agents")
+    return rollout(stack, digest, agents, watcher, timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -579,6 +703,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="rollout timeout, seconds")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also run the rollout with the control plane and agents from this source tree",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.agents = args.agents or (4 if quick else 20)

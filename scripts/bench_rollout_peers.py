@@ -134,6 +134,7 @@ class SimDevice:
         self.models: list[Any] = []
         self.last_result: Any = None
         self.pulling: Any = None  # the DesiredModel being pulled
+        self.shared_topic = ""  # its shared package topic, while pulling it (as the agent does)
         self.chunks: dict[int, bytes] = {}
         self.asked_at = 0.0
         self.ready = threading.Event()
@@ -190,7 +191,7 @@ class SimDevice:
         try:
             if msg.topic == self.t_desired and msg.payload:
                 self._on_desired(self.codec.desired_from_proto(msg.payload))
-            elif msg.topic == self.t_data:
+            elif msg.topic == self.t_data or (self.shared_topic and msg.topic == self.shared_topic):
                 self._on_chunk(self.codec.chunk_from_proto(msg.payload))
         except ValueError as exc:
             _say(f"error {self.device_id} bad payload on {msg.topic}: {exc}")
@@ -203,6 +204,9 @@ class SimDevice:
         if any(r.package_digest == m.package_digest for r in self.models):
             return
         self.pulling, self.chunks = m, {}
+        if m.chunk_topic:  # subscribed before the first request, as the agent does
+            self.shared_topic = m.chunk_topic
+            self.client.subscribe(m.chunk_topic, QOS)
         self._set_result("IN_PROGRESS", "download", 0)
         self.ask()
 
@@ -241,7 +245,9 @@ class SimDevice:
             ]
             self._set_result("INSTALLED", "commit", m.chunk_count)
             _say(f"installed {self.device_id} {time.time():.6f}")
-        self.pulling, self.chunks = None, {}
+        if self.shared_topic:
+            self.client.unsubscribe(self.shared_topic)
+        self.pulling, self.chunks, self.shared_topic = None, {}, ""
 
     def _set_result(self, outcome: str, step: str, done: int, reason: str = "") -> None:
         m = self.pulling

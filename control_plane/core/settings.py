@@ -149,6 +149,15 @@ class MqttSettings(Section):
         description="Command run after the broker files are rewritten so the broker rereads "
         "them, e.g. `systemctl reload mosquitto` or `kill -HUP <pid>`.",
     )
+    package_topics: bool = Field(
+        True,
+        description="Publish a package's chunks once on its shared topic "
+        "(<topic_root>/_packages/<digest>) for all the devices pulling it, when the control "
+        "plane sets who may read it: with the embedded broker, with broker_config_dir and "
+        "broker_reload_command (the generated Mosquitto ACL), or with hook_token (EMQX asks "
+        "the control plane's authorization hook). Otherwise, or when false, each "
+        "device gets its chunks on its own topic.",
+    )
     chunk_size: int = Field(
         256 * 1024,
         ge=1024,
@@ -454,6 +463,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "topic_root": ("mqtt", "topic_root"),
     "broker_config_dir": ("mqtt", "broker_config_dir"),
     "broker_reload_command": ("mqtt", "broker_reload_command"),
+    "package_topics": ("mqtt", "package_topics"),
     "chunk_size": ("mqtt", "chunk_size"),
     "chunk_queue_size": ("mqtt", "chunk_queue_size"),
     "chunk_queue_per_device": ("mqtt", "chunk_queue_per_device"),

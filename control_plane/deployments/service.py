@@ -95,6 +95,29 @@ class DesiredStateView:
     removals: list[RemovalView] = field(default_factory=list)
 
 
+def package_grants(session: Session, device_id: str | None = None) -> dict[str, set[str]]:
+    """Device id -> the digests of the packages in its current desired state (install entries of
+    targets not superseded): what ``is_desired`` lets it pull, for every device (or the one
+    named) in one query.
+
+    The fleet grants each device read access to these packages' shared topics (the broker ACL,
+    and EMQX's authorization hook).
+    """
+    out: dict[str, set[str]] = {}
+    query = (
+        select(DeploymentTarget.device_id, Deployment.package_digest)
+        .join(Deployment, DeploymentTarget.deployment_id == Deployment.id)
+        .where(DeploymentTarget.state != "superseded", Deployment.action == "install")
+        .distinct()
+    )
+    if device_id is not None:
+        query = query.where(DeploymentTarget.device_id == device_id)
+    rows = session.execute(query).all()
+    for device_id, digest in rows:
+        out.setdefault(device_id, set()).add(digest)
+    return out
+
+
 class DeploymentService:
     def __init__(self, session: Session, ctx: AppContext) -> None:
         self.session = session

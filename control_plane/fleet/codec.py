@@ -43,8 +43,11 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def desired_state_to_proto(view: DesiredStateView) -> bytes:
-    """Encoded by ``protos.fleet_state``, the module the agent decodes with."""
+def desired_state_to_proto(view: DesiredStateView, package_root: str | None = None) -> bytes:
+    """Encoded by ``protos.fleet_state``, the module the agent decodes with.
+
+    ``package_root``: the topic root under which packages have shared topics (each entry then
+    names its ``chunk_topic``); None: devices get chunks on their own topic only."""
     models = tuple(
         fleet_state.DesiredModel.of_chunks(
             deployment_id=m.deployment_id,
@@ -59,6 +62,11 @@ def desired_state_to_proto(view: DesiredStateView) -> bytes:
             guard=fleet_state.LocalGuard(**m.guard) if m.guard else None,
             warmup=fleet_state.ShadowWarmup(**m.warmup) if m.warmup else None,
             cdc_index_sha256=m.cdc_index_sha256,
+            chunk_topic=(
+                topics.package_topic(m.package_digest, package_root)
+                if package_root is not None
+                else ""
+            ),
         )
         for m in view.models
     )

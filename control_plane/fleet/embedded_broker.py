@@ -8,7 +8,8 @@ confines clients the way the generated Mosquitto config does:
 - its client id must be its user name (Mosquitto rewrites the client id to the user name; this
   broker refuses the connection instead, so a misconfigured client fails visibly);
 - it may subscribe, publish and receive only where the generated ACL lets that identity
-  (``broker_config.device_access``; the control plane: ``<root>/#``), and a Will goes to a topic
+  (``broker_config.device_access``, plus the shared topics of the packages in its desired state,
+  ``package_topics.PackageGrants``; the control plane: ``<root>/#``), and a Will goes to a topic
   it may publish to.
 
 It is still NOT a production broker: it binds only to 127.0.0.1, has no TLS, keeps retained
@@ -50,6 +51,8 @@ from control_plane.core.context import AppContext
 from control_plane.core.credentials import hash_password, verify_password
 from control_plane.devices.service import broker_password_hash
 from control_plane.fleet.broker_config import device_access
+from control_plane.fleet.package_topics import PackageGrants
+from protos.fleet_topics import parse_package_topic
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ class Identities:
     root: str
     # Device id -> its stored password hash, or None for an unknown device (reads the registry).
     device_hash: Callable[[str], str | None]
+    # Which shared package topics each device may read (kept current by the fleet service).
+    grants: PackageGrants | None = None
 
     @classmethod
-    def from_context(cls, ctx: AppContext) -> Identities:
+    def from_context(cls, ctx: AppContext, grants: PackageGrants | None = None) -> Identities:
         mqtt = ctx.settings.mqtt
 
         def device_hash(device_id: str) -> str | None:
@@ -83,6 +88,7 @@ class Identities:
             control_plane_hash=hash_password(mqtt.password.get_secret_value()),
             root=mqtt.topic_root,
             device_hash=device_hash,
+            grants=grants,
         )
 
     def password_ok(self, username: str, password: str) -> bool:
@@ -98,7 +104,9 @@ class Identities:
 
         The control plane may do anything under ``<root>/``. A device may subscribe only to the
         exact topics it may read (no wildcards: the agent never needs one), receive from them,
-        and publish where it may write.
+        and publish where it may write; it may read a shared package topic while the package is
+        in its desired state (``grants``), checked again at every delivery, so a revoked grant
+        stops the flow even to a subscription made before.
         """
         if username is None:
             return False
@@ -108,6 +116,10 @@ class Identities:
             rights = device_access(username, self.root)
         except ValueError:  # not a valid device id: no rights
             return False
+        digest = parse_package_topic(topic, self.root)
+        if digest is not None:
+            readable = self.grants is not None and self.grants.may_read(username, digest)
+            return action != Action.PUBLISH and readable
         access = rights.get(topic, "")
         return "write" in access if action == Action.PUBLISH else "read" in access
 

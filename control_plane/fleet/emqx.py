@@ -31,7 +31,9 @@ from sqlalchemy.orm import Session
 from control_plane.core.credentials import verify_password
 from control_plane.core.settings import Settings
 from control_plane.devices.service import broker_password_hash
+from control_plane.deployments.service import package_grants
 from control_plane.fleet.broker_config import identity_access, max_packet_bytes
+from protos.fleet_topics import parse_package_topic
 
 Result = Literal["allow", "deny", "ignore"]
 
@@ -64,13 +66,17 @@ def authorize(
     is_device = username not in settings.mqtt_identities and bool(
         username and broker_password_hash(session, username) is not None
     )
-    rules = identity_access(settings, username, is_device)
+    if action == "subscribe":
+        topic = shared_filter(topic)
+    # A shared package topic: the packages in this device's desired state decide (one query,
+    # only for such topics).
+    asked = parse_package_topic(topic, settings.mqtt.topic_root) if is_device else None
+    packages = package_grants(session, username).get(username, set()) if asked else set()
+    rules = identity_access(settings, username, is_device, packages)
     if rules is None:
         return "ignore"
     if clientid != username or action not in _NEEDS:
         return "deny"
-    if action == "subscribe":
-        topic = shared_filter(topic)
     for pattern, access in rules.items():
         if access in _NEEDS[action] and filter_covers(pattern, topic):
             return "allow"

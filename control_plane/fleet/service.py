@@ -22,6 +22,16 @@ from the broker, so it decodes nothing and stores nothing:
   requests fills only its own FIFO. What is dropped is counted per device (``counters``); the
   device asks again after its timeout.
 
+Shared package topics (``package_topics.py``): when the control plane decides who may read them
+(the embedded broker, a Mosquitto whose ACL it rewrites and reloads, or EMQX through its
+authorization hook), each DesiredModel names
+its package's shared topic, every device with the package in its desired state may read it, and
+the chunk worker answers a request on it when other devices are pulling the same package,
+publishing each chunk once per short window however many ask (``ChunkFanout``); a lone device, or
+one asking again for a chunk it lost, gets it on its own ``chunks/data``. The grants are
+re-read before every publication of desired states (``refresh_grants``) and the ACL is rewritten
+and reloaded only when they changed.
+
 Chunk answers are pipelined: the worker keeps publishing while up to ``UNACKED_CHUNK_BYTES`` of
 chunks wait for the broker's PUBACK, and waits for the oldest only beyond that. Waiting for the
 PUBACK of every request's last chunk instead (one round trip per request of 8 chunks) held paho
@@ -46,11 +56,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.core.context import AppContext
 from control_plane.core.errors import ControlPlaneError, NotFound
-from control_plane.deployments.service import DeploymentService
+from control_plane.deployments.service import DeploymentService, package_grants
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet import broker_config, codec, delta
 from control_plane.fleet.fair_queue import FairQueue
+from control_plane.fleet.package_topics import ChunkFanout, PackageGrants
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
 
@@ -108,14 +119,30 @@ class _Record:
 
 
 class FleetService:
-    def __init__(self, ctx: AppContext, broker_url: str) -> None:
+    def __init__(
+        self, ctx: AppContext, broker_url: str, grants: PackageGrants | None = None
+    ) -> None:
+        """``grants``: the shared package topics each device may read; the embedded broker holds
+        the same object (it enforces it), a Mosquitto gets it through the generated ACL."""
         self.ctx = ctx
         self.settings = ctx.settings
         self.root = self.settings.mqtt.topic_root
         self.address = topics.parse_broker_url(broker_url)
         self.connected = threading.Event()
         self._stopping = threading.Event()
-        self._jobs: FairQueue[str, bytes] = FairQueue(
+        self.grants = grants if grants is not None else PackageGrants()
+        self._grants_lock = threading.Lock()
+        self.fanout = ChunkFanout()
+        m = self.settings.mqtt
+        # Shared package topics only where the control plane decides who reads them: the
+        # embedded broker (it reads ``grants``), a Mosquitto whose ACL it rewrites and reloads,
+        # or EMQX asking its authorization hook (``hook_token`` set; ``fleet/emqx.py``).
+        self.package_topics = m.package_topics and (
+            m.url is None
+            or (m.broker_config_dir is not None and bool(m.broker_reload_command))
+            or m.hook_token is not None
+        )
+        self._jobs: FairQueue[str, tuple[bytes, float]] = FairQueue(
             per_key=self.settings.mqtt.chunk_queue_per_device,
             total=self.settings.mqtt.chunk_queue_size,
         )
@@ -168,6 +195,7 @@ class FleetService:
 
     def start(self, wait: float = 10.0) -> None:
         """Connect (retrying in the background) and wait up to ``wait`` s for the first CONNACK."""
+        self.refresh_grants()
         self._worker.start()
         self._recorder.start()
         self._telemetry_thread.start()
@@ -210,6 +238,7 @@ class FleetService:
         a deployment call has returned, a device subscribing finds the new state retained instead
         of the previous one that the new one is still racing to the broker.
         """
+        self.refresh_grants()  # grants first: the devices ask for chunks once they read these
         infos = self._publish_desired(device_ids)
         deadline = time.monotonic() + PUBACK_TIMEOUT_S
         for info in infos:
@@ -227,7 +256,9 @@ class FleetService:
                 if view is None:
                     continue
                 topic = topics.device_topic(device_id, topics.DESIRED, self.root)
-                payload = codec.desired_state_to_proto(view)
+                payload = codec.desired_state_to_proto(
+                    view, self.root if self.package_topics else None
+                )
                 infos.append(self.client.publish(topic, payload, qos=QOS, retain=True))
                 logger.info(
                     "published desired state of %s (generation %d)", device_id, view.generation
@@ -244,7 +275,27 @@ class FleetService:
             ext.forget_device(device_id)
 
     def devices_changed(self) -> None:
-        broker_config.sync_registry_files(self.ctx)
+        with self._grants_lock:
+            self._load_grants()
+            broker_config.sync_registry_files(self.ctx)
+
+    def refresh_grants(self) -> None:
+        """Re-read which package topics each device may read (the packages in its current
+        desired state); when that changed, rewrite the broker's ACL and have it reread it.
+
+        Called before every publication of desired states, so a device is granted a package's
+        topic before it can ask for the package, and loses it with the deployment (superseded,
+        removed, device deleted). One query for the whole fleet; the files are rewritten only
+        when a grant changed.
+        """
+        with self._grants_lock:
+            if self._load_grants():
+                broker_config.sync_registry_files(self.ctx)
+                self.fanout.forget()
+
+    def _load_grants(self) -> bool:
+        with self.ctx.sessions() as session:
+            return self.grants.replace(package_grants(session))
 
     # --- callbacks (paho network thread) ----------------------------------------------------
 
@@ -308,7 +359,7 @@ class FleetService:
         """Route one message; True when its acknowledgement is left to the telemetry thread."""
         payload = msg.payload
         if leaf == topics.CHUNKS_REQUEST:
-            if not self._jobs.put(device_id, payload):
+            if not self._jobs.put(device_id, (payload, time.monotonic())):
                 logger.debug("%s: chunk request queue full; request dropped", device_id)
             return False
         if leaf in (topics.STATUS, topics.REPORTED):
@@ -391,13 +442,13 @@ class FleetService:
 
     def _serve_chunks(self) -> None:
         while (job := self._jobs.get()) is not None and not self._stopping.is_set():
-            device_id, payload = job
+            device_id, (payload, arrived) = job
             try:
-                self._answer(device_id, payload)
+                self._answer(device_id, payload, arrived)
             except Exception:
                 logger.exception("serving chunks to %s failed", device_id)
 
-    def _answer(self, device_id: str, payload: bytes) -> None:
+    def _answer(self, device_id: str, payload: bytes, arrived: float) -> None:
         topic = topics.device_topic(device_id, topics.CHUNKS_DATA, self.root)
         try:
             req = codec.chunk_request_from_proto(payload)
@@ -418,7 +469,8 @@ class FleetService:
                         f"package {req.package_digest} is not in the desired state of {device_id}"
                     )
                 packages = PackageService(session, self.ctx)
-                if req.cdc_index or req.cdc_sha256:  # delta updates: chunks by digest
+                shared: list[int] = []
+                if req.cdc_index or req.cdc_sha256:  # delta updates: chunks by digest, own topic
                     payloads = delta.delta_answers(
                         packages,
                         req.package_digest,
@@ -426,12 +478,24 @@ class FleetService:
                         want_index=req.cdc_index,
                         digests=[bytes(d) for d in req.cdc_sha256],
                     )
+                    sends = [(topic, p) for p in payloads]
                 else:
-                    chunks = packages.read_chunks(req.package_digest, indexes)
                     count = packages.get(req.package_digest).chunk_count
-                    payloads = [
-                        codec.chunk_to_proto(req.package_digest, c, count, req.request_id)
-                        for c in chunks
+                    if self.package_topics and all(0 <= i < count for i in indexes):
+                        plan = self.fanout.plan(
+                            device_id, req.package_digest, count, indexes, arrived, time.monotonic()
+                        )
+                        shared, indexes = plan.shared, plan.direct
+                    chunks = packages.read_chunks(req.package_digest, shared + indexes)
+                    shared_topic = topics.package_topic(req.package_digest, self.root)
+                    sends = [
+                        (shared_topic, codec.chunk_to_proto(req.package_digest, c, count, ""))
+                        if n < len(shared)
+                        else (
+                            topic,
+                            codec.chunk_to_proto(req.package_digest, c, count, req.request_id),
+                        )
+                        for n, c in enumerate(chunks)
                     ]
         except ControlPlaneError as exc:
             logger.info("chunk request from %s refused: %s", device_id, exc)
@@ -439,11 +503,18 @@ class FleetService:
                 topic, codec.chunk_error_to_proto(req.package_digest, req.request_id, str(exc)), QOS
             )
             return
-        for payload in payloads:
+        for dest, payload in sends:
             self._make_room(len(payload))
-            self._unacked.append((self.client.publish(topic, payload, QOS), len(payload)))
+            info = self.client.publish(dest, payload, QOS)
+            self._unacked.append((info, len(payload)))
             self._unacked_bytes += len(payload)
-        logger.debug("served %d chunk(s) of %s to %s", len(payloads), req.package_digest, device_id)
+        logger.debug(
+            "served %d chunk(s) of %s for %s (%d on the package topic)",
+            len(sends),
+            req.package_digest,
+            device_id,
+            len(shared),
+        )
 
     def _make_room(self, size: int) -> None:
         """Wait until ``size`` more bytes keep the unacknowledged chunks within the bound.

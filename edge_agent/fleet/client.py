@@ -134,6 +134,8 @@ class FleetClient:
         self._desired_changed = asyncio.Event()
         self._reconciled_generation = -1
         self._puller: ChunkPuller | None = None  # the download in progress, if any
+        self._shared_topic: str | None = None  # its shared package topic, while subscribed
+        self._root = prefix.rsplit("/", 1)[0]
         self._acks: dict[tuple[int, int], asyncio.Future[None]] = {}
         self._outbox_wakeup = asyncio.Event()
         self._last_progress = 0.0
@@ -225,7 +227,7 @@ class FleetClient:
             return
         if self.captures is not None and self.captures.on_message(topic, payload):
             return
-        if topic == self.topic[topics.CHUNKS_DATA]:
+        if topic == self.topic[topics.CHUNKS_DATA] or topic == self._shared_topic:
             answer = codec.chunk_from_proto(payload)
             if self.delta.offer(answer):
                 return
@@ -497,7 +499,9 @@ class FleetClient:
             crash_point("before_install")
             prior = self.repo.active_version(m.name)
             warm = activate and m.warmup is not None and prior not in (None, m.version)
-            outcome, served = await self.installer.install(path, activate=activate and not warm)
+            outcome, served = await self.installer.install(
+                path, activate=activate and not warm, known_digest=m.package_digest
+            )
             crash_point("after_install")
             if outcome.outcome == "COMMITTED":
                 dl_dir = self.downloads_root / m.package_digest
@@ -612,8 +616,17 @@ class FleetClient:
         self._finish(m.key, m, Result.failed(m, "guard", reason))
 
     def _done_chunks(self, m: DesiredModel) -> int:
-        chunks = self.downloads_root / m.package_digest / "chunks"
-        return len(list(chunks.glob("*.chunk"))) if chunks.exists() else 0
+        return ChunkDownload.chunks_on_disk(self.downloads_root, m)
+
+    def _shared_topic_of(self, m: DesiredModel) -> str | None:
+        """The package's shared topic named by the desired state, if it is one (never a filter
+        or another subtree: the agent subscribes to nothing else on the control plane's word)."""
+        if not m.chunk_topic:
+            return None
+        if topics.parse_package_topic(m.chunk_topic, self._root) != m.package_digest:
+            log.warning("ignoring chunk topic %r of %s", m.chunk_topic, m.package_digest[:12])
+            return None
+        return m.chunk_topic
 
     def _publish_chunk_request(self, payload: bytes) -> bool:
         assert self.link is not None
@@ -653,10 +666,19 @@ class FleetClient:
             still_wanted=lambda: self._check_current(desired),
             on_chunk=lambda done: self._progress(key, Result.in_progress(m, "download", done)),
         )
+        shared = self._shared_topic_of(m)
+        if shared is not None:
+            assert self.link is not None
+            self._shared_topic = shared
+            self.link.subscribe(shared)  # before the first request: see MqttLink.subscribe
         try:
             await self._puller.run()
         finally:
             self._puller = None
+            if shared is not None:
+                self._shared_topic = None
+                assert self.link is not None
+                self.link.unsubscribe(shared)
         crash_point("before_assemble")
         path = await asyncio.to_thread(dl.assemble)
         crash_point("after_assemble")

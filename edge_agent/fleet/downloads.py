@@ -1,26 +1,32 @@
 """A package being pulled over the fleet channel, kept on disk so a break never costs a chunk.
 
 ``ChunkDownload`` is the state on disk; ``ChunkPuller`` fills it over the channel, with a window
-of chunk requests in flight.
+of chunk requests in flight (from the device's own ``chunks/data`` and, when the desired state
+names one, the package's shared topic: both feed the same puller).
 
 Layout, per package digest, under ``data_dir/fleet/downloads/<digest>/``::
 
     meta.json          the DesiredModel's geometry and chunk digests (to check a resumed folder)
-    chunks/<i>.chunk   one verified chunk each, written atomically (temp file, rename)
+    <digest>.part      the package's verified chunks 0..k-1, in order: the file being assembled
+    chunks/<i>.chunk   a verified chunk that arrived ahead of the file's end, written atomically
     <digest>.edgepkg   the assembled package, renamed into place after its sha256 matched
 
-A chunk file exists only once its bytes matched ``chunk_sha256[i]`` (and is re-checked when a
-folder is reopened), so the set of chunk files is exactly the set of chunks not to fetch again,
-whatever killed the agent. Downloads live outside ``incoming/``, which the installer empties at
-start-up.
+Hash once: every chunk is checked against ``chunk_sha256[i]`` as it arrives. A chunk that extends
+the in-order prefix is appended to ``.part`` and fed to the whole-file sha256 at once; one that
+arrives early waits as a chunk file (and, up to ``HELD_BYTES``, in memory) until the prefix
+reaches it, then is appended, hashed and its file removed. When the last chunk is in, the
+whole-file digest is already known: ``assemble`` compares it, fsyncs and renames; the package is
+never read back for its digest, and the installer is told the digest instead of computing it
+again (``Installer.install(known_digest=...)``). Chunks arrive mostly in order (requests ask in
+index order, the shared topic carries them in the order they were asked), so few wait.
 
-Chunk files are not fsynced: the rename alone makes each one all-or-nothing for a killed process
-(the page cache outlives it), and after a power cut the re-check on reopening drops any chunk the
-disk lost, which is then fetched again. An fsync of each chunk and of its folder would only save
-that re-fetch, at two journal commits per chunk: about 0.5 ms of CPU and 4-6 ms of waiting per
-chunk on the benchmark machine's disk while 20 agents pull at once (scripts/bench-rollout), in a
-download loop that handles one chunk at a time. The assembled package, which the installer trusts
-once its sha256 matched, is fsynced.
+Crashes: every chunk on disk was verified before it was written; what the process was writing
+when it died is at most a partial chunk at the end of ``.part`` or a temp file in ``chunks/``.
+Reopening a folder re-checks ``.part`` chunk by chunk (feeding the whole-file sha256 again, the
+one re-read, only after a restart), cuts it after the last good chunk, and re-checks every chunk
+file; what fails is fetched again. Nothing is fsynced before the assembled package (the page cache
+outlives a killed process, and after a power cut the re-check drops what the disk lost; an fsync
+per chunk cost 4-6 ms of waiting per chunk while 20 agents pull at once, scripts/bench-rollout).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ from protos.fleet_state import DesiredModel
 
 log = logging.getLogger(__name__)
 
-_COPY = 1 << 20
+#: Early chunks also kept in memory until the in-order prefix reaches them (beyond: read back from
+#: their chunk file). An agent's window is 4 requests of 8 chunks: 8 MiB at 256 KiB chunks.
+HELD_BYTES = 16 << 20
 
 
 class DownloadError(Exception):
@@ -69,7 +77,12 @@ class ChunkDownload:
         self.dir = root / model.package_digest
         self.chunks_dir = self.dir / "chunks"
         self.package_path = self.dir / f"{model.package_digest}.edgepkg"
-        self._have: set[int] = set()
+        self.part_path = self.dir / f"{model.package_digest}.part"
+        self._early: set[int] = set()  # verified chunks on disk as files, beyond the prefix
+        self._held: dict[int, bytes] = {}  # some of them, in memory
+        self._held_bytes = 0
+        self._prefix = 0  # chunks 0..prefix-1 are in .part, hashed
+        self._whole = hashlib.sha256()
         self._open()
 
     def _meta(self) -> dict[str, object]:
@@ -88,44 +101,77 @@ class ChunkDownload:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.chunks_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.dir / "meta.json", meta)
+            self.part_path.touch()
             return
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
+        if self.package_path.exists():
+            return  # assembled and checked by an earlier run
+        self._reopen_part()
         for p in self.chunks_dir.iterdir():
             index = _index_of(p)
-            if index is None or index >= self.model.chunk_count:
-                p.unlink(missing_ok=True)  # a temp file of an interrupted write, or junk
+            if index is None or index >= self.model.chunk_count or index < self._prefix:
+                p.unlink(missing_ok=True)  # a temp file, junk, or already in .part
                 continue
-            if hashlib.sha256(p.read_bytes()).digest() == self.model.chunk_sha256[index]:
-                self._have.add(index)
+            if self.verify_chunk(index, p.read_bytes()):
+                self._early.add(index)
             else:
                 log.warning("discarding damaged chunk %d of %s", index, self.model.package_digest)
                 p.unlink(missing_ok=True)
-        if self._have:
+        self._advance()
+        if self.done:
             log.info(
                 "resuming %s: %d of %d chunks already on disk",
                 self.model.package_digest[:12],
-                len(self._have),
+                self.done,
                 self.model.chunk_count,
             )
 
+    def _reopen_part(self) -> None:
+        """Keep the longest run of good chunks at the start of ``.part`` (hashing it again)."""
+        m = self.model
+        good = 0
+        with contextlib.suppress(FileNotFoundError), open(self.part_path, "rb") as f:
+            while good < m.chunk_count:
+                data = f.read(self._length(good))
+                if len(data) != self._length(good) or not self.verify_chunk(good, data):
+                    break
+                self._whole.update(data)
+                good += 1
+        with open(self.part_path, "ab") as f:
+            f.truncate(self._offset(good))
+        self._prefix = good
+
+    def _offset(self, index: int) -> int:
+        return index * self.model.chunk_size
+
+    def _length(self, index: int) -> int:
+        return min(self.model.chunk_size, self.model.package_size - self._offset(index))
+
     @property
     def done(self) -> int:
-        return len(self._have)
+        return self._prefix + len(self._early)
 
     def has(self, index: int) -> bool:
-        return index in self._have
+        return index < self._prefix or index in self._early
 
     def missing(self) -> list[int]:
-        return [i for i in range(self.model.chunk_count) if i not in self._have]
+        return [i for i in range(self._prefix, self.model.chunk_count) if i not in self._early]
 
     def complete(self) -> bool:
-        return len(self._have) == self.model.chunk_count
+        return self._prefix == self.model.chunk_count
 
     def verify_chunk(self, index: int, data: bytes) -> bool:
         return hashlib.sha256(data).digest() == self.model.chunk_sha256[index]
 
     def write_chunk(self, index: int, data: bytes) -> None:
-        """Store one chunk the caller has verified: all there or not at all (not fsynced)."""
+        """Store one chunk the caller has verified: appended to ``.part`` (and hashed) when it
+        is the next in order, else kept as a chunk file until the prefix reaches it."""
+        if self.has(index):
+            return
+        if index == self._prefix:
+            self._append(data)
+            self._advance()
+            return
         path = self.chunks_dir / f"{index:08d}.chunk"
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=self.chunks_dir)
         try:
@@ -135,32 +181,51 @@ class ChunkDownload:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self._have.add(index)
+        self._early.add(index)
+        if self._held_bytes + len(data) <= HELD_BYTES:
+            self._held[index] = data
+            self._held_bytes += len(data)
+
+    def _append(self, data: bytes) -> None:
+        with open(self.part_path, "r+b") as f:
+            f.seek(self._offset(self._prefix))
+            f.write(data)
+        self._whole.update(data)
+        self._prefix += 1
+
+    def _advance(self) -> None:
+        """Move early chunks that the prefix has reached into ``.part``."""
+        while self._prefix in self._early:
+            i = self._prefix
+            path = self.chunks_dir / f"{i:08d}.chunk"
+            data = self._held.pop(i, None)
+            if data is None:
+                data = path.read_bytes()
+            else:
+                self._held_bytes -= len(data)
+            self._early.discard(i)
+            self._append(data)
+            path.unlink(missing_ok=True)
 
     def assembled(self) -> Path | None:
         """The assembled package when a previous run already produced and checked it."""
         return self.package_path if self.package_path.exists() else None
 
     def assemble(self) -> Path:
-        """Concatenate the chunks, check the whole file's sha256, rename it into place."""
+        """Check the whole file's sha256 (computed as the chunks came in), rename into place."""
         if not self.complete():
             raise DownloadError(f"{len(self.missing())} chunks still missing")
-        part = self.dir / f"{self.model.package_digest}.part"
-        h = hashlib.sha256()
-        with open(part, "wb") as out:
-            for i in range(self.model.chunk_count):
-                data = (self.chunks_dir / f"{i:08d}.chunk").read_bytes()
-                h.update(data)
-                out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != self.model.package_digest:
+        digest = self._whole.hexdigest()
+        if digest != self.model.package_digest:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise DownloadError(
-                f"assembled package has sha256 {h.hexdigest()[:16]}..., expected "
+                f"assembled package has sha256 {digest[:16]}..., expected "
                 f"{self.model.package_digest[:16]}..."
             )
-        part.replace(self.package_path)
+        with open(self.part_path, "r+b") as f:
+            f.truncate(self.model.package_size)
+            os.fsync(f.fileno())
+        self.part_path.replace(self.package_path)
         fsync_dir(self.dir)
         return self.package_path
 
@@ -168,6 +233,16 @@ class ChunkDownload:
     def discard(root: Path, digest: str) -> None:
         """Remove a package's download folder (after its install, whatever the outcome)."""
         shutil.rmtree(root / digest, ignore_errors=True)
+
+    @staticmethod
+    def chunks_on_disk(root: Path, model: DesiredModel) -> int:
+        """How many verified chunks a download folder holds (for a FAILED report)."""
+        folder = root / model.package_digest
+        if not (folder / "meta.json").exists():
+            return 0
+        with contextlib.suppress(DownloadError, OSError):
+            return ChunkDownload(root, model).done
+        return 0
 
 
 class ChunkPuller:

@@ -123,6 +123,29 @@ class MqttLink:
             return None
         return epoch, info.mid
 
+    def subscribe(self, topic: str) -> None:
+        """Add a subscription: now when connected, and at every (re)connect until removed.
+
+        Called before the first request it serves: paho sends SUBSCRIBE and later PUBLISHes in
+        order on one connection, so the broker holds the subscription before the request.
+        """
+        with self._lock:
+            if topic in self.subscriptions:
+                return
+            self.subscriptions = [*self.subscriptions, topic]
+            client = self._client if self._connected_epoch else None
+            if client is not None:
+                client.subscribe(topic, QOS)
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._lock:
+            if topic not in self.subscriptions:
+                return
+            self.subscriptions = [t for t in self.subscriptions if t != topic]
+            client = self._client if self._connected_epoch else None
+            if client is not None:
+                client.unsubscribe(topic)
+
     # --- connection thread ------------------------------------------------------------------
 
     def _emit(self, event: LinkEvent) -> None:
@@ -154,9 +177,9 @@ class MqttLink:
             if getattr(rc, "is_failure", False):
                 log.error("broker %s refused the connection: %s", s.url, rc)
                 return
-            c.subscribe([(t, QOS) for t in self.subscriptions])
-            c.publish(self.status_topic, self.online_payload, qos=QOS, retain=True)
             with self._lock:
+                c.subscribe([(t, QOS) for t in self.subscriptions])
+                c.publish(self.status_topic, self.online_payload, qos=QOS, retain=True)
                 self._connected_epoch = epoch
             self._backoff.reset()
             log.info("connected to %s as %s", s.url, self.client_id)

@@ -172,10 +172,12 @@ class Installer:
 
     # install
     async def install(
-        self, archive: Path, activate: bool = True
+        self, archive: Path, activate: bool = True, known_digest: str | None = None
     ) -> tuple[InstallOutcome, ServedModel | None]:
+        """``known_digest``: the archive's sha256 when the caller checked it while writing the
+        file (a fleet download); the one pass then skips hashing the whole file again."""
         async with self._lock:
-            outcome, served = await self._install(Path(archive), activate)
+            outcome, served = await self._install(Path(archive), activate, known_digest)
             self.store.save_last_install(outcome.to_json())
             METRICS.installs.labels(outcome.outcome).inc()
             # Reading, hashing and loading a package leave freed heap behind (a few MB for a
@@ -241,7 +243,7 @@ class Installer:
         return self.repo.traffic(name)
 
     async def _install(
-        self, archive: Path, activate: bool
+        self, archive: Path, activate: bool, known_digest: str | None = None
     ) -> tuple[InstallOutcome, ServedModel | None]:
         digest, name, version, step = "", "", "", "verify"
         staged: Path | None = None
@@ -251,7 +253,11 @@ class Installer:
                 # One pass over the file: whole-file digest, signature, every member's digest,
                 # extracted into a hidden staging folder that ``stage`` renames into place.
                 unpacked = await asyncio.to_thread(
-                    unpack_verified, archive, self.check_signature, self.store.packages
+                    unpack_verified,
+                    archive,
+                    self.check_signature,
+                    self.store.packages,
+                    known_digest=known_digest,
                 )
             except (PackageError, OSError) as exc:
                 raise InstallFailed("verify", str(exc)) from exc

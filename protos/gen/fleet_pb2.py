@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.gen import fleet_capture_pb2 as protos_dot_gen_dot_fleet__capture__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/gen/fleet.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1eprotos/gen/fleet_capture.proto\"\xbc\x01\n\x0c\x44\x65siredState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12*\n\x06models\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.DesiredModel\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12,\n\x08removals\x18\x06 \x03(\x0b\x32\x1a.edgefleet.v1.ModelRemoval\"\xf7\x02\n\x0c\x44\x65siredModel\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0epackage_digest\x18\x04 \x01(\t\x12\x14\n\x0cpackage_size\x18\x05 \x01(\x04\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r\x12\x14\n\x0c\x63hunk_sha256\x18\x08 \x03(\x0c\x12\x0f\n\x07standby\x18\t \x01(\x08\x12\x0e\n\x06weight\x18\n \x01(\x01\x12\'\n\x05guard\x18\x0b \x01(\x0b\x32\x18.edgefleet.v1.LocalGuard\x12*\n\x06warmup\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.ShadowWarmup\x12\x34\n\x07\x63\x61pture\x18\r \x01(\x0b\x32#.edgefleet.capture.v1.CapturePolicy\x12\x18\n\x10\x63\x64\x63_index_sha256\x18\x0e \x01(\x0c\"v\n\x0cShadowWarmup\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x02 \x01(\r\x12\x15\n\rmin_agreement\x18\x03 \x01(\x01\x12\x14\n\x0cmax_abs_diff\x18\x04 \x01(\x01\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\"^\n\nLocalGuard\x12\x0e\n\x06\x62\x61ke_s\x18\x01 \x01(\x01\x12\x16\n\x0emax_error_rate\x18\x02 \x01(\x01\x12\x12\n\nmax_p99_ms\x18\x03 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x04 \x01(\r\"D\n\x0cModelRemoval\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"\xcd\x01\n\rReportedState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12+\n\x06models\x18\x03 \x03(\x0b\x32\x1b.edgefleet.v1.ReportedModel\x12\x33\n\x0blast_result\x18\x04 \x01(\x0b\x32\x1e.edgefleet.v1.DeploymentResult\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x1a\n\x12\x64\x65sired_generation\x18\x06 \x01(\x04\"g\n\rReportedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x16\n\x0epackage_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\"\x88\x02\n\x10\x44\x65ploymentResult\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.edgefleet.v1.DeploymentResult.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x13\n\x0b\x63hunks_done\x18\x05 \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x06 \x01(\r\"[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bIN_PROGRESS\x10\x01\x12\r\n\tINSTALLED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07REMOVED\x10\x04\"\x8f\x01\n\x0c\x44\x65viceStatus\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .edgefleet.v1.DeviceStatus.State\x12\x15\n\ragent_version\x18\x02 \x01(\t\"7\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06ONLINE\x10\x01\x12\x0b\n\x07OFFLINE\x10\x02\"r\n\x0c\x43hunkRequest\x12\x16\n\x0epackage_digest\x18\x01 \x01(\t\x12\x0f\n\x07indexes\x18\x02 \x03(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tcdc_index\x18\x0e \x01(\x08\x12\x12\n\ncdc_sha256\x18\x0f \x03(\x0c\"\xa8\x01\n\tChunkData\x12\x16\n\x0epackage_digest\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x11\n\tcdc_index\x18\x0e \x01(\x0c\x12\x0b\n\x03\x63\x64\x63\x18\x0f \x01(\x08\"d\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"X\n\x0fTelemetryRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x14\n\x0cpayload_json\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16protos/gen/fleet.proto\x12\x0c\x65\x64gefleet.v1\x1a\x1eprotos/gen/fleet_capture.proto\"\xbc\x01\n\x0c\x44\x65siredState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x15\n\rdeployment_id\x18\x03 \x01(\t\x12*\n\x06models\x18\x04 \x03(\x0b\x32\x1a.edgefleet.v1.DesiredModel\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12,\n\x08removals\x18\x06 \x03(\x0b\x32\x1a.edgefleet.v1.ModelRemoval\"\x8c\x03\n\x0c\x44\x65siredModel\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x16\n\x0epackage_digest\x18\x04 \x01(\t\x12\x14\n\x0cpackage_size\x18\x05 \x01(\x04\x12\x12\n\nchunk_size\x18\x06 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\r\x12\x14\n\x0c\x63hunk_sha256\x18\x08 \x03(\x0c\x12\x0f\n\x07standby\x18\t \x01(\x08\x12\x0e\n\x06weight\x18\n \x01(\x01\x12\'\n\x05guard\x18\x0b \x01(\x0b\x32\x18.edgefleet.v1.LocalGuard\x12*\n\x06warmup\x18\x0c \x01(\x0b\x32\x1a.edgefleet.v1.ShadowWarmup\x12\x34\n\x07\x63\x61pture\x18\r \x01(\x0b\x32#.edgefleet.capture.v1.CapturePolicy\x12\x18\n\x10\x63\x64\x63_index_sha256\x18\x0e \x01(\x0c\x12\x13\n\x0b\x63hunk_topic\x18\x11 \x01(\t\"v\n\x0cShadowWarmup\x12\x10\n\x08\x66raction\x18\x01 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x02 \x01(\r\x12\x15\n\rmin_agreement\x18\x03 \x01(\x01\x12\x14\n\x0cmax_abs_diff\x18\x04 \x01(\x01\x12\x11\n\ttimeout_s\x18\x05 \x01(\x01\"^\n\nLocalGuard\x12\x0e\n\x06\x62\x61ke_s\x18\x01 \x01(\x01\x12\x16\n\x0emax_error_rate\x18\x02 \x01(\x01\x12\x12\n\nmax_p99_ms\x18\x03 \x01(\x01\x12\x14\n\x0cmin_requests\x18\x04 \x01(\r\"D\n\x0cModelRemoval\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\"\xcd\x01\n\rReportedState\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12+\n\x06models\x18\x03 \x03(\x0b\x32\x1b.edgefleet.v1.ReportedModel\x12\x33\n\x0blast_result\x18\x04 \x01(\x0b\x32\x1e.edgefleet.v1.DeploymentResult\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x1a\n\x12\x64\x65sired_generation\x18\x06 \x01(\x04\"g\n\rReportedModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x16\n\x0epackage_digest\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x05 \x01(\x08\"\x88\x02\n\x10\x44\x65ploymentResult\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12\x37\n\x07outcome\x18\x02 \x01(\x0e\x32&.edgefleet.v1.DeploymentResult.Outcome\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0c\n\x04step\x18\x04 \x01(\t\x12\x13\n\x0b\x63hunks_done\x18\x05 \x01(\r\x12\x14\n\x0c\x63hunks_total\x18\x06 \x01(\r\"[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0f\n\x0bIN_PROGRESS\x10\x01\x12\r\n\tINSTALLED\x10\x02\x12\n\n\x06\x46\x41ILED\x10\x03\x12\x0b\n\x07REMOVED\x10\x04\"\x8f\x01\n\x0c\x44\x65viceStatus\x12/\n\x05state\x18\x01 \x01(\x0e\x32 .edgefleet.v1.DeviceStatus.State\x12\x15\n\ragent_version\x18\x02 \x01(\t\"7\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\n\n\x06ONLINE\x10\x01\x12\x0b\n\x07OFFLINE\x10\x02\"r\n\x0c\x43hunkRequest\x12\x16\n\x0epackage_digest\x18\x01 \x01(\t\x12\x0f\n\x07indexes\x18\x02 \x03(\r\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x11\n\tcdc_index\x18\x0e \x01(\x08\x12\x12\n\ncdc_sha256\x18\x0f \x03(\x0c\"\xa8\x01\n\tChunkData\x12\x16\n\x0epackage_digest\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x13\n\x0b\x63hunk_count\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\x11\n\tcdc_index\x18\x0e \x01(\x0c\x12\x0b\n\x03\x63\x64\x63\x18\x0f \x01(\x08\"d\n\x0eTelemetryBatch\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12.\n\x07records\x18\x02 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x04\"X\n\x0fTelemetryRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x14\n\x0cpayload_json\x18\x04 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,31 +35,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DESIREDSTATE']._serialized_start=73
   _globals['_DESIREDSTATE']._serialized_end=261
   _globals['_DESIREDMODEL']._serialized_start=264
-  _globals['_DESIREDMODEL']._serialized_end=639
-  _globals['_SHADOWWARMUP']._serialized_start=641
-  _globals['_SHADOWWARMUP']._serialized_end=759
-  _globals['_LOCALGUARD']._serialized_start=761
-  _globals['_LOCALGUARD']._serialized_end=855
-  _globals['_MODELREMOVAL']._serialized_start=857
-  _globals['_MODELREMOVAL']._serialized_end=925
-  _globals['_REPORTEDSTATE']._serialized_start=928
-  _globals['_REPORTEDSTATE']._serialized_end=1133
-  _globals['_REPORTEDMODEL']._serialized_start=1135
-  _globals['_REPORTEDMODEL']._serialized_end=1238
-  _globals['_DEPLOYMENTRESULT']._serialized_start=1241
-  _globals['_DEPLOYMENTRESULT']._serialized_end=1505
-  _globals['_DEPLOYMENTRESULT_OUTCOME']._serialized_start=1414
-  _globals['_DEPLOYMENTRESULT_OUTCOME']._serialized_end=1505
-  _globals['_DEVICESTATUS']._serialized_start=1508
-  _globals['_DEVICESTATUS']._serialized_end=1651
-  _globals['_DEVICESTATUS_STATE']._serialized_start=1596
-  _globals['_DEVICESTATUS_STATE']._serialized_end=1651
-  _globals['_CHUNKREQUEST']._serialized_start=1653
-  _globals['_CHUNKREQUEST']._serialized_end=1767
-  _globals['_CHUNKDATA']._serialized_start=1770
-  _globals['_CHUNKDATA']._serialized_end=1938
-  _globals['_TELEMETRYBATCH']._serialized_start=1940
-  _globals['_TELEMETRYBATCH']._serialized_end=2040
-  _globals['_TELEMETRYRECORD']._serialized_start=2042
-  _globals['_TELEMETRYRECORD']._serialized_end=2130
+  _globals['_DESIREDMODEL']._serialized_end=660
+  _globals['_SHADOWWARMUP']._serialized_start=662
+  _globals['_SHADOWWARMUP']._serialized_end=780
+  _globals['_LOCALGUARD']._serialized_start=782
+  _globals['_LOCALGUARD']._serialized_end=876
+  _globals['_MODELREMOVAL']._serialized_start=878
+  _globals['_MODELREMOVAL']._serialized_end=946
+  _globals['_REPORTEDSTATE']._serialized_start=949
+  _globals['_REPORTEDSTATE']._serialized_end=1154
+  _globals['_REPORTEDMODEL']._serialized_start=1156
+  _globals['_REPORTEDMODEL']._serialized_end=1259
+  _globals['_DEPLOYMENTRESULT']._serialized_start=1262
+  _globals['_DEPLOYMENTRESULT']._serialized_end=1526
+  _globals['_DEPLOYMENTRESULT_OUTCOME']._serialized_start=1435
+  _globals['_DEPLOYMENTRESULT_OUTCOME']._serialized_end=1526
+  _globals['_DEVICESTATUS']._serialized_start=1529
+  _globals['_DEVICESTATUS']._serialized_end=1672
+  _globals['_DEVICESTATUS_STATE']._serialized_start=1617
+  _globals['_DEVICESTATUS_STATE']._serialized_end=1672
+  _globals['_CHUNKREQUEST']._serialized_start=1674
+  _globals['_CHUNKREQUEST']._serialized_end=1788
+  _globals['_CHUNKDATA']._serialized_start=1791
+  _globals['_CHUNKDATA']._serialized_end=1959
+  _globals['_TELEMETRYBATCH']._serialized_start=1961
+  _globals['_TELEMETRYBATCH']._serialized_end=2061
+  _globals['_TELEMETRYRECORD']._serialized_start=2063
+  _globals['_TELEMETRYRECORD']._serialized_end=2151
 # @@protoc_insertion_point(module_scope)

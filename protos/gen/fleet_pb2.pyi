@@ -25,7 +25,7 @@ class DesiredState(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., generation: _Optional[int] = ..., deployment_id: _Optional[str] = ..., models: _Optional[_Iterable[_Union[DesiredModel, _Mapping]]] = ..., issued_at_ms: _Optional[int] = ..., removals: _Optional[_Iterable[_Union[ModelRemoval, _Mapping]]] = ...) -> None: ...
 
 class DesiredModel(_message.Message):
-    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup", "capture", "cdc_index_sha256")
+    __slots__ = ("deployment_id", "name", "version", "package_digest", "package_size", "chunk_size", "chunk_count", "chunk_sha256", "standby", "weight", "guard", "warmup", "capture", "cdc_index_sha256", "chunk_topic")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class DesiredModel(_message.Message):
     WARMUP_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_FIELD_NUMBER: _ClassVar[int]
     CDC_INDEX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_TOPIC_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     name: str
     version: str
@@ -54,7 +55,8 @@ class DesiredModel(_message.Message):
     warmup: ShadowWarmup
     capture: _fleet_capture_pb2.CapturePolicy
     cdc_index_sha256: bytes
-    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ..., capture: _Optional[_Union[_fleet_capture_pb2.CapturePolicy, _Mapping]] = ..., cdc_index_sha256: _Optional[bytes] = ...) -> None: ...
+    chunk_topic: str
+    def __init__(self, deployment_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[str] = ..., package_digest: _Optional[str] = ..., package_size: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., standby: _Optional[bool] = ..., weight: _Optional[float] = ..., guard: _Optional[_Union[LocalGuard, _Mapping]] = ..., warmup: _Optional[_Union[ShadowWarmup, _Mapping]] = ..., capture: _Optional[_Union[_fleet_capture_pb2.CapturePolicy, _Mapping]] = ..., cdc_index_sha256: _Optional[bytes] = ..., chunk_topic: _Optional[str] = ...) -> None: ...
 
 class ShadowWarmup(_message.Message):
     __slots__ = ("fraction", "min_requests", "min_agreement", "max_abs_diff", "timeout_s")

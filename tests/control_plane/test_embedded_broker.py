@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
@@ -203,3 +204,39 @@ def test_embedded_broker_refuses_a_will_outside_the_device_subtree(embedded: Emb
     assert not foreign.connect(will=(topics.device_topic("cam-b", topics.STATUS), offline))
     own = embedded.probe("cam-a")
     assert own.connect(will=(topics.device_topic("cam-a", topics.STATUS), offline))
+
+
+def test_embedded_broker_confines_package_topics_to_targeted_devices(
+    embedded: Embedded, package_factory: Any
+) -> None:
+    api, digest = embedded.api, embedded.digest
+    reg = api.post("/api/v1/devices", json={"device_id": "cam-c"}).json()
+    embedded.passwords["cam-c"] = reg["bundle"]["mqtt"]["password"]
+    shared = topics.package_topic(digest)
+    a, b, c = (embedded.probe(d) for d in ("cam-a", "cam-b", "cam-c"))
+    for p in (a, b, c):
+        assert p.connect()
+    refused = 128
+    assert a.subscribe(shared) == [1]  # cam-a and cam-b are targeted by a deployment of it
+    assert b.subscribe(shared) == [1]
+    for sub in (shared, "#", f"edge/{topics.PACKAGES_LEVEL}/#"):
+        assert c.subscribe(sub) == [refused], sub  # cam-c is not
+    # Both targeted devices pull: the control plane answers the second on the package topic.
+    for device_id, p in (("cam-a", a), ("cam-b", b)):
+        req = fleet_pb2.ChunkRequest(package_digest=digest, indexes=[0], request_id=device_id)
+        p.publish(topics.device_topic(device_id, topics.CHUNKS_REQUEST), req.SerializeToString())
+    got = fleet_pb2.ChunkData.FromString(a.expect_on(shared).payload)
+    assert got.index == 0 and got.data  # positive control
+    assert c.drain(WINDOW) == []
+
+    # Revoked with the deployment: a new version supersedes the package for cam-a.
+    identities = embedded.app.state.broker._identities
+    with open(package_factory("2.0.0"), "rb") as f:
+        v2 = api.post("/api/v1/packages", files={"file": ("p", f)}).json()["digest"]
+    assert identities.may("cam-a", shared, Action.RECEIVE)
+    body = {"package_digest": v2, "device_id": "cam-a"}
+    assert api.post("/api/v1/deployments", json=body).status_code == 201
+    assert not identities.may("cam-a", shared, Action.RECEIVE)
+    assert identities.may("cam-a", topics.package_topic(v2), Action.RECEIVE)
+    assert identities.may("cam-b", shared, Action.RECEIVE)  # still targeted
+    assert not identities.may("cam-b", shared, Action.PUBLISH)  # and never a writer

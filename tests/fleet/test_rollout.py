@@ -29,3 +29,6 @@ def test_two_agents_one_deployment(fleet: Fleet, packages: Packages, start_fleet
         assert reported["last_result"]["outcome"] == "INSTALLED"
         assert reported["desired_generation"] == "1"  # uint64 in the protobuf JSON mapping
         assert reported["agent_version"]
+    # Both pulled at once: chunks went once on the package's shared topic for the two of them.
+    counts = fleet.app.state.fleet.fanout.counts
+    assert counts["shared"] > 0, counts

@@ -207,3 +207,76 @@ def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
     assert settings.fleet.password.get_secret_value() == "s3cret-s3cret-s3cret"
     assert settings.fleet.topic_prefix == "edge/cam-1"
     assert [p.read_text() for p in settings.trusted_keys] == bundle["trusted_keys_pem"]
+
+
+class _CountingHash:
+    """Stands in for the whole-file sha256 and counts the bytes fed to it."""
+
+    def __init__(self) -> None:
+        self.inner = hashlib.sha256()
+        self.fed = 0
+
+    def update(self, data: bytes) -> None:
+        self.fed += len(data)
+        self.inner.update(data)
+
+    def hexdigest(self) -> str:
+        return self.inner.hexdigest()
+
+
+@pytest.mark.parametrize("held_bytes", [0, 1 << 20])
+def test_download_hashes_every_byte_once_in_any_arrival_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_bytes: int
+) -> None:
+    import edge_agent.fleet.downloads as downloads
+
+    monkeypatch.setattr(downloads, "HELD_BYTES", held_bytes)  # 0: early chunks read back
+    blob = random.Random(3).randbytes(1000)
+    m = _model(blob, size=64)
+    order = list(range(m.chunk_count))
+    random.Random(4).shuffle(order)
+    dl = ChunkDownload(tmp_path, m)
+    counter = _CountingHash()
+    dl._whole = counter  # type: ignore[assignment]
+    for n, i in enumerate(order):
+        dl.write_chunk(i, blob[i * 64 : (i + 1) * 64])
+        if n == len(order) // 2:
+            # In-order prefix only: what is hashed is exactly what is in .part.
+            assert counter.fed == dl.part_path.stat().st_size
+    assert counter.fed == len(blob)  # each byte once, never re-read for the digest
+    assert not list(dl.chunks_dir.iterdir())  # early chunks were folded into the file
+    assert dl.assemble().read_bytes() == blob
+
+
+def test_download_resumes_from_a_torn_part_file(tmp_path: Path) -> None:
+    blob = random.Random(5).randbytes(700)
+    m = _model(blob, size=100)
+    dl = ChunkDownload(tmp_path, m)
+    for i in (0, 1, 2, 5):
+        dl.write_chunk(i, blob[i * 100 : (i + 1) * 100])
+    with open(dl.part_path, "ab") as f:
+        f.write(b"half a chunk")  # the agent died while appending chunk 3
+    resumed = ChunkDownload(tmp_path, m)
+    assert resumed.missing() == [3, 4, 6] and resumed.done == 4
+    for i in resumed.missing():
+        resumed.write_chunk(i, blob[i * 100 : (i + 1) * 100])
+    assert resumed.assemble().read_bytes() == blob
+
+
+def test_download_refuses_chunks_that_do_not_make_the_package(tmp_path: Path) -> None:
+    blob = b"q" * 50
+    m = _model(blob)
+    wrong = DesiredModel(
+        *[getattr(m, f) for f in ("deployment_id", "name", "version")],
+        "0" * 64,
+        m.package_size,
+        m.chunk_size,
+        m.chunk_count,
+        m.chunk_sha256,
+    )
+    dl = ChunkDownload(tmp_path, wrong)
+    for i in range(m.chunk_count):
+        dl.write_chunk(i, blob[i * 10 : (i + 1) * 10])
+    with pytest.raises(DownloadError, match="sha256"):
+        dl.assemble()
+    assert dl.assembled() is None

@@ -152,3 +152,28 @@ def test_signature_check_in_a_child_process(
     bad_key.write_text("not a key")
     with pytest.raises(SignatureError, match="trusted keys cannot be read"):
         verify_in_child(*good, [bad_key])
+
+
+def test_a_known_digest_skips_only_the_whole_file_hash(
+    onnx_pkg: Path, pkg_copy: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import model_packager.unpack as unpack
+
+    pkg = pkg_copy(onnx_pkg)
+    digest = sha256_file(pkg)
+    fed: list[int] = []
+    real = unpack._HashingReader.readinto
+
+    def spy(self: Any, buffer: memoryview) -> int:
+        n = real(self, buffer)
+        fed.append(n if self._hash else 0)
+        return n
+
+    monkeypatch.setattr(unpack._HashingReader, "readinto", spy)
+    got = unpack_verified(pkg, _no_check, tmp_path / "a", known_digest=digest)
+    assert got.digest == digest and got.size == pkg.stat().st_size
+    assert sum(fed) == 0  # the caller had the digest: the file's bytes were not hashed again
+    _flip(pkg, ARTIFACT)  # a member's own digest is still checked
+    with pytest.raises(DigestMismatch):
+        unpack_verified(pkg, _no_check, tmp_path / "b", known_digest=digest)
+    assert not any((tmp_path / "b").iterdir())
