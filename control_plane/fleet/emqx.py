@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 
 from control_plane.core.credentials import verify_password
 from control_plane.core.settings import Settings
-from control_plane.devices.service import broker_password_hash
 from control_plane.deployments.service import package_grants
+from control_plane.devices.service import broker_password_hash
 from control_plane.fleet.broker_config import identity_access, max_packet_bytes
 from protos.fleet_topics import parse_package_topic
 

@@ -488,6 +488,7 @@ class FleetService:
                         shared, indexes = plan.shared, plan.direct
                     chunks = packages.read_chunks(req.package_digest, shared + indexes)
                     shared_topic = topics.package_topic(req.package_digest, self.root)
+                    rid = req.request_id  # answers on the shared topic carry none
                     sends = [
                         (shared_topic, codec.chunk_to_proto(req.package_digest, c, count, ""))
                         if n < len(shared)
