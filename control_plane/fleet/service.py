@@ -492,10 +492,7 @@ class FleetService:
                     sends = [
                         (shared_topic, codec.chunk_to_proto(req.package_digest, c, count, ""))
                         if n < len(shared)
-                        else (
-                            topic,
-                            codec.chunk_to_proto(req.package_digest, c, count, req.request_id),
-                        )
+                        else (topic, codec.chunk_to_proto(req.package_digest, c, count, rid))
                         for n, c in enumerate(chunks)
                     ]
         except ControlPlaneError as exc:

@@ -163,6 +163,16 @@ class ChunkDownload:
     def verify_chunk(self, index: int, data: bytes) -> bool:
         return hashlib.sha256(data).digest() == self.model.chunk_sha256[index]
 
+    def read_chunk(self, index: int) -> bytes:
+        """A chunk held so far, from ``.part`` or its early chunk file (for checks and tools)."""
+        if index < self._prefix:
+            with open(self.part_path, "rb") as f:
+                f.seek(self._offset(index))
+                return f.read(self._length(index))
+        if index in self._early:
+            return (self.chunks_dir / f"{index:08d}.chunk").read_bytes()
+        raise KeyError(f"chunk {index} is not held")
+
     def write_chunk(self, index: int, data: bytes) -> None:
         """Store one chunk the caller has verified: appended to ``.part`` (and hashed) when it
         is the next in order, else kept as a chunk file until the prefix reaches it."""
