@@ -88,3 +88,49 @@ def test_only_targeted_devices_read_a_package_topic(
     assert len([m for m in probes["b"].drain(WINDOW) if m.topic == topic1]) == 5  # still granted
     assert [m.topic for m in probes["a"].drain(0.2)] == []
     assert [m.topic for m in probes["outsider"].drain(0.2) if m.topic == topic1] == []
+
+
+def test_emqx_hook_grants_package_topics_as_the_acl_does(
+    control_plane: ControlPlane, package_factory: Any
+) -> None:
+    """The EMQX authorization hook decides package topics from the same grants as the Mosquitto
+    ACL file: the packages in each device's desired state, revoked when superseded."""
+    from control_plane.fleet.emqx import authorize
+
+    cp = control_plane
+    v1 = cp.upload(package_factory("1.0.0")).json()["digest"]
+    v2 = cp.upload(package_factory("2.0.0")).json()["digest"]
+    ids = {name: cp.register(name)["device"]["id"] for name in ("a", "outsider")}
+    _deploy(cp, v1, ids["a"])
+
+    def decisions() -> dict[tuple[str, str, str], str]:
+        out = {}
+        with cp.ctx.sessions() as session:
+            for device in ids.values():
+                for digest in (v1, v2):
+                    topic = topics.package_topic(digest)
+                    for action in ("subscribe", "publish"):
+                        out[(device, digest, action)] = authorize(
+                            cp.settings, session, device, device, topic, action
+                        )
+        return out
+
+    def acl_reads(device: str, digest: str) -> bool:
+        acl = (cp.settings.mqtt.broker_config_dir / "acl").read_text()  # type: ignore[operator]
+        block = acl.split(f"user {device}\n", 1)[1].split("\n\n", 1)[0]
+        return f"topic read {topics.package_topic(digest)}" in block
+
+    got = decisions()
+    assert got[(ids["a"], v1, "subscribe")] == "allow"
+    assert got[(ids["a"], v1, "publish")] == "deny"  # read only
+    assert got[(ids["a"], v2, "subscribe")] == "deny"
+    assert got[(ids["outsider"], v1, "subscribe")] == "deny"
+    for (device, digest, action), result in got.items():
+        if action == "subscribe":
+            assert (result == "allow") == acl_reads(device, digest), (device, digest)
+
+    _deploy(cp, v2, ids["a"])  # v1 superseded for a: its grant goes, v2's comes (the hook
+    # reads the deployments, so no file rewrite is waited for)
+    got = decisions()
+    assert got[(ids["a"], v1, "subscribe")] == "deny"
+    assert got[(ids["a"], v2, "subscribe")] == "allow"
