@@ -38,7 +38,7 @@ from control_plane.datasets.versions.service import VersionService
 from control_plane.registry import job_inputs
 from control_plane.registry.conversions import Conversions
 from control_plane.registry.discovery import KINDS, find_model
-from control_plane.registry.keys import signing_key_path
+from control_plane.registry.keys.service import signing_key_path
 from control_plane.registry.models import ModelVersion, Package
 from control_plane.registry.packages.service import PackageService
 from control_plane.registry.schemas import ModelRegister, ModelVersionUpdate
