@@ -168,3 +168,14 @@ def test_console_entry_point_runs(env: Stack) -> None:
     )  # fmt: skip
     assert proc.returncode == EXIT_OK, proc.stderr
     assert isinstance(json.loads(proc.stdout), list)
+
+
+def test_keys_list_shows_the_current_signing_key(
+    env: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "keys", "list")
+    assert code == EXIT_OK
+    assert out.splitlines()[0].split() == ["KEY_ID", "GENERATION", "STATE", "NOT_AFTER"]
+    keys = env.client.keys.list()
+    current = [k for k in keys if k.state == "current"]
+    assert len(current) == 1 and current[0].key_id in out
