@@ -88,12 +88,12 @@ def test_onnx_convnet_converts_to_tflite_with_parity(onnx2tf_python: Path, tmp_p
             source=model,
             name="convnet",
             version="1",
-            targets=["onnx-fp32", "tflite-fp32", "tflite-fp16"],
+            targets=["onnx-fp32", "tflite-fp32", "tflite-fp16", "tflite-int8"],
         ),
         tmp_path / "out",
     )
     assert report.framework == "onnxruntime"
-    assert [v.status for v in report.variants] == ["kept"] * 3, report.table()
+    assert [v.status for v in report.variants] == ["kept"] * 4, report.table()
     assert report.package is not None
     pkg = open_package(report.package)
     m = pkg.manifest
@@ -102,6 +102,9 @@ def test_onnx_convnet_converts_to_tflite_with_parity(onnx2tf_python: Path, tmp_p
     assert fp32 is not None and fp32.reference == "onnxruntime" and fp32.max_abs_error < 1e-4
     fp16 = m.variant("tflite-fp16").parity
     assert fp16 is not None and fp16.top1_agreement is not None and fp16.top1_agreement >= 0.95
+    int8 = m.variant("tflite-int8")
+    assert int8.precision == "int8" and int8.parity is not None
+    assert int8.parity.top1_agreement is not None and int8.parity.top1_agreement >= 0.98
 
     # LiteRT alone (a LiteRT-only device) answers the ONNX model's question, channels first.
     extracted = extract_package(pkg, tmp_path / "pkg")
