@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 
-from control_plane.registry.keys.service import load_signing_key
+from control_plane.registry.keys.service import load_signing_key, signing_key_path
 from model_packager.build import ArtifactInput, BuildSpec, build_package
 from model_packager.signing import generate_keypair, load_private_key, sign_manifest
 from protos import fleet_topics
@@ -82,6 +82,8 @@ def test_rotation_reaches_a_running_agent(
         listed = {k["key_id"]: k for k in fleet.api.get("/api/v1/registry/keys").json()}
         old_id = next(k for k, v in listed.items() if v["generation"] == 1)
         assert listed[old_id]["state"] == "retired" and listed[old_id]["not_after"]
+        # New conversions are signed by the new key.
+        assert signing_key_path(fleet.ctx) == (keys_dir / "signing-2.key").absolute()
 
         # The trust set reaches the running agent, which persists it and trusts the new key.
         wait_for(lambda: _trust_version(agent) == 2, 30, 0.2)
