@@ -127,6 +127,8 @@ class TorchSource(OnnxBackedSource):
                 dynamic_axes=dynamic,
                 opset_version=OPSET,
                 dynamo=False,
+                # Keep the mode as loaded (eval): a torch.export module refuses train().
+                training=self._torch.onnx.TrainingMode.PRESERVE,
             )
         except Exception as exc:
             raise ConversionError("onnx-fp32: torch.onnx.export", str(exc)) from exc

@@ -1,7 +1,8 @@
 """PyTorch -> ONNX, gated against the PyTorch model, when the optional ``pytorch`` extra is here.
 
-Skipped (with the reason) only when torch is not installed: CI does not install the extra, since
-PyPI's Linux torch wheel brings several GB of CUDA libraries (see docs/control-plane.md).
+Skipped (with the reason) only when torch is not installed: ``.ci/run`` installs the extra;
+``scripts/setup`` does not, since PyPI's Linux torch wheel brings about 5 GB of CUDA libraries
+(model_packager/README.md, "PyTorch").
 """
 
 from __future__ import annotations
