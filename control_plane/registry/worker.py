@@ -26,7 +26,7 @@ logger = logging.getLogger("registry.worker")
 
 # What these sources convert to when no targets are given: ONNX variants (an ONNX source makes
 # TFLite ones too when asked, through onnx2tf in its own environment).
-ONNX_ONLY_KINDS = ("mxnet", "onnx")
+ONNX_ONLY_KINDS = ("mxnet", "onnx", "pytorch")
 ONNX_ONLY_TARGETS = ("onnx-fp32", "onnx-int8")
 
 

@@ -7,6 +7,7 @@ Skipped (with the reason) only when torch is not installed: ``.ci/run`` installs
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,35 @@ def test_torchscript_needs_and_takes_input_shapes(cnn: SmallCnn, tmp_path: Path)
         tmp_path / "out",
     )
     assert [v.status for v in report.variants] == ["kept"], report.table()
+
+
+def test_registry_imports_a_pt2_program(cnn: SmallCnn, tmp_path: Path) -> None:
+    """``POST /models/import`` with a .pt2 file: converted by the registry's worker, gated
+    against torch, signed."""
+    from fastapi.testclient import TestClient
+
+    from control_plane.app import create_app
+    from control_plane.core.settings import DEFAULT_SECRET, Settings
+
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.export.export(
+        cnn, (torch.zeros(2, 1, 16, 16),), dynamic_shapes={"x": {0: batch}}
+    )
+    path = tmp_path / "cnn.pt2"
+    torch.export.save(program, str(path))
+    settings = Settings(data_dir=tmp_path / "cp", dev_mode=True, embedded_broker_port=0)
+    auth = {"Authorization": f"Bearer {DEFAULT_SECRET}"}
+    with TestClient(create_app(settings), headers=auth) as api:
+        with open(path, "rb") as f:
+            r = api.post(
+                "/api/v1/models/import", files={"file": ("cnn.pt2", f)}, data={"name": "cnn"}
+            )
+        assert r.status_code == 202, r.text
+        assert r.json()["source_kind"] == "pytorch"
+        deadline = time.monotonic() + 300
+        while (mv := api.get("/api/v1/models/cnn/versions/1").json())["state"] == "converting":
+            assert time.monotonic() < deadline, "still converting"
+            time.sleep(0.3)
+        assert mv["state"] == "ready", mv["error"]
+        kept = {v["name"] for v in mv["conversion_report"]["variants"] if v["status"] == "kept"}
+        assert kept == {"onnx-fp32", "onnx-int8"}
