@@ -36,7 +36,7 @@ from control_plane.notebooks import routes as notebooks
 from control_plane.notebooks.servers import JupyterServers
 from control_plane.registry import routes as models
 from control_plane.registry.conversions import Conversions
-from control_plane.registry.keys import load_signing_key
+from control_plane.registry.keys.service import load_signing_key
 from control_plane.registry.packages import routes as packages
 from control_plane.services import routes as services
 from control_plane.services.device_batch import DeviceBatches

@@ -290,6 +290,14 @@ def cmd_models_download(client: Client, args: argparse.Namespace) -> Any:
     return {"path": str(path), "size": path.stat().st_size}
 
 
+def cmd_keys_list(client: Client, args: argparse.Namespace) -> Any:
+    return client.keys.list()
+
+
+def cmd_keys_rotate(client: Client, args: argparse.Namespace) -> Any:
+    return client.keys.rotate()
+
+
 def cmd_devices_list(client: Client, args: argparse.Namespace) -> Any:
     return client.devices.list(_kv(args.label, "--label"))
 
@@ -431,6 +439,8 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_models_wait: ("name", "version", "state", "package_digest"),
     cmd_models_download: ("path", "size"),
     cmd_models_list: ("name", "latest", "versions"),
+    cmd_keys_list: ("key_id", "generation", "state", "not_after"),
+    cmd_keys_rotate: ("key_id", "generation", "state"),
     cmd_devices_list: ("id", "name", "status", "labels"),
     cmd_devices_register: ("id", "name", "labels"),
     cmd_deploy: ("id", "package_name", "package_version", "summary"),
@@ -597,6 +607,16 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="file or folder (ending in /: made if missing); default: here"
     )
     p.set_defaults(func=cmd_models_download)
+
+    keys = top.add_parser(
+        "keys", parents=[common], help="the registry's signing keys"
+    ).add_subparsers(required=True)
+    p = keys.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_keys_list)
+    p = keys.add_parser(
+        "rotate", parents=[common], help="a new signing key; devices receive it (admin)"
+    )
+    p.set_defaults(func=cmd_keys_rotate)
 
     devices = top.add_parser(
         "devices", parents=[common], help="the device registry"

@@ -14,13 +14,24 @@ from edge_inference_sdk.config import load_profile
 from edge_inference_sdk.resources.datasets import Datasets
 from edge_inference_sdk.resources.fleet import Deployments, Devices
 from edge_inference_sdk.resources.notebooks import Notebooks
-from edge_inference_sdk.resources.registry import Models, Packages
+from edge_inference_sdk.resources.registry import Keys, Models, Packages
 from edge_inference_sdk.resources.services import Services
 from edge_inference_sdk.resources.training import Training
 from edge_inference_sdk.resources.users import Users
 from edge_inference_sdk.transport import Transport
 
-RESOURCES = (Datasets, Training, Models, Packages, Devices, Deployments, Services, Notebooks, Users)
+RESOURCES = (
+    Datasets,
+    Training,
+    Models,
+    Packages,
+    Keys,
+    Devices,
+    Deployments,
+    Services,
+    Notebooks,
+    Users,
+)
 
 
 class Client:
@@ -49,6 +60,7 @@ class Client:
         self.training = Training(self._transport)
         self.models = Models(self._transport)
         self.packages = Packages(self._transport)
+        self.keys = Keys(self._transport)
         self.devices = Devices(self._transport)
         self.deployments = Deployments(self._transport)
         self.services = Services(self._transport)

@@ -203,6 +203,15 @@ class Package(Resource):
     manifest: dict[str, Any]
 
 
+class SigningKey(Resource):
+    key_id: str
+    generation: int
+    state: str  # current | retired
+    created_at: dt.datetime
+    retired_at: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+
+
 # --- fleet -----------------------------------------------------------------------------------
 
 

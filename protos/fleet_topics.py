@@ -14,6 +14,7 @@ the topic layout is as much a part of the wire contract as the messages.
 | ``<root>/<D>/chunks/data``   | cloud -> dev   | no       | 1   | ``ChunkData``    |
 | ``<root>/<D>/telemetry``     | dev -> cloud   | no       | 1   | ``TelemetryBatch``|
 | ``<root>/<D>/events``        | dev -> cloud   | no       | 1   | reserved         |
+| ``<root>/<D>/trust``         | cloud -> dev   | yes      | 1   | ``SignedTrustSet``|
 | ``<root>/_packages/<digest>``| cloud -> devs  | no       | 1   | ``ChunkData``    |
 
 The last is the one topic outside a device's subtree: a package's chunks published once for every
@@ -35,12 +36,13 @@ CHUNKS_REQUEST = "chunks/req"
 CHUNKS_DATA = "chunks/data"
 TELEMETRY = "telemetry"
 EVENTS = "events"
+TRUST = "trust"
 
 #: Leaves a device publishes to (it may also read back its own retained ``reported``/``status``).
 DEVICE_PUBLISHES = (REPORTED, STATUS, CHUNKS_REQUEST, TELEMETRY, EVENTS)
 #: Leaves a device subscribes to. Subscribe to these exact topics, not ``<root>/<D>/#``: the
 #: production ACL grants a device read access only where it needs it.
-DEVICE_SUBSCRIBES = (DESIRED, CHUNKS_DATA)
+DEVICE_SUBSCRIBES = (DESIRED, CHUNKS_DATA, TRUST)
 #: Leaves the control plane subscribes to for every device (with ``+`` in place of the id).
 CONTROL_PLANE_SUBSCRIBES = (REPORTED, STATUS, CHUNKS_REQUEST, TELEMETRY)
 

@@ -6,8 +6,10 @@ free of globals and lets tests build as many independent control planes as they 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -39,6 +41,9 @@ class FleetPublisher(Protocol):
     def counters(self, device_id: str) -> dict[str, int]:
         """What the fleet channel refused from the device since the control plane started."""
 
+    def publish_trust(self) -> None:
+        """Publish the registry's signed trust set to every device (after a key rotation)."""
+
 
 class NullPublisher:
     """Used when no fleet channel runs (CLI commands, some tests)."""
@@ -54,6 +59,9 @@ class NullPublisher:
 
     def counters(self, device_id: str) -> dict[str, int]:
         return {}
+
+    def publish_trust(self) -> None:
+        logger.debug("no fleet channel: trust set not published")
 
 
 @dataclass
@@ -72,6 +80,10 @@ class AppContext:
     # The S3-compatible store of ``storage.url`` (None: local folders). One client, shared by
     # the blob store and the dataset store.
     objects: Any = None
+    # Retired registry keys -> the end of their grace (Unix seconds), kept by
+    # control_plane/registry/keys/service.py:
+    # packages they signed are refused after it, and bundles stop carrying them.
+    key_not_after: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AppContext:
@@ -90,7 +102,19 @@ class AppContext:
         )
 
     def trusted_key_pems(self) -> list[str]:
-        return [public_key_pem(k) for _, k in sorted(self.trust.keys.items())]
+        return [
+            public_key_pem(k)
+            for kid, k in sorted(self.trust.keys.items())
+            if self.retired_key_refusal(kid) is None
+        ]
+
+    def retired_key_refusal(self, kid: str, now: float | None = None) -> str | None:
+        """Why a package signed by ``kid`` is refused (a retired key past its grace), or None."""
+        end = self.key_not_after.get(kid)
+        if end is None or (time.time() if now is None else now) < end:
+            return None
+        when = dt.datetime.fromtimestamp(end, dt.UTC).isoformat(timespec="seconds")
+        return f"package is signed by key {kid}, retired and past its grace period ({when})"
 
     def close(self) -> None:
         self.engine.dispose()

@@ -306,6 +306,13 @@ class RegistrySettings(Section):
         description="Ed25519 public key PEM files (or folders of *.pub/*.pem) whose package "
         "signatures uploads must carry. Also handed to devices in their config bundle.",
     )
+    key_grace_period_s: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="After `POST /registry/keys/rotate`, how long packages signed by the retired "
+        "key are still accepted (by the registry when deploying, and by devices); after it they "
+        "are refused. Seconds.",
+    )
     model_max_archive_bytes: int = Field(
         8 << 30,
         ge=1,
@@ -482,6 +489,7 @@ FLAT_NAMES: dict[str, tuple[str, str]] = {
     "tensorboard_idle_s": ("training", "tensorboard_idle_s"),
     "signing_key": ("registry", "signing_key"),
     "trusted_keys": ("registry", "trusted_keys"),
+    "key_grace_period_s": ("registry", "key_grace_period_s"),
     "training_code_max_archive_bytes": ("training", "code_max_archive_bytes"),
     "training_code_max_archive_members": ("training", "code_max_archive_members"),
     "training_executor": ("training", "executor"),

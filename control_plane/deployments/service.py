@@ -153,6 +153,8 @@ class DeploymentService:
             raise InvalidRequest("name the package by digest, or by name and version")
         if action not in ACTIONS:
             raise InvalidRequest(f"action must be one of {', '.join(ACTIONS)}")
+        if action != "remove":  # removing a version never needs its key
+            packages.check_deployable(package)
         if action == "remove" and (standby or weight or guard or warmup):
             raise InvalidRequest("standby, weight, guard and warmup are for action install")
         if standby and (guard or warmup):

@@ -60,6 +60,8 @@ _DEVICE_ACCESS = {
     topics.CHUNKS_REQUEST: "write",
     topics.TELEMETRY: "write",
     topics.EVENTS: "write",
+    # The registry's signing keys after a rotation (protos/fleet_trust.py).
+    topics.TRUST: "read",
     # Batch jobs on the device (protos/fleet_batch.py).
     **{leaf: "read" for leaf in fleet_batch.DEVICE_SUBSCRIBES},
     **{leaf: "write" for leaf in fleet_batch.DEVICE_PUBLISHES},

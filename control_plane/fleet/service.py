@@ -62,6 +62,7 @@ from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet import broker_config, codec, delta
 from control_plane.fleet.fair_queue import FairQueue
 from control_plane.fleet.package_topics import ChunkFanout, PackageGrants
+from control_plane.registry.keys.service import signed_trust_set
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
 
@@ -185,6 +186,11 @@ class FleetService:
             )
         self.client.max_inflight_messages_set(64)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        # Devices whose trust topic holds the current trust set (its version), so registering a
+        # device after a key rotation sends the set to that device alone.
+        self._trust_lock = threading.Lock()
+        self._trust_version = 0
+        self._trust_sent: set[str] = set()
         # Channels of their own on the same connection (device batch jobs: batch_channel.py).
         self.extensions: list[FleetExtension] = []
         self.client.on_connect = self._on_connect
@@ -265,9 +271,40 @@ class FleetService:
                 )
         return infos
 
+    def publish_trust(self) -> None:
+        """After a key rotation: the new signed trust set, retained, to every device."""
+        self._publish_trust(everyone=True)
+
+    def _publish_trust(self, everyone: bool) -> None:
+        """Publish the trust set to every device (``everyone``) or to those not holding it yet.
+
+        Nothing before the first rotation: the bundle's keys are then the whole truth. Not
+        waiting for PUBACKs: paho resends on the persistent session, and the set is republished
+        on every (re)connect, like desired state.
+        """
+        signed = signed_trust_set(self.ctx)
+        if signed is None:
+            return
+        version, payload = signed
+        with self.ctx.sessions() as session:
+            ids = [d.id for d in DeviceService(session, self.ctx).list()]
+        with self._trust_lock:
+            if everyone or version != self._trust_version:
+                self._trust_sent.clear()
+                self._trust_version = version
+            todo = [d for d in ids if d not in self._trust_sent]
+            self._trust_sent.update(todo)
+        for device_id in todo:
+            topic = topics.device_topic(device_id, topics.TRUST, self.root)
+            self.client.publish(topic, payload, qos=QOS, retain=True)
+        if todo:
+            logger.info("published trust set version %d to %d device(s)", version, len(todo))
+
     def forget_device(self, device_id: str) -> None:
         """Clear the retained messages of a deleted device (an empty retained payload)."""
-        for leaf in (topics.DESIRED, topics.REPORTED, topics.STATUS):
+        with self._trust_lock:
+            self._trust_sent.discard(device_id)
+        for leaf in (topics.DESIRED, topics.REPORTED, topics.STATUS, topics.TRUST):
             self.client.publish(
                 topics.device_topic(device_id, leaf, self.root), b"", qos=QOS, retain=True
             )
@@ -278,6 +315,7 @@ class FleetService:
         with self._grants_lock:
             self._load_grants()
             broker_config.sync_registry_files(self.ctx)
+        self._publish_trust(everyone=False)  # a device registered after a rotation
 
     def refresh_grants(self) -> None:
         """Re-read which package topics each device may read (the packages in its current
@@ -323,6 +361,7 @@ class FleetService:
             ids = DeploymentService(session, self.ctx).device_ids_with_desired_state()
         if ids:
             self._publish_desired(ids)  # not waiting: this thread is the one reading PUBACKs
+        self._publish_trust(everyone=True)
 
     def _filter(self, topic_filter: str, leaf: str) -> str:
         """With replicas, chunk requests and telemetry go through an MQTT shared subscription

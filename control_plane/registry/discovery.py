@@ -3,7 +3,9 @@
 Training scripts write whatever their framework writes into ``train_url``; uploads unpack into a
 folder. The first match wins, in this order: a ModelArts model folder (``config.json`` next to
 ``customize_service.py`` or a SavedModel), a SavedModel (``saved_model.pb``), a Keras file, an
-MXNet pair (``*-symbol.json``), an ONNX file, a TFLite file. TensorBoard folders are ignored.
+MXNet pair (``*-symbol.json``), an ONNX file, a TFLite file, a PyTorch ``.pt2`` program (a
+TorchScript ``.pt`` only as an upload of its own: in a job's folder a ``.pt`` is as often a
+checkpoint). TensorBoard folders are ignored.
 """
 
 from __future__ import annotations
@@ -12,7 +14,17 @@ from pathlib import Path
 
 from control_plane.core.errors import InvalidRequest
 
-KINDS = ("keras", "savedmodel", "onnx", "tflite", "mxnet", "modelarts")
+KINDS = ("keras", "savedmodel", "onnx", "tflite", "mxnet", "pytorch", "modelarts")
+#: A model file uploaded alone, by suffix.
+SINGLE_FILES = {
+    ".keras": "keras",
+    ".h5": "keras",
+    ".onnx": "onnx",
+    ".tflite": "tflite",
+    ".pt2": "pytorch",
+    ".pt": "pytorch",
+    ".pth": "pytorch",
+}
 
 
 def _files(root: Path, pattern: str) -> list[Path]:
@@ -26,7 +38,7 @@ def find_model(root: Path, allow_modelarts: bool = True) -> tuple[str, Path]:
     """``(kind, path)`` of the model under ``root``; ``InvalidRequest`` when there is none."""
     if root.is_file():
         suffix = root.suffix.lower()
-        kind = {".keras": "keras", ".h5": "keras", ".onnx": "onnx", ".tflite": "tflite"}.get(suffix)
+        kind = SINGLE_FILES.get(suffix)
         if kind is None:
             raise InvalidRequest(f"{root.name}: not a model file")
         return kind, root
@@ -42,7 +54,9 @@ def find_model(root: Path, allow_modelarts: bool = True) -> tuple[str, Path]:
             return kind, path
     for symbol in _files(root, "*-symbol.json"):
         return "mxnet", symbol
-    for pattern, kind in (("*.onnx", "onnx"), ("*.tflite", "tflite")):
+    for pattern, kind in (("*.onnx", "onnx"), ("*.tflite", "tflite"), ("*.pt2", "pytorch")):
         for path in _files(root, pattern):
             return kind, path
-    raise InvalidRequest(f"no model found in {root.name} (Keras, SavedModel, ONNX, TFLite, MXNet)")
+    raise InvalidRequest(
+        f"no model found in {root.name} (Keras, SavedModel, ONNX, TFLite, MXNet, PyTorch .pt2)"
+    )

@@ -86,3 +86,25 @@ class ModelVersion(Base):
         ForeignKey("packages.digest", ondelete="RESTRICT"), default=None, index=True
     )
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class SigningKey(Base):
+    """One registry signing key: the current one, or a retired one and the end of its grace.
+
+    The private key stays a file (``private_key_path``); the table says which file signs now and
+    until when a retired key's packages are still accepted. Its generation is the trust set's
+    version devices compare (``keys.py``).
+    """
+
+    __tablename__ = "signing_keys"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation: Mapped[int] = mapped_column(Integer, unique=True)
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    private_key_path: Mapped[str] = mapped_column(Text)
+    # current | retired
+    state: Mapped[str] = mapped_column(String(16), default="current")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # Packages signed by a retired key are refused from this moment on.
+    not_after: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -1,5 +1,6 @@
 """/models: the model registry (register from a job, import an upload, versions, tags,
-package download, delete) and /lineage/{package digest}."""
+package download, delete), /lineage/{package digest}, and /registry/keys (signing keys and
+their rotation)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Request, UploadFile, status
 from fastapi.responses import StreamingResponse
 
+from control_plane.core.auth import Role, needs_role
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import InvalidRequest
 from control_plane.registry.conversions import Conversions, conversions_for
+from control_plane.registry.keys import service as keys
 from control_plane.registry.schemas import (
     Lineage,
     ModelRegister,
     ModelSummary,
     ModelVersionPublic,
     ModelVersionUpdate,
+    SigningKeyPublic,
 )
 from control_plane.registry.service import ModelService
 from control_plane.training.schemas import JobPublic
@@ -163,3 +167,22 @@ def lineage(package_digest: str, session: SessionDep, ctx: ContextDep) -> Lineag
         job=JobPublic.model_validate(job) if job else None,
         dataset=dataset,
     )
+
+
+@router.get("/registry/keys")
+def list_signing_keys(ctx: ContextDep) -> list[SigningKeyPublic]:
+    """The registry's signing keys, newest first: the current one and the retired ones."""
+    return [SigningKeyPublic.model_validate(k, from_attributes=True) for k in keys.list_keys(ctx)]
+
+
+@router.post(
+    "/registry/keys/rotate",
+    status_code=status.HTTP_201_CREATED,
+    openapi_extra=needs_role(Role.admin),
+)
+def rotate_signing_key(ctx: ContextDep) -> SigningKeyPublic:
+    """Make a new key sign new packages; the previous one is retired with the grace period
+    (``key_grace_period_s``). Every device receives the new trust set over the fleet channel."""
+    view = keys.rotate(ctx)
+    ctx.publisher.publish_trust()
+    return SigningKeyPublic.model_validate(view, from_attributes=True)

@@ -106,3 +106,17 @@ class Lineage(BaseModel):
     dataset: dict[str, Any] | None = Field(
         None, description="The dataset version: id, name, digest, counts."
     )
+
+
+class SigningKeyPublic(BaseModel):
+    """A registry signing key: ``current`` signs new packages; a ``retired`` one's packages are
+    accepted until ``not_after``."""
+
+    key_id: str
+    generation: int = Field(description="1 for the first key; the trust set's version.")
+    state: str = Field(description="current | retired")
+    created_at: dt.datetime
+    retired_at: dt.datetime | None = None
+    not_after: dt.datetime | None = Field(
+        None, description="End of a retired key's grace period: its packages are refused after."
+    )

@@ -37,8 +37,8 @@ from control_plane.core.workers import default_mxnet_python, log_tail, worker_en
 from control_plane.datasets.versions.service import VersionService
 from control_plane.registry import job_inputs
 from control_plane.registry.conversions import Conversions
-from control_plane.registry.discovery import KINDS, find_model
-from control_plane.registry.keys import signing_key_path
+from control_plane.registry.discovery import KINDS, SINGLE_FILES, find_model
+from control_plane.registry.keys.service import signing_key_path
 from control_plane.registry.models import ModelVersion, Package
 from control_plane.registry.packages.service import PackageService
 from control_plane.registry.schemas import ModelRegister, ModelVersionUpdate
@@ -50,8 +50,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CONVERSION_TIMEOUT_S = 3600
-_FRAMEWORKS = {"keras": "keras", "savedmodel": "tensorflow", "onnx": "onnx", "tflite": "tflite"}
-_SINGLE_FILE = {"onnx": ".onnx", "tflite": ".tflite", "keras": ".keras"}
+_FRAMEWORKS = {
+    "keras": "keras",
+    "savedmodel": "tensorflow",
+    "onnx": "onnx",
+    "tflite": "tflite",
+    "pytorch": "pytorch",
+}
 
 
 def model_ref(name: str, version: str) -> str:
@@ -255,11 +260,11 @@ class ModelService:
                 if kind is not None and kind != found_kind:
                     raise InvalidRequest(f"the zip holds a {found_kind} model, not {kind}")
             else:
-                found_kind = kind or {v: k for k, v in _SINGLE_FILE.items()}.get(suffix, "")
-                if found_kind not in _SINGLE_FILE and suffix != ".h5":
+                found_kind = kind or SINGLE_FILES.get(suffix, "")
+                if found_kind not in SINGLE_FILES.values():
                     raise InvalidRequest(
-                        f"{filename}: upload an .onnx, .tflite, .keras or .h5 file, or a zip of "
-                        "a SavedModel, an MXNet pair or a ModelArts model folder"
+                        f"{filename}: upload an .onnx, .tflite, .keras, .h5, .pt2 or .pt file, or "
+                        "a zip of a SavedModel, an MXNet pair or a ModelArts model folder"
                     )
                 folder.mkdir(exist_ok=True)
                 source = folder / f"model{suffix}"

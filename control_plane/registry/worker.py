@@ -24,8 +24,9 @@ from typing import Any
 
 logger = logging.getLogger("registry.worker")
 
-# Sources that only produce ONNX variants, and what they convert to when no targets are given.
-ONNX_ONLY_KINDS = ("mxnet", "onnx")
+# What these sources convert to when no targets are given: ONNX variants (an ONNX source makes
+# TFLite ones too when asked, through onnx2tf in its own environment).
+ONNX_ONLY_KINDS = ("mxnet", "onnx", "pytorch")
 ONNX_ONLY_TARGETS = ("onnx-fp32", "onnx-int8")
 
 

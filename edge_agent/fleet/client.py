@@ -65,12 +65,14 @@ from edge_agent.fleet.outbox import Outbox
 from edge_agent.fleet.state import FleetState
 from edge_agent.install.installer import Installer
 from edge_agent.install.store import ModelStore
+from edge_agent.install.trust import Offer
 from edge_agent.metrics import METRICS
 from edge_agent.serving.repository import ModelRepository
 from edge_agent.serving.served_model import ServedModel
 from edge_agent.serving.stats import ModelStats, quantile_ms
 from edge_agent.serving.traffic import TrafficSplit
 from protos import fleet_topics as topics
+from protos import fleet_trust
 from protos.fleet_state import DesiredModel, DesiredState, ModelRemoval
 
 log = logging.getLogger(__name__)
@@ -118,6 +120,7 @@ class FleetClient:
                 topics.CHUNKS_REQUEST,
                 topics.CHUNKS_DATA,
                 topics.TELEMETRY,
+                topics.TRUST,
             )
         }
         root = Path(settings.data_dir) / "fleet"
@@ -141,6 +144,7 @@ class FleetClient:
         self._last_progress = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._guards: dict[str, asyncio.Task[None]] = {}  # model name -> its guard watch
+        self._trust_lock = asyncio.Lock()
         self.batches: DeviceBatchRunner | None = None
         if jobs is not None:
             self.batches = DeviceBatchRunner(
@@ -165,7 +169,11 @@ class FleetClient:
         self.link = MqttLink(
             self.fs,
             client_id=self.fs.client_id or self.device_id,
-            subscriptions=[self.topic[topics.DESIRED], self.topic[topics.CHUNKS_DATA]]
+            subscriptions=[
+                self.topic[topics.DESIRED],
+                self.topic[topics.CHUNKS_DATA],
+                self.topic[topics.TRUST],
+            ]
             + (self.batches.subscriptions if self.batches is not None else [])
             + (self.captures.subscriptions if self.captures is not None else []),
             status_topic=self.topic[topics.STATUS],
@@ -236,6 +244,34 @@ class FleetClient:
         elif topic == self.topic[topics.DESIRED] and payload:
             # (an empty payload is a cleared retained message: the device was deleted)
             self._offer_desired(codec.desired_from_proto(payload))
+        elif topic == self.topic[topics.TRUST] and payload:
+            self._tasks.append(asyncio.create_task(self._offer_trust(payload)))
+
+    async def _offer_trust(self, payload: bytes) -> None:
+        """A trust set after a key rotation: checked off the loop (the signature check runs a
+        child process), one at a time; accepted or refused, the outcome is an event."""
+        async with self._trust_lock:
+            try:
+                signed = fleet_trust.decode_signed(payload)
+            except ValueError as exc:
+                offer = Offer("refused", f"unreadable trust set: {exc}")
+            else:
+                offer = await asyncio.to_thread(
+                    self.installer.trust.offer, signed, self.installer.verify_signature
+                )
+        if offer.outcome == "repeat":
+            return
+        if offer.outcome == "refused":
+            log.warning("trust set ignored: %s", offer.reason)
+        self.record(
+            "trust_event",
+            {
+                "outcome": offer.outcome,
+                "version": offer.version,
+                "signed_by": offer.signed_by,
+                "reason": offer.reason,
+            },
+        )
 
     def _offer_desired(self, desired: DesiredState) -> None:
         if desired.device_id and desired.device_id != self.device_id:

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError, InstallFailed, ModelNotFound
 from edge_agent.install.journal import JournalEntry
 from edge_agent.install.store import CommittedState, ModelEntry, ModelStore
+from edge_agent.install.trust import DeviceTrust
 from edge_agent.memory import release_free_heap
 from edge_agent.metrics import METRICS
 from edge_agent.serving.loader import load_served_model
@@ -33,7 +35,7 @@ from edge_agent.serving.repository import ModelRepository, close_later
 from edge_agent.serving.served_model import ServedModel
 from edge_agent.serving.traffic import TrafficSplit
 from model_packager.archive import sha256_file
-from model_packager.errors import PackageError
+from model_packager.errors import PackageError, SignatureError
 from model_packager.fsutil import fsync_dir
 from model_packager.signature_check import verify_in_child
 from model_packager.unpack import unpack_verified
@@ -74,9 +76,12 @@ class Installer:
         self.journal = store.journal
         self._lock = asyncio.Lock()
         self._trust: TrustStore | None = None
+        self._trust_files: list[Path] = []
         missing = [str(p) for p in settings.trusted_keys if not Path(p).exists()]
         if missing:
             raise FileNotFoundError(f"trusted key path(s) not found: {', '.join(missing)}")
+        # The configured keys plus the trust set a key rotation sent (fleet channel).
+        self.trust = DeviceTrust(settings.trusted_keys, settings.data_dir)
 
     def check_signature(self, manifest_bytes: bytes, signature_bytes: bytes | None) -> str:
         """The signing key id, if a trusted key signed these manifest bytes.
@@ -87,13 +92,23 @@ class Installer:
         With ``signature_check_in_child`` off it is checked here, ~0.03 CPU s cheaper per
         install, and the trusted keys are read once, at the first install.
         """
+        if (refusal := self.trust.refusal(signature_bytes)) is not None:
+            raise SignatureError(refusal)
+        return self.verify_signature(manifest_bytes, signature_bytes, self.trust.key_files())
+
+    def verify_signature(
+        self, data: bytes, signature_bytes: bytes | None, key_files: Sequence[Path]
+    ) -> str:
+        """The key id that signed ``data``, checked against ``key_files`` (packages and trust
+        sets alike), in a child process unless ``signature_check_in_child`` is off."""
         if self.settings.signature_check_in_child:
-            return verify_in_child(manifest_bytes, signature_bytes, self.settings.trusted_keys)
+            return verify_in_child(data, signature_bytes, key_files)
         from model_packager.signing import TrustStore, verify_manifest
 
-        if self._trust is None:
-            self._trust = TrustStore.from_paths(self.settings.trusted_keys)
-        return verify_manifest(manifest_bytes, signature_bytes, self._trust)
+        if self._trust is None or self._trust_files != list(key_files):
+            self._trust = TrustStore.from_paths(key_files)
+            self._trust_files = list(key_files)
+        return verify_manifest(data, signature_bytes, self._trust)
 
     def _enter(self, entry: JournalEntry, step: str) -> None:
         """Start ``step``: its crash point first, then the journal says the step began."""

@@ -1,4 +1,5 @@
-"""The model registry (register, import, wait until ready, download), packages and lineage."""
+"""The model registry (register, import, wait until ready, download), packages, lineage and
+the registry's signing keys."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_inference_sdk.errors import InvalidRequest
-from edge_inference_sdk.models import Lineage, ModelSummary, ModelVersion, Package
+from edge_inference_sdk.models import Lineage, ModelSummary, ModelVersion, Package, SigningKey
 from edge_inference_sdk.resources.base import ResourceBase, seg
 from edge_inference_sdk.routes import route
 from edge_inference_sdk.transport import Progress
@@ -115,3 +116,16 @@ class Packages(ResourceBase):
     @route("GET", "/packages/{digest}")
     def get(self, digest: str) -> Package:
         return self._one(Package, self._t.call("GET", f"/packages/{seg(digest)}"))
+
+
+class Keys(ResourceBase):
+    @route("GET", "/registry/keys")
+    def list(self) -> list[SigningKey]:
+        """The registry's signing keys, newest first."""
+        return self._many(SigningKey, self._t.call("GET", "/registry/keys"))
+
+    @route("POST", "/registry/keys/rotate")
+    def rotate(self) -> SigningKey:
+        """A new signing key (admin); the previous one retires with the grace period and every
+        device receives the new trust set over the fleet channel."""
+        return self._one(SigningKey, self._t.call("POST", "/registry/keys/rotate"))

@@ -1,6 +1,7 @@
 """Convert trained models into gated multi-variant packages.
 
-Sources (``SOURCE_KINDS``): Keras, SavedModel, MXNet, ONNX and ModelArts model folders.
+Sources (``SOURCE_KINDS``): Keras, SavedModel, MXNet, ONNX, PyTorch (optional `pytorch` extra)
+and ModelArts model folders.
 
 Importing this package is cheap and framework-free: TensorFlow, tf2onnx, onnx and MXNet (through
 its own virtual environment) are reached only when a conversion runs.

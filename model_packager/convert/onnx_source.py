@@ -1,7 +1,9 @@
 """ONNX as a conversion target for every source, and an ONNX file as a source of its own.
 
 ``OnnxBackedSource`` gives any source its int8 ONNX variants for free: it exports fp32 ONNX once
-(``_export_onnx``) and quantises that with onnxruntime's tools.
+(``_export_onnx``) and quantises that with onnxruntime's tools. An ONNX file also converts to
+TFLite, through onnx2tf in its own environment (``onnx2tf_bridge.py``), so an ONNX model reaches
+LiteRT-only devices; its reference stays onnxruntime on the file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_packager.convert import onnx2tf_bridge
 from model_packager.convert.base import ConversionError, Source, Target
 from model_packager.convert.onnx_tools import quantize
 from model_packager.errors import PackageError
@@ -63,8 +66,9 @@ class OnnxSource(OnnxBackedSource):
 
     framework = "onnxruntime"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, onnx2tf_python: Path | None = None) -> None:
         self.path = Path(path)
+        self._onnx2tf_python = onnx2tf_python
         try:
             self._model: LoadedModel = get_runtime("onnx").load(self.path, RuntimeOptions())
         except PackageError as exc:
@@ -73,10 +77,17 @@ class OnnxSource(OnnxBackedSource):
         self.output_names = [o.name for o in self._model.outputs]
 
     def supports(self, target: Target) -> bool:
-        return target.runtime == "onnx"
+        return target.runtime == "onnx" or target.precision in onnx2tf_bridge.PRECISIONS
 
     def _export_onnx(self, out: Path) -> None:
         shutil.copyfile(self.path, out)
+
+    def _export_tflite(
+        self, target: Target, out: Path, calibration: dict[str, np.ndarray] | None, work: Path
+    ) -> None:
+        onnx2tf_bridge.to_tflite(
+            self.path, self.inputs, target, out, calibration, work, self._onnx2tf_python
+        )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._model.infer(inputs)

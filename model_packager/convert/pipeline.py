@@ -143,7 +143,7 @@ class ParityGateFailed(ConversionError):
 
 
 def detect_kind(path: Path) -> str:
-    """keras | savedmodel | onnx | mxnet | modelarts, from what is on disk."""
+    """keras | savedmodel | onnx | mxnet | pytorch | modelarts, from what is on disk."""
     path = Path(path)
     if path.is_dir():
         if (path / "config.json").is_file() and (
@@ -162,6 +162,8 @@ def detect_kind(path: Path) -> str:
         return "onnx"
     if path.name.endswith("-symbol.json") or suffix == ".params":
         return "mxnet"
+    if suffix in (".pt2", ".pt", ".pth"):
+        return "pytorch"
     if not path.exists():
         raise ConversionError("load", f"{path}: no such file or folder")
     raise ConversionError("load", f"{path.name}: unknown model type")
@@ -192,6 +194,12 @@ def _open_mxnet(spec: ConvertSpec) -> Source:
     return MXNetSource(spec.source, spec.input_shapes, spec.mxnet_python)
 
 
+def _open_pytorch(spec: ConvertSpec) -> Source:
+    from model_packager.convert.torch_source import TorchSource
+
+    return TorchSource(spec.source, spec.input_shapes)
+
+
 def _open_modelarts(spec: ConvertSpec) -> Source:
     from model_packager.convert.modelarts import ModelArtsSource
 
@@ -205,6 +213,7 @@ _SOURCES: dict[str, tuple[str, Callable[[ConvertSpec], Source]]] = {
     "savedmodel": ("SavedModel folder", _open_savedmodel),
     "onnx": (".onnx file", _open_onnx),
     "mxnet": ("MXNet -symbol.json with its .params", _open_mxnet),
+    "pytorch": ("PyTorch .pt2 (torch.export) or TorchScript .pt file", _open_pytorch),
     "modelarts": (
         "ModelArts folder: config.json, customize_service.py, SavedModel",
         _open_modelarts,

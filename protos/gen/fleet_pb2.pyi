@@ -225,3 +225,31 @@ class TelemetryRecord(_message.Message):
     timestamp_ms: int
     payload_json: str
     def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., timestamp_ms: _Optional[int] = ..., payload_json: _Optional[str] = ...) -> None: ...
+
+class SignedTrustSet(_message.Message):
+    __slots__ = ("trust_set", "signatures")
+    TRUST_SET_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    trust_set: bytes
+    signatures: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, trust_set: _Optional[bytes] = ..., signatures: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class TrustSet(_message.Message):
+    __slots__ = ("version", "keys", "issued_at")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    keys: _containers.RepeatedCompositeFieldContainer[TrustedKey]
+    issued_at: int
+    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[TrustedKey, _Mapping]]] = ..., issued_at: _Optional[int] = ...) -> None: ...
+
+class TrustedKey(_message.Message):
+    __slots__ = ("key_id", "public_key_pem", "not_after")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    public_key_pem: str
+    not_after: int
+    def __init__(self, key_id: _Optional[str] = ..., public_key_pem: _Optional[str] = ..., not_after: _Optional[int] = ...) -> None: ...

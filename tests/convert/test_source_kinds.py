@@ -16,6 +16,7 @@ def _layouts(root: Path) -> dict[str, Path]:
     keras = root / "model.keras"
     onnx = root / "model.onnx"
     mxnet = root / "net-symbol.json"
+    pytorch = root / "model.pt2"
     savedmodel = root / "savedmodel"
     modelarts = root / "modelarts"
     for folder in (savedmodel, modelarts):
@@ -23,13 +24,14 @@ def _layouts(root: Path) -> dict[str, Path]:
         (folder / "saved_model.pb").write_bytes(b"")
     (modelarts / "config.json").write_text("{}")
     (modelarts / "customize_service.py").write_text("")
-    for f in (keras, onnx, mxnet):
+    for f in (keras, onnx, mxnet, pytorch):
         f.write_bytes(b"")
     return {
         "keras": keras,
         "savedmodel": savedmodel,
         "onnx": onnx,
         "mxnet": mxnet,
+        "pytorch": pytorch,
         "modelarts": modelarts,
     }
 

@@ -182,3 +182,14 @@ def test_every_command_with_a_result_prints_a_table_without_json() -> None:
     }
     missing = sorted(c.__name__ for c in commands if c not in cli._COLUMNS)
     assert not missing, f"commands printing JSON without --json: {missing}"
+
+
+def test_keys_list_shows_the_current_signing_key(
+    env: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "keys", "list")
+    assert code == EXIT_OK
+    assert out.splitlines()[0].split() == ["KEY_ID", "GENERATION", "STATE", "NOT_AFTER"]
+    keys = env.client.keys.list()
+    current = [k for k in keys if k.state == "current"]
+    assert len(current) == 1 and current[0].key_id in out

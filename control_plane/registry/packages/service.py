@@ -69,6 +69,8 @@ class PackageService:
                 reader, key_id = verify_package(staged, self.ctx.trust)
             except PackageError as exc:
                 raise PackageRejected(f"package rejected: {exc}") from exc
+            if (refusal := self.ctx.retired_key_refusal(key_id)) is not None:
+                raise PackageRejected(f"package rejected: {refusal}")
             manifest = reader.manifest
             index = cdc.chunk_file(staged).encode()
             package = Package(
@@ -117,6 +119,12 @@ class PackageService:
         if package is None:
             raise NotFound(f"package {digest} not found")
         return package
+
+    def check_deployable(self, package: Package) -> None:
+        """Refuse a package whose signing key is retired and past its grace: devices would
+        refuse it too, so the deployment could only fail."""
+        if (refusal := self.ctx.retired_key_refusal(package.key_id)) is not None:
+            raise InvalidRequest(f"{package.name} {package.version}: {refusal}")
 
     def find(self, name: str, version: str) -> Package:
         package = self.session.scalars(

@@ -1,0 +1,1 @@
+"""The registry's signing keys and their rotation (``service.py``)."""
