@@ -72,6 +72,10 @@ TARGET_S = 60.0
 TARGET_PG_RATIO = 1.2
 TARGET_REPLICA_SPEEDUP = 1.6
 LABEL = {"bench": "scale"}
+# paho's network loop waits with select(), which cannot watch a descriptor numbered 1024 or more,
+# and each simulated device holds about six (its socket, paho's wake-up pair, the outbox's SQLite
+# files): at most ~150 devices fit in one process. 100 leaves room.
+DEVICES_PER_PROCESS = 100
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,9 @@ def start_stack(cfg: Config, work: Path, trusted_pub: Path, database_url: str | 
     )
     if database_url:
         stack.cp_extra_env["CONTROL_PLANE_DATABASE_URL"] = database_url
-    peers = json.dumps([chr(ord("a") + i) for i in range(cfg.replicas)]) if cfg.replicas > 1 else None
+    peers = (
+        json.dumps([chr(ord("a") + i) for i in range(cfg.replicas)]) if cfg.replicas > 1 else None
+    )
     if peers:
         stack.cp_extra_env["CONTROL_PLANE_REPLICA_PEERS"] = peers
         stack.cp_extra_env["CONTROL_PLANE_REPLICA_ID"] = "a"
@@ -302,9 +308,9 @@ def deploy_round(
         interval=0.25,
     ).start()
     t0 = time.time()
-    dep = stack.call(
-        "POST", "/deployments", json={"package_digest": digest, "selector": LABEL}
-    )["id"]
+    dep = stack.call("POST", "/deployments", json={"package_digest": digest, "selector": LABEL})[
+        "id"
+    ]
     create_s = time.time() - t0
     wait_until(
         f"{n} devices committed version {version}",
@@ -348,6 +354,7 @@ def run_config(
     database_url: str | None,
     procs_n: int,
 ) -> Result:
+    """One configuration on a fresh stack: register, connect, then ``len(packages)`` rounds."""
     log(f"--- {cfg.title}")
     with ExitStack() as cleanup:
         stack = start_stack(cfg, work, trusted_pub, database_url)
@@ -364,7 +371,9 @@ def run_config(
         digests = []
         for pkg in packages:
             with open(pkg, "rb") as f:
-                digests.append(stack.call("POST", "/packages", files={"file": (pkg.name, f)})["digest"])
+                digests.append(
+                    stack.call("POST", "/packages", files={"file": (pkg.name, f)})["digest"]
+                )
         t = time.perf_counter()
         devices = Devices(stack, bundles, procs_n)
         cleanup.callback(devices.stop)
@@ -391,8 +400,16 @@ def verdict(ok: bool) -> str:
 
 
 def print_report(results: list[Result], load_before: str, load_after: str) -> None:
-    base = {r.config.devices: r for r in results if (r.config.engine, r.config.replicas) == ("sqlite", 1)}
-    one_pg = {r.config.devices: r for r in results if (r.config.engine, r.config.replicas) == ("postgres", 1)}
+    base = {
+        r.config.devices: r
+        for r in results
+        if (r.config.engine, r.config.replicas) == ("sqlite", 1)
+    }
+    one_pg = {
+        r.config.devices: r
+        for r in results
+        if (r.config.engine, r.config.replicas) == ("postgres", 1)
+    }
     rows = [
         (
             "configuration",
@@ -416,7 +433,9 @@ def print_report(results: list[Result], load_before: str, load_after: str) -> No
         if cfg.replicas > 1 and cfg.devices in one_pg:
             speed = one_pg[cfg.devices].api_s / r.api_s
             ratio = f"rate {speed:.2f}x"
-            target += f"; rate >= {TARGET_REPLICA_SPEEDUP}x {verdict(speed >= TARGET_REPLICA_SPEEDUP)}"
+            target += (
+                f"; rate >= {TARGET_REPLICA_SPEEDUP}x {verdict(speed >= TARGET_REPLICA_SPEEDUP)}"
+            )
         rows.append(
             (
                 cfg.title,
@@ -486,7 +505,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         for cfg in configs:
             url = cluster.create_database() if cluster and cfg.engine == "postgres" else None
             results.append(
-                run_config(cfg, work / cfg.tag, keys / "release.pub", packages, url, args.sim_procs)
+                run_config(
+                    cfg,
+                    work / cfg.tag,
+                    keys / "release.pub",
+                    packages,
+                    url,
+                    -(-cfg.devices // args.per_proc),
+                )
             )
     finally:
         if cluster is not None:
@@ -517,13 +543,18 @@ def main(argv: list[str] | None = None) -> int:
         "--replicas-from", type=int, default=1000, help="least device count for the replica run"
     )
     parser.add_argument("--rounds", type=int, default=2, help="deployments per configuration")
-    parser.add_argument("--sim-procs", type=int, default=4, help="device processes (default 4)")
+    parser.add_argument(
+        "--per-proc",
+        type=int,
+        default=DEVICES_PER_PROCESS,
+        help=f"devices per process (default {DEVICES_PER_PROCESS})",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (logs)")
     args = parser.parse_args(argv)
     print(
         f"bench-rollout --simulated {','.join(map(str, args.simulated))}: FleetClient devices "
-        f"(stand-in installer) in {args.sim_procs} processes, Mosquitto with the generated files, "
+        f"(stand-in installer), {args.per_proc} to a process, Mosquitto with the generated files, "
         f"`control-plane serve` on {' and '.join(args.engines)}; {os.cpu_count()} CPUs, load "
         f"average {_load()}",
         flush=True,

@@ -149,6 +149,13 @@ class DeviceService:
         """The device, or None when it does not exist (or no longer does)."""
         return self.session.get(Device, device_id)
 
+    def generations(self, device_ids: list[str]) -> dict[str, int]:
+        """The desired-state generation of each of these devices that exists (one query)."""
+        rows = self.session.execute(
+            select(Device.id, Device.desired_generation).where(Device.id.in_(device_ids))
+        ).all()
+        return {r[0]: int(r[1]) for r in rows}
+
     def bump_desired_generation(self, device: Device) -> None:
         """A device's desired state changed: the agent acts on a newer generation only."""
         device.desired_generation += 1

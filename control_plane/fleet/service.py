@@ -221,9 +221,9 @@ class FleetService:
     def _publish_desired(self, device_ids: list[str]) -> list[mqtt.MQTTMessageInfo]:
         infos = []
         with self.ctx.sessions() as session:
-            service = DeploymentService(session, self.ctx)
+            views = DeploymentService(session, self.ctx).desired_states(device_ids)
             for device_id in device_ids:
-                view = service.desired_state(device_id)
+                view = views.get(device_id)
                 if view is None:
                     continue
                 topic = topics.device_topic(device_id, topics.DESIRED, self.root)
