@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, noload
+from sqlalchemy.orm import Session, lazyload
 
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
@@ -247,7 +247,7 @@ class DeploymentService:
                 for dep in self.session.scalars(
                     select(Deployment)
                     .where(Deployment.id.in_({t.deployment_id for t in older}))
-                    .options(noload(Deployment.targets))
+                    .options(lazyload(Deployment.targets))
                 )
             }
             for t in older:
@@ -294,7 +294,7 @@ class DeploymentService:
                 for dep in self.session.scalars(
                     select(Deployment)
                     .where(Deployment.id.in_(missing))
-                    .options(noload(Deployment.targets))
+                    .options(lazyload(Deployment.targets))
                 ):
                     entries[dep.id] = (dep, _entry(dep))
             per_device: dict[str, list[tuple[Deployment, DesiredModelView | RemovalView]]] = {

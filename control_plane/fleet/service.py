@@ -50,6 +50,7 @@ from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet import broker_config, codec
+from control_plane.fleet.broker_sync import BrokerFilesSync
 from control_plane.fleet.fair_queue import FairQueue
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_topics as topics
@@ -163,6 +164,8 @@ class FleetService:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        # passwd/acl rewrites, coalesced: one per burst of registrations (broker_sync.py).
+        self._broker_files = BrokerFilesSync(lambda: broker_config.sync_registry_files(ctx))
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -171,6 +174,8 @@ class FleetService:
         self._worker.start()
         self._recorder.start()
         self._telemetry_thread.start()
+        self._broker_files.sync_pending()  # the start-up rewrite, before connecting
+        self._broker_files.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(wait):
@@ -193,6 +198,7 @@ class FleetService:
         self._worker.join(timeout=5)
         self._recorder.join(timeout=5)
         self._telemetry_thread.join(timeout=5)
+        self._broker_files.stop()
 
     def counters(self, device_id: str) -> dict[str, int]:
         """What the fleet channel refused from a device since the control plane started."""
@@ -244,7 +250,8 @@ class FleetService:
             ext.forget_device(device_id)
 
     def devices_changed(self) -> None:
-        broker_config.sync_registry_files(self.ctx)
+        """Rewrite the broker's files soon; a burst of changes is written once."""
+        self._broker_files.request()
 
     # --- callbacks (paho network thread) ----------------------------------------------------
 
