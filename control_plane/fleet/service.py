@@ -253,6 +253,11 @@ class FleetService:
         """Rewrite the broker's files soon; a burst of changes is written once."""
         self._broker_files.request()
 
+    def wait_broker_files(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker's files (and its reload) include every registry change made so
+        far; False on timeout. For callers that must know a device's access is in place."""
+        return self._broker_files.flush(timeout)
+
     # --- callbacks (paho network thread) ----------------------------------------------------
 
     def _on_connect(
