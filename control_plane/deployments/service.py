@@ -382,12 +382,14 @@ class DeploymentService:
         ).first()
         return found is not None
 
-    def record_result(self, device_id: str, result: DeploymentResultReport) -> None:
+    def record_result(
+        self, device_id: str, result: DeploymentResultReport, commit: bool = True
+    ) -> None:
         """Fold a device's reported deployment result into that deployment's progress.
 
         Idempotent: the same report twice leaves the same state. A result for a deployment that
         was superseded for this device does not resurrect it, and a late IN_PROGRESS does not undo
-        a final INSTALLED or FAILED.
+        a final INSTALLED or FAILED. ``commit=False``: the caller commits.
         """
         if result.outcome not in OUTCOME_STATES:
             return
@@ -405,4 +407,5 @@ class DeploymentService:
             target.chunks_done = result.chunks_done
             target.chunks_total = result.chunks_total
             target.updated_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()

@@ -106,24 +106,29 @@ class DeviceService:
 
     # --- updates from the fleet channel -----------------------------------------------------
 
-    def record_status(self, device_id: str, status: str) -> None:
+    def record_status(self, device_id: str, status: str, commit: bool = True) -> None:
+        """``commit=False``: the caller commits (the fleet channel stores many in one go)."""
         device = self.session.get(Device, device_id)
         if device is None:
             logger.warning("status from unknown device %s ignored", device_id)
             return
         device.status = status if status in STATUSES else "unknown"
         device.status_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()
 
-    def record_reported(self, report: ReportedStateReport) -> None:
-        """Store the device's reported state (its deployment result is the deployments' to fold)."""
+    def record_reported(self, report: ReportedStateReport, commit: bool = True) -> None:
+        """Store the device's reported state (its deployment result is the deployments' to fold).
+
+        ``commit=False``: the caller commits."""
         device = self.session.get(Device, report.device_id)
         if device is None:
             logger.warning("reported state from unknown device %s ignored", report.device_id)
             return
         device.reported = report.document
         device.reported_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()
 
     def bundle(self, registration: Registration) -> DeviceBundle:
         """Everything an agent needs to join the fleet as this device (shown once: the password)."""

@@ -19,8 +19,12 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
 from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
+from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet.broker_sync import BrokerFilesSync
+from control_plane.fleet.service import FleetService, _Record, _Telemetry
 from control_plane.registry.packages.service import PackageService
+from protos import fleet_topics as topics
+from protos.gen import fleet_pb2
 from tests.control_plane.conftest import Keys, make_settings
 from tests.pg import BOTH_DATABASES
 
@@ -171,3 +175,111 @@ def test_pending_changes_are_written_at_stop_and_at_start() -> None:
     files.request()
     files.stop()  # cuts the 60 s settle short and writes what is pending
     assert written == ["rewrite", "rewrite"]
+
+
+# --- reports and telemetry stored in batches (fleet/service.py) -------------------------------
+
+
+def _status(online: bool) -> bytes:
+    state = fleet_pb2.DeviceStatus.ONLINE if online else fleet_pb2.DeviceStatus.OFFLINE
+    return fleet_pb2.DeviceStatus(state=state).SerializeToString()
+
+
+def _reported(device_id: str, deployment_id: str, outcome: str, done: int) -> bytes:
+    result = fleet_pb2.DeploymentResult(
+        deployment_id=deployment_id,
+        outcome=fleet_pb2.DeploymentResult.Outcome.Value(outcome),
+        chunks_done=done,
+        chunks_total=1,
+    )
+    return fleet_pb2.ReportedState(device_id=device_id, last_result=result).SerializeToString()
+
+
+def _telemetry(device_id: str, seqs: list[int]) -> bytes:
+    records = [
+        fleet_pb2.TelemetryRecord(seq=s, kind="metrics", timestamp_ms=1, payload_json="{}")
+        for s in seqs
+    ]
+    return fleet_pb2.TelemetryBatch(device_id=device_id, records=records).SerializeToString()
+
+
+def _commits(ctx: AppContext, action: Any) -> int:
+    count = 0
+
+    def counted(*_: Any) -> None:
+        nonlocal count
+        count += 1
+
+    event.listen(ctx.engine, "commit", counted)
+    try:
+        action()
+    finally:
+        event.remove(ctx.engine, "commit", counted)
+    return count
+
+
+@pytest.fixture
+def channel(ctx: AppContext) -> FleetService:
+    """The fleet service's storing side; never connected (nothing here needs the broker)."""
+    return FleetService(ctx, "mqtt://127.0.0.1:1")
+
+
+@BOTH_DATABASES
+def test_waiting_reports_are_stored_in_one_transaction_in_order(
+    ctx: AppContext, channel: FleetService, package_factory: Any
+) -> None:
+    devices = _fleet(ctx, "g", 20)
+    dep = _deploy(ctx, _upload(ctx, package_factory("1.0.0")), "g")
+    batch = [_Record(d, topics.STATUS, _status(True)) for d in devices]
+    for d in devices:  # each device's progress, then its final result, in arrival order
+        batch.append(_Record(d, topics.REPORTED, _reported(d, dep, "IN_PROGRESS", 0)))
+        batch.append(_Record(d, topics.REPORTED, _reported(d, dep, "INSTALLED", 1)))
+    batch.append(_Record(devices[0], topics.REPORTED, b"\xff not a protobuf"))  # skipped, logged
+    batch.append(_Record(devices[1], topics.REPORTED, _reported(devices[1], dep, "IN_PROGRESS", 0)))
+
+    assert _commits(ctx, lambda: channel._store_record_batch(batch)) == 1
+    with ctx.sessions() as session:
+        targets = DeploymentService(session, ctx).get(dep).targets
+        assert {t.device_id: t.state for t in targets} == dict.fromkeys(devices, "installed")
+        assert {d.status for d in DeviceService(session, ctx).list({"g": "g"})} == {"online"}
+
+
+@BOTH_DATABASES
+def test_a_report_that_fails_to_store_costs_only_itself(
+    ctx: AppContext, channel: FleetService, package_factory: Any, monkeypatch: Any
+) -> None:
+    devices = _fleet(ctx, "g", 5)
+    dep = _deploy(ctx, _upload(ctx, package_factory("1.0.0")), "g")
+    real = DeploymentService.record_result
+
+    def broken_for_one(self: DeploymentService, device_id: str, *a: Any, **kw: Any) -> None:
+        if device_id == devices[2]:
+            raise RuntimeError("database trouble for one device")
+        real(self, device_id, *a, **kw)
+
+    monkeypatch.setattr(DeploymentService, "record_result", broken_for_one)
+    batch = [_Record(d, topics.REPORTED, _reported(d, dep, "INSTALLED", 1)) for d in devices]
+    channel._store_record_batch(batch)
+    with ctx.sessions() as session:
+        states = {t.device_id: t.state for t in DeploymentService(session, ctx).get(dep).targets}
+    assert states == {d: "pending" if d == devices[2] else "installed" for d in devices}
+
+
+@BOTH_DATABASES
+def test_waiting_telemetry_is_stored_in_one_transaction_once(
+    ctx: AppContext, channel: FleetService
+) -> None:
+    a, b = _fleet(ctx, "g", 2)
+    batch = [
+        _Telemetry(a, _telemetry(a, [1, 2]), mid=1, qos=1, epoch=0),
+        _Telemetry(b, _telemetry(b, [1]), mid=2, qos=1, epoch=0),
+        _Telemetry(a, _telemetry(a, [2, 3]), mid=3, qos=1, epoch=0),  # seq 2 redelivered
+        _Telemetry(b, b"\xff not a protobuf", mid=4, qos=1, epoch=0),
+    ]
+    acked: list[_Telemetry] = []
+    assert _commits(ctx, lambda: acked.extend(channel._store_telemetry_batch(batch))) == 1
+    assert sorted(t.mid for t in acked) == [1, 2, 3, 4]  # the bad one too: it never decodes
+    with ctx.sessions() as session:
+        telemetry = TelemetryService(session, ctx)
+        assert [r.seq for r in telemetry.list(a)] == [1, 2, 3]
+        assert [r.seq for r in telemetry.list(b)] == [1]
