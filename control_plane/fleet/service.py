@@ -428,8 +428,11 @@ class FleetService:
         if it fails, each on its own, so one bad record costs only itself."""
         try:
             with self.ctx.sessions() as session:
-                for rec in batch:
-                    self._store(session, rec)
+                # Every lookup here is by primary key (the identity map has what this batch
+                # changed), so the updates can wait for the commit and go out together.
+                with session.no_autoflush:
+                    for rec in batch:
+                        self._store(session, rec)
                 session.commit()
             return
         except Exception:
