@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 REPO = Path(__file__).resolve().parents[1]
 for _p in (REPO, REPO / "scripts"):
     if str(_p) not in sys.path:
@@ -91,7 +93,8 @@ class Config:
     @property
     def title(self) -> str:
         more = f", {self.replicas} replicas" if self.replicas > 1 else ""
-        return f"{self.devices} devices, {'PostgreSQL' if self.engine == 'postgres' else 'SQLite'}{more}"
+        engine = "PostgreSQL" if self.engine == "postgres" else "SQLite"
+        return f"{self.devices} devices, {engine}{more}"
 
 
 @dataclass
@@ -166,6 +169,9 @@ def start_stack(cfg: Config, work: Path, trusted_pub: Path, database_url: str | 
     if peers:
         stack.cp_extra_env["CONTROL_PLANE_REPLICA_PEERS"] = peers
         stack.cp_extra_env["CONTROL_PLANE_REPLICA_ID"] = "a"
+        # Replicas share one store (an S3 bucket in production): any of them may be asked for
+        # any package's chunks. One folder here, so the store's speed is not what is measured.
+        stack.cp_extra_env["CONTROL_PLANE_BLOB_DIR"] = str(work / "shared-blobs")
     with env_var("CONTROL_PLANE_REPLICA_PEERS", peers):
         start_broker(stack)
     start_control_plane(stack)
@@ -198,7 +204,7 @@ def start_more_replicas(cfg: Config, stack: Stack) -> list[Replica]:
                 raise RuntimeError(f"replica exited with {rep.proc.returncode}")
             try:
                 return bool(c.get("/health", timeout=2).json().get("broker_connected"))
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:  # not up yet
                 return False
 
         wait_until("second replica healthy", healthy, 90, 0.3)
@@ -292,8 +298,25 @@ class Devices:
 # --- one configuration --------------------------------------------------------------------------
 
 
+def database_pids(postmaster: int | None) -> list[int]:
+    """PostgreSQL's processes (the postmaster and its backends) right now; none for SQLite,
+    which runs inside the control plane."""
+    if postmaster is None:
+        return []
+    try:
+        return [postmaster, *(c.pid for c in psutil.Process(postmaster).children())]
+    except psutil.Error:
+        return []
+
+
 def deploy_round(
-    stack: Stack, replicas: list[Replica], devices: Devices, digest: str, version: str, n: int
+    stack: Stack,
+    replicas: list[Replica],
+    devices: Devices,
+    digest: str,
+    version: str,
+    n: int,
+    postmaster: int | None,
 ) -> Round:
     assert stack.cp is not None and stack.broker is not None
     cps = [stack.cp.pid, *(r.proc.pid for r in replicas)]
@@ -303,6 +326,7 @@ def deploy_round(
             "control plane": cps,
             **(groups if len(cps) > 1 else {}),
             "mosquitto": [stack.broker.pid],
+            "postgres": database_pids(postmaster),
             "devices": [p.pid for p in devices.procs],
         },
         interval=0.25,
@@ -353,6 +377,7 @@ def run_config(
     packages: list[Path],
     database_url: str | None,
     procs_n: int,
+    postmaster: int | None = None,
 ) -> Result:
     """One configuration on a fresh stack: register, connect, then ``len(packages)`` rounds."""
     log(f"--- {cfg.title}")
@@ -381,7 +406,7 @@ def run_config(
         time.sleep(2)  # let the connect burst's reports settle before measuring
         result = Result(cfg, register_s, tenths, reg_cpu)
         for i, digest in enumerate(digests):
-            r = deploy_round(stack, replicas, devices, digest, str(i + 1), cfg.devices)
+            r = deploy_round(stack, replicas, devices, digest, str(i + 1), cfg.devices, postmaster)
             log(
                 f"round {i + 1}: devices {r.device_s:.2f} s, API {r.api_s:.2f} s (call "
                 f"{r.create_s:.2f} s); control plane {r.cp_cpu_s:.1f} CPU-s "
@@ -468,6 +493,14 @@ def print_report(results: list[Result], load_before: str, load_after: str) -> No
             print(f"    {x.machine}")
 
 
+def postmaster_pid(cluster: Any) -> int | None:
+    """The throwaway cluster's postmaster (first line of its ``postmaster.pid``)."""
+    try:
+        return int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -503,7 +536,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     results = []
     try:
         for cfg in configs:
-            url = cluster.create_database() if cluster and cfg.engine == "postgres" else None
+            on_pg = cluster is not None and cfg.engine == "postgres"
+            url = cluster.create_database() if on_pg else None
+            pm = postmaster_pid(cluster) if on_pg else None
             results.append(
                 run_config(
                     cfg,
@@ -512,6 +547,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     packages,
                     url,
                     -(-cfg.devices // args.per_proc),
+                    pm,
                 )
             )
     finally:

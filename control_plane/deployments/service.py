@@ -382,6 +382,16 @@ class DeploymentService:
         ).first()
         return found is not None
 
+    def load_targets(self, device_ids: list[str]) -> None:
+        """Read these devices' current targets into the session in one query, so that the
+        ``record_result`` calls that follow need no round trip each."""
+        for ids in _batches(device_ids):
+            self.session.scalars(
+                select(DeploymentTarget)
+                .where(DeploymentTarget.device_id.in_(ids), DeploymentTarget.state != "superseded")
+                .options(lazyload(DeploymentTarget.deployment))
+            ).all()
+
     def record_result(
         self, device_id: str, result: DeploymentResultReport, commit: bool = True
     ) -> None:

@@ -431,6 +431,9 @@ class FleetService:
                 # Every lookup here is by primary key (the identity map has what this batch
                 # changed), so the updates can wait for the commit and go out together.
                 with session.no_autoflush:
+                    ids = sorted({rec.device_id for rec in batch})
+                    DeviceService(session, self.ctx).load(ids)  # one query, not one per record
+                    DeploymentService(session, self.ctx).load_targets(ids)
                     for rec in batch:
                         self._store(session, rec)
                 session.commit()
