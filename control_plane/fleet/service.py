@@ -393,6 +393,8 @@ class FleetService:
             done.append(item)  # refused or undecodable: acknowledged, never stored
         try:
             with self.ctx.sessions() as session:
+                ids = sorted({item.device_id for item, _ in decoded})
+                DeviceService(session, self.ctx).load(ids)  # one query, not one per batch
                 service = TelemetryService(session, self.ctx)
                 for item, (records, dropped) in decoded:
                     service.record_batch(item.device_id, records, dropped, commit=False)
