@@ -382,15 +382,18 @@ class DeploymentService:
         ).first()
         return found is not None
 
-    def load_targets(self, device_ids: list[str]) -> None:
+    def load_targets(self, device_ids: list[str]) -> list[DeploymentTarget]:
         """Read these devices' current targets into the session in one query, so that the
-        ``record_result`` calls that follow need no round trip each."""
+        ``record_result`` calls that follow need no round trip each. Keep the returned list
+        while they run: the session's identity map holds objects weakly."""
+        out: list[DeploymentTarget] = []
         for ids in _batches(device_ids):
-            self.session.scalars(
+            out += self.session.scalars(
                 select(DeploymentTarget)
                 .where(DeploymentTarget.device_id.in_(ids), DeploymentTarget.state != "superseded")
                 .options(lazyload(DeploymentTarget.deployment))
             ).all()
+        return out
 
     def record_result(
         self, device_id: str, result: DeploymentResultReport, commit: bool = True

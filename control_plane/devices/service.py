@@ -154,10 +154,11 @@ class DeviceService:
         """The device, or None when it does not exist (or no longer does)."""
         return self.session.get(Device, device_id)
 
-    def load(self, device_ids: list[str]) -> None:
+    def load(self, device_ids: list[str]) -> list[Device]:
         """Read these devices into the session in one query, so that the per-device lookups
-        that follow (``record_status``, ``record_reported``) need no round trip each."""
-        self.session.scalars(select(Device).where(Device.id.in_(device_ids))).all()
+        that follow (``record_status``, ``record_reported``) need no round trip each. Keep the
+        returned list while they run: the session's identity map holds objects weakly."""
+        return list(self.session.scalars(select(Device).where(Device.id.in_(device_ids))).all())
 
     def generations(self, device_ids: list[str]) -> dict[str, int]:
         """The desired-state generation of each of these devices that exists (one query)."""

@@ -394,10 +394,11 @@ class FleetService:
         try:
             with self.ctx.sessions() as session:
                 ids = sorted({item.device_id for item, _ in decoded})
-                DeviceService(session, self.ctx).load(ids)  # one query, not one per batch
+                rows = DeviceService(session, self.ctx).load(ids)  # one query, held while used
                 service = TelemetryService(session, self.ctx)
                 for item, (records, dropped) in decoded:
                     service.record_batch(item.device_id, records, dropped, commit=False)
+                del rows
                 session.commit()
             return done + [item for item, _ in decoded]
         except Exception:
@@ -434,10 +435,12 @@ class FleetService:
                 # changed), so the updates can wait for the commit and go out together.
                 with session.no_autoflush:
                     ids = sorted({rec.device_id for rec in batch})
-                    DeviceService(session, self.ctx).load(ids)  # one query, not one per record
-                    DeploymentService(session, self.ctx).load_targets(ids)
+                    # One query each, not one per record; held here while the records use them.
+                    rows = DeviceService(session, self.ctx).load(ids)
+                    targets = DeploymentService(session, self.ctx).load_targets(ids)
                     for rec in batch:
                         self._store(session, rec)
+                    del rows, targets
                 session.commit()
             return
         except Exception:
