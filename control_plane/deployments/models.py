@@ -48,8 +48,10 @@ class DeploymentTarget(Base):
     deployment_id: Mapped[str] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
     )
+    # Indexed on its own (migration 0015): per-device queries cannot use the primary key,
+    # whose first column is the deployment.
     device_id: Mapped[str] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
     )
     # The package's model name, denormalised: supersession is per (device, model name).
     model_name: Mapped[str] = mapped_column(String(128), index=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
@@ -118,6 +118,36 @@ def package_grants(session: Session, device_id: str | None = None) -> dict[str, 
     return out
 
 
+#: Devices per ``IN (...)`` list: well below SQLite's bound variables limit (32,766 since 3.32,
+#: 999 before) and PostgreSQL's 65,535.
+_IN_BATCH = 500
+
+
+def _batches(ids: list[str]) -> list[list[str]]:
+    return [ids[i : i + _IN_BATCH] for i in range(0, len(ids), _IN_BATCH)]
+
+
+def _entry(dep: Deployment) -> DesiredModelView | RemovalView:
+    """What one deployment puts in the desired state of each of its devices."""
+    pkg = dep.package
+    if dep.action == "remove":
+        return RemovalView(dep.id, pkg.name, pkg.version)
+    return DesiredModelView(
+        deployment_id=dep.id,
+        name=pkg.name,
+        version=pkg.version,
+        package_digest=pkg.digest,
+        package_size=pkg.size,
+        chunk_size=pkg.chunk_size,
+        chunk_sha256=[pkg.chunk_sha256(i) for i in range(pkg.chunk_count)],
+        standby=dep.standby,
+        weight=dep.weight,
+        guard=dep.guard,
+        warmup=dep.warmup,
+        cdc_index_sha256=pkg.cdc_index_sha256 or b"",
+    )
+
+
 class DeploymentService:
     def __init__(self, session: Session, ctx: AppContext) -> None:
         self.session = session
@@ -191,10 +221,10 @@ class DeploymentService:
             guard=guard,
             warmup=warmup,
         )
-        self.session.add(deployment)
         model_name = package.name
+        self._supersede([d.id for d in devices], model_name, package.version, action, standby)
+        self.session.add(deployment)
         for device in devices:
-            self._supersede(device.id, model_name, package.version, action, standby)
             deployment.targets.append(
                 DeploymentTarget(
                     device_id=device.id,
@@ -222,22 +252,36 @@ class DeploymentService:
             self.ctx.publisher.publish_desired(sorted(set(device_ids)))
 
     def _supersede(
-        self, device_id: str, model_name: str, version: str, action: str, standby: bool
+        self, device_ids: list[str], model_name: str, version: str, action: str, standby: bool
     ) -> None:
-        older = self.session.scalars(
-            select(DeploymentTarget).where(
-                DeploymentTarget.device_id == device_id,
-                DeploymentTarget.model_name == model_name,
-                DeploymentTarget.state != "superseded",
-            )
-        ).all()
+        """Mark the devices' earlier targets of this model that the new deployment replaces.
+
+        One query per ``_IN_BATCH`` devices rather than one per device: a deployment to a fleet
+        must not cost a round trip per device.
+        """
         whole_model = action == "install" and not standby
-        for t in older:
-            dep = t.deployment
-            same_version = dep.package.version == version
-            if same_version or (whole_model and dep.action != "remove"):
-                t.state = "superseded"
-                t.updated_at = utcnow()
+        for ids in _batches(device_ids):
+            older = self.session.scalars(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.device_id.in_(ids),
+                    DeploymentTarget.model_name == model_name,
+                    DeploymentTarget.state != "superseded",
+                )
+            ).all()
+            # What decides, per earlier deployment (a handful, however many targets they have).
+            kinds = {
+                dep.id: (dep.action, dep.package.version)
+                for dep in self.session.scalars(
+                    select(Deployment)
+                    .where(Deployment.id.in_({t.deployment_id for t in older}))
+                    .options(lazyload(Deployment.targets))
+                )
+            }
+            for t in older:
+                dep_action, dep_version = kinds[t.deployment_id]
+                if dep_version == version or (whole_model and dep_action != "remove"):
+                    t.state = "superseded"
+                    t.updated_at = utcnow()
 
     def list(self) -> list[Deployment]:
         return list(
@@ -252,46 +296,50 @@ class DeploymentService:
 
     def desired_state(self, device_id: str) -> DesiredStateView | None:
         """The device's current desired state, or None when the device no longer exists."""
-        device = DeviceService(self.session, self.ctx).find(device_id)
-        if device is None:
-            return None
-        deployments = self.session.scalars(
-            select(Deployment)
-            .join(DeploymentTarget, DeploymentTarget.deployment_id == Deployment.id)
-            .where(DeploymentTarget.device_id == device_id, DeploymentTarget.state != "superseded")
-            .order_by(Deployment.created_at)
-        ).all()
-        models = [
-            DesiredModelView(
-                deployment_id=dep.id,
-                name=pkg.name,
-                version=pkg.version,
-                package_digest=pkg.digest,
-                package_size=pkg.size,
-                chunk_size=pkg.chunk_size,
-                chunk_sha256=[pkg.chunk_sha256(i) for i in range(pkg.chunk_count)],
-                standby=dep.standby,
-                weight=dep.weight,
-                guard=dep.guard,
-                warmup=dep.warmup,
-                cdc_index_sha256=pkg.cdc_index_sha256 or b"",
-            )
-            for dep in deployments
-            if dep.action == "install"
-            for pkg in [dep.package]
-        ]
-        removals = [
-            RemovalView(dep.id, dep.package.name, dep.package.version)
-            for dep in deployments
-            if dep.action == "remove"
-        ]
-        return DesiredStateView(
-            device_id=device_id,
-            generation=device.desired_generation,
-            deployment_id=deployments[-1].id if deployments else "",
-            models=models,
-            removals=removals,
-        )
+        return self.desired_states([device_id]).get(device_id)
+
+    def desired_states(self, device_ids: list[str]) -> dict[str, DesiredStateView]:
+        """The current desired state of each device that exists, by device id.
+
+        Three queries per ``_IN_BATCH`` devices whatever the fleet's size: the devices'
+        generations, their current (device, deployment) pairs, and those deployments (a
+        handful) with their packages, each loaded and turned into entries once, not once per
+        device: a deployment to a thousand devices is one row here, not a thousand.
+        """
+        out: dict[str, DesiredStateView] = {}
+        devices = DeviceService(self.session, self.ctx)
+        entries: dict[str, tuple[Deployment, DesiredModelView | RemovalView]] = {}
+        for ids in _batches(device_ids):
+            generations = devices.generations(ids)
+            pairs = self.session.execute(
+                select(DeploymentTarget.device_id, DeploymentTarget.deployment_id).where(
+                    DeploymentTarget.device_id.in_(ids), DeploymentTarget.state != "superseded"
+                )
+            ).all()
+            missing = {dep_id for _, dep_id in pairs} - set(entries)
+            if missing:
+                for dep in self.session.scalars(
+                    select(Deployment)
+                    .where(Deployment.id.in_(missing))
+                    .options(lazyload(Deployment.targets))
+                ):
+                    entries[dep.id] = (dep, _entry(dep))
+            per_device: dict[str, list[tuple[Deployment, DesiredModelView | RemovalView]]] = {
+                d: [] for d in generations
+            }
+            for device_id, dep_id in pairs:
+                if device_id in per_device:
+                    per_device[device_id].append(entries[dep_id])
+            for device_id, deps in per_device.items():
+                deps.sort(key=lambda e: (e[0].created_at, e[0].id))
+                out[device_id] = DesiredStateView(
+                    device_id=device_id,
+                    generation=generations[device_id],
+                    deployment_id=deps[-1][0].id if deps else "",
+                    models=[e for _, e in deps if isinstance(e, DesiredModelView)],
+                    removals=[e for _, e in deps if isinstance(e, RemovalView)],
+                )
+        return out
 
     def device_ids_with_desired_state(self) -> list[str]:
         return list(
@@ -361,12 +409,27 @@ class DeploymentService:
         ).first()
         return found is not None
 
-    def record_result(self, device_id: str, result: DeploymentResultReport) -> None:
+    def load_targets(self, device_ids: list[str]) -> list[DeploymentTarget]:
+        """Read these devices' current targets into the session in one query, so that the
+        ``record_result`` calls that follow need no round trip each. Keep the returned list
+        while they run: the session's identity map holds objects weakly."""
+        out: list[DeploymentTarget] = []
+        for ids in _batches(device_ids):
+            out += self.session.scalars(
+                select(DeploymentTarget)
+                .where(DeploymentTarget.device_id.in_(ids), DeploymentTarget.state != "superseded")
+                .options(lazyload(DeploymentTarget.deployment))
+            ).all()
+        return out
+
+    def record_result(
+        self, device_id: str, result: DeploymentResultReport, commit: bool = True
+    ) -> None:
         """Fold a device's reported deployment result into that deployment's progress.
 
         Idempotent: the same report twice leaves the same state. A result for a deployment that
         was superseded for this device does not resurrect it, and a late IN_PROGRESS does not undo
-        a final INSTALLED or FAILED.
+        a final INSTALLED or FAILED. ``commit=False``: the caller commits.
         """
         if result.outcome not in OUTCOME_STATES:
             return
@@ -384,4 +447,5 @@ class DeploymentService:
             target.chunks_done = result.chunks_done
             target.chunks_total = result.chunks_total
             target.updated_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()

@@ -120,24 +120,29 @@ class DeviceService:
 
     # --- updates from the fleet channel -----------------------------------------------------
 
-    def record_status(self, device_id: str, status: str) -> None:
+    def record_status(self, device_id: str, status: str, commit: bool = True) -> None:
+        """``commit=False``: the caller commits (the fleet channel stores many in one go)."""
         device = self.session.get(Device, device_id)
         if device is None:
             logger.warning("status from unknown device %s ignored", device_id)
             return
         device.status = status if status in STATUSES else "unknown"
         device.status_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()
 
-    def record_reported(self, report: ReportedStateReport) -> None:
-        """Store the device's reported state (its deployment result is the deployments' to fold)."""
+    def record_reported(self, report: ReportedStateReport, commit: bool = True) -> None:
+        """Store the device's reported state (its deployment result is the deployments' to fold).
+
+        ``commit=False``: the caller commits."""
         device = self.session.get(Device, report.device_id)
         if device is None:
             logger.warning("reported state from unknown device %s ignored", report.device_id)
             return
         device.reported = report.document
         device.reported_at = utcnow()
-        self.session.commit()
+        if commit:
+            self.session.commit()
 
     def bundle(self, registration: Registration) -> DeviceBundle:
         """Everything an agent needs to join the fleet as this device (shown once: the password)."""
@@ -162,6 +167,19 @@ class DeviceService:
     def find(self, device_id: str) -> Device | None:
         """The device, or None when it does not exist (or no longer does)."""
         return self.session.get(Device, device_id)
+
+    def load(self, device_ids: list[str]) -> list[Device]:
+        """Read these devices into the session in one query, so that the per-device lookups
+        that follow (``record_status``, ``record_reported``) need no round trip each. Keep the
+        returned list while they run: the session's identity map holds objects weakly."""
+        return list(self.session.scalars(select(Device).where(Device.id.in_(device_ids))).all())
+
+    def generations(self, device_ids: list[str]) -> dict[str, int]:
+        """The desired-state generation of each of these devices that exists (one query)."""
+        rows = self.session.execute(
+            select(Device.id, Device.desired_generation).where(Device.id.in_(device_ids))
+        ).all()
+        return {r[0]: int(r[1]) for r in rows}
 
     def bump_desired_generation(self, device: Device) -> None:
         """A device's desired state changed: the agent acts on a newer generation only."""

@@ -8,15 +8,18 @@ allows on the whole ``edge/#`` tree.
 Threads: paho's network thread runs the callbacks and is the only one that moves bytes to and
 from the broker, so it decodes nothing and stores nothing:
 
-- Telemetry goes to a "telemetry" thread that decodes and stores each batch in its own database
-  session. Acknowledgements are manual: the broker's PUBACK (and with it the persistent session's
-  copy) goes only after the batch is stored, so a record is never lost between the broker and the
-  database. A batch over ``MAX_TELEMETRY_BATCH_BYTES`` or ``MAX_TELEMETRY_BATCH_RECORDS`` (both in
-  ``protos/fleet_topics.py``) is refused unread, acknowledged and counted against its device.
+- Telemetry goes to a "telemetry" thread that decodes and stores the batches waiting, up to
+  ``STORE_BATCH``, in one database transaction. Acknowledgements are manual: the broker's PUBACK
+  (and with it the persistent session's copy) goes only after the batch is stored, so a record
+  is never lost between the broker and the database. A batch over ``MAX_TELEMETRY_BATCH_BYTES``
+  or ``MAX_TELEMETRY_BATCH_RECORDS`` (both in ``protos/fleet_topics.py``) is refused unread,
+  acknowledged and counted against its device.
 - Status and reported state go, in arrival order, to a FIFO served by a "records" thread: they
   are retained, so one not yet stored when the control plane stops is delivered again at its next
-  subscribe, and their commits (one per progress report of every device pulling) never hold up
-  the chunks in flight.
+  subscribe, and their commits never hold up the chunks in flight. The thread stores what is
+  waiting, up to ``STORE_BATCH`` records, in one transaction: a commit per record could not keep
+  up with a thousand devices reporting at once, and the full queue then held up the network
+  thread, chunk requests included.
 - Chunk requests go to a ``FairQueue``: one bounded FIFO per device, served round-robin by one
   worker thread, so reading package blobs never stalls the network loop and a device that floods
   requests fills only its own FIFO. What is dropped is counted per device (``counters``); the
@@ -53,6 +56,7 @@ from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy.orm import Session
 
 from control_plane.core.context import AppContext
 from control_plane.core.errors import ControlPlaneError, NotFound
@@ -60,6 +64,7 @@ from control_plane.deployments.service import DeploymentService, package_grants
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.fleet import broker_config, codec, delta
+from control_plane.fleet.broker_sync import BrokerFilesSync
 from control_plane.fleet.fair_queue import FairQueue
 from control_plane.fleet.package_topics import ChunkFanout, PackageGrants
 from control_plane.registry.keys.service import signed_trust_set
@@ -82,6 +87,8 @@ RECORD_QUEUE_SIZE = 10_000
 #: Telemetry batches waiting to be stored. Each is unacknowledged until stored, and the broker
 #: holds back a client's messages beyond its in-flight window, so this rarely fills.
 TELEMETRY_QUEUE_SIZE = 256
+#: Most queued records (or telemetry batches) stored in one transaction.
+STORE_BATCH = 256
 
 
 class FleetExtension(Protocol):
@@ -196,6 +203,8 @@ class FleetService:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        # passwd/acl rewrites, coalesced: one per burst of registrations (broker_sync.py).
+        self._broker_files = BrokerFilesSync(self._sync_broker_files)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -205,6 +214,8 @@ class FleetService:
         self._worker.start()
         self._recorder.start()
         self._telemetry_thread.start()
+        self._broker_files.sync_pending()  # the start-up rewrite, before connecting
+        self._broker_files.start()
         self.client.connect_async(self.address.host, self.address.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(wait):
@@ -227,6 +238,7 @@ class FleetService:
         self._worker.join(timeout=5)
         self._recorder.join(timeout=5)
         self._telemetry_thread.join(timeout=5)
+        self._broker_files.stop()
 
     def counters(self, device_id: str) -> dict[str, int]:
         """What the fleet channel refused from a device since the control plane started."""
@@ -256,9 +268,9 @@ class FleetService:
     def _publish_desired(self, device_ids: list[str]) -> list[mqtt.MQTTMessageInfo]:
         infos = []
         with self.ctx.sessions() as session:
-            service = DeploymentService(session, self.ctx)
+            views = DeploymentService(session, self.ctx).desired_states(device_ids)
             for device_id in device_ids:
-                view = service.desired_state(device_id)
+                view = views.get(device_id)
                 if view is None:
                     continue
                 topic = topics.device_topic(device_id, topics.DESIRED, self.root)
@@ -312,24 +324,37 @@ class FleetService:
             ext.forget_device(device_id)
 
     def devices_changed(self) -> None:
+        """Rewrite the broker's files soon; a burst of changes is written once."""
+        self._broker_files.request()
+
+    def wait_broker_files(self, timeout: float = 10.0) -> bool:
+        """Wait until the broker's files (and its reload) include every registry change made so
+        far; False on timeout. For callers that must know a device's access is in place."""
+        return self._broker_files.flush(timeout)
+
+    def _sync_broker_files(self) -> None:
+        """The coalesced rewrite (``broker_sync.py``): package grants re-read (a deleted device
+        loses its own), ``passwd``/``acl`` written and reloaded, then the trust set sent to the
+        devices registered since (after a rotation)."""
         with self._grants_lock:
             self._load_grants()
             broker_config.sync_registry_files(self.ctx)
-        self._publish_trust(everyone=False)  # a device registered after a rotation
+        self._publish_trust(everyone=False)
 
     def refresh_grants(self) -> None:
         """Re-read which package topics each device may read (the packages in its current
-        desired state); when that changed, rewrite the broker's ACL and have it reread it.
+        desired state); when that changed, rewrite the broker's ACL and have it reread it now.
 
         Called before every publication of desired states, so a device is granted a package's
         topic before it can ask for the package, and loses it with the deployment (superseded,
         removed, device deleted). One query for the whole fleet; the files are rewritten only
-        when a grant changed.
+        when a grant changed, in the caller's thread (not coalesced: the desired states wait).
         """
         with self._grants_lock:
-            if self._load_grants():
-                broker_config.sync_registry_files(self.ctx)
-                self.fanout.forget()
+            changed = self._load_grants()
+        if changed:
+            self._broker_files.sync_now()
+            self.fanout.forget()
 
     def _load_grants(self) -> bool:
         with self.ctx.sessions() as session:
@@ -436,46 +461,115 @@ class FleetService:
 
     def _store_telemetry(self) -> None:
         while (item := self._telemetry.get()) is not None and not self._stopping.is_set():
+            batch, last = _drain(self._telemetry, item, STORE_BATCH)
+            for stored in self._store_telemetry_batch(batch):
+                if stored.epoch == self._epoch:
+                    self.client.ack(stored.mid, stored.qos)
+            if last:
+                return
+
+    def _store_telemetry_batch(self, batch: list[_Telemetry]) -> list[_Telemetry]:
+        """Store the batches in one transaction; returns those to acknowledge.
+
+        One commit for every batch waiting, rather than one each: with a thousand devices
+        reporting at once the commits, not the rows, were the cost. If that transaction fails,
+        each batch is stored on its own, so one bad batch costs only itself.
+        """
+        decoded: list[tuple[_Telemetry, Any]] = []
+        done: list[_Telemetry] = []
+        for item in batch:
             try:
                 why = codec.telemetry_refusal(item.payload)
                 if why is not None:
                     self._refuse_telemetry(item.device_id, why)
                 else:
-                    records, dropped = codec.telemetry_from_proto(item.device_id, item.payload)
-                    with self.ctx.sessions() as session:
-                        TelemetryService(session, self.ctx).record_batch(
-                            item.device_id, records, dropped
-                        )
+                    decoded.append((item, codec.telemetry_from_proto(item.device_id, item.payload)))
+                    continue
             except ValueError as exc:
                 logger.warning("bad telemetry from %s: %s", item.device_id, exc)
-            except Exception:
+            done.append(item)  # refused or undecodable: acknowledged, never stored
+        try:
+            with self.ctx.sessions() as session:
+                ids = sorted({item.device_id for item, _ in decoded})
+                rows = DeviceService(session, self.ctx).load(ids)  # one query, held while used
+                service = TelemetryService(session, self.ctx)
+                for item, (records, dropped) in decoded:
+                    service.record_batch(item.device_id, records, dropped, commit=False)
+                del rows
+                session.commit()
+            return done + [item for item, _ in decoded]
+        except Exception:
+            if len(decoded) == 1:
                 # Not stored and not acknowledged: the broker redelivers it after a reconnect.
+                logger.exception("storing telemetry of %s failed", decoded[0][0].device_id)
+                return done
+        for item, (records, dropped) in decoded:  # one at a time after a failed transaction
+            try:
+                with self.ctx.sessions() as session:
+                    TelemetryService(session, self.ctx).record_batch(
+                        item.device_id, records, dropped
+                    )
+                done.append(item)
+            except Exception:
                 logger.exception("storing telemetry of %s failed", item.device_id)
-                continue
-            if item.epoch == self._epoch:
-                self.client.ack(item.mid, item.qos)
+        return done
 
     # --- status and reported state (records thread) -----------------------------------------
 
     def _store_records(self) -> None:
         while (rec := self._records.get()) is not None and not self._stopping.is_set():
+            batch, last = _drain(self._records, rec, STORE_BATCH)
+            self._store_record_batch(batch)
+            if last:
+                return
+
+    def _store_record_batch(self, batch: list[_Record]) -> None:
+        """Store the records in arrival order in one transaction (one commit for all waiting);
+        if it fails, each on its own, so one bad record costs only itself."""
+        try:
+            with self.ctx.sessions() as session:
+                # Every lookup here is by primary key (the identity map has what this batch
+                # changed), so the updates can wait for the commit and go out together.
+                with session.no_autoflush:
+                    ids = sorted({rec.device_id for rec in batch})
+                    # One query each, not one per record; held here while the records use them.
+                    rows = DeviceService(session, self.ctx).load(ids)
+                    targets = DeploymentService(session, self.ctx).load_targets(ids)
+                    for rec in batch:
+                        self._store(session, rec)
+                    del rows, targets
+                session.commit()
+            return
+        except Exception:
+            if len(batch) == 1:
+                logger.exception("storing %s of %s failed", batch[0].leaf, batch[0].device_id)
+                return
+        for rec in batch:
             try:
-                self._store(rec)
-            except ValueError as exc:
-                logger.warning("bad payload on %s/%s: %s", rec.device_id, rec.leaf, exc)
+                with self.ctx.sessions() as session:
+                    self._store(session, rec)
+                    session.commit()
             except Exception:
                 logger.exception("storing %s of %s failed", rec.leaf, rec.device_id)
 
-    def _store(self, rec: _Record) -> None:
-        with self.ctx.sessions() as session:
-            devices = DeviceService(session, self.ctx)
+    def _store(self, session: Session, rec: _Record) -> None:
+        """One record, uncommitted; a payload that does not decode is logged and skipped."""
+        devices = DeviceService(session, self.ctx)
+        try:
             if rec.leaf == topics.STATUS:
-                devices.record_status(rec.device_id, codec.status_from_proto(rec.payload))
-            elif rec.payload:  # reported state; empty = retained message cleared
-                report, result = codec.reported_from_proto(rec.device_id, rec.payload)
-                devices.record_reported(report)
-                if result is not None and devices.find(rec.device_id) is not None:
-                    DeploymentService(session, self.ctx).record_result(rec.device_id, result)
+                devices.record_status(
+                    rec.device_id, codec.status_from_proto(rec.payload), commit=False
+                )
+                return
+            if not rec.payload:  # reported state cleared (the retained message was deleted)
+                return
+            report, result = codec.reported_from_proto(rec.device_id, rec.payload)
+        except ValueError as exc:
+            logger.warning("bad payload on %s/%s: %s", rec.device_id, rec.leaf, exc)
+            return
+        devices.record_reported(report, commit=False)
+        if result is not None and devices.find(rec.device_id) is not None:
+            DeploymentService(session, self.ctx).record_result(rec.device_id, result, commit=False)
 
     # --- chunk serving (worker thread) ------------------------------------------------------
 
@@ -592,3 +686,18 @@ def _settled(info: mqtt.MQTTMessageInfo) -> bool:
         return bool(info.is_published())
     except (RuntimeError, ValueError):
         return True
+
+
+def _drain(q: queue.Queue[Any], first: Any, limit: int) -> tuple[list[Any], bool]:
+    """``first`` and whatever else is waiting in ``q`` now, up to ``limit`` items in all; and
+    whether the stop marker (None) was among them (then it is the last thing taken)."""
+    items = [first]
+    while len(items) < limit:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            break
+        if item is None:
+            return items, True
+        items.append(item)
+    return items, False

@@ -138,6 +138,8 @@ def cert_plane(
             assert api.post("/api/v1/devices", json={"device_id": device_id}).status_code == 201
             body = {"package_digest": digest, "device_id": device_id}
             assert api.post("/api/v1/deployments", json=body).status_code == 201
+        # Certificates skip the password file, so no connect retry waits for the ACL: wait here.
+        assert app.state.fleet.wait_broker_files()
         plane = CertPlane(api, port, conf, pki, [])
         try:
             yield plane

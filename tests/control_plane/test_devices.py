@@ -35,10 +35,17 @@ def test_register_returns_bundle_and_stores_only_a_hash(control_plane: ControlPl
         assert mqtt["password"] not in stored.password_hash
         assert stored.password_hash.startswith("$7$")
         assert verify_password(mqtt["password"], stored.password_hash)
-    # and the password file the broker reads holds the same hash, not the password
-    passwd = (control_plane.settings.mqtt.broker_config_dir / "passwd").read_text()  # type: ignore[operator]
-    assert f"{device_id}:{stored.password_hash}" in passwd
+    # and the password file the broker reads holds the same hash, not the password (rewritten
+    # just after the registration: fleet/broker_sync.py)
+    line = f"{device_id}:{stored.password_hash}"
+    passwd = wait_for(lambda: line in (text := _broker_file(control_plane, "passwd")) and text)
     assert mqtt["password"] not in passwd
+
+
+def _broker_file(cp: ControlPlane, name: str) -> str:
+    folder = cp.settings.mqtt.broker_config_dir
+    assert folder is not None
+    return (folder / name).read_text()
 
 
 def test_list_filter_get_delete(control_plane: ControlPlane) -> None:
@@ -57,8 +64,8 @@ def test_list_filter_get_delete(control_plane: ControlPlane) -> None:
     assert api.get(f"/api/v1/devices/{b}").status_code == 404
     assert api.delete(f"/api/v1/devices/{b}").status_code == 404
     assert [d["id"] for d in api.get("/api/v1/devices").json()] == [a]
-    acl = (control_plane.settings.mqtt.broker_config_dir / "acl").read_text()  # type: ignore[operator]
-    assert f"user {a}" in acl and f"user {b}" not in acl
+    wait_for(lambda: f"user {a}\n" in (acl := _broker_file(control_plane, "acl")) and acl)
+    wait_for(lambda: f"user {b}\n" not in _broker_file(control_plane, "acl"))
 
 
 def test_register_rejects_bad_or_duplicate_ids(control_plane: ControlPlane) -> None:

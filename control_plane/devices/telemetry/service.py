@@ -34,8 +34,11 @@ class TelemetryService:
         self.session = session
         self.ctx = ctx
 
-    def record_batch(self, device_id: str, records: list[IncomingRecord], dropped: int) -> int:
-        """Store the records not seen before; returns how many were new.
+    def record_batch(
+        self, device_id: str, records: list[IncomingRecord], dropped: int, commit: bool = True
+    ) -> int:
+        """Store the records not seen before; returns how many were new. ``commit=False``: the
+        caller commits (the fleet channel stores many batches in one transaction).
 
         A record is new when its (device, sequence number) is not stored yet, whatever arrived
         before it: a broker may deliver a device's queued batches out of order (Mosquitto does,
@@ -70,7 +73,8 @@ class TelemetryService:
         if fresh:
             device.telemetry_seq = max(device.telemetry_seq, fresh[-1].seq)
         device.telemetry_dropped = max(device.telemetry_dropped, dropped)
-        self.session.commit()
+        if commit:
+            self.session.commit()
         if len(fresh) < len(records):
             logger.debug(
                 "device %s: %d duplicate telemetry record(s) ignored",
