@@ -51,6 +51,14 @@ class RolloutService:
             raise InvalidRequest(f"model {model} version {version} is {mv.state}, not ready")
         return mv.package_digest, packages.get(mv.package_digest).name
 
+    def edge_services(self) -> list[Service]:
+        """Every edge service, by name."""
+        return list(
+            self.session.scalars(
+                select(Service).where(Service.type == "edge").order_by(Service.name)
+            ).all()
+        )
+
     def targets(self, targets: EdgeTargets) -> list[str]:
         devices = DeviceService(self.session, self.ctx)
         if targets.device_ids is not None:
