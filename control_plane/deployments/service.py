@@ -66,6 +66,7 @@ class DesiredModelView:
     weight: float = 0.0
     guard: dict[str, Any] | None = None
     warmup: dict[str, Any] | None = None
+    capture: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class DeploymentService:
         guard: dict[str, Any] | None = None,
         warmup: dict[str, Any] | None = None,
         publish: bool = True,
+        capture: dict[str, Any] | None = None,
     ) -> Deployment:
         """Record the deployment, bump each target's generation, publish their desired states.
 
@@ -164,6 +166,7 @@ class DeploymentService:
             weight=weight,
             guard=guard,
             warmup=warmup,
+            capture=capture if action == "install" else None,
         )
         self.session.add(deployment)
         model_name = package.name
@@ -248,6 +251,7 @@ class DeploymentService:
                 weight=dep.weight,
                 guard=dep.guard,
                 warmup=dep.warmup,
+                capture=dep.capture,
             )
             for dep in deployments
             if dep.action == "install"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,6 +32,13 @@ from control_plane.services.schemas import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def capture_policy(capture: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The device's part of an edge service's ``capture`` block (all but ``dataset``)."""
+    if not capture:
+        return None
+    return {k: v for k, v in capture.items() if k != "dataset"}
 
 
 class RolloutService:
@@ -91,6 +99,8 @@ class RolloutService:
                 "gates": HealthGates(**spec.get("gates") or {}).model_dump(),
                 "guard": spec.get("guard"),
                 "warmup": spec.get("warmup"),
+                # The capture policy each device gets with the version (without the dataset).
+                "capture": capture_policy(spec.get("capture")),
                 "stages": plan.stages(devices, strategy) if devices else [],
                 "joined": {},
                 "left": [],

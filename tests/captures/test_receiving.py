@@ -1,0 +1,170 @@
+"""Captured records reach the control plane over a real Mosquitto, chunk by chunk, from a
+test-side device speaking the contract: each record is filed once per digest (a resend, even from
+scratch, is STORED again without a second sample), a gap is answered PARTIAL with the first
+missing chunk, a bad digest, an unknown model or a foreign device id REJECTED; the sample carries
+the model's top-1 as a pre-label and the capture row its origin; a tensor record becomes a PNG
+sample; the device's store status is recorded and a purge order is retained on ``captures/ctl``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from protos import fleet_capture as wire
+from protos import fleet_topics as topics
+from tests.captures.device import CaptureDevice, meta, npy, png
+from tests.control_plane.conftest import wait_for
+from tests.fleet.conftest import Fleet, Packages
+
+API = "/api/v1"
+DEVICE = "cam-cap"
+
+
+def _device(fleet: Fleet) -> CaptureDevice:
+    fleet.register(DEVICE)
+    # The observer identity has the control plane's rights; the device's own ACL grants for
+    # the capture leaves are tested in tests/control_plane (test_broker_identity.py).
+    return CaptureDevice(fleet.observer(), DEVICE)
+
+
+def _captures(fleet: Fleet, **params: str) -> list[dict]:
+    r = fleet.api.get(f"{API}/captures", params=params)
+    assert r.status_code == 200, r.text
+    return list(r.json())
+
+
+def test_records_are_filed_once_with_their_pre_label(fleet: Fleet, packages: Packages) -> None:
+    fleet.upload(packages.v1)  # mlp 1: a model the control plane knows
+    dev = _device(fleet)
+
+    big = png(1, (640, 320), noise=True)  # several chunks
+    assert wire.chunk_count(len(big)) >= 3
+    digest = dev.send(big, meta(score=0.31, label="7"))
+    ack = dev.ack(digest)
+    assert ack.state == wire.STORED, ack
+    (cap,) = _captures(fleet)
+    assert cap["digest"] == digest and cap["device_id"] == DEVICE
+    assert (cap["model"], cap["version"], cap["reason"]) == ("mlp", "1", "low_confidence")
+    assert cap["predicted"] == "7" and abs(cap["confidence"] - 0.31) < 1e-9
+    assert [p["label"] for p in cap["top_k"]] == ["7", "1"]
+    assert cap["state"] == "pending" and cap["deployment_id"] == "dep-test"
+
+    # The sample: in the model's default dataset, the image as sent, the pre-label by the model.
+    ds = fleet.api.get(f"{API}/datasets/{cap['dataset_id']}").json()
+    assert ds["name"] == "mlp-captures" and "7" in ds["labels"]
+    sample = fleet.api.get(f"{API}/datasets/{ds['id']}/samples/{cap['sample_id']}").json()
+    (ann,) = sample["annotations"]
+    assert (ann["label"], ann["source"], ann["creator"]) == ("7", "model", "model:mlp:1")
+    assert abs(ann["confidence"] - 0.31) < 1e-9
+    body = fleet.api.get(f"{API}/datasets/{ds['id']}/samples/{cap['sample_id']}/content").content
+    assert body == big
+
+    # Exactly once by digest: a resend (first chunk only, or all) is STORED, nothing is added.
+    dev.send(big, meta(score=0.31), indexes=[0])
+    assert dev.ack(digest).state == wire.STORED
+    dev.send(big, meta(score=0.31))
+    assert dev.ack(digest).state == wire.STORED
+    assert len(_captures(fleet)) == 1
+    assert fleet.api.get(f"{API}/datasets/{ds['id']}").json()["sample_count"] == 1
+
+    # A gap: the last chunk arrives with chunk 1 missing -> PARTIAL from 1; chunk 1 completes it.
+    other = png(2, (640, 320), noise=True)
+    count = wire.chunk_count(len(other))
+    d2 = dev.send(other, meta(score=0.5), indexes=[0, *range(2, count)])
+    ack = dev.ack(d2)
+    assert (ack.state, ack.next_index) == (wire.PARTIAL, 1), ack
+    dev.send(other, meta(score=0.5), indexes=[1])
+    assert dev.ack(d2).state == wire.STORED
+    assert len(_captures(fleet)) == 2
+
+    # A tensor of an image's shape becomes a PNG sample of that size.
+    tensor = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(28, 28)
+    d3 = dev.send(npy(tensor), meta(kind=wire.TENSOR, score=0.2))
+    assert dev.ack(d3).state == wire.STORED
+    cap3 = next(c for c in _captures(fleet) if c["digest"] == d3)
+    assert cap3["input_kind"] == "tensor"
+    s3 = fleet.api.get(f"{API}/datasets/{cap3['dataset_id']}/samples/{cap3['sample_id']}").json()
+    assert (s3["width"], s3["height"], s3["media_type"]) == (28, 28, "image/png")
+
+
+def test_bad_records_are_rejected_and_the_channel_keeps_serving(
+    fleet: Fleet, packages: Packages
+) -> None:
+    fleet.upload(packages.v1)
+    dev = _device(fleet)
+
+    # Bad digest: the chunks do not hash to the digest they name.
+    data = png(3, (640, 320), noise=True)
+    wrong = wire.digest_of(b"something else")
+    dev.send(data, meta(), digest=wrong)
+    ack = dev.ack(wrong)
+    assert ack.state == wire.REJECTED and "digest mismatch" in ack.reason, ack
+    # Unknown model version.
+    d = dev.send(png(4), meta(version="99"))
+    ack = dev.ack(d)
+    assert ack.state == wire.REJECTED and "unknown model mlp version 99" in ack.reason
+    # A tensor that is no image.
+    d = dev.send(npy(np.zeros((5, 7, 9), np.float32)), meta(kind=wire.TENSOR))
+    ack = dev.ack(d)
+    assert ack.state == wire.REJECTED and "not image-shaped" in ack.reason
+    # A chunk naming another device than its topic's.
+    other = list(wire.chunks_of("someone-else", png(5), meta()))[0]
+    dev.probe.publish(topics.device_topic(DEVICE, wire.UP), wire.encode_chunk(other))
+    ack = dev.ack(other.digest)
+    assert ack.state == wire.REJECTED and "not the topic's" in ack.reason
+    # A chunk whose shape is wrong (count does not fit the size) is refused by digest.
+    bad = wire.CaptureChunk(DEVICE, wire.digest_of(b"x"), 1, 0, 3, b"x", meta())
+    dev.probe.publish(topics.device_topic(DEVICE, wire.UP), wire.encode_chunk(bad))
+    ack = dev.ack(bad.digest)
+    assert ack.state == wire.REJECTED and "chunks, not 3" in ack.reason
+    # From a device the registry does not know.
+    ghost = CaptureDevice(fleet.observer(), "ghost")
+    d = ghost.send(png(6), meta())
+    ack = ghost.ack(d)
+    assert ack.state == wire.REJECTED and "unknown device ghost" in ack.reason
+
+    assert _captures(fleet) == []
+    counts = fleet.api.get(f"{API}/captures/devices/{DEVICE}").json()
+    assert counts["rejected_total"] == 4 and counts["received"] == 0
+    # The channel still files a good record afterwards.
+    d = dev.send(png(7), meta())
+    assert dev.ack(d).state == wire.STORED
+    assert len(_captures(fleet)) == 1
+
+
+def test_device_status_and_purge(fleet: Fleet) -> None:
+    dev = _device(fleet)
+    dev.status(stored_records=3, stored_bytes=4096, captured_total=9, dropped_total=2)
+
+    def reported() -> dict | None:
+        view = fleet.api.get(f"{API}/captures/devices/{DEVICE}").json()
+        return view if view["reported_at"] else None
+
+    view = wait_for(reported, timeout=10)
+    assert (view["stored_records"], view["dropped_total"], view["captured_total"]) == (3, 2, 9)
+
+    ctl = topics.device_topic(DEVICE, wire.CONTROL)
+    watcher = fleet.observer()
+    r = fleet.api.post(f"{API}/captures/devices/{DEVICE}/purge", json={})
+    assert r.status_code == 200, r.text
+    purge_id = r.json()["purge_id"]
+    assert purge_id.startswith("purge-") and r.json()["purge_before_ms"] > 0
+    # Retained: a device subscribing later (offline now) still finds it.
+    watcher.subscribe(ctl)
+    got = wire.decode_control(watcher.expect_on(ctl, 10).payload)
+    assert (got.device_id, got.purge_id) == (DEVICE, purge_id)
+    assert fleet.api.post(f"{API}/captures/devices/nowhere/purge", json={}).status_code == 404
+
+
+def test_image_shaped_tensors_render_to_png() -> None:
+    from control_plane.captures.landing import image_bytes
+
+    for array in (
+        np.full((1, 3, 8, 6), 0.5, np.float32),  # a batch of one, channels first
+        np.full((8, 6, 3), 300, np.int32),  # channels last, clipped to 255
+        np.full((8, 6, 1), 7, np.uint8),
+    ):
+        data, name = image_bytes(npy(array), meta(kind=wire.TENSOR))
+        with Image.open(__import__("io").BytesIO(data)) as im:
+            assert im.size == (6, 8) and name == "input.png", (array.shape, im.size)
