@@ -8,13 +8,38 @@ sample; the device's store status is recorded and a purge order is retained on `
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+import io
+import os
+from pathlib import Path
+from typing import Any
 
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from sqlalchemy import select
+
+from control_plane.app import create_app
+from control_plane.captures.landing import image_bytes
+from control_plane.captures.models import CaptureChunk
+from control_plane.core.context import AppContext
+from control_plane.core.database import upgrade
+from control_plane.core.settings import Settings
+from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
 from protos import fleet_capture as wire
 from protos import fleet_topics as topics
 from tests.captures.device import CaptureDevice, meta, npy, png
-from tests.control_plane.conftest import wait_for
+from tests.control_plane.conftest import (
+    API_TOKEN,
+    MQTT_PASSWORD,
+    OBSERVER_PASSWORD,
+    OBSERVERS,
+    Keys,
+    free_port,
+    start_mosquitto,
+    wait_for,
+    write_observers,
+)
+from tests.control_plane.mqtt_probe import MqttProbe
 from tests.fleet.conftest import Fleet, Packages
 
 API = "/api/v1"
@@ -109,7 +134,7 @@ def test_bad_records_are_rejected_and_the_channel_keeps_serving(
     ack = dev.ack(d)
     assert ack.state == wire.REJECTED and "not image-shaped" in ack.reason
     # A chunk naming another device than its topic's.
-    other = list(wire.chunks_of("someone-else", png(5), meta()))[0]
+    other = next(iter(wire.chunks_of("someone-else", png(5), meta())))
     dev.probe.publish(topics.device_topic(DEVICE, wire.UP), wire.encode_chunk(other))
     ack = dev.ack(other.digest)
     assert ack.state == wire.REJECTED and "not the topic's" in ack.reason
@@ -158,13 +183,72 @@ def test_device_status_and_purge(fleet: Fleet) -> None:
 
 
 def test_image_shaped_tensors_render_to_png() -> None:
-    from control_plane.captures.landing import image_bytes
-
     for array in (
         np.full((1, 3, 8, 6), 0.5, np.float32),  # a batch of one, channels first
         np.full((8, 6, 3), 300, np.int32),  # channels last, clipped to 255
         np.full((8, 6, 1), 7, np.uint8),
     ):
         data, name = image_bytes(npy(array), meta(kind=wire.TENSOR))
-        with Image.open(__import__("io").BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:
             assert im.size == (6, 8) and name == "input.png", (array.shape, im.size)
+
+
+def _staged(api: TestClient, digest: str) -> int:
+    """Chunks of the record staged in the database (read from the app's own tables)."""
+    with api.app.state.ctx.sessions() as session:  # type: ignore[attr-defined]
+        return len(
+            session.scalars(select(CaptureChunk.index).where(CaptureChunk.digest == digest)).all()
+        )
+
+
+def test_a_restart_mid_record_loses_nothing(
+    tmp_path: Path, fleet_keys: dict[str, Keys], packages: Packages
+) -> None:
+    """Chunks staged before the control plane stops complete the record after it starts again:
+    the staging is in the database, not in a replica's memory."""
+    port = free_port()
+    broker_dir = tmp_path / "broker"
+    values: dict[str, Any] = {
+        "api_token": API_TOKEN,
+        "mqtt_password": MQTT_PASSWORD,
+        "data_dir": tmp_path / "cp",
+        "trusted_keys": [fleet_keys["trusted"].public],
+    }
+    ctx = AppContext.from_settings(Settings(**values))
+    upgrade(ctx.engine)
+    write_observers(broker_dir)
+    options = ListenerOptions(
+        port=port, bind="127.0.0.1", run_as_user="root" if os.geteuid() == 0 else None
+    )
+    with ctx.sessions() as session:
+        conf = write_broker_config(Settings(**values), session, broker_dir, options)
+    ctx.close()
+    broker = start_mosquitto(conf, port, tmp_path / "mosquitto.log")
+    settings = Settings(
+        **values,
+        mqtt_url=f"mqtt://127.0.0.1:{port}",
+        broker_config_dir=broker_dir,
+        broker_reload_command=f"kill -HUP {broker.process.pid}",
+    )
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    probe = MqttProbe(port, OBSERVERS[0], OBSERVER_PASSWORD)
+    try:
+        data = png(8, (640, 320), noise=True)
+        count = wire.chunk_count(len(data))
+        with TestClient(create_app(settings), headers=headers) as api:
+            assert api.post(f"{API}/devices", json={"device_id": DEVICE}).status_code == 201
+            with open(packages.v1, "rb") as f:
+                assert api.post(f"{API}/packages", files={"file": ("p", f)}).status_code == 201
+            assert probe.connect()
+            dev = CaptureDevice(probe, DEVICE)
+            digest = dev.send(data, meta(), indexes=list(range(count - 1)))
+            wait_for(lambda: _staged(api, digest) == count - 1, timeout=10)
+        # Stopped: the last chunk waits in no one's memory. Started again: it completes.
+        with TestClient(create_app(settings), headers=headers) as api:
+            dev.send(data, meta(), indexes=[count - 1])
+            assert dev.ack(digest).state == wire.STORED
+            (cap,) = api.get(f"{API}/captures").json()
+            assert cap["digest"] == digest and cap["size"] == len(data)
+    finally:
+        probe.close()
+        broker.stop()
