@@ -11,6 +11,7 @@ from __future__ import annotations
 import httpx
 
 from edge_inference_sdk.config import load_profile
+from edge_inference_sdk.resources.captures import Captures
 from edge_inference_sdk.resources.datasets import Datasets
 from edge_inference_sdk.resources.fleet import Deployments, Devices
 from edge_inference_sdk.resources.notebooks import Notebooks
@@ -20,7 +21,18 @@ from edge_inference_sdk.resources.training import Training
 from edge_inference_sdk.resources.users import Users
 from edge_inference_sdk.transport import Transport
 
-RESOURCES = (Datasets, Training, Models, Packages, Devices, Deployments, Services, Notebooks, Users)
+RESOURCES = (
+    Datasets,
+    Training,
+    Models,
+    Packages,
+    Devices,
+    Deployments,
+    Services,
+    Notebooks,
+    Users,
+    Captures,
+)
 
 
 class Client:
@@ -54,6 +66,7 @@ class Client:
         self.services = Services(self._transport)
         self.notebooks = Notebooks(self._transport)
         self.users = Users(self._transport)
+        self.captures = Captures(self._transport)
 
     def health(self) -> dict[str, object]:
         """``GET /health`` (no token needed): ``{"status": "ok", "broker_connected": bool}``."""
