@@ -21,10 +21,16 @@ from sqlalchemy import select
 from control_plane.app import create_app
 from control_plane.captures.landing import image_bytes
 from control_plane.captures.models import CaptureChunk
+from control_plane.captures.receiver import CaptureReceiver
+from control_plane.captures.service import CaptureService
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
 from control_plane.core.settings import Settings
+from control_plane.devices.service import DeviceService
 from control_plane.fleet.broker_config import ListenerOptions, write_broker_config
+from control_plane.fleet.capture_channel import CaptureChannel
+from control_plane.fleet.service import FleetService
+from control_plane.registry.packages.service import PackageService
 from protos import fleet_capture as wire
 from protos import fleet_topics as topics
 from tests.captures.device import CaptureDevice, meta, npy, png
@@ -252,3 +258,47 @@ def test_a_restart_mid_record_loses_nothing(
     finally:
         probe.close()
         broker.stop()
+
+
+def test_replicas_share_the_chunks_of_one_record(
+    tmp_path: Path, fleet_keys: dict[str, Keys], packages: Packages
+) -> None:
+    """With replicas, ``captures/up`` goes through the shared subscription (each chunk to one
+    replica), and two replicas' receivers on one database make one record of the chunks each
+    got: the chunks alternate between them and the record is filed once."""
+    values: dict[str, Any] = {
+        "api_token": API_TOKEN,
+        "mqtt_password": MQTT_PASSWORD,
+        "data_dir": tmp_path / "cp",
+        "trusted_keys": [fleet_keys["trusted"].public],
+    }
+    shared = Settings(**values, mqtt_url="mqtt://127.0.0.1:1", replica_id="a")
+    ctx_a, ctx_b = AppContext.from_settings(shared), AppContext.from_settings(Settings(**values))
+    upgrade(ctx_a.engine)
+    fleet = FleetService(ctx_a, "mqtt://127.0.0.1:1")  # never started: only its filters
+    channel = CaptureChannel(fleet)
+    fleet.extensions.append(channel)
+    try:
+        up = fleet._filter("edge/+/captures/up", wire.UP)
+        stat = fleet._filter("edge/+/captures/stat", wire.STATUS)
+        assert up == f"$share/{shared.mqtt.username}/edge/+/captures/up"
+        assert stat == "edge/+/captures/stat"  # retained: every replica, plain subscription
+    finally:
+        channel.stop()
+    with ctx_a.sessions() as session:
+        DeviceService(session, ctx_a).register(DEVICE, {}, device_id=DEVICE)
+        with open(packages.v1, "rb") as f:
+            PackageService(session, ctx_a).upload(f)
+    data = png(9, (640, 320), noise=True)
+    chunks = list(wire.chunks_of(DEVICE, data, meta()))
+    assert len(chunks) >= 3
+    a, b = CaptureReceiver(ctx_a), CaptureReceiver(ctx_b)
+    answers = [(a if c.index % 2 == 0 else b).on_chunk(DEVICE, c) for c in chunks]
+    assert [x.state if x else None for x in answers] == [None] * (len(chunks) - 1) + [wire.STORED]
+    # A late duplicate chunk at either replica: held already.
+    ack = b.on_chunk(DEVICE, chunks[0])
+    assert ack is not None and ack.state == wire.STORED
+    with ctx_b.sessions() as session:
+        assert len(CaptureService(session, ctx_b).list()) == 1
+    ctx_a.close()
+    ctx_b.close()
