@@ -93,6 +93,8 @@ class CaptureReceiver:
             if self._held(session, chunk.digest):
                 self._unstage(session, device_id, chunk.digest)
                 return wire.CaptureAck(chunk.digest, wire.STORED)
+            if chunk.count == 1 and chunk.meta is not None:
+                return self._file_whole(session, device_id, chunk)
             have = self._stage(session, device_id, chunk)
             missing = [i for i in range(chunk.count) if i not in have]
             if missing:
@@ -110,6 +112,26 @@ class CaptureReceiver:
                 session.rollback()
                 self._unstage(session, device_id, chunk.digest)
             return wire.CaptureAck(chunk.digest, wire.STORED)
+
+    def _file_whole(
+        self, session: Session, device_id: str, chunk: wire.CaptureChunk
+    ) -> wire.CaptureAck:
+        """A record of one chunk: verified and filed at once, nothing staged."""
+        assert chunk.meta is not None
+        if wire.digest_of(chunk.data) != chunk.digest:
+            self._count_rejected(session, device_id)
+            reason = "digest mismatch: the chunks do not make the record"
+            return wire.CaptureAck(chunk.digest, wire.REJECTED, reason=reason)
+        try:
+            landing.land(session, self.ctx, device_id, chunk.digest, chunk.data, chunk.meta)
+        except landing.Refused as exc:
+            session.rollback()
+            self._count_rejected(session, device_id)
+            logger.warning("capture %s from %s rejected: %s", chunk.digest[:12], device_id, exc)
+            return wire.CaptureAck(chunk.digest, wire.REJECTED, reason=str(exc))
+        except IntegrityError:  # filed meanwhile by another replica: held once
+            session.rollback()
+        return wire.CaptureAck(chunk.digest, wire.STORED)
 
     def on_refused(self, device_id: str, digest: str, reason: str) -> None:
         with self.ctx.sessions() as session:
