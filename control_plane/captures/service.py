@@ -47,6 +47,12 @@ class DatasetRef:
     labels: list[str]
 
 
+@dataclass(frozen=True)
+class ServiceCaptures:
+    counts: dict[str, int]  # state -> captures
+    dataset: DatasetRef | None
+
+
 class ControlPublisher(Protocol):
     """The fleet channel's side of a purge (``fleet/capture_channel.py``)."""
 
@@ -139,6 +145,30 @@ class CaptureService:
         self.session.commit()
         logger.info("capture %s %s by %s", capture_id, capture.state, reviewer)
         return capture
+
+    def service_summary(self, service: str, capture: dict | None) -> ServiceCaptures:
+        """An edge service's captures by state, and the dataset they land in (by its
+        ``capture`` block: named, else the model's default; None until it exists)."""
+        counts = dict(
+            self.session.execute(
+                select(Capture.state, func.count())
+                .where(Capture.service_name == service)
+                .group_by(Capture.state)
+            ).all()
+        )
+        dataset = None
+        name = (capture or {}).get("dataset")
+        if name:
+            try:
+                dataset = self.dataset(name)
+            except NotFound:
+                dataset = None
+        else:
+            first = self.session.scalar(
+                select(Capture.dataset_id).where(Capture.service_name == service).limit(1)
+            )
+            dataset = self.dataset(first) if first else None
+        return ServiceCaptures({k: int(v) for k, v in counts.items()}, dataset)
 
     # --- devices -----------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from protos import fleet_capture as wire
 from tests.captures.device import meta, png
 from tests.control_plane.conftest import Keys, build_test_package
 from tests.dashboard.browser import CHROMIUM, Served, serve, shot
-from tests.dashboard.conftest import make_settings
+from tests.dashboard.conftest import ADMIN_PASSWORD, make_settings
 
 API = "/api/v1"
 DEVICE = "cam-review"
@@ -59,6 +59,15 @@ def _captures(served: Served, models_dir: Path, tmp: Path) -> tuple[str, list[st
     labels = [str(d) for d in range(10)]
     spec = {"name": "mlp-captures", "type": "image_classification", "labels": labels}
     ds = rest.post("/datasets", json=spec).json()["id"]
+    edge = {
+        "name": "mlp-edge",
+        "type": "edge",
+        "models": [{"model": "mlp", "version": "1"}],
+        "targets": {"device_ids": [DEVICE]},
+        "capture": {"below_confidence": 0.6, "dataset": "mlp-captures"},
+    }
+    r = rest.post("/services", json=edge)
+    assert r.status_code == 201, r.text
     receiver = CaptureReceiver(served.app.state.ctx)
     ids = []
     for n, score in enumerate((0.5, 0.2, 0.4, 0.3)):
@@ -125,6 +134,24 @@ def test_review_mode_with_the_keyboard(
         ("3", "person", "rita")
     ]
     page.close()
+
+    # The edge service's page: its captures by state, the way to review them, and "Improve",
+    # which says why it cannot run here (an uploaded package was made by no training job).
+    admin = browser.new_page(viewport={"width": 1280, "height": 800}, base_url=served.base)
+    admin.goto("/ui/login")
+    admin.fill("input[name=username]", "admin")
+    admin.fill("input[name=password]", ADMIN_PASSWORD)
+    admin.click("button[type=submit]")
+    admin.goto("/ui/services/mlp-edge")
+    counts = admin.locator("#capture-counts")
+    expect(counts.locator('[data-state="pending"]')).to_have_text("pending: 1")
+    expect(counts.locator('[data-state="accepted"]')).to_have_text("accepted: 1")
+    expect(counts.locator('[data-state="dropped"]')).to_have_text("dropped: 1")
+    expect(admin.locator("#review-captures")).to_have_attribute("href", f"/ui/datasets/{ds}/review")
+    admin.click("#improve-service button[type=submit]")
+    expect(admin.locator("#improve-service .form-error")).to_contain_text("mlp version 1")
+    shot(admin, "22-edge-flywheel")
+    admin.close()
 
     # A viewer sees the queue but cannot act on it.
     r = rest.post("/users", json={"username": "vic", "password": "vic-pass1", "role": "viewer"})
