@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
+from edge_inference_sdk import Client
 from protos import fleet_capture as wire
 from tests.captures.device import CaptureDevice, meta, png
+from tests.control_plane.conftest import API_TOKEN
 from tests.dashboard.conftest import sign_in
 from tests.fleet.conftest import Fleet, Packages
 
@@ -41,9 +43,11 @@ def test_review_queue_order_and_actions(fleet: Fleet, packages: Packages) -> Non
     q = fleet.api.get(f"{API}/captures/review", params={"dataset": "mlp-captures"}).json()
     assert q["pending"] == 5 and q["dataset_name"] == "mlp-captures"
     assert [i["confidence"] for i in q["items"]] == [0.2, 0.3, 0.4, 0.5, 0.6]
-    q2 = fleet.api.get(
-        f"{API}/captures/review", params={"dataset": q["dataset_id"], "order": "disagreement"}
-    ).json()
+    # The same through the SDK (typed).
+    sdk = Client(token=API_TOKEN, http_client=fleet.api)
+    typed = sdk.captures.review_queue(q["dataset_id"], order="disagreement")
+    assert typed.pending == 5 and typed.items[0].disagreement
+    q2 = typed.model_dump(mode="json")
     assert [(i["disagreement"], i["confidence"]) for i in q2["items"]] == [
         (True, 0.3),
         (True, 0.5),
