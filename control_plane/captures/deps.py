@@ -38,7 +38,12 @@ def get_improver(
 def make_improver(
     session: Session, ctx: AppContext, runner: object, conversions: object, supervisor: object
 ) -> Improver:
-    """An improver over one session (the routes' and the engine's, which the app builds)."""
+    """An improver over one session (the routes' and the engine's, which the app builds).
+
+    The runtimes are typed ``object`` here: their classes live in other domains' internals
+    (``training.runner``, ``registry.conversions``, ``services.supervisor``), which this domain
+    may not import (tests/control_plane/test_layering.py); the services they are handed to
+    declare them."""
     return Improver(
         session,
         ctx,

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -146,7 +146,7 @@ class CaptureService:
         logger.info("capture %s %s by %s", capture_id, capture.state, reviewer)
         return capture
 
-    def service_summary(self, service: str, capture: dict | None) -> ServiceCaptures:
+    def service_summary(self, service: str, capture: dict[str, Any] | None) -> ServiceCaptures:
         """An edge service's captures by state, and the dataset they land in (by its
         ``capture`` block: named, else the model's default; None until it exists)."""
         counts = dict(
