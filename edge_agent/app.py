@@ -18,6 +18,7 @@ from prometheus_client import start_http_server
 
 from edge_agent import __version__
 from edge_agent.auth import TokenAuth
+from edge_agent.capture import Capturer
 from edge_agent.config import AgentSettings
 from edge_agent.fsutil import atomic_write_json
 from edge_agent.grpc.agent_servicer import AgentIdentity, AgentServicer
@@ -52,6 +53,7 @@ class Agent:
         self.repo = ModelRepository(settings.max_versions_per_model)
         self.executor = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="infer")
         self.installer = Installer(settings, self.store, self.repo, self.executor)
+        self.capture = Capturer(settings.capture, settings.data_dir / "captures")
         self.dataplane = DataPlane(
             self.repo,
             settings.max_inflight_requests,
@@ -59,6 +61,7 @@ class Agent:
             SharedMemoryRegistry(
                 settings.shared_memory_max_regions, settings.shared_memory_max_bytes
             ),
+            capture=self.capture,
         )
         self.jobs = BatchJobManager(settings.jobs_dir, self.repo, settings.batch_job_workers)
         token = settings.bearer_token()
@@ -96,6 +99,7 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        self.capture.start()
         self.grpc_port = await self.grpc.start()
         if self.http is not None:
             self.http_port = await self.http.start()
@@ -137,7 +141,13 @@ class Agent:
             from edge_agent.fleet import FleetClient
 
             self.fleet = FleetClient(
-                s, self.store, self.repo, self.installer, self.version, jobs=self.jobs
+                s,
+                self.store,
+                self.repo,
+                self.installer,
+                self.version,
+                jobs=self.jobs,
+                capture=self.capture,
             )
             await self.fleet.start()
 
@@ -149,6 +159,7 @@ class Agent:
             await self.http.stop(grace)
         await self.grpc.stop(grace)
         await self.jobs.stop()
+        await asyncio.to_thread(self.capture.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
         for m in list(self.repo):

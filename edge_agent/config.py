@@ -157,6 +157,48 @@ class FleetSettings(BaseModel):
         return self
 
 
+class CaptureSettings(BaseModel):
+    """The on-device store of captured inputs (the data flywheel) and how it is uploaded.
+
+    What is captured is the model's policy (its package's ``capture`` block, or the deployment's
+    own): without one, nothing is. These settings only bound what a device keeps and sends.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_records: int = Field(
+        default=1000,
+        ge=1,
+        description="Records kept at most in data_dir/captures; beyond, the oldest are dropped "
+        "(and counted in captures/stat).",
+    )
+    max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description="Bytes of records kept at most; beyond, the oldest are dropped (and counted).",
+    )
+    queue_size: int = Field(
+        default=64,
+        ge=1,
+        description="Captures waiting for the background writer; when full, a capture is "
+        "skipped and counted (the request is never held).",
+    )
+    upload_window: int = Field(
+        default=8, ge=1, le=64, description="Records being uploaded at once, awaiting their ack."
+    )
+    ack_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A record sent without an answer after this is sent again (the control "
+        "plane stores a record once per digest, so a resend is harmless).",
+    )
+    status_interval_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Least time between two captures/stat messages (sent after changes only).",
+    )
+
+
 class TlsSettings(BaseModel):
     """The agent's server identity: TLS on its gRPC port and its HTTP/REST port.
 
@@ -327,6 +369,11 @@ class AgentSettings(BaseSettings):
         default_factory=ModelSettings, description="Options for models not named in `models`."
     )
     log_level: str = Field(default="INFO", description="Python logging level.")
+    capture: CaptureSettings = Field(
+        default_factory=CaptureSettings,
+        description="Quotas and upload of captured inputs (data_dir/captures). See `capture.*` "
+        "below.",
+    )
     fleet: FleetSettings | None = Field(
         default=None,
         description="Fleet channel (MQTT) settings; absent: no fleet connection. See "

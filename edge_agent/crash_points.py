@@ -48,7 +48,11 @@ FLEET_POINTS = (
     "after_result_write",
 )
 
-_KNOWN = frozenset(INSTALL_POINTS) | frozenset(FLEET_POINTS)
+#: Points of the capture store (``edge_agent.capture.store``): a record fsynced under its
+#: temporary name, not yet renamed.
+CAPTURE_POINTS = ("capture_before_rename",)
+
+_KNOWN = frozenset(INSTALL_POINTS) | frozenset(FLEET_POINTS) | frozenset(CAPTURE_POINTS)
 
 
 def crash_point(point: str) -> None:

@@ -53,5 +53,13 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.captures = Counter(
+            "edge_agent_captures",
+            "Captured samples handed to the background writer (queued), or skipped because its "
+            "queue was full (queue_full).",
+            ["outcome"],
+            registry=r,
+        )
+
 
 METRICS = AgentMetrics()

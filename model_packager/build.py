@@ -76,6 +76,7 @@ class BuildSpec:
     seed: int = 0
     preprocessing: dict[str, Any] | None = None
     postprocessing: dict[str, Any] | None = None
+    capture: dict[str, Any] | None = None
     provenance_extra: dict[str, Any] = field(default_factory=dict)
     converter: str | None = None
 
@@ -221,6 +222,7 @@ def _build(
         variants=variants,
         preprocessing=spec.preprocessing,
         postprocessing=spec.postprocessing,
+        capture=spec.capture,
         provenance=Provenance(
             tool=f"model-packager {__version__}",
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from model_packager import __version__
 from model_packager.archive import open_package, verify_package
@@ -18,6 +19,7 @@ from model_packager.cli_files import InputFileError, read_labels
 from model_packager.convert.cli import add_parser as add_convert_parser
 from model_packager.errors import PackageError
 from model_packager.signing import TrustStore, generate_keypair, load_private_key
+from protos.fleet_capture import policy_from_dict
 
 
 def _progress(msg: str) -> None:
@@ -46,11 +48,27 @@ def _cmd_build(args: argparse.Namespace) -> int:
         description=args.description,
         labels=read_labels(args.labels) if args.labels else None,
         golden_count=args.golden_count,
+        capture=_capture_block(args.capture),
     )
     key = load_private_key(Path(args.key)) if args.key else None
     path = build_package(spec, Path(args.out_dir), key, progress=_progress)
     print(path)
     return 0
+
+
+def _capture_block(text: str | None) -> dict[str, Any] | None:
+    """``--capture`` as the manifest's capture block; a clear exit on bad JSON."""
+    if not text:
+        return None
+    try:
+        block = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"--capture is not JSON: {exc}") from None
+    try:
+        policy_from_dict(block)
+    except ValueError as exc:
+        raise SystemExit(f"--capture: {exc}") from None
+    return dict(block)
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
@@ -114,6 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--key", help="private key to sign with (else the package is unsigned)")
     b.add_argument("--golden-count", type=int, default=2, help="rows of golden test vectors")
     b.add_argument("--out-dir", default=".")
+    b.add_argument(
+        "--capture",
+        help="the manifest's capture block for agents, JSON, e.g. "
+        '\'{"below_confidence": 0.6, "on_request": true}\'',
+    )
     b.set_defaults(func=_cmd_build)
 
     s = sub.add_parser("sign", help="sign a package (writes a new file)")

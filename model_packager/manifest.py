@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from model_packager.errors import InvalidPackage
 from model_packager.tensors import DATATYPES, TensorSpec
+from protos.fleet_capture import policy_from_dict
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -134,6 +135,9 @@ class Manifest(_Strict):
     variants: list[Variant] = Field(min_length=1)
     preprocessing: dict[str, Any] | None = None
     postprocessing: dict[str, Any] | None = None
+    #: Which inputs an agent keeps for review (``protos.fleet_capture.CapturePolicy`` fields);
+    #: a deployment's own policy overrides it. Absent: nothing is captured.
+    capture: dict[str, Any] | None = None
     provenance: Provenance
 
     @field_validator("name", "version")
@@ -141,6 +145,13 @@ class Manifest(_Strict):
     def _names(cls, v: str) -> str:
         if not _NAME_RE.match(v):
             raise ValueError(f"{v!r} must be 1-128 characters of letters, digits, '.', '_', '-'")
+        return v
+
+    @field_validator("capture")
+    @classmethod
+    def _capture_policy(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            policy_from_dict(v)  # checked here so a bad block refuses the build, not a request
         return v
 
     @model_validator(mode="before")
@@ -195,6 +206,8 @@ class Manifest(_Strict):
     def to_bytes(self) -> bytes:
         """Canonical bytes: these, exactly, are what gets signed and stored in the archive."""
         data = self.model_dump(mode="json")
+        if data.get("capture") is None:
+            del data["capture"]  # packages without a policy keep the bytes they always had
         return (json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
+from protos.fleet_capture import CapturePolicy, policy_from_pb, policy_to_pb
 from protos.gen import fleet_pb2
 
 
@@ -72,6 +73,8 @@ class DesiredModel:
     weight: float = 0.0
     guard: LocalGuard | None = None
     warmup: ShadowWarmup | None = None
+    # What the device keeps of this version's inputs (None: the package's own capture block).
+    capture: CapturePolicy | None = None
 
     @classmethod
     def of_chunks(
@@ -88,6 +91,7 @@ class DesiredModel:
         weight: float = 0.0,
         guard: LocalGuard | None = None,
         warmup: ShadowWarmup | None = None,
+        capture: CapturePolicy | None = None,
     ) -> DesiredModel:
         """What the sender states: the chunk count is the number of chunk digests."""
         return cls(
@@ -103,6 +107,7 @@ class DesiredModel:
             weight,
             guard,
             warmup,
+            capture,
         )
 
     @property
@@ -170,6 +175,8 @@ def encode_desired_state(state: DesiredState) -> bytes:
                     timeout_s=m.warmup.timeout_s,
                 )
             )
+        if m.capture is not None:
+            entry.capture.CopyFrom(policy_to_pb(m.capture))
     for r in state.removals:
         msg.removals.add(deployment_id=r.deployment_id, name=r.name, version=r.version)
     return msg.SerializeToString()
@@ -215,6 +222,7 @@ def decode_desired_state(payload: bytes) -> DesiredState:
                 if m.HasField("warmup")
                 else None
             ),
+            capture=policy_from_pb(m.capture) if m.HasField("capture") else None,
         )
         for m in msg.models
     )

@@ -168,6 +168,8 @@ def grpc_calls(args: argparse.Namespace) -> list[Call]:
     def make_call(i: int) -> Callable[[], None]:
         client = grpcclient.InferenceServerClient(args.url)
         inp = grpcclient.InferInput(args.input_name, shape, "FP32")
+        mine = x.copy() if args.vary else x
+        flat = mine.reshape(-1)
         outputs = None
         place = None
         if args.shm:
@@ -182,6 +184,9 @@ def grpc_calls(args: argparse.Namespace) -> list[Call]:
         model = args.model
 
         def call() -> None:
+            if args.vary:  # a different input every time (one element changes)
+                flat[i % flat.size] += 1.0
+                inp.set_data_from_numpy(mine)
             if place is not None:
                 place.write_input()
                 client.infer(model, inputs, outputs=outputs, client_timeout=args.timeout)
@@ -334,6 +339,12 @@ def main() -> int:
         help="grpc mode: input and output through system shared memory (needs --output-shape)",
     )
     p.add_argument("--output-shape", default="", help="output shape, e.g. 1,1000 (--shm)")
+    p.add_argument(
+        "--vary",
+        action="store_true",
+        help="grpc mode: change one element of the input before every request, so no two "
+        "requests send the same bytes (scripts/bench-capture: captures are kept once per input)",
+    )
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=5.0)

@@ -37,7 +37,7 @@ from control_plane.core.context import AppContext
 from control_plane.core.credentials import hash_password
 from control_plane.core.settings import Settings
 from control_plane.devices.service import broker_credentials
-from protos import fleet_batch
+from protos import fleet_batch, fleet_capture
 from protos import fleet_topics as topics
 
 CONF_NAME = "mosquitto.conf"
@@ -60,6 +60,11 @@ _DEVICE_ACCESS = {
     # Batch jobs on the device (protos/fleet_batch.py).
     **{leaf: "read" for leaf in fleet_batch.DEVICE_SUBSCRIBES},
     **{leaf: "write" for leaf in fleet_batch.DEVICE_PUBLISHES},
+    # Captured samples (protos/fleet_capture.py). Like ``reported``, the retained ``captures/stat``
+    # is readable by the device that wrote it.
+    **{leaf: "read" for leaf in fleet_capture.DEVICE_SUBSCRIBES},
+    fleet_capture.UP: "write",
+    fleet_capture.STATUS: "readwrite",
 }
 
 # Names of local identities: what Mosquitto accepts as a user name and client id without quoting.

@@ -39,6 +39,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from edge_agent.capture import Capturer, Override
+from edge_agent.capture.uploader import CaptureUploader
 from edge_agent.config import AgentSettings
 from edge_agent.crash_points import crash_point
 from edge_agent.errors import AgentError
@@ -91,9 +93,11 @@ class FleetClient:
         installer: Installer,
         agent_version: str,
         jobs: BatchJobs | None = None,
+        capture: Capturer | None = None,
     ) -> None:
         """``jobs``: the agent's batch jobs, which batch jobs sent over the channel run as
-        (``batch.py``); without it the device takes none."""
+        (``batch.py``); without it the device takes none. ``capture``: the agent's captured
+        inputs, uploaded over the channel (``edge_agent/capture``); without it none are."""
         if settings.fleet is None:
             raise ValueError("FleetClient needs fleet settings")
         self.fs = settings.fleet
@@ -134,6 +138,17 @@ class FleetClient:
             self.batches = DeviceBatchRunner(
                 self.fs, root / "batch", jobs, prefix, self._publish_batch, self._connected
             )
+        self.capture = capture
+        self.captures: CaptureUploader | None = None
+        if capture is not None:
+            self.captures = CaptureUploader(
+                settings.capture,
+                capture.store,
+                self.device_id,
+                prefix,
+                self._publish_capture,
+                self._connected,
+            )
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -143,7 +158,8 @@ class FleetClient:
             self.fs,
             client_id=self.fs.client_id or self.device_id,
             subscriptions=[self.topic[topics.DESIRED], self.topic[topics.CHUNKS_DATA]]
-            + (self.batches.subscriptions if self.batches is not None else []),
+            + (self.batches.subscriptions if self.batches is not None else [])
+            + (self.captures.subscriptions if self.captures is not None else []),
             status_topic=self.topic[topics.STATUS],
             online_payload=codec.status_to_proto(True, self.agent_version),
             offline_payload=codec.status_to_proto(False, self.agent_version),
@@ -155,11 +171,15 @@ class FleetClient:
             self._tasks.append(asyncio.create_task(coro))
         if self.outbox:
             self._outbox_wakeup.set()
+        if self.captures is not None:
+            self.captures.start()
         log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic[topics.STATUS])
 
     async def stop(self) -> None:
         if self.batches is not None:
             await self.batches.stop()
+        if self.captures is not None:
+            await self.captures.stop()
         for t in [*self._tasks, *self._guards.values()]:
             t.cancel()
         await asyncio.gather(*self._tasks, *self._guards.values(), return_exceptions=True)
@@ -176,6 +196,8 @@ class FleetClient:
             self._outbox_wakeup.set()
             if self.batches is not None:
                 self.batches.on_connected()
+            if self.captures is not None:
+                self.captures.on_connected()
         elif isinstance(event, Disconnected):
             self._connected.clear()
             for key in [k for k in self._acks if k[0] == event.epoch]:
@@ -194,6 +216,8 @@ class FleetClient:
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         if self.batches is not None and self.batches.on_message(topic, payload):
+            return
+        if self.captures is not None and self.captures.on_message(topic, payload):
             return
         if topic == self.topic[topics.CHUNKS_DATA]:
             answer = codec.chunk_from_proto(payload)
@@ -224,6 +248,9 @@ class FleetClient:
 
     def _publish_batch(self, topic: str, payload: bytes) -> tuple[int, int] | None:
         return self.link.publish(topic, payload) if self.link is not None else None
+
+    def _publish_capture(self, topic: str, payload: bytes, retain: bool) -> tuple[int, int] | None:
+        return self.link.publish(topic, payload, retain) if self.link is not None else None
 
     def _publish_acked(self, topic: str, payload: bytes) -> asyncio.Future[None] | None:
         assert self.link is not None
@@ -393,6 +420,10 @@ class FleetClient:
             len(desired.removals),
         )
         self.state.prune({m.key for m in desired.models} | {r.key for r in desired.removals})
+        if self.capture is not None:
+            self.capture.set_overrides(
+                (m.name, m.version, Override(m.deployment_id, m.capture)) for m in desired.models
+            )
         remove_stale(self.downloads_root, {m.package_digest for m in desired.models})
         self._publish_reported()
         for r in desired.removals:

@@ -165,6 +165,13 @@ def request_from_proto(
                 if not output_shm:
                     require_local(local())
                 output_shm[o.name] = ref
+    capture = False
+    if req.parameters:
+        param = req.parameters.get("capture")
+        if param is not None:
+            if param.WhichOneof("parameter_choice") != "bool_param":
+                raise InvalidInput('parameter "capture" must be a bool_param')
+            capture = param.bool_param
     return InferenceRequest(
         model_name=req.model_name,
         model_version=req.model_version,
@@ -172,6 +179,7 @@ def request_from_proto(
         inputs=tensors,
         outputs=outputs,
         output_shm=output_shm,
+        capture=capture,
     )
 
 

@@ -133,6 +133,9 @@ def decode(wire: InferWire) -> InferenceRequest:
     if not isinstance(default, bool):
         raise InvalidInput('parameter "binary_data_output" must be true or false')
     wire.binary_default = default
+    capture = params.get("capture", False)
+    if not isinstance(capture, bool):
+        raise InvalidInput('parameter "capture" must be true or false')
     names = []
     output_shm = {}
     outputs = doc.get("outputs", [])
@@ -158,7 +161,13 @@ def decode(wire: InferWire) -> InferenceRequest:
             output_shm[out["name"]] = ref
         names.append(out["name"])
     return InferenceRequest(
-        wire.model_name, wire.model_version, request_id, tensors, names, output_shm=output_shm
+        wire.model_name,
+        wire.model_version,
+        request_id,
+        tensors,
+        names,
+        output_shm=output_shm,
+        capture=capture,
     )
 
 

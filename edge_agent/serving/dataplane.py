@@ -12,6 +12,10 @@ due to the shadow version is mirrored to it *after* the live answer is complete,
 task whose answer is only compared and discarded; at most ``SHADOW_MAX_INFLIGHT`` mirror runs per
 candidate are in flight, further ones are skipped and counted, so the shadow neither queues without
 bound nor delays or fails a live request.
+
+A ``Capturer`` (``edge_agent/capture``), when given, sees every answered request and every
+shadow comparison: it decides on the spot (one lookup for a version without a capture policy)
+and hands what it keeps to a background writer, never holding or failing the request.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, TypeVar
 
 import numpy as np
@@ -90,6 +94,28 @@ class WireRequest(Protocol):
 W = TypeVar("W", bound=WireRequest)
 
 
+class CaptureHook(Protocol):
+    """What the data plane tells the capture wing (``edge_agent.capture.Capturer``): called on
+    the event loop, it must return at once and never raise."""
+
+    def after_inference(
+        self,
+        served: ServedModel,
+        requested: bool,
+        raw: list[InputTensor],
+        results: Mapping[str, np.ndarray],
+    ) -> None: ...
+
+    def after_shadow(
+        self,
+        served: ServedModel,
+        shadow_version: str,
+        raw: list[InputTensor],
+        live: Mapping[str, np.ndarray],
+        shadow: Mapping[str, np.ndarray],
+    ) -> None: ...
+
+
 class DataPlane:
     def __init__(
         self,
@@ -97,11 +123,14 @@ class DataPlane:
         max_inflight: int,
         status_name: Callable[[AgentError], str],
         shm: SharedMemoryRegistry | None = None,
+        capture: CaptureHook | None = None,
     ) -> None:
         """``status_name`` names a failed request's status in the request counter (the
         transport's code, e.g. ``INVALID_ARGUMENT``); successes count as ``OK``. ``shm`` holds
-        the registered system shared memory regions both transports share."""
+        the registered system shared memory regions both transports share. ``capture`` keeps
+        the inputs the models' capture policies ask for."""
         self.repo = repo
+        self.capture = capture
         self.shm = shm if shm is not None else SharedMemoryRegistry()
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -239,7 +268,8 @@ class DataPlane:
             request.inputs = route_uploads(served, request.inputs)
         if served.hooks is not None and not is_tensor_request(served, request.inputs):
             return await self._infer_with_hooks(served, request, t0)
-        inputs = validate_inputs(served, request.inputs)
+        raw = request.inputs  # as received: what a capture keeps
+        inputs = validate_inputs(served, raw)
         wanted = validate_outputs(served, request.outputs)
         self.inflight += 1
         try:
@@ -257,8 +287,11 @@ class DataPlane:
         served.stats.request_succeeded(
             time.perf_counter_ns() - t0, t_model - t0, timing, served.rows(inputs)
         )
+        if self.capture is not None:
+            self.capture.after_inference(served, request.capture, raw, results)
         if shadow is not None:
-            self._mirror(shadow, inputs, {s.name: results[s.name] for s in specs})
+            live = {s.name: results[s.name] for s in specs}
+            self._mirror(shadow, inputs, live, served, raw)
         return InferenceResponse(
             model_name=served.name,
             model_version=served.version,
@@ -288,7 +321,14 @@ class DataPlane:
                 out.shm = ShmRef(ref.region, ref.offset, written)
 
     # shadow
-    def _mirror(self, shadow: ServedModel, inputs: Tensors, live: Tensors) -> None:
+    def _mirror(
+        self,
+        shadow: ServedModel,
+        inputs: Tensors,
+        live: Tensors,
+        served: ServedModel,
+        raw: list[InputTensor],
+    ) -> None:
         """Start a shadow run of an answered request, or count it skipped when the candidate
         already has ``SHADOW_MAX_INFLIGHT`` runs: never waits, never raises."""
         key = (shadow.name, shadow.version)
@@ -297,17 +337,26 @@ class DataPlane:
             shadow.stats.shadow.skipped += 1
             return
         self._shadow_inflight[key] = busy + 1
-        task = asyncio.get_running_loop().create_task(self._shadow_run(shadow, inputs, live))
+        task = asyncio.get_running_loop().create_task(
+            self._shadow_run(shadow, inputs, live, served, raw)
+        )
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    async def _shadow_run(self, shadow: ServedModel, inputs: Tensors, live: Tensors) -> None:
+    async def _shadow_run(
+        self,
+        shadow: ServedModel,
+        inputs: Tensors,
+        live: Tensors,
+        served: ServedModel,
+        raw: list[InputTensor],
+    ) -> None:
         key = (shadow.name, shadow.version)
         try:
             loop = asyncio.get_running_loop()
             # Always in the thread pool, even for an inline model: the event loop belongs to
             # live requests. The dynamic batcher is bypassed so mirrors never take queue slots.
-            result = await loop.run_in_executor(
+            result, own = await loop.run_in_executor(
                 shadow.executor, _run_and_compare, shadow, inputs, live
             )
         except Exception as exc:  # the shadow must never take anything else down
@@ -315,6 +364,8 @@ class DataPlane:
             log.debug("shadow run on %s:%s failed: %s", shadow.name, shadow.version, exc)
         else:
             shadow.stats.shadow.record(result.rows, result.agreed, result.max_abs_diff)
+            if self.capture is not None and result.agreed < result.rows:
+                self.capture.after_shadow(served, shadow.version, raw, live, own)
         finally:
             left = self._shadow_inflight.get(key, 1) - 1
             if left > 0:
@@ -373,11 +424,15 @@ class DataPlane:
         )
 
 
-def _run_and_compare(shadow: ServedModel, inputs: Tensors, live: Tensors) -> Comparison:
+def _run_and_compare(
+    shadow: ServedModel, inputs: Tensors, live: Tensors
+) -> tuple[Comparison, Tensors]:
     """The candidate's model outputs for ``inputs``, compared with the live answer (in a worker
-    thread). Only the model's own outputs run: post-processing adds nothing comparable."""
+    thread), and those outputs. Only the model's own outputs run: post-processing adds nothing
+    comparable."""
     own = {s.name for s in shadow.manifest.output_specs()}
     names = [n for n in live if n in own]
     if not names:
         raise ValueError("the shadow version has none of the live outputs")
-    return compare({n: live[n] for n in names}, shadow.infer_sync(inputs, names))
+    outputs = shadow.infer_sync(inputs, names)
+    return compare({n: live[n] for n in names}, outputs), outputs

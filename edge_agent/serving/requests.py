@@ -43,6 +43,9 @@ class InferenceRequest:
     routed_version: str = ""
     #: Requested outputs to write into shared memory instead of the response, by name.
     output_shm: dict[str, ShmRef] = field(default_factory=dict)
+    #: The client asked to keep this request's input for review (request parameter
+    #: ``capture: true``); honoured when the model's capture policy has ``on_request``.
+    capture: bool = False
 
 
 @dataclass(slots=True)

@@ -149,17 +149,19 @@ def test_agent_never_imports_control_plane() -> None:
 
 
 #: Wing -> agent modules it must not import. The wings depend one way: serving is the base,
-#: install and jobs use it, the fleet drives the installer, gRPC exposes all but the fleet, HTTP
-#: exposes the data plane only, and only ``app``/``cli`` assemble everything. The transports never
-#: import each other. Top-level helpers import no wing at all.
-_ALL = {"serving", "install", "jobs", "fleet", "grpc", "http", "app", "cli"}
+#: install, jobs and capture use it, the fleet drives the installer and uploads captures, gRPC
+#: exposes all but the fleet, HTTP exposes the data plane only, and only ``app``/``cli`` assemble
+#: everything. The transports never import each other. Top-level helpers import no wing at all.
+_ALL = {"serving", "install", "jobs", "capture", "fleet", "grpc", "http", "app", "cli"}
 WING_RULES = {
     "serving": _ALL - {"serving"},
-    "install": {"jobs", "fleet", "grpc", "http", "app", "cli"},
-    "jobs": {"install", "fleet", "grpc", "http", "app", "cli"},
+    "install": {"jobs", "capture", "fleet", "grpc", "http", "app", "cli"},
+    "jobs": {"install", "capture", "fleet", "grpc", "http", "app", "cli"},
+    # Captured inputs: the data plane calls it (through a protocol), the fleet uploads them.
+    "capture": {"install", "jobs", "fleet", "grpc", "http", "app", "cli"},
     "fleet": {"jobs", "grpc", "http", "app", "cli"},
-    "grpc": {"fleet", "http", "app", "cli"},
-    "http": {"install", "jobs", "fleet", "grpc", "app", "cli"},
+    "grpc": {"capture", "fleet", "http", "app", "cli"},
+    "http": {"install", "jobs", "capture", "fleet", "grpc", "app", "cli"},
     "config.py": _ALL,
     "errors.py": _ALL,
     "metrics.py": _ALL,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from control_plane.core.settings import Settings
-from control_plane.fleet.broker_config import max_packet_bytes, render_conf
+from control_plane.fleet.broker_config import device_access, max_packet_bytes, render_conf
 from protos import fleet_topics as topics
 from tests.control_plane.conftest import (
     DEVICE_PASSWORD,
@@ -136,7 +136,10 @@ def test_broker_refuses_a_packet_bigger_than_the_largest_message(
 ) -> None:
     b = Brokers(tmp_path, brokers)
     cp_user = b.settings.mqtt.username
-    topic = topics.device_topic(LONGEST_ID, topics.CHUNKS_DATA)
+    # The longest topic a device may read (every leaf a device may publish on, it may also read,
+    # or is shorter than one it reads).
+    topic = max((t for t, access in device_access(LONGEST_ID).items() if "read" in access), key=len)
+    assert len(topic) == max(len(t) for t in device_access(LONGEST_ID))
     # The limit is the largest message on the longest topic, as Mosquitto counts a packet.
     assert max_packet_bytes() == 1 + 2 + len(topic) + 2 + topics.MAX_MESSAGE_BYTES
     try:
