@@ -58,6 +58,7 @@ def desired_state_to_proto(view: DesiredStateView) -> bytes:
             weight=m.weight,
             guard=fleet_state.LocalGuard(**m.guard) if m.guard else None,
             warmup=fleet_state.ShadowWarmup(**m.warmup) if m.warmup else None,
+            capture=fleet_capture.policy_from_dict(m.capture) if m.capture else None,
         )
         for m in view.models
     )

@@ -103,6 +103,15 @@ class CaptureDevice:
         self.probe.publish(topic, wire.encode_status(status), retain=True)
 
 
+def as_device(port: int, bundle: dict) -> CaptureDevice:
+    """A capture device on the broker with the device's own credentials (its ACL: it may write
+    ``captures/up`` and read ``captures/ack`` of its own subtree only)."""
+    mqtt = bundle["mqtt"]
+    probe = MqttProbe(port, mqtt["username"], mqtt["password"], client_id=mqtt["client_id"])
+    assert probe.connect()
+    return CaptureDevice(probe, bundle["device_id"])
+
+
 def npy(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array)

@@ -33,7 +33,7 @@ from control_plane.fleet.service import FleetService
 from control_plane.registry.packages.service import PackageService
 from protos import fleet_capture as wire
 from protos import fleet_topics as topics
-from tests.captures.device import CaptureDevice, meta, npy, png
+from tests.captures.device import CaptureDevice, as_device, meta, npy, png
 from tests.control_plane.conftest import (
     API_TOKEN,
     MQTT_PASSWORD,
@@ -53,10 +53,9 @@ DEVICE = "cam-cap"
 
 
 def _device(fleet: Fleet) -> CaptureDevice:
-    fleet.register(DEVICE)
-    # The observer identity has the control plane's rights; the device's own ACL grants for
-    # the capture leaves are tested in tests/control_plane (test_broker_identity.py).
-    return CaptureDevice(fleet.observer(), DEVICE)
+    dev = as_device(fleet.port, fleet.register(DEVICE))
+    fleet.probes.append(dev.probe)
+    return dev
 
 
 def _captures(fleet: Fleet, **params: str) -> list[dict]:

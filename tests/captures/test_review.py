@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from edge_inference_sdk import Client
 from protos import fleet_capture as wire
-from tests.captures.device import CaptureDevice, meta, png
+from tests.captures.device import as_device, meta, png
 from tests.control_plane.conftest import API_TOKEN
 from tests.dashboard.conftest import sign_in
 from tests.fleet.conftest import Fleet, Packages
@@ -30,8 +30,8 @@ def _user(fleet: Fleet, name: str, role: str) -> TestClient:
 
 def test_review_queue_order_and_actions(fleet: Fleet, packages: Packages) -> None:
     fleet.upload(packages.v1)
-    fleet.register(DEVICE)
-    dev = CaptureDevice(fleet.observer(), DEVICE)
+    dev = as_device(fleet.port, fleet.register(DEVICE))
+    fleet.probes.append(dev.probe)
     # (score, label, shadow's top-1 or None)
     sent = [(0.6, "7", None), (0.2, "1", None), (0.4, "7", None), (0.3, "7", "2"), (0.5, "1", "4")]
     digests = []
