@@ -15,6 +15,10 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 
 from control_plane import health
+from control_plane.captures import routes as captures
+from control_plane.captures.deps import make_improver
+from control_plane.captures.improve import ImprovementEngine
+from control_plane.captures.receiver import CaptureReceiver
 from control_plane.core import http_errors
 from control_plane.core.context import AppContext
 from control_plane.core.database import upgrade
@@ -28,6 +32,7 @@ from control_plane.deployments import routes as deployments
 from control_plane.devices import routes as devices
 from control_plane.fleet import broker_hook_routes as broker_hooks
 from control_plane.fleet.batch_channel import BatchChannel
+from control_plane.fleet.capture_channel import CaptureChannel
 from control_plane.fleet.embedded_broker import EmbeddedBroker, Identities
 from control_plane.fleet.package_topics import PackageGrants
 from control_plane.fleet.service import FleetService
@@ -127,6 +132,12 @@ OPENAPI_TAGS: list[dict[str, str]] = [
         "Mosquitto ACL.",
     },
     {
+        "name": "captures",
+        "description": "The data flywheel: samples devices captured, their review queue "
+        "(accept, correct, drop), device capture stores and purges, and the improvement of an "
+        "edge service's model from reviewed captures (publish, retrain, register, canary).",
+    },
+    {
         "name": "users",
         "description": "User accounts with roles (admin only) and each user's own profile and "
         "API tokens (`/users/me`).",
@@ -165,6 +176,11 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.device_batches = DeviceBatches(ctx)
         app.state.device_batches.channel = batch_channel
         batch_channel.handler = app.state.device_batches
+        # Captured samples from devices (the data flywheel): their own leaves too.
+        capture_channel = CaptureChannel(fleet)
+        fleet.extensions.append(capture_channel)
+        capture_channel.handler = CaptureReceiver(ctx)
+        app.state.capture_channel = capture_channel
         fleet.devices_changed()
         fleet.start()
         app.state.ctx, app.state.fleet, app.state.broker = ctx, fleet, broker
@@ -176,12 +192,24 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.services = Supervisor.start(ctx)
         # Edge services: resumes every running rollout from the database.
         app.state.rollouts = RolloutEngine.start(ctx)
+        # Captures: resumes every running improvement (reviewed captures to a canary).
+        app.state.improvements = ImprovementEngine.start(
+            ctx,
+            lambda session: make_improver(
+                session,
+                ctx,
+                app.state.training.runner,
+                app.state.conversions,
+                app.state.services,
+            ),
+        )
         # Notebooks: adopts the JupyterLab servers an earlier run left running.
         app.state.notebooks = JupyterServers(ctx)
         try:
             yield
         finally:
             app.state.notebooks.close()  # the servers keep running, adopted on the next start
+            app.state.improvements.stop()
             app.state.rollouts.stop()
             app.state.services.stop()
             app.state.conversions.stop()
@@ -217,6 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
     api.include_router(services.router)
     api.include_router(notebooks.router)
     api.include_router(users.router)
+    api.include_router(captures.router)
     app.include_router(api)
     # JupyterLab behind the control plane's auth (checked by the proxy itself: browsers
     # authenticate with a cookie there, not only with a bearer header).

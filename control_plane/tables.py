@@ -7,6 +7,7 @@ this module. It sits at the top of the package, beside ``app.py``, so no import 
 
 from __future__ import annotations
 
+from control_plane.captures import models as captures
 from control_plane.core import replicas
 from control_plane.core.database import Base
 from control_plane.datasets import models as datasets
@@ -20,6 +21,7 @@ from control_plane.users import models as users
 
 __all__ = [
     "Base",
+    "captures",
     "datasets",
     "deployments",
     "devices",

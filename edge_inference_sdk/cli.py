@@ -421,6 +421,36 @@ def cmd_services_get(client: Client, args: argparse.Namespace) -> Any:
     return client.services.get(args.name)
 
 
+def cmd_captures_list(client: Client, args: argparse.Namespace) -> Any:
+    return client.captures.list(
+        device_id=args.device, service=args.service, state=args.state, dataset=args.dataset
+    )
+
+
+def cmd_captures_queue(client: Client, args: argparse.Namespace) -> Any:
+    return client.captures.review_queue(args.dataset, args.order, args.limit).items
+
+
+def cmd_captures_review(client: Client, args: argparse.Namespace) -> Any:
+    return client.captures.review(args.capture_id, args.action, args.label)
+
+
+def cmd_captures_purge(client: Client, args: argparse.Namespace) -> Any:
+    return client.captures.purge(args.device_id)
+
+
+def cmd_captures_improve(client: Client, args: argparse.Namespace) -> Any:
+    imp = client.captures.improve(args.service)
+    if not args.wait:
+        return imp
+    done = client.captures.wait_improvement(
+        imp.id, args.timeout, args.poll, _watch(args, "improvement")
+    )
+    if done.state != "succeeded":
+        raise Failed(f"improvement {done.id} {done.state}: {done.error}", done)
+    return done
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
@@ -454,6 +484,11 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_notebooks_delete: ("deleted",),
     cmd_services_list: ("name", "type", "state"),
     cmd_services_get: ("name", "type", "state", "reason"),
+    cmd_captures_list: ("id", "device_id", "reason", "predicted", "confidence", "state"),
+    cmd_captures_queue: ("id", "device_id", "predicted", "confidence", "disagreement"),
+    cmd_captures_review: ("id", "state", "label", "reviewed_by"),
+    cmd_captures_purge: ("device_id", "purge_id", "stored_records", "last_purge_id"),
+    cmd_captures_improve: ("id", "service_name", "state", "step", "error"),
     cmd_login: ("url", "profile", "config"),
 }
 
@@ -688,6 +723,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = svcs.add_parser("get", parents=[common])
     p.add_argument("name")
     p.set_defaults(func=cmd_services_get)
+
+    caps = top.add_parser(
+        "captures", parents=[common], help="captured samples, their review, improvements"
+    ).add_subparsers(required=True)
+    p = caps.add_parser("list", parents=[common])
+    p.add_argument("--device")
+    p.add_argument("--service")
+    p.add_argument("--state", choices=("pending", "accepted", "corrected", "dropped"))
+    p.add_argument("--dataset")
+    p.set_defaults(func=cmd_captures_list)
+    p = caps.add_parser("queue", parents=[common], help="a dataset's review queue")
+    p.add_argument("dataset")
+    p.add_argument("--order", choices=("confidence", "disagreement"), default="confidence")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_captures_queue)
+    p = caps.add_parser("review", parents=[common], help="accept, correct or drop a capture")
+    p.add_argument("capture_id")
+    p.add_argument("action", choices=("accept", "correct", "drop"))
+    p.add_argument("label", nargs="?", help="the label, for correct")
+    p.set_defaults(func=cmd_captures_review)
+    p = caps.add_parser("purge", parents=[common], help="purge a device's capture store")
+    p.add_argument("device_id")
+    p.set_defaults(func=cmd_captures_purge)
+    p = caps.add_parser(
+        "improve", parents=[common], help="publish, retrain, register, canary in one action"
+    )
+    p.add_argument("service")
+    p.add_argument("--wait", action="store_true", help="wait until the canary rollout opens")
+    _wait_options(p)
+    p.set_defaults(func=cmd_captures_improve)
     return parser
 
 

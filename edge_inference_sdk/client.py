@@ -11,6 +11,7 @@ from __future__ import annotations
 import httpx
 
 from edge_inference_sdk.config import load_profile
+from edge_inference_sdk.resources.captures import Captures
 from edge_inference_sdk.resources.datasets import Datasets
 from edge_inference_sdk.resources.fleet import Deployments, Devices
 from edge_inference_sdk.resources.notebooks import Notebooks
@@ -31,6 +32,7 @@ RESOURCES = (
     Services,
     Notebooks,
     Users,
+    Captures,
 )
 
 
@@ -66,6 +68,7 @@ class Client:
         self.services = Services(self._transport)
         self.notebooks = Notebooks(self._transport)
         self.users = Users(self._transport)
+        self.captures = Captures(self._transport)
 
     def health(self) -> dict[str, object]:
         """``GET /health`` (no token needed): ``{"status": "ok", "broker_connected": bool}``."""

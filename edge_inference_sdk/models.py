@@ -344,3 +344,53 @@ class NotebookExport(Resource):
     files: list[str]
     changes: list[ExportChange]
     script: str
+
+
+# --- captures (the data flywheel) --------------------------------------------------------------
+
+
+class Capture(Resource):
+    id: str
+    digest: str
+    device_id: str
+    service_name: str | None
+    model: str
+    version: str
+    reason: str
+    captured_at: dt.datetime
+    top_k: list[dict[str, Any]]
+    predicted: str
+    confidence: float
+    disagreement: bool
+    dataset_id: str
+    sample_id: int | None
+    state: str
+    label: str
+
+
+class ReviewQueue(Resource):
+    dataset_id: str
+    dataset_name: str
+    labels: list[str]
+    pending: int
+    items: list[Capture]
+
+
+class DeviceCaptures(Resource):
+    device_id: str
+    stored_records: int
+    dropped_total: int
+    purge_id: str
+    last_purge_id: str
+    received: int
+
+
+class Improvement(Resource):
+    id: str
+    service_name: str
+    model: str
+    from_version: str
+    state: str
+    step: str
+    steps: dict[str, Any]
+    error: str

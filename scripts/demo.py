@@ -18,6 +18,10 @@ version 2 out to the device, canary first, through its health gates (step 21,
 or, with ``--keep``, the control plane and the device's agent left running and the dashboard's
 URL and the admin's one-time password printed (23). Everything lives in ``.demo/`` and nothing is
 downloaded; ``--no-fleet`` stops after step 9, ``--no-training`` skips steps 15-20.
+``--flywheel`` adds one turn of the data flywheel after step 20 (F1-F5,
+``scripts/demo_flywheel.py``): an edge service capturing what the trained model is unsure of,
+digits of another style shown to the device, an automatic review from their true labels,
+one improvement (publish, retrain, register, canary), and the accuracy before and after.
 
 This process talks to the agent only over the network, as a user's application would: it imports
 tritonclient, never the agent's inference code.
@@ -154,7 +158,15 @@ def main() -> int:
     )
     parser.add_argument("--no-fleet", action="store_true", help="skip the control plane steps")
     parser.add_argument("--no-training", action="store_true", help="skip data, training, registry")
+    parser.add_argument(
+        "--flywheel",
+        action="store_true",
+        help="after step 20, one turn of the data flywheel: captures from the device, an "
+        "automatic review from the true labels, retrain, canary, accuracy before and after",
+    )
     args = parser.parse_args()
+    if args.flywheel and (args.no_fleet or args.no_training):
+        parser.error("--flywheel needs the control plane and training steps")
     started = time.monotonic()
     shutil.rmtree(DEMO / "run", ignore_errors=True)
     work = DEMO / "run"
@@ -227,6 +239,7 @@ def main() -> int:
             ai_flow=not args.no_training,
             keep=args.keep,
             update=v2,
+            flywheel=args.flywheel,
         )
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s: everything is in .demo/run")
     return 0

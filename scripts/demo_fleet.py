@@ -347,8 +347,10 @@ def run_fleet_demo(
     ai_flow: bool = True,
     keep: bool = False,
     update: Path | None = None,
+    flywheel: bool = False,
 ) -> None:
-    """Steps 10-23 of the demo (21, an edge service rolling ``update`` out, when it is given);
+    """Steps 10-23 of the demo (21, an edge service rolling ``update`` out, when it is given;
+    F1-F5, one turn of the data flywheel after step 20, with ``flywheel``);
     every child process is stopped whatever happens, unless ``keep`` asks to leave the control
     plane and the agent running once the demo has succeeded."""
     work.mkdir(parents=True, exist_ok=True)
@@ -362,7 +364,11 @@ def run_fleet_demo(
         if ai_flow:
             from demo_flow import run_ai_flow
 
-            run_ai_flow(demo, base, demo.token, grpc_port)
+            trained = run_ai_flow(demo, base, demo.token, grpc_port)
+            if flywheel:
+                from demo_flywheel import run_flywheel
+
+                run_flywheel(demo, trained["model"], trained["version"])
         if update is not None:
             from demo_edge import rollout_edge_service
 

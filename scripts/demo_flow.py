@@ -168,7 +168,8 @@ def batch_evaluation(demo: FleetDemo, model: str, version: str, dataset: dict[st
     return float(ev["accuracy"])
 
 
-def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> None:
+def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> dict[str, Any]:
+    """Steps 15-20; the trained model (``run_training_demo``'s answer)."""
     step("15. Data: create a digits dataset, import a zip, label it, publish V001")
     version = run_datasets_demo(base_url, token, per_class=60)
     step("16. Train the built-in image classifier on V001; register, convert, gate, sign")
@@ -188,3 +189,4 @@ def run_ai_flow(demo: FleetDemo, base_url: str, token: str, grpc_port: int) -> N
     serve_online(demo, base_url, token, trained["model"], trained["version"], version["data_url"])
     step("20. A batch service over the validation split: results and evaluation")
     batch_evaluation(demo, trained["model"], trained["version"], version)
+    return trained

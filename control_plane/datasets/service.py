@@ -10,6 +10,7 @@ Rules enforced here (not in routes), so imports, the API and later model pre-lab
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import shutil
 import uuid
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session, aliased
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
+from control_plane.datasets.images import probe
 from control_plane.datasets.models import (
     Annotation,
     Dataset,
@@ -379,6 +381,59 @@ class DatasetService:
 
     def thumbnail(self, dataset_id: str, sample_id: int) -> Path:
         return self.store.thumbnail(self.sample(dataset_id, sample_id).digest)
+
+    def add_sample(
+        self,
+        dataset_id: str,
+        data: bytes,
+        name: str,
+        annotation: AnnotationIn | None = None,
+    ) -> tuple[Sample, bool]:
+        """One image as a sample of a classification dataset, with an optional label (added to
+        the label set when missing); (sample, new). Flushed, not committed: the caller commits
+        it with its own rows (a captured sample and its capture record land together).
+
+        An image the dataset already holds (same sha256) is returned as it is, not added twice.
+        ``InvalidRequest`` when the bytes are not an image this dataset can hold.
+        """
+        dataset = self.get(dataset_id)
+        if dataset.type != CLASSIFICATION:
+            raise InvalidRequest(f"dataset {dataset.name} is not an image classification dataset")
+        digest = hashlib.sha256(data).hexdigest()
+        known = self.session.scalar(
+            select(Sample).where(Sample.dataset_id == dataset_id, Sample.digest == digest)
+        )
+        if known is not None:
+            return known, False
+        info = probe(data, name, self.ctx.settings.datasets.max_image_pixels)
+        sample = Sample(
+            dataset_id=dataset_id,
+            digest=digest,
+            source_name=name[:1000],
+            media_type=info.media_type,
+            size=len(data),
+            width=info.width,
+            height=info.height,
+        )
+        if annotation is not None:
+            check_label_name(annotation.label)
+            label = next((lb for lb in dataset.labels if lb.name == annotation.label), None)
+            if label is None:
+                label = Label(name=annotation.label)
+                dataset.labels.append(label)
+            sample.annotations = [
+                Annotation(
+                    label=label,
+                    source=annotation.source,
+                    creator=annotation.creator,
+                    confidence=annotation.confidence,
+                )
+            ]
+        self.store.put_bytes(digest, data)
+        self.store.finish_uploads()
+        self.session.add(sample)
+        self.session.flush()
+        return sample, True
 
     def delete_sample(self, dataset_id: str, sample_id: int) -> None:
         sample = self.sample(dataset_id, sample_id)

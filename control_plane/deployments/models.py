@@ -32,6 +32,9 @@ class Deployment(Base):
     guard: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Shadow warm-up before activation ({"fraction", "min_requests", ...}) or None.
     warmup: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # What the device keeps of this version's inputs for review (the edge service's capture
+    # policy: {"enabled", "below_confidence", ...}; protos/fleet_capture.proto) or None.
+    capture: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
     package: Mapped[Package] = relationship(lazy="joined")

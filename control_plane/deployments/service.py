@@ -67,6 +67,7 @@ class DesiredModelView:
     guard: dict[str, Any] | None = None
     warmup: dict[str, Any] | None = None
     cdc_index_sha256: bytes = b""  # empty: the package has no chunk index (no delta)
+    capture: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,7 @@ def _entry(dep: Deployment) -> DesiredModelView | RemovalView:
         guard=dep.guard,
         warmup=dep.warmup,
         cdc_index_sha256=pkg.cdc_index_sha256 or b"",
+        capture=dep.capture,
     )
 
 
@@ -168,6 +170,7 @@ class DeploymentService:
         guard: dict[str, Any] | None = None,
         warmup: dict[str, Any] | None = None,
         publish: bool = True,
+        capture: dict[str, Any] | None = None,
     ) -> Deployment:
         """Record the deployment, bump each target's generation, publish their desired states.
 
@@ -220,6 +223,7 @@ class DeploymentService:
             weight=weight,
             guard=guard,
             warmup=warmup,
+            capture=capture if action == "install" else None,
         )
         model_name = package.name
         self._supersede([d.id for d in devices], model_name, package.version, action, standby)

@@ -16,9 +16,9 @@ from control_plane.deployments.service import DeploymentResultReport, DesiredSta
 from control_plane.devices.service import ReportedStateReport
 from control_plane.devices.telemetry.service import IncomingRecord
 from control_plane.registry.packages.service import Chunk
-from protos import fleet_state
+from protos import fleet_capture, fleet_state
 from protos import fleet_topics as topics
-from protos.gen import fleet_pb2
+from protos.gen import fleet_capture_pb2, fleet_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -67,6 +67,7 @@ def desired_state_to_proto(view: DesiredStateView, package_root: str | None = No
                 if package_root is not None
                 else ""
             ),
+            capture=fleet_capture.policy_from_dict(m.capture) if m.capture else None,
         )
         for m in view.models
     )
@@ -226,3 +227,14 @@ def telemetry_from_proto(device_id: str, payload: bytes) -> tuple[list[IncomingR
         if r.seq > 0
     ]
     return records, msg.dropped
+
+
+def capture_chunk_digest(payload: bytes) -> str:
+    """The record digest a capture chunk names, read leniently from a chunk that failed its
+    checks (so it can be refused by digest); '' when there is no valid one to read."""
+    msg = fleet_capture_pb2.CaptureChunk()
+    try:
+        msg.ParseFromString(payload)
+    except DecodeError:
+        return ""
+    return msg.digest if fleet_capture.valid_digest(msg.digest) else ""

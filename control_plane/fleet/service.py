@@ -93,7 +93,10 @@ STORE_BATCH = 256
 
 class FleetExtension(Protocol):
     """A channel of its own on the fleet connection: the device leaves it receives (every
-    device's, subscribed at each connect) and what it does with them, off the network thread."""
+    device's, subscribed at each connect) and what it does with them, off the network thread.
+
+    An extension may also name ``shared_leaves``: those of its leaves that, with replicas, go
+    through the shared subscription like chunk requests (each message to one replica)."""
 
     leaves: tuple[str, ...]
 
@@ -393,7 +396,10 @@ class FleetService:
         (``$share/<group>/...``): the broker hands each message to one replica only. Status and
         reported state stay plain subscriptions: they are retained, and a broker sends retained
         messages to plain subscriptions only; every replica records the same latest value."""
-        if self.settings.replicas.id is None or leaf not in SHARED_LEAVES:
+        shared = SHARED_LEAVES + tuple(
+            leaf for ext in self.extensions for leaf in getattr(ext, "shared_leaves", ())
+        )
+        if self.settings.replicas.id is None or leaf not in shared:
             return topic_filter
         return f"$share/{self.settings.mqtt.username}/{topic_filter}"
 

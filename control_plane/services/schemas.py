@@ -164,6 +164,34 @@ class HealthGates(BaseModel):
     require_online: bool = Field(True, description="Every device of the stage stays online.")
 
 
+class CaptureSpec(BaseModel):
+    """What the service's devices keep of their inputs for review (the data flywheel), and the
+    dataset the captures land in. Sent to each device with the version (``DesiredModel.capture``,
+    protos/fleet_capture.proto), over the package's own ``capture`` block."""
+
+    enabled: bool = True
+    below_confidence: float = Field(
+        0.0, ge=0, le=1, description="Capture when the top-1 score is below this (0: off)."
+    )
+    sample_fraction: float = Field(
+        0.0, ge=0, le=1, description="Capture this share of requests at random (0: off)."
+    )
+    on_disagreement: bool = Field(
+        False, description="Capture when a shadow version's top-1 differs from the active one's."
+    )
+    on_request: bool = Field(
+        False, description="Capture when the client asks (request parameter `capture: true`)."
+    )
+    top_k: int = Field(0, ge=0, le=100, description="Top classes a record keeps (0: 5).")
+    dataset: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="The dataset captures land in, by name (created on first capture). "
+        "Default: `<model>-captures`, with the model's labels.",
+    )
+
+
 def parse_share(share: int | str) -> tuple[int, float]:
     """(count, 0) or (0, fraction); ``ValueError`` for anything else."""
     if isinstance(share, int):
@@ -230,6 +258,9 @@ class ServiceCreate(BaseModel):
     warmup: WarmupSpec | None = Field(
         None, description="Edge services only: shadow warm-up on each device before activation."
     )
+    capture: CaptureSpec | None = Field(
+        None, description="Edge services only: what devices capture for review, and where it lands."
+    )
     detection: DetectionOutputs | None = Field(
         None,
         description="Batch services over a detection version: how to read the model's boxes; "
@@ -257,7 +288,7 @@ class ServiceCreate(BaseModel):
         asking for replicas or dynamic batching would otherwise get something it did not ask."""
         edge_fields = [
             f
-            for f in ("targets", "strategy", "gates", "guard", "warmup")
+            for f in ("targets", "strategy", "gates", "guard", "warmup", "capture")
             if getattr(self, f) is not None
         ]
         if self.type == "edge":
@@ -429,6 +460,7 @@ class ServicePublic(BaseModel):
     evaluation: Evaluation | None = None
     detection_evaluation: DetectionEvaluation | None = None
     targets: EdgeTargets | None = None
+    capture: CaptureSpec | None = Field(None, description="Edge services: the capture block.")
     rollout: RolloutPublic | None = Field(None, description="Edge services: the latest rollout.")
     owner: str | None = Field(
         None,

@@ -39,6 +39,7 @@ from control_plane.services.rollouts.service import RolloutService
 from control_plane.services.schemas import (
     BatchInput,
     BatchProgress,
+    CaptureSpec,
     DetectionEvaluation,
     EdgeTargets,
     Evaluation,
@@ -144,6 +145,7 @@ class ServiceManager:
                 else None
             ),
             targets=EdgeTargets(**service.spec["targets"]) if "targets" in service.spec else None,
+            capture=CaptureSpec(**service.spec["capture"]) if service.spec.get("capture") else None,
             rollout=(
                 RolloutService(self.session, self.ctx).public(rollout)
                 if (rollout := latest_rollout(self.session, service.name)) is not None
@@ -278,6 +280,7 @@ class ServiceManager:
                 "gates": (spec.gates.model_dump() if spec.gates else None),
                 "guard": (spec.guard.model_dump() if spec.guard else None),
                 "warmup": (spec.warmup.model_dump() if spec.warmup else None),
+                "capture": (spec.capture.model_dump() if spec.capture else None),
             },
         )
         self.session.add(service)

@@ -89,6 +89,18 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
     "services": {"core", "datasets", "devices", "deployments", "registry"},
     # notebooks: a dataset version read-only in the work folder; export stores training code.
     "notebooks": {"core", "datasets", "training"},
+    # captures: the data flywheel, on top of what it feeds (datasets), retrains (training,
+    # registry) and rolls out (services, deployments); its channel lives in fleet.
+    "captures": {
+        "core",
+        "datasets",
+        "training",
+        "registry",
+        "devices",
+        "deployments",
+        "fleet",
+        "services",
+    },
     # users: accounts, tokens and sessions; core.auth holds the roles every route is checked by.
     "users": {"core"},
     # dashboard: pages over every domain's services, so it sits on top.
@@ -103,6 +115,7 @@ DOMAIN_DEPENDS: dict[str, set[str]] = {
         "services",
         "users",
         "notebooks",
+        "captures",
     },
 }
 # What another domain may import of a domain: its service(s), its schemas, its typed dependencies

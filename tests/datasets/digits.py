@@ -61,3 +61,24 @@ def write_digits(folder: Path, per_class: int, seed: int = 0, size: int = 28) ->
             (folder / rel).write_bytes(digit_png(digit, rng, size))
             truth[rel] = str(digit)
     return truth
+
+
+def inverted_digit_png(digit: int, rng: random.Random, size: int = 28) -> bytes:
+    """The same drawing inverted (dark strokes on a light background): digits in another
+    style, which a model trained on ``digit_png`` alone has not learnt (the data flywheel's
+    tests and demo)."""
+    with Image.open(io.BytesIO(digit_png(digit, rng, size))) as im:
+        pixels = 255 - np.asarray(im.convert("L"), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def inverted_digits(n: int, seed: int) -> list[tuple[bytes, int]]:
+    """``n`` distinct inverted digit PNGs with their digits, the classes in turn."""
+    rng = random.Random(seed)
+    out: dict[bytes, int] = {}
+    while len(out) < n:
+        digit = len(out) % 10
+        out.setdefault(inverted_digit_png(digit, rng), digit)
+    return list(out.items())

@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 from fastapi import Query, Request
 from fastapi.responses import HTMLResponse
 
+from control_plane.captures.service import ORDERS, CaptureService
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import bar_chart
 from control_plane.dashboard.deps import PageUser
@@ -78,6 +79,7 @@ def dataset(
         stats=stats,
         chart=bar_chart([(s.name, s.samples) for s in stats.labels]),
         versions=VersionService(session, ctx).list(dataset_id),
+        captures_pending=CaptureService(session, ctx).review_queue(dataset_id, limit=1)[1],
         import_formats=IMPORT_FORMATS,
         export_formats=EXPORT_FORMATS,
     )
@@ -166,4 +168,43 @@ def label_page(
         after_save=after_save if (unlabeled or i + 1 < listing.total) else at(i),
         labels=sorted(lb.name for lb in ds.labels),
         back_url=f"/ui/datasets/{dataset_id}/samples?" + urlencode(query),
+    )
+
+
+@router.get("/datasets/{dataset_id}/review")
+def review_page(
+    dataset_id: str,
+    request: Request,
+    user: PageUser,
+    session: SessionDep,
+    ctx: ContextDep,
+    order: Annotated[str, Query(pattern="^(confidence|disagreement)$")] = "confidence",
+    i: Annotated[int, Query(ge=0, le=10_000)] = 0,
+) -> HTMLResponse:
+    """Review mode: the dataset's captures waiting for review, one at a time, in the queue's
+    order; position ``i`` skips the ones passed over (a reviewed capture leaves the queue, so
+    the next one moves up to the same position)."""
+    captures = CaptureService(session, ctx)
+    ds, pending, items = captures.review_queue(dataset_id, order, i + 1)
+    capture = items[i] if i < len(items) else None
+
+    def at(n: int) -> str:
+        return f"/ui/datasets/{dataset_id}/review?" + urlencode({"order": order, "i": n})
+
+    return page(
+        request,
+        "datasets_review.html",
+        user,
+        ds=ds,
+        capture=capture,
+        pending=pending,
+        i=i,
+        order=order,
+        orders=ORDERS,
+        labels=sorted(ds.labels),
+        next_url=at(i + 1) if i + 1 < pending else "",
+        prev_url=at(i - 1) if i > 0 else "",
+        after=at(i),
+        order_url=f"/ui/datasets/{dataset_id}/review?order=",
+        back_url=f"/ui/datasets/{dataset_id}",
     )

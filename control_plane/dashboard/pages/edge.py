@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from control_plane.captures.service import CaptureService, list_improvements
 from control_plane.core.auth import Principal
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import NotFound
@@ -97,11 +98,15 @@ def edge_page(
     current = history[0] if history else None
     deployments = DeploymentService(session, ctx)
     stages = [stage_view(s, deployments) for s in current.stages] if current else []
+    captures = CaptureService(session, ctx)
+    capture_block = svc.capture.model_dump() if svc.capture else None
     return page(
         request,
         "services_edge.html",
         user,
         svc=svc,
+        flywheel=captures.service_summary(svc.name, capture_block) if svc.capture else None,
+        improvements=list_improvements(session, svc.name)[::-1][:10],
         rollout=current,
         stages=stages,
         history=history,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from control_plane.captures.service import lineage as capture_lineage
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.deps import PageUser
 from control_plane.dashboard.pages.base import page_router
@@ -34,9 +35,10 @@ def model_version(
 ) -> HTMLResponse:
     service = ModelService(session, ctx)
     mv = service.get(name, version)
-    job, dataset, devices = None, None, []
+    job, dataset, devices, captured = None, None, [], None
     if mv.package_digest:
         _, job, dataset = service.lineage(mv.package_digest)
+        captured = capture_lineage(session, ctx, mv.package_digest)
         devices = sorted(
             {
                 (t.device_id, t.state)
@@ -46,9 +48,12 @@ def model_version(
                 if t.state != "superseded"
             }
         )
-    # The lineage as a left-to-right chain of boxes: dataset version -> job -> model -> package
-    # -> devices (only the stages that exist).
+    # The lineage as a left-to-right chain of boxes: device captures -> dataset version -> job
+    # -> model -> package -> devices (only the stages that exist).
     chain = []
+    if captured is not None and captured.captures:
+        n, k = len(captured.captures), len(captured.devices)
+        chain.append(("device captures", f"{n} from {k} device(s)", ""))
     if dataset:
         chain.append(
             (

@@ -357,9 +357,58 @@ function labeller() {
   }
 }
 
+// --- review mode (captured samples) --------------------------------------------------------
+
+// One capture at a time: accept the model's label, correct it with a number key (0-9, the
+// labels in order), drop the sample, or skip. A reviewed capture leaves the queue, so the page
+// reloads at the same position to show the next one.
+function reviewer() {
+  const root = document.getElementById("reviewer");
+  const prev = document.getElementById("prev");
+  if (!root && document.getElementById("nothing-to-review") && prev) {
+    document.addEventListener("keydown", (ev) => { if (ev.key === "ArrowLeft") location.assign(prev.href); });
+  }
+  if (!root) return;
+  const status = document.getElementById("review-status");
+  const error = document.getElementById("review-error");
+  const canWrite = root.dataset.can === "true";
+
+  async function review(body) {
+    error.textContent = "";
+    if (!canWrite) { error.textContent = "your role cannot review (needs labeller)"; return; }
+    try {
+      await api("POST", root.dataset.url, body);
+      status.textContent = { accept: "accepted", correct: "corrected", drop: "dropped" }[body.action];
+      location.assign(root.dataset.after);
+    } catch (err) { error.textContent = err.message; }
+  }
+
+  const accept = document.getElementById("accept-capture");
+  const drop = document.getElementById("drop-capture");
+  const corrections = [...document.querySelectorAll("[data-correct]")];
+  accept.addEventListener("click", () => review({ action: "accept" }));
+  drop.addEventListener("click", () => review({ action: "drop" }));
+  corrections.forEach((b) => b.addEventListener("click", () => review({ action: "correct", label: b.dataset.correct })));
+
+  document.addEventListener("keydown", (ev) => {
+    if (ev.target.closest("input, select, textarea")) return;
+    const byKey = corrections.find((b) => b.dataset.key && b.dataset.key === ev.key);
+    if (byKey) { ev.preventDefault(); review({ action: "correct", label: byKey.dataset.correct }); }
+    else if (ev.key === "Enter" || ev.key === "a") {
+      ev.preventDefault();
+      // Disabled for a labeller only when the model gave no label; a viewer is told why.
+      if (!(accept.disabled && canWrite)) review({ action: "accept" });
+    }
+    else if (ev.key === "d") review({ action: "drop" });
+    else if ((ev.key === "n" || ev.key === "ArrowRight") && root.dataset.next) location.assign(root.dataset.next);
+    else if (ev.key === "ArrowLeft" && root.dataset.prev) location.assign(root.dataset.prev);
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   bindApiForms();
   bindUploads();
   bindBulk();
   labeller();
+  reviewer();
 });

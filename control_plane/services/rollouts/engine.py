@@ -250,6 +250,7 @@ class RolloutEngine:
             device_ids=present,
             guard=plan.get("guard"),
             warmup=plan.get("warmup"),
+            capture=plan.get("capture"),
         )
         stage["deployment_id"], stage["state"], stage["started_at"] = dep.id, "deploying", now
         logger.info(
@@ -321,6 +322,7 @@ class RolloutEngine:
                     package_version=None,
                     device_id=device,
                     guard=plan.get("guard"),
+                    capture=plan.get("capture"),
                 )
             logger.info("rollout %s: %s joined (given %s)", rollout.id, device, give)
         for device in left:

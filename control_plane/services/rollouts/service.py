@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import secrets
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -33,6 +34,13 @@ from control_plane.services.schemas import (
 logger = logging.getLogger(__name__)
 
 
+def capture_policy(capture: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The device's part of an edge service's ``capture`` block (all but ``dataset``)."""
+    if not capture:
+        return None
+    return {k: v for k, v in capture.items() if k != "dataset"}
+
+
 class RolloutService:
     def __init__(self, session: Session, ctx: AppContext) -> None:
         self.session = session
@@ -50,6 +58,14 @@ class RolloutService:
         if mv.state != "ready" or not mv.package_digest:
             raise InvalidRequest(f"model {model} version {version} is {mv.state}, not ready")
         return mv.package_digest, packages.get(mv.package_digest).name
+
+    def edge_services(self) -> list[Service]:
+        """Every edge service, by name."""
+        return list(
+            self.session.scalars(
+                select(Service).where(Service.type == "edge").order_by(Service.name)
+            ).all()
+        )
 
     def targets(self, targets: EdgeTargets) -> list[str]:
         devices = DeviceService(self.session, self.ctx)
@@ -83,6 +99,8 @@ class RolloutService:
                 "gates": HealthGates(**spec.get("gates") or {}).model_dump(),
                 "guard": spec.get("guard"),
                 "warmup": spec.get("warmup"),
+                # The capture policy each device gets with the version (without the dataset).
+                "capture": capture_policy(spec.get("capture")),
                 "stages": plan.stages(devices, strategy) if devices else [],
                 "joined": {},
                 "left": [],
