@@ -107,9 +107,16 @@ def as_device(port: int, bundle: dict) -> CaptureDevice:
     """A capture device on the broker with the device's own credentials (its ACL: it may write
     ``captures/up`` and read ``captures/ack`` of its own subtree only)."""
     mqtt = bundle["mqtt"]
-    probe = MqttProbe(port, mqtt["username"], mqtt["password"], client_id=mqtt["client_id"])
-    assert probe.connect()
-    return CaptureDevice(probe, bundle["device_id"])
+    # The broker learns a new device's credentials with the next (coalesced) rewrite of its
+    # files, a fraction of a second after the registration: retry as an agent does.
+    deadline = time.monotonic() + 10
+    while True:
+        probe = MqttProbe(port, mqtt["username"], mqtt["password"], client_id=mqtt["client_id"])
+        if probe.connect():
+            return CaptureDevice(probe, bundle["device_id"])
+        probe.close()
+        assert time.monotonic() < deadline, "the broker never accepted the device's credentials"
+        time.sleep(0.1)
 
 
 def npy(array: np.ndarray) -> bytes:
