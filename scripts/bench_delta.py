@@ -39,8 +39,6 @@ import io
 import logging
 import os
 import random
-import secrets
-import signal
 import statistics
 import sys
 import threading
@@ -70,7 +68,12 @@ from fleet_stack import (  # noqa: E402
     upload,
     wait_credentials,
 )
-from script_support import free_port, run_in_work_folder, wait_until  # noqa: E402
+from script_support import (  # noqa: E402
+    free_port,
+    interrupt_on_sigterm,
+    run_in_work_folder,
+    wait_until,
+)
 
 from protos import fleet_topics  # noqa: E402
 from protos.gen import fleet_pb2  # noqa: E402
@@ -340,13 +343,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "share": size / index.package_size,
         }
 
-    stack = Stack(
-        work=work,
-        broker_port=free_port(),
-        api_port=free_port(),
-        api_token=secrets.token_hex(16),
-        mqtt_password=secrets.token_hex(16),
-        trusted_pub=keys / "release.pub",
+    stack = Stack.on_free_ports(
+        work,
+        keys / "release.pub",
         local_identities={
             **observer_rules(),
             CHUNKS_USER: [f"read {fleet_topics.all_devices_filter(fleet_topics.CHUNKS_DATA)}"],
@@ -494,10 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def interrupted(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    interrupt_on_sigterm()
     return run_in_work_folder("bench-delta", run, args)
 
 

@@ -71,10 +71,10 @@ class StandInInstaller:
         self.store = store
 
     async def install(
-        self, archive: Path, activate: bool = True
+        self, archive: Path, activate: bool = True, known_digest: str | None = None
     ) -> tuple[InstallOutcome, ServedModel | None]:
         manifest = open_package(Path(archive)).manifest
-        digest = sha256_file(Path(archive))
+        digest = known_digest or sha256_file(Path(archive))
         state = self.store.load_state()
         entry = state.models.setdefault(manifest.name, ModelEntry())
         entry.versions[manifest.version] = digest

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import signal
 import statistics
 import subprocess
@@ -61,7 +60,7 @@ from fleet_stack import (  # noqa: E402
     wait_online,
 )
 from script_support import (  # noqa: E402
-    free_port,
+    interrupt_on_sigterm,
     run_in_work_folder,
     spawn_logged,
     stop_process,
@@ -154,13 +153,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"built and signed {len(packages)} versions of a {packages[0].stat().st_size / 2**20:.1f}"
         f" MiB package in {time.monotonic() - t:.1f} s"
     )
-    stack = Stack(
-        work=work,
-        broker_port=free_port(),
-        api_port=free_port(),
-        api_token=secrets.token_hex(16),
-        mqtt_password=secrets.token_hex(16),
-        trusted_pub=keys / "release.pub",
+    stack = Stack.on_free_ports(
+        work,
+        keys / "release.pub",
     )
     rounds: list[Round] = []
     with ExitStack() as cleanup:
@@ -289,10 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    def interrupted(_sig: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupted)
+    interrupt_on_sigterm()
     return run_in_work_folder("bench-flood", run, args)
 
 

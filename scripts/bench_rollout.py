@@ -60,7 +60,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -96,7 +95,7 @@ from fleet_stack import (  # noqa: E402
     wait_credentials,
     wait_online,
 )
-from script_support import free_port, run_in_work_folder, stop_process, wait_until  # noqa: E402
+from script_support import run_in_work_folder, stop_process, verdict, wait_until  # noqa: E402
 
 from protos import fleet_topics  # noqa: E402
 
@@ -363,10 +362,6 @@ def simulate(stack: Stack, digest: str, bundles: list[dict[str, Any]], procs_n: 
 # --- report -------------------------------------------------------------------------------------
 
 
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
-
-
 def print_report(
     args: argparse.Namespace,
     pkg_size: int,
@@ -538,13 +533,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         f"{time.monotonic() - t:.1f} s"
     )
 
-    stack = Stack(
-        work=work,
-        broker_port=free_port(),
-        api_port=free_port(),
-        api_token=secrets.token_hex(16),
-        mqtt_password=secrets.token_hex(16),
-        trusted_pub=keys / "release.pub",
+    stack = Stack.on_free_ports(
+        work,
+        keys / "release.pub",
     )
     stack.local_identities |= raw_identities(args.agents)
     agents: list[Agent] = []

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -66,6 +65,7 @@ from script_support import (  # noqa: E402
     run_in_work_folder,
     spawn_logged,
     stop_process,
+    verdict,
     wait_until,
 )
 
@@ -153,13 +153,9 @@ def env_var(name: str, value: str | None) -> Any:
 
 
 def start_stack(cfg: Config, work: Path, trusted_pub: Path, database_url: str | None) -> Stack:
-    stack = Stack(
-        work=work,
-        broker_port=free_port(),
-        api_port=free_port(),
-        api_token=secrets.token_hex(16),
-        mqtt_password=secrets.token_hex(16),
-        trusted_pub=trusted_pub,
+    stack = Stack.on_free_ports(
+        work,
+        trusted_pub,
     )
     if database_url:
         stack.cp_extra_env["CONTROL_PLANE_DATABASE_URL"] = database_url
@@ -418,10 +414,6 @@ def run_config(
 
 
 # --- report -------------------------------------------------------------------------------------
-
-
-def verdict(ok: bool) -> str:
-    return "PASS" if ok else "FAIL"
 
 
 def print_report(results: list[Result], load_before: str, load_after: str) -> None:

@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import secrets
 import sys
 import tempfile
 import threading
@@ -54,7 +53,7 @@ from fleet_stack import (  # noqa: E402
     wait_credentials,
     wait_online,
 )
-from script_support import free_port, wait_until  # noqa: E402
+from script_support import wait_until  # noqa: E402
 
 DIM = 256
 
@@ -184,13 +183,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     for version, seed, bad in (("1", 1, False), ("2", 2, False), ("3", 3, True)):
         model = make_model(work / f"bench-{version}.onnx", seed, bad)
         pkgs[version] = build_signed(model, "bench", version, key, work)
-    stack = Stack(
-        work=work,
-        broker_port=free_port(),
-        api_port=free_port(),
-        api_token=secrets.token_hex(16),
-        mqtt_password=secrets.token_hex(16),
-        trusted_pub=pub,
+    stack = Stack.on_free_ports(
+        work,
+        pub,
         cp_extra_env={"CONTROL_PLANE_ROLLOUT_TICK_S": str(args.tick)},
     )
     agents: list[Any] = []

@@ -53,7 +53,6 @@ import heapq
 import json
 import os
 import random
-import secrets
 import shutil
 import signal
 import sqlite3
@@ -93,7 +92,7 @@ from fleet_stack import (  # noqa: E402
     wait_credentials,
     write_agent_config,
 )
-from script_support import free_port, spawn_logged, stop_process, wait_until  # noqa: E402
+from script_support import spawn_logged, stop_process, wait_until  # noqa: E402
 
 from protos.gen import agent_pb2, agent_pb2_grpc  # noqa: E402
 
@@ -320,13 +319,9 @@ class Soak:
         in_dim = 1024
         out_dim = max(1, (args.package_mib << 20) // (4 * in_dim))
         self.model = make_onnx(self.work / "soak.onnx", in_dim, out_dim, seed=args.seed or 0)
-        self.stack = Stack(
-            work=self.work,
-            broker_port=free_port(),
-            api_port=free_port(),
-            api_token=secrets.token_hex(16),
-            mqtt_password=secrets.token_hex(16),
-            trusted_pub=self.key.with_suffix(".pub"),
+        self.stack = Stack.on_free_ports(
+            self.work,
+            self.key.with_suffix(".pub"),
             cp_extra_env={"CONTROL_PLANE_CHUNK_SIZE": str(CHUNK_SIZE)},
             api_timeout=30.0,
         )

@@ -48,6 +48,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from script_support import (
     api_client,
     console_script,
+    free_port,
     request_json,
     spawn_logged,
     stop_process,
@@ -193,6 +194,21 @@ class Stack:
     api_timeout: float = 120.0
     ledger: Ledger = field(default_factory=Ledger)
     broker_conf: Path | None = None
+
+    @classmethod
+    def on_free_ports(cls, work: Path, trusted_pub: Path, **options: Any) -> Stack:
+        """A stack for one run: free loopback ports for the broker and the API, and a fresh API
+        token and MQTT password, so runs side by side never share a port or a secret.
+        ``options`` are the other fields (``cp_extra_env``, ``local_identities``, ...)."""
+        return cls(
+            work=work,
+            broker_port=free_port(),
+            api_port=free_port(),
+            api_token=secrets.token_hex(16),
+            mqtt_password=secrets.token_hex(16),
+            trusted_pub=trusted_pub,
+            **options,
+        )
 
     @property
     def broker_url(self) -> str:

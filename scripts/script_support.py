@@ -116,6 +116,21 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 15.0) -> i
         return None
 
 
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so a benchmark stopped by ``kill`` unwinds its
+    clean-up (children stopped, work folder reported) as it does on Ctrl-C."""
+
+    def interrupted(_sig: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
+def verdict(ok: bool) -> str:
+    """How a benchmark's report marks a target met or missed."""
+    return "PASS" if ok else "FAIL"
+
+
 def peak_rss_mb(usage: resource.struct_rusage | None = None) -> float:
     """Peak resident set size in MiB: of this process, or of the child ``usage`` (``os.wait4``)
     describes. ``ru_maxrss`` is in KiB on Linux, where the benchmarks run."""

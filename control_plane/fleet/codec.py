@@ -120,7 +120,11 @@ def chunk_request_from_proto(payload: bytes) -> fleet_pb2.ChunkRequest:
     return _parse(fleet_pb2.ChunkRequest, payload)
 
 
-def chunk_to_proto(digest: str, chunk: Chunk, chunk_count: int, request_id: str) -> bytes:
+def chunk_to_proto(
+    digest: str, chunk: Chunk, chunk_count: int, request_id: str, cdc: bool = False
+) -> bytes:
+    """One chunk of a package; ``cdc`` marks a content-defined chunk (delta updates), named by
+    its sha256, whose ``index`` is its place in the package's chunk index."""
     return fleet_pb2.ChunkData(
         package_digest=digest,
         index=chunk.index,
@@ -128,19 +132,7 @@ def chunk_to_proto(digest: str, chunk: Chunk, chunk_count: int, request_id: str)
         sha256=chunk.sha256,
         data=chunk.data,
         request_id=request_id,
-    ).SerializeToString()
-
-
-def cdc_chunk_to_proto(digest: str, chunk: Chunk, chunk_count: int, request_id: str) -> bytes:
-    """A content-defined chunk (delta updates): named by its sha256, ``index`` in the index."""
-    return fleet_pb2.ChunkData(
-        package_digest=digest,
-        index=chunk.index,
-        chunk_count=chunk_count,
-        sha256=chunk.sha256,
-        data=chunk.data,
-        request_id=request_id,
-        cdc=True,
+        cdc=cdc,
     ).SerializeToString()
 
 

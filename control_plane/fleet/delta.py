@@ -39,5 +39,5 @@ def delta_answers(
     if want_index:
         out.append(codec.chunk_index_to_proto(package_digest, encoded, index.count, request_id))
     for chunk in packages.read_cdc_chunks(package_digest, wanted):
-        out.append(codec.cdc_chunk_to_proto(package_digest, chunk, index.count, request_id))
+        out.append(codec.chunk_to_proto(package_digest, chunk, index.count, request_id, cdc=True))
     return out

@@ -33,9 +33,7 @@ import bisect
 import contextlib
 import hashlib
 import logging
-import os
 import tarfile
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ from edge_agent.fleet.domain import ChunkAnswer
 from edge_agent.fleet.downloads import ChunkDownload
 from edge_agent.fleet.held_chunks import ChunkSource, HeldChunks, LocalChunkMismatch
 from edge_agent.fleet.link import new_request_id
+from edge_agent.fsutil import replace_bytes
 from model_packager.chunk_index import ChunkIndex
 from model_packager.errors import InvalidPackage
 from protos import fleet_topics as topics
@@ -202,7 +201,7 @@ class DeltaUpdates:
             log.info("chunk index not kept (%s)", answer.error or "no match or download gone")
             return
         try:
-            _atomic_write(folder / INDEX_FILE, data)
+            replace_bytes(folder / INDEX_FILE, data)
         except OSError as exc:
             log.warning("chunk index not kept: %s", exc)
 
@@ -237,7 +236,7 @@ class DeltaUpdates:
                 log.warning("chunk index of %s failed its sha256 check", m.package_digest[:12])
                 continue
             index = _decode(answer.cdc_index, m)
-            _atomic_write(path, answer.cdc_index)
+            replace_bytes(path, answer.cdc_index)
             return index
         raise DeltaUnavailable("no valid chunk index came")
 
@@ -339,7 +338,7 @@ class DeltaUpdates:
                 if rejects[digest] >= fs.max_chunk_rejects:
                     raise DeltaUnavailable(f"chunk {digest.hex()[:16]} failed its check")
                 continue
-            await asyncio.to_thread(_atomic_write, folder / digest.hex(), answer.data)
+            await asyncio.to_thread(replace_bytes, folder / digest.hex(), answer.data)
             pending.discard(digest)
             stats.fetched_chunks += 1
             stats.fetched_bytes += len(answer.data)
@@ -451,14 +450,3 @@ def _fetched_ok(folder: Path, digest: bytes) -> bool:
         return True
     path.unlink(missing_ok=True)
     return False
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -37,7 +37,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,7 @@ from pathlib import Path
 from edge_agent.config import FleetSettings
 from edge_agent.crash_points import crash_point
 from edge_agent.fleet.domain import ChunkAnswer
-from edge_agent.fsutil import atomic_write_json, fsync_dir, read_json
+from edge_agent.fsutil import atomic_write_json, fsync_dir, read_json, replace_bytes
 from protos.fleet_state import DesiredModel
 
 log = logging.getLogger(__name__)
@@ -182,15 +181,7 @@ class ChunkDownload:
             self._append(data)
             self._advance()
             return
-        path = self.chunks_dir / f"{index:08d}.chunk"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=self.chunks_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_bytes(self.chunks_dir / f"{index:08d}.chunk", data)
         self._early.add(index)
         if self._held_bytes + len(data) <= HELD_BYTES:
             self._held[index] = data

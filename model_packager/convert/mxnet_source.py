@@ -10,8 +10,6 @@ TFLite targets are not offered: there is no maintained ONNX -> TFLite path in th
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,20 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from model_packager.convert import venv_worker
 from model_packager.convert.base import ConversionError, Target
 from model_packager.convert.onnx_source import OnnxBackedSource
 from model_packager.convert.onnx_tools import rename_io
 from model_packager.tensors import TensorSpec
 
 WORKER = Path(__file__).with_name("mxnet_worker.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 _TIMEOUT_S = 600
 
 
 def default_python() -> Path:
     """``EDGE_MXNET_PYTHON``, else ``<repo>/.venv-mxnet/bin/python``."""
-    env = os.environ.get("EDGE_MXNET_PYTHON")
-    return Path(env) if env else REPO_ROOT / ".venv-mxnet" / "bin" / "python"
+    return venv_worker.default_python("EDGE_MXNET_PYTHON", ".venv-mxnet")
 
 
 def find_pair(path: Path) -> tuple[Path, Path]:
@@ -97,25 +94,7 @@ class MXNetSource(OnnxBackedSource):
         self.output_names = [o.removesuffix("_output") for o in found["outputs"]]
 
     def _call(self, step: str, *args: str) -> dict[str, Any]:
-        try:
-            proc = subprocess.run(
-                [str(self._python), str(WORKER), *args],
-                capture_output=True,
-                text=True,
-                timeout=_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ConversionError(step, f"MXNet worker did not run: {exc}") from exc
-        lines = proc.stdout.strip().splitlines()
-        try:
-            result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-        except json.JSONDecodeError:
-            result = {}
-        if proc.returncode != 0 or "error" in result or not result:
-            why = result.get("error") or " ".join(proc.stderr.split()[-60:]) or "no output"
-            raise ConversionError(step, f"MXNet: {why}")
-        return result
+        return venv_worker.call_worker(self._python, WORKER, step, "MXNet", args, _TIMEOUT_S)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with tempfile.TemporaryDirectory(prefix="mxnet-") as tmp:

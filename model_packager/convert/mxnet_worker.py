@@ -13,6 +13,7 @@ import json
 import sys
 
 import numpy as np
+from worker_cli import serve  # a sibling file: this script runs by path
 
 
 def _load(symbol_path, params_path):
@@ -62,14 +63,7 @@ def export(symbol_path, params_path, shapes_json, out_path):
 
 
 def main(argv):
-    commands = {"info": info, "run": run, "export": export}
-    try:
-        result = commands[argv[1]](*argv[2:])
-    except Exception as exc:  # reported to the parent as one JSON line
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    print(json.dumps(result))
-    return 0
+    return serve({"info": info, "run": run, "export": export}, argv)
 
 
 if __name__ == "__main__":

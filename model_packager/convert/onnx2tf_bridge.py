@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model_packager.convert import venv_worker
 from model_packager.convert.base import ConversionError, Target
 from model_packager.tensors import TensorSpec
 
 WORKER = Path(__file__).with_name("onnx2tf_worker.py")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: TFLite precisions onnx2tf writes (``int8``: full integer, float inputs and outputs).
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8")
 _TIMEOUT_S = 900
@@ -34,8 +33,7 @@ _TIMEOUT_S = 900
 
 def default_python() -> Path:
     """``EDGE_ONNX2TF_PYTHON``, else ``<repo>/.venv-onnx2tf/bin/python``."""
-    env = os.environ.get("EDGE_ONNX2TF_PYTHON")
-    return Path(env) if env else REPO_ROOT / ".venv-onnx2tf" / "bin" / "python"
+    return venv_worker.default_python("EDGE_ONNX2TF_PYTHON", ".venv-onnx2tf")
 
 
 def to_tflite(
@@ -83,23 +81,4 @@ def to_tflite(
 
 def _call(python: Path, step: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": "", "CUDA_VISIBLE_DEVICES": "-1"}
-    try:
-        proc = subprocess.run(
-            [str(python), str(WORKER), *args],
-            capture_output=True,
-            text=True,
-            timeout=_TIMEOUT_S,
-            check=False,
-            env=env,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConversionError(step, f"onnx2tf worker did not run: {exc}") from exc
-    lines = proc.stdout.strip().splitlines()
-    try:
-        result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
-    except json.JSONDecodeError:
-        result = {}
-    if proc.returncode != 0 or "error" in result or not result:
-        why = result.get("error") or " ".join(proc.stderr.split()[-60:]) or "no output"
-        raise ConversionError(step, f"onnx2tf: {why}")
-    return result
+    return venv_worker.call_worker(python, WORKER, step, "onnx2tf", args, _TIMEOUT_S, env)

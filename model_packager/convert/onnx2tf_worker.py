@@ -19,6 +19,8 @@ import json
 import os
 import sys
 
+from worker_cli import serve  # a sibling file: this script runs by path
+
 _SUFFIX = {
     "fp32": "_float32.tflite",
     "fp16": "_float16.tflite",
@@ -62,14 +64,7 @@ def convert(model_path, out_dir, mode, request_json):
 
 
 def main(argv):
-    commands = {"convert": convert}
-    try:
-        result = commands[argv[1]](*argv[2:])
-    except Exception as exc:  # reported to the parent as one JSON line
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    print(json.dumps(result))
-    return 0
+    return serve({"convert": convert}, argv)
 
 
 if __name__ == "__main__":

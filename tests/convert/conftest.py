@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,23 @@ def convert_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("convert-keys")
     generate_keypair(d / "signing.key", d / "signing.pub")
     return {"private": d / "signing.key", "public": d / "signing.pub"}
+
+
+def venv_from_setup_script(script: str, venv: str, timeout: float) -> Path:
+    """Run ``scripts/<script>`` (it creates ``<venv>`` when missing, else checks it) and return
+    that environment's python; a failed setup fails the test with its output, never skips it."""
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [str(REPO_ROOT / "scripts" / script)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.fail(f"scripts/{script} failed:\n{done.stdout}\n{done.stderr[-3000:]}")
+    print(f"{script} took {time.monotonic() - t0:.1f}s")
+    return REPO_ROOT / venv / "bin" / "python"
 
 
 def _cached(name: str) -> Path:

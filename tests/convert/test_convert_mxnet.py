@@ -7,32 +7,18 @@ ready in well under a second. Export of the Gluon network runs in that venv too.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from model_packager.archive import open_package
 from model_packager.convert import ConversionError, ConvertSpec, convert
-from tests.conftest import REPO_ROOT
-
-MXNET_PYTHON = REPO_ROOT / ".venv-mxnet" / "bin" / "python"
+from tests.convert.conftest import venv_from_setup_script
 
 
 @pytest.fixture(scope="session")
 def mxnet_python() -> Path:
-    t0 = time.monotonic()
-    done = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "setup-mxnet")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"scripts/setup-mxnet failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-    print(f"setup-mxnet took {time.monotonic() - t0:.1f}s")
-    return MXNET_PYTHON
+    return venv_from_setup_script("setup-mxnet", ".venv-mxnet", timeout=900)
 
 
 @pytest.fixture(scope="session")

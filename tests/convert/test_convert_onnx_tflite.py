@@ -7,8 +7,6 @@ onnxruntime running the ONNX file, and loaded by LiteRT the way a device does.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +17,13 @@ from onnx import TensorProto, helper, numpy_helper
 from model_packager.archive import extract_package, open_package
 from model_packager.convert import ConversionError, ConvertSpec, convert
 from model_packager.runtimes import RuntimeOptions, get_runtime
-from tests.conftest import REPO_ROOT
-
-ONNX2TF_PYTHON = REPO_ROOT / ".venv-onnx2tf" / "bin" / "python"
+from tests.convert.conftest import venv_from_setup_script
 
 
 @pytest.fixture(scope="session")
 def onnx2tf_python() -> Path:
     """The onnx2tf environment; created by scripts/setup-onnx2tf when missing (never skipped)."""
-    t0 = time.monotonic()
-    done = subprocess.run(
-        [str(REPO_ROOT / "scripts" / "setup-onnx2tf")],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"scripts/setup-onnx2tf failed:\n{done.stdout}\n{done.stderr[-3000:]}")
-    print(f"setup-onnx2tf took {time.monotonic() - t0:.1f}s")
-    return ONNX2TF_PYTHON
+    return venv_from_setup_script("setup-onnx2tf", ".venv-onnx2tf", timeout=1500)
 
 
 def small_convnet(path: Path, seed: int = 3) -> Path:
