@@ -117,7 +117,13 @@ def test_onnx_source_int8_variants_pass(models_dir: Path, tmp_path: Path) -> Non
     assert fp32.max_abs_error == 0.0 and fp32.reference == "onnxruntime"
 
 
-def test_onnx_source_cannot_make_tflite(models_dir: Path, tmp_path: Path) -> None:
+def test_onnx_to_tflite_without_its_environment_names_the_setup_script(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX -> TFLite runs in .venv-onnx2tf (tests/convert/test_convert_onnx_tflite.py); where
+    that environment is missing the target fails at its step and says how to make it (the only
+    target, so no package is written)."""
+    monkeypatch.setenv("EDGE_ONNX2TF_PYTHON", str(tmp_path / "no-such-venv" / "bin" / "python"))
     with pytest.raises(ConversionError) as info:
         convert(
             ConvertSpec(
@@ -125,7 +131,8 @@ def test_onnx_source_cannot_make_tflite(models_dir: Path, tmp_path: Path) -> Non
             ),
             tmp_path,
         )
-    assert info.value.step == "tflite-fp32"
+    assert "tflite-fp32: failed at tflite-fp32" in str(info.value)
+    assert "scripts/setup-onnx2tf" in str(info.value)
 
 
 def test_cli_failure_is_one_line_naming_the_step(tmp_path: Path) -> None:
