@@ -432,6 +432,12 @@ def cmd_captures_queue(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_captures_review(client: Client, args: argparse.Namespace) -> Any:
+    # Said here, before any request: the API's own answer (422) names a body field the
+    # command line does not have.
+    if args.action == "correct" and not args.label:
+        raise SystemExit(_usage("captures review ID correct needs the LABEL to set"))
+    if args.action != "correct" and args.label:
+        raise SystemExit(_usage(f"captures review ID {args.action} takes no LABEL"))
     return client.captures.review(args.capture_id, args.action, args.label)
 
 

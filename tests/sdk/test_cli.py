@@ -78,6 +78,11 @@ def test_exit_codes(env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert code == EXIT_UNREACHABLE and "cannot reach" in err
     assert run(capsys, "jobs", "run")[0] == EXIT_USAGE  # the job name is missing
     assert run(capsys, "deploy", "--device", "x")[0] == EXIT_USAGE
+    code, _, err = run(capsys, "captures", "review", "cap-x", "correct")
+    assert code == EXIT_USAGE and "needs the LABEL" in err
+    code, _, err = run(capsys, "captures", "review", "cap-x", "accept", "seven")
+    assert code == EXIT_USAGE and "takes no LABEL" in err
+    assert run(capsys, "captures", "review", "cap-x", "accept")[0] == EXIT_REFUSED  # asked: 404
 
 
 def test_login_writes_a_private_config_file_used_without_env(
