@@ -490,7 +490,7 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_notebooks_delete: ("deleted",),
     cmd_services_list: ("name", "type", "state"),
     cmd_services_get: ("name", "type", "state", "reason"),
-    cmd_captures_list: ("id", "device_id", "reason", "predicted", "confidence", "state"),
+    cmd_captures_list: ("id", "device_id", "reason", "predicted", "confidence", "state", "label"),
     cmd_captures_queue: ("id", "device_id", "predicted", "confidence", "disagreement"),
     cmd_captures_review: ("id", "state", "label", "reviewed_by"),
     cmd_captures_purge: ("device_id", "purge_id", "stored_records", "last_purge_id"),
