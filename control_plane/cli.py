@@ -30,8 +30,26 @@ def cmd_serve(_args: argparse.Namespace) -> int:
     from control_plane.app import create_app
 
     settings = _settings()
+    problem = _unreadable_trusted_keys(settings)
+    if problem:
+        print(f"control-plane: CONTROL_PLANE_TRUSTED_KEYS: {problem}", file=sys.stderr)
+        return 2
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
     return 0
+
+
+def _unreadable_trusted_keys(settings) -> str:  # type: ignore[no-untyped-def]
+    """Why the configured trusted keys cannot be loaded, or "". Checked before the server
+    starts: a missing or malformed key file is a mistake in the command, said in one line with
+    exit 2, not a traceback out of the application's startup."""
+    from model_packager.errors import SignatureError
+    from model_packager.signing import TrustStore
+
+    try:
+        TrustStore.from_paths(settings.registry.trusted_keys)
+    except SignatureError as exc:
+        return str(exc)
+    return ""
 
 
 def cmd_emqx_config(args: argparse.Namespace) -> int:

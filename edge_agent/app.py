@@ -107,15 +107,16 @@ class Agent:
                 s.metrics_host, s.metrics_port, MetricsRoute(METRICS.registry), error_text, MAX_BODY
             )
             self.metrics_port = await self._metrics_server.start()
+        # A port turned off (-1) is said "off", not shown as port 0.
+        http = f"on {s.http_host}:{self.http_port} ({self.http.security})" if self.http else "off"
+        metrics = f"on {s.metrics_host}:{self.metrics_port}" if self._metrics_server else "off"
         log.info(
-            "gRPC on %s:%d (%s), HTTP on %s:%d (%s), metrics on %d%s",
+            "gRPC on %s:%d (%s), HTTP %s, metrics %s%s",
             s.grpc_host,
             self.grpc_port,
             self.grpc.security,
-            s.http_host,
-            self.http_port,
-            self.http.security if self.http is not None else "off",
-            self.metrics_port,
+            http,
+            metrics,
             ", bearer token required" if self.auth is not None else "",
         )
 

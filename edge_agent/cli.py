@@ -122,12 +122,17 @@ def _cmd_join(args: argparse.Namespace) -> int:
     import yaml
 
     from edge_agent.fleet.bundle import config_from_bundle
+    from model_packager.errors import SignatureError
 
     out = Path(args.out)
     doc = json.loads(Path(args.bundle).read_text())
     doc = doc.get("bundle", doc)  # the whole registration response works too
     extra = {"data_dir": args.data_dir} if args.data_dir else {}
-    config = config_from_bundle(doc, out.parent / "trusted-keys", **extra)
+    try:
+        config = config_from_bundle(doc, out.parent / "trusted-keys", **extra)
+    except SignatureError as exc:
+        print(f"error: {args.bundle}: a trusted key of the bundle: {exc}", file=sys.stderr)
+        return 1
     out.write_text(yaml.safe_dump(config, sort_keys=False))
     out.chmod(0o600)  # it holds the broker password
     print(f"wrote {out}; run: edge-agent run --config {out}")

@@ -421,6 +421,30 @@ def cmd_services_get(client: Client, args: argparse.Namespace) -> Any:
     return client.services.get(args.name)
 
 
+def rollout_table(service: dict[str, Any]) -> str:
+    """An edge service's latest rollout for people: its version and state, then one row per
+    stage (devices, state, gates), so a canary can be watched without ``--json``; "" when the
+    service has no rollout (online and batch services)."""
+    r = service.get("rollout")
+    if not r:
+        return ""
+    head = f"rollout {r['number']}: {r['model']} {r['version']} {r['state']}"
+    if r.get("reason"):
+        head += f" ({r['reason']})"
+    rows = [
+        {
+            "stage": s["name"],
+            "state": s["state"],
+            "devices": ",".join(s["devices"]),
+            "gates": " ".join(
+                f"{g['gate']}:{'ok' if g['passed'] else 'failed'}" for g in s.get("gates", [])
+            ),
+        }
+        for s in r.get("stages", [])
+    ]
+    return head + "\n" + _table(rows, ("stage", "state", "devices", "gates"))
+
+
 def cmd_captures_list(client: Client, args: argparse.Namespace) -> Any:
     return client.captures.list(
         device_id=args.device, service=args.service, state=args.state, dataset=args.dataset
@@ -432,6 +456,12 @@ def cmd_captures_queue(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_captures_review(client: Client, args: argparse.Namespace) -> Any:
+    # Said here, before any request: the API's own answer (422) names a body field the
+    # command line does not have.
+    if args.action == "correct" and not args.label:
+        raise SystemExit(_usage("captures review ID correct needs the LABEL to set"))
+    if args.action != "correct" and args.label:
+        raise SystemExit(_usage(f"captures review ID {args.action} takes no LABEL"))
     return client.captures.review(args.capture_id, args.action, args.label)
 
 
@@ -484,7 +514,7 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_notebooks_delete: ("deleted",),
     cmd_services_list: ("name", "type", "state"),
     cmd_services_get: ("name", "type", "state", "reason"),
-    cmd_captures_list: ("id", "device_id", "reason", "predicted", "confidence", "state"),
+    cmd_captures_list: ("id", "device_id", "reason", "predicted", "confidence", "state", "label"),
     cmd_captures_queue: ("id", "device_id", "predicted", "confidence", "disagreement"),
     cmd_captures_review: ("id", "state", "label", "reviewed_by"),
     cmd_captures_purge: ("device_id", "purge_id", "stored_records", "last_purge_id"),
@@ -771,6 +801,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return _usage("login needs --token (or EDGE_INFERENCE_TOKEN)")
             result = args.func(client, args)
             _emit(args, result, _columns(args))
+            if args.func is cmd_services_get and not args.json:
+                extra = rollout_table(_plain(result))
+                if extra:
+                    print(extra)
             return EXIT_OK
     except SystemExit as exc:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE

@@ -222,6 +222,9 @@ def test_refuses_to_start_without_a_usable_token(
 def test_loopback_and_disabled_http_need_no_token(
     start_agent: Callable[..., AgentProcess],
 ) -> None:
-    a = start_agent("loopback", grpc_host="localhost", http_host="0.0.0.0", http_port=-1)
+    a = start_agent(
+        "loopback", grpc_host="localhost", http_host="0.0.0.0", http_port=-1, metrics_port=-1
+    )
     assert a.http_port == 0  # HTTP off: its host does not matter
     assert a.status().ready
+    assert "HTTP off, metrics off" in a.log_path.read_text()  # not "port 0"

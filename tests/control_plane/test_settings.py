@@ -63,6 +63,21 @@ def test_cli_reports_an_unknown_variable(
     assert "CONTROL_PLANE_DATASET_MAX_FILE_BYTES" in capsys.readouterr().err
 
 
+def test_serve_refuses_a_missing_trusted_key_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The documented ``CONTROL_PLANE_TRUSTED_KEYS='["keys/release.pub"]'`` without that file:
+    exit 2 naming it, before anything starts (no server, no data folder)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONTROL_PLANE_DEV_MODE", "true")
+    monkeypatch.setenv("CONTROL_PLANE_TRUSTED_KEYS", '["keys/release.pub"]')
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "CONTROL_PLANE_TRUSTED_KEYS" in err and "keys/release.pub" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "var").exists()
+
+
 def test_every_flat_name_names_a_section_field() -> None:
     for flat, (section, name) in FLAT_NAMES.items():
         assert name in SECTIONS[section].model_fields, flat

@@ -8,13 +8,24 @@ import random
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_agent.config import FleetSettings
 from edge_agent.fleet.backoff import Backoff
 from edge_agent.fleet.domain import ChunkAnswer, Result
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError
 from edge_agent.fleet.outbox import Outbox
+from model_packager.signing import key_id
 from protos.fleet_state import DesiredModel
+
+
+def _public_pem(private: Ed25519PrivateKey) -> str:
+    return (
+        private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def test_outbox_bounded_ordered_and_persistent(tmp_path: Path) -> None:
@@ -185,6 +196,8 @@ def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
     from edge_agent.config import load_settings
     from edge_agent.fleet.bundle import config_from_bundle
 
+    private = Ed25519PrivateKey.generate()
+    pem = _public_pem(private)
     bundle = {
         "device_id": "cam-1",
         "mqtt": {
@@ -194,7 +207,7 @@ def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
             "password": "s3cret-s3cret-s3cret",
             "topic_prefix": "edge/cam-1",
         },
-        "trusted_keys_pem": ["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"],
+        "trusted_keys_pem": [pem],
     }
     config = config_from_bundle(bundle, tmp_path / "keys", data_dir=str(tmp_path / "data"))
     path = tmp_path / "agent.yaml"
@@ -207,6 +220,36 @@ def test_registration_bundle_becomes_agent_config(tmp_path: Path) -> None:
     assert settings.fleet.password.get_secret_value() == "s3cret-s3cret-s3cret"
     assert settings.fleet.topic_prefix == "edge/cam-1"
     assert [p.read_text() for p in settings.trusted_keys] == bundle["trusted_keys_pem"]
+    # Named by the key id the registry shows, and absolute: the agent may run from any directory.
+    assert [p.name for p in settings.trusted_keys] == [f"{key_id(private.public_key())}.pub"]
+    assert all(p.is_absolute() for p in settings.trusted_keys)
+
+
+def test_join_refuses_a_bundle_key_that_is_not_a_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``edge-agent join`` run from the bundle's folder with a relative ``--out``: a bad key is
+    one clear error and writes nothing; a good bundle gives key paths usable from elsewhere."""
+    import json
+
+    from edge_agent.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    mqtt = {"url": "mqtt://b:1883", "client_id": "d", "username": "d", "topic_prefix": "edge/d"}
+    bad = {"device_id": "d", "mqtt": mqtt, "trusted_keys_pem": ["not a key"]}
+    Path("bad.json").write_text(json.dumps(bad))
+    assert main(["join", "bad.json", "--out", "bad.yaml"]) == 1
+    assert "a trusted key of the bundle" in capsys.readouterr().err
+    assert not Path("bad.yaml").exists() and not Path("trusted-keys").exists()
+
+    pem = _public_pem(Ed25519PrivateKey.generate())
+    Path("good.json").write_text(json.dumps({**bad, "trusted_keys_pem": [pem]}))
+    assert main(["join", "good.json", "--out", "agent.yaml"]) == 0
+    import yaml
+
+    written = yaml.safe_load(Path("agent.yaml").read_text())["trusted_keys"]
+    assert len(written) == 1 and Path(written[0]).is_absolute()
+    assert Path(written[0]).read_text() == pem
 
 
 class _CountingHash:

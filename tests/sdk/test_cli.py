@@ -78,6 +78,11 @@ def test_exit_codes(env: Stack, capsys: pytest.CaptureFixture[str], tmp_path: Pa
     assert code == EXIT_UNREACHABLE and "cannot reach" in err
     assert run(capsys, "jobs", "run")[0] == EXIT_USAGE  # the job name is missing
     assert run(capsys, "deploy", "--device", "x")[0] == EXIT_USAGE
+    code, _, err = run(capsys, "captures", "review", "cap-x", "correct")
+    assert code == EXIT_USAGE and "needs the LABEL" in err
+    code, _, err = run(capsys, "captures", "review", "cap-x", "accept", "seven")
+    assert code == EXIT_USAGE and "takes no LABEL" in err
+    assert run(capsys, "captures", "review", "cap-x", "accept")[0] == EXIT_REFUSED  # asked: 404
 
 
 def test_login_writes_a_private_config_file_used_without_env(
@@ -193,3 +198,30 @@ def test_keys_list_shows_the_current_signing_key(
     keys = env.client.keys.list()
     current = [k for k in keys if k.state == "current"]
     assert len(current) == 1 and current[0].key_id in out
+
+
+def test_services_get_shows_an_edge_rollout_by_stage() -> None:
+    """``eictl services get`` on an edge service: the rollout's version and state, then each
+    stage with its devices and gates; nothing more for a service without a rollout."""
+    from edge_inference_sdk.cli import rollout_table
+
+    assert rollout_table({"name": "svc", "rollout": None}) == ""
+    gates = [{"gate": "installs", "passed": True}, {"gate": "error_rate", "passed": False}]
+    service = {
+        "rollout": {
+            "number": 2,
+            "model": "stripes",
+            "version": "2",
+            "state": "failed",
+            "reason": "canary: gate error_rate failed",
+            "stages": [
+                {"name": "canary", "state": "failed", "devices": ["cam-1"], "gates": gates},
+                {"name": "wave-1", "state": "pending", "devices": ["cam-2", "cam-3"], "gates": []},
+            ],
+        }
+    }
+    lines = rollout_table(service).splitlines()
+    assert lines[0] == "rollout 2: stripes 2 failed (canary: gate error_rate failed)"
+    assert lines[1].split() == ["STAGE", "STATE", "DEVICES", "GATES"]
+    assert lines[2].split() == ["canary", "failed", "cam-1", "installs:ok", "error_rate:failed"]
+    assert lines[3].split() == ["wave-1", "pending", "cam-2,cam-3"]
