@@ -14,15 +14,13 @@ again (a broker without persistence forgets retained messages).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 from typing import Protocol
 
-from control_plane.fleet.service import QOS, FleetService
+from control_plane.fleet.queued_channel import QueuedChannel
+from control_plane.fleet.service import QOS
 from protos import fleet_batch
-from protos import fleet_topics as topics
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +43,11 @@ class DeviceBatchHandler(Protocol):
     def on_rows(self, device_id: str, rows: fleet_batch.Rows) -> None: ...
 
 
-class BatchChannel:
+class BatchChannel(QueuedChannel[DeviceBatchHandler]):
+    queue_size = QUEUE_SIZE
+    thread_name = "fleet-batch"
+    what = "device batch"
     leaves = fleet_batch.DEVICE_PUBLISHES
-
-    def __init__(self, fleet: FleetService) -> None:
-        self.fleet = fleet
-        self.handler: DeviceBatchHandler | None = None
-        self.dropped = 0
-        self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(QUEUE_SIZE)
-        self._thread = threading.Thread(target=self._work, name="fleet-batch", daemon=True)
-        self._thread.start()
-
-    # --- called by the fleet service (network thread) ---------------------------------------
-
-    def handle(self, device_id: str, leaf: str, payload: bytes) -> None:
-        try:
-            self._queue.put_nowait((device_id, leaf, payload))
-        except queue.Full:
-            self.dropped += 1
-            logger.warning("%s: device batch queue full; %s message dropped", device_id, leaf)
 
     def connected(self) -> None:
         """Republish every device's job list (from a thread of its own: not the network one)."""
@@ -71,11 +55,6 @@ class BatchChannel:
 
     def forget_device(self, device_id: str) -> None:
         self.fleet.client.publish(self._topic(device_id, fleet_batch.JOBS), b"", QOS, retain=True)
-
-    def stop(self) -> None:
-        with contextlib.suppress(queue.Full):  # a full queue: the daemon thread dies with us
-            self._queue.put_nowait(None)
-        self._thread.join(timeout=5)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -96,22 +75,7 @@ class BatchChannel:
         except Exception:
             logger.exception("republishing device batch jobs failed")
 
-    def _topic(self, device_id: str, leaf: str) -> str:
-        return topics.device_topic(device_id, leaf, self.fleet.root)
-
     # --- the worker -------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            device_id, leaf, payload = item
-            if self.handler is None:
-                continue
-            try:
-                self._one(self.handler, device_id, leaf, payload)
-            except ValueError as exc:
-                logger.warning("bad %s message from %s: %s", leaf, device_id, exc)
-            except Exception:
-                logger.exception("handling %s from %s failed", leaf, device_id)
 
     def _one(self, handler: DeviceBatchHandler, device_id: str, leaf: str, payload: bytes) -> None:
         if leaf == fleet_batch.INPUT_REQUEST:

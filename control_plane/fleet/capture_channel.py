@@ -18,16 +18,14 @@ device drops the record instead of sending it forever; otherwise it is only coun
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
 from typing import Protocol
 
 from control_plane.fleet import codec
+from control_plane.fleet.queued_channel import QueuedChannel
 from control_plane.fleet.service import QOS, FleetService
 from protos import fleet_capture
-from protos import fleet_topics as topics
 
 logger = logging.getLogger(__name__)
 
@@ -53,28 +51,17 @@ class CaptureHandler(Protocol):
         ...
 
 
-class CaptureChannel:
+class CaptureChannel(QueuedChannel[CaptureHandler]):
+    queue_size = QUEUE_SIZE
+    thread_name = "fleet-captures"
+    what = "capture"
     leaves = fleet_capture.CONTROL_PLANE_SUBSCRIBES
     #: Handled by one replica each (``captures/stat`` is retained: plain subscription).
     shared_leaves = (fleet_capture.UP,)
 
     def __init__(self, fleet: FleetService) -> None:
-        self.fleet = fleet
-        self.handler: CaptureHandler | None = None
-        self.dropped = 0
-        self.refused = 0
-        self._queue: queue.Queue[tuple[str, str, bytes] | None] = queue.Queue(QUEUE_SIZE)
-        self._thread = threading.Thread(target=self._work, name="fleet-captures", daemon=True)
-        self._thread.start()
-
-    # --- called by the fleet service (network thread) ---------------------------------------
-
-    def handle(self, device_id: str, leaf: str, payload: bytes) -> None:
-        try:
-            self._queue.put_nowait((device_id, leaf, payload))
-        except queue.Full:
-            self.dropped += 1
-            logger.warning("%s: capture queue full; %s message dropped", device_id, leaf)
+        self.refused = 0  # chunks that did not decode
+        super().__init__(fleet)
 
     def connected(self) -> None:
         """Republish every standing purge order (from a thread of its own: not the network one)."""
@@ -83,11 +70,6 @@ class CaptureChannel:
     def forget_device(self, device_id: str) -> None:
         topic = self._topic(device_id, fleet_capture.CONTROL)
         self.fleet.client.publish(topic, b"", QOS, retain=True)
-
-    def stop(self) -> None:
-        with contextlib.suppress(queue.Full):  # a full queue: the daemon thread dies with us
-            self._queue.put_nowait(None)
-        self._thread.join(timeout=5)
 
     # --- publishing -------------------------------------------------------------------------
 
@@ -106,26 +88,11 @@ class CaptureChannel:
         except Exception:
             logger.exception("republishing capture purge orders failed")
 
-    def _topic(self, device_id: str, leaf: str) -> str:
-        return topics.device_topic(device_id, leaf, self.fleet.root)
-
     def _ack(self, device_id: str, ack: fleet_capture.CaptureAck) -> None:
         topic = self._topic(device_id, fleet_capture.ACK)
         self.fleet.client.publish(topic, fleet_capture.encode_ack(ack), QOS)
 
     # --- the worker -------------------------------------------------------------------------
-
-    def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
-            device_id, leaf, payload = item
-            if self.handler is None:
-                continue
-            try:
-                self._one(self.handler, device_id, leaf, payload)
-            except ValueError as exc:
-                logger.warning("bad %s message from %s: %s", leaf, device_id, exc)
-            except Exception:
-                logger.exception("handling %s from %s failed", leaf, device_id)
 
     def _one(self, handler: CaptureHandler, device_id: str, leaf: str, payload: bytes) -> None:
         if leaf == fleet_capture.STATUS:
