@@ -368,7 +368,7 @@ def print_report(
     chunk_size: int,
     raws: list[RawResult],
     roll: RolloutResult,
-    sim: SimResult,
+    sim: SimResult | None,
     baseline: RolloutResult | None = None,
 ) -> None:
     raw = raws[0]
@@ -381,8 +381,6 @@ def print_report(
         return r.usage["agents"].cpu_s / args.agents * per_20
 
     held = roll.downloaded_s / raw_s
-    sim_ok = sim.api_summary.get("installed", 0) == sim.devices and sim.seconds <= SIM_TARGET_S
-    cpu = sim.usage["control plane"]
     rows = [
         ("measurement", "figure", "target", "result"),
         (
@@ -416,25 +414,30 @@ def print_report(
             f"<= {AGENT_CPU_TARGET_S_PER_20MIB:.2f} s",
             verdict(agent_cpu(roll) <= AGENT_CPU_TARGET_S_PER_20MIB),
         ),
-        (
-            f"{sim.devices} simulated devices, call -> all installed (API)",
-            f"{sim.seconds:.2f} s",
-            f"<= {SIM_TARGET_S:.0f} s",
-            verdict(sim_ok),
-        ),
-        (
-            "control plane CPU during it (mean / peak)",
-            f"{cpu.cpu_mean_pct:.0f}% / {cpu.cpu_peak_pct:.0f}%",
-            "(report)",
-            "",
-        ),
-        (
-            "control plane RSS during it (start / peak)",
-            f"{cpu.rss_start_mb:.0f} / {cpu.rss_peak_mb:.0f} MB",
-            "(report)",
-            "",
-        ),
     ]
+    if sim is not None:
+        sim_ok = sim.api_summary.get("installed", 0) == sim.devices and sim.seconds <= SIM_TARGET_S
+        cpu = sim.usage["control plane"]
+        rows += [
+            (
+                f"{sim.devices} simulated devices, call -> all installed (API)",
+                f"{sim.seconds:.2f} s",
+                f"<= {SIM_TARGET_S:.0f} s",
+                verdict(sim_ok),
+            ),
+            (
+                "control plane CPU during it (mean / peak)",
+                f"{cpu.cpu_mean_pct:.0f}% / {cpu.cpu_peak_pct:.0f}%",
+                "(report)",
+                "",
+            ),
+            (
+                "control plane RSS during it (start / peak)",
+                f"{cpu.rss_start_mb:.0f} / {cpu.rss_peak_mb:.0f} MB",
+                "(report)",
+                "",
+            ),
+        ]
     if baseline is not None:
         rows += [
             (
@@ -496,6 +499,8 @@ def print_report(
         for g, u in r.usage.items():
             print(f"    {g}: {fmt_usage(u)}")
         print(f"    {r.machine}")
+    if sim is None:
+        return
     print(
         f"  simulated devices: API view {sim.seconds:.2f} s, device view (last INSTALLED sent) "
         f"{sim.device_view_s:.2f} s; API summary {sim.api_summary}"
@@ -601,9 +606,11 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         log(f"raw broadcast again: {raws[1].seconds:.2f} s")
         stop_agents(agents)
 
-        log(f"{args.sims} simulated devices")
-        sim = simulate(stack, tiny_pkg["digest"], bundles_sim, args.sim_procs)
-        log(f"simulated devices: {sim.seconds:.2f} s")
+        sim = None
+        if args.sims:
+            log(f"{args.sims} simulated devices")
+            sim = simulate(stack, tiny_pkg["digest"], bundles_sim, args.sim_procs)
+            log(f"simulated devices: {sim.seconds:.2f} s")
 
         baseline = None
         if args.baseline_src is not None:
@@ -632,7 +639,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "raw": [asdict(r) for r in raws],
         "rollout": asdict(roll),
         "ratio": roll.seconds / statistics.mean(r.seconds for r in raws),
-        "sim": asdict(sim),
+        "sim": asdict(sim) if sim is not None else None,
         "baseline": asdict(baseline) if baseline is not None else None,
     }
 
