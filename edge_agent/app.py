@@ -30,7 +30,7 @@ from edge_agent.http.server import HttpServer
 from edge_agent.install.installer import Installer
 from edge_agent.install.store import ModelStore
 from edge_agent.jobs.batch_jobs import BatchJobManager
-from edge_agent.memory import release_free_heap
+from edge_agent.memory import keep_large_buffers, release_free_heap
 from edge_agent.metrics import METRICS
 from edge_agent.serving.dataplane import DataPlane
 from edge_agent.serving.repository import ModelRepository
@@ -98,6 +98,7 @@ class Agent:
 
     async def start(self) -> None:
         s = self.settings
+        keep_large_buffers()  # installs reuse their buffers' pages (memory.py)
         self.capture.start()
         self.grpc_port = await self.grpc.start()
         if self.http is not None:

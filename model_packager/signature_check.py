@@ -1,11 +1,14 @@
-"""Check a manifest's signature in a short-lived child process.
+"""Check a manifest's signature without loading ``cryptography`` into the calling process.
 
 Loading ``cryptography`` costs a process about 7 MB of resident memory that it never gives back
 (extension modules are not unloaded). A device agent checks a signature once per install and
-must stay within its memory budget for days after, so it asks a child instead: the child reads
-the trusted key files, checks the signature with ``signing.verify_manifest`` (the one
-implementation) and exits, taking that memory with it. The price is one interpreter start, about
-0.03 CPU seconds per install (``scripts/bench-install`` reports it).
+must stay within its memory budget for days after. ``verify_without_cryptography`` is how it
+checks: through the OpenSSL library the process has already mapped (``openssl_ed25519``: no
+memory, about 0.1 ms), and where that library cannot check Ed25519, in a short-lived child
+process (``verify_in_child``) that reads the trusted key files, checks the signature with
+``signing.verify_manifest`` and exits, taking that memory with it, for the price of one
+interpreter start (about 0.05 CPU seconds per install, ``scripts/bench-install`` reports it).
+Both refuse the same inputs with the same reasons as ``signing.verify_manifest``.
 
 Protocol: the trusted key paths are arguments; stdin carries
 ``{"manifest": base64, "signature": base64 | null}``; stdout answers ``{"key_id": ...}`` or
@@ -24,7 +27,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model_packager import openssl_ed25519
 from model_packager.errors import SignatureError
+from model_packager.signature_doc import parse_signature, read_raw_keys
 
 #: A child that does not answer within this is killed and the package refused.
 TIMEOUT_S = 60.0
@@ -40,6 +45,35 @@ def _child_path() -> str:
     if spec is not None and spec.origin:
         roots.append(str(Path(spec.origin).parent.parent))
     return os.pathsep.join(filter(None, [*roots, os.environ.get("PYTHONPATH")]))
+
+
+def verify_without_cryptography(
+    manifest_bytes: bytes, signature_bytes: bytes | None, trusted_keys: Sequence[Path]
+) -> str:
+    """The signing key id: checked through OpenSSL in this process when it can check Ed25519
+    here, else in a child process. ``SignatureError`` otherwise."""
+    binding = openssl_ed25519.load()
+    if binding is None:
+        return verify_in_child(manifest_bytes, signature_bytes, trusted_keys)
+    return verify_with_openssl(binding, manifest_bytes, signature_bytes, trusted_keys)
+
+
+def verify_with_openssl(
+    binding: openssl_ed25519.OpenSslEd25519,
+    manifest_bytes: bytes,
+    signature_bytes: bytes | None,
+    trusted_keys: Sequence[Path],
+) -> str:
+    """``signing.verify_manifest`` through ``binding``, the trusted keys read from their files
+    (in the child's order: unreadable keys first, then the signature)."""
+    keys = read_raw_keys(trusted_keys)
+    kid, sig = parse_signature(signature_bytes)
+    raw = keys.get(kid)
+    if raw is None:
+        raise SignatureError(f"package is signed by key {kid}, which is not trusted")
+    if not binding.verify(raw, sig, manifest_bytes):
+        raise SignatureError(f"signature by key {kid} does not match the manifest")
+    return kid
 
 
 def verify_in_child(

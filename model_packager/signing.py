@@ -20,8 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from model_packager.errors import SignatureError
-
-ALGORITHM = "ed25519"
+from model_packager.signature_doc import ALGORITHM, parse_signature
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -123,18 +122,7 @@ def sign_manifest(manifest_bytes: bytes, private_key: Ed25519PrivateKey) -> byte
 
 def verify_manifest(manifest_bytes: bytes, signature_bytes: bytes | None, trust: TrustStore) -> str:
     """Check the signature against the trusted keys; returns the signing key id."""
-    if signature_bytes is None:
-        raise SignatureError("package is not signed")
-    try:
-        doc = json.loads(signature_bytes)
-        algorithm, kid = doc["algorithm"], doc["key_id"]
-        sig = base64.b64decode(doc["signature"], validate=True)
-        if not isinstance(kid, str) or not isinstance(algorithm, str):
-            raise TypeError("algorithm and key_id must be strings")
-    except (ValueError, KeyError, TypeError) as exc:
-        raise SignatureError(f"signature file is malformed: {exc}") from exc
-    if algorithm != ALGORITHM:
-        raise SignatureError(f"unsupported signature algorithm {algorithm!r}")
+    kid, sig = parse_signature(signature_bytes)
     key = trust.keys.get(kid)
     if key is None:
         raise SignatureError(f"package is signed by key {kid}, which is not trusted")

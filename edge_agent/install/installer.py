@@ -37,7 +37,7 @@ from edge_agent.serving.traffic import TrafficSplit
 from model_packager.archive import sha256_file
 from model_packager.errors import PackageError, SignatureError
 from model_packager.fsutil import fsync_dir
-from model_packager.signature_check import verify_in_child
+from model_packager.signature_check import verify_without_cryptography
 from model_packager.unpack import unpack_verified
 
 if TYPE_CHECKING:
@@ -86,11 +86,13 @@ class Installer:
     def check_signature(self, manifest_bytes: bytes, signature_bytes: bytes | None) -> str:
         """The signing key id, if a trusted key signed these manifest bytes.
 
-        By default checked in a short-lived child process (``model_packager.signature_check``):
-        loading ``cryptography`` would cost this process about 7 MB of resident memory for the
-        rest of its life, for one check per install (the budget is 100 MB right after one).
-        With ``signature_check_in_child`` off it is checked here, ~0.03 CPU s cheaper per
-        install, and the trusted keys are read once, at the first install.
+        By default checked without ``cryptography`` in this process (it would cost about 7 MB
+        of resident memory for the rest of its life, for one check per install; the budget is
+        100 MB right after one): through the OpenSSL library the process already maps, or where
+        that cannot check Ed25519, in a short-lived child process
+        (``model_packager.signature_check``). With ``signature_check_in_child`` off it is
+        checked here with ``cryptography``, and the trusted keys are read once, at the first
+        install.
         """
         if (refusal := self.trust.refusal(signature_bytes)) is not None:
             raise SignatureError(refusal)
@@ -100,9 +102,9 @@ class Installer:
         self, data: bytes, signature_bytes: bytes | None, key_files: Sequence[Path]
     ) -> str:
         """The key id that signed ``data``, checked against ``key_files`` (packages and trust
-        sets alike), in a child process unless ``signature_check_in_child`` is off."""
+        sets alike), without ``cryptography`` unless ``signature_check_in_child`` is off."""
         if self.settings.signature_check_in_child:
-            return verify_in_child(data, signature_bytes, key_files)
+            return verify_without_cryptography(data, signature_bytes, key_files)
         from model_packager.signing import TrustStore, verify_manifest
 
         if self._trust is None or self._trust_files != list(key_files):

@@ -3,9 +3,9 @@
 After a key rotation the control plane publishes a signed trust set (``protos/fleet_trust.py``,
 retained on ``<prefix>/trust``). ``DeviceTrust.offer`` accepts it only when it is newer than the
 set held and one of its signatures is by a key trusted now (checked by the caller's ``verify``,
-the same check packages get, in a child process by default); it then writes the keys and the set
-atomically under ``<data_dir>/trust/`` (key files first, ``trust.json`` last: a crash leaves the
-old set or the new one) and from then on trusts the new keys.
+the same check packages get, without ``cryptography`` by default); it then writes the keys and
+the set atomically under ``<data_dir>/trust/`` (key files first, ``trust.json`` last: a crash
+leaves the old set or the new one) and from then on trusts the new keys.
 
 A key the set marks retired is refused once its ``not_after`` has passed, whether it came from
 the set or from the configured files (a device registered before the rotation has the old key
@@ -15,8 +15,6 @@ only there). Key ids of configured files are read from the PEM itself (the raw k
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +23,7 @@ from pathlib import Path
 
 from edge_agent.fsutil import atomic_write_bytes, atomic_write_json, read_json
 from model_packager.errors import SignatureError
+from model_packager.signature_doc import raw_key_id, raw_public_key
 from protos.fleet_trust import SignedTrustSet, TrustedKey, signature_key_id
 
 log = logging.getLogger(__name__)
@@ -32,20 +31,11 @@ log = logging.getLogger(__name__)
 #: ``verify(data, signature, key_files) -> key id``, raising ``SignatureError``.
 Verify = Callable[[bytes, bytes, Sequence[Path]], str]
 
-_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
-
 
 def pem_key_id(pem: str | bytes) -> str | None:
     """``model_packager.signing.key_id`` of an Ed25519 public key PEM; None if it is not one."""
-    text = pem.decode(errors="replace") if isinstance(pem, bytes) else pem
-    body = "".join(line for line in text.strip().splitlines() if not line.startswith("-----"))
-    try:
-        der = base64.b64decode(body, validate=True)
-    except ValueError:
-        return None
-    if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
-        return None
-    return hashlib.sha256(der[12:]).hexdigest()[:16]
+    raw = raw_public_key(pem)
+    return raw_key_id(raw) if raw is not None else None
 
 
 @dataclass(frozen=True)
