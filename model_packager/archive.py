@@ -117,7 +117,7 @@ def _check_member(m: tarfile.TarInfo, limits: ArchiveLimits) -> None:
         raise UnsafeArchive(f"member {name!r} is a link")
     if m.isdev() or m.isfifo() or m.ischr() or m.isblk():
         raise UnsafeArchive(f"member {name!r} is a device or fifo")
-    if not m.isfile():
+    if not m.isfile() or m.issparse():
         raise UnsafeArchive(f"member {name!r} is not a regular file")
     if m.size > limits.max_member_bytes:
         raise UnsafeArchive(

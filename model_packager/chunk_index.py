@@ -87,13 +87,12 @@ class ChunkIndex:
             raise InvalidPackage(f"chunk index of {len(data)} bytes cannot hold {count} chunks")
         if not 0 < lo <= avg <= hi <= MAX_CHUNK_BYTES:
             raise InvalidPackage(f"chunk index has impossible sizes {lo}/{avg}/{hi}")
-        digests, sizes = [], []
-        for i in range(count):
-            digest, size = _ENTRY.unpack_from(data, _HEAD.size + i * _ENTRY.size)
-            if not 0 < size <= hi:
-                raise InvalidPackage(f"chunk {i} of the index is {size} bytes (max {hi})")
-            digests.append(digest)
-            sizes.append(size)
+        entries = list(_ENTRY.iter_unpack(memoryview(data)[_HEAD.size :]))
+        digests = [digest for digest, _ in entries]
+        sizes = [size for _, size in entries]
+        if sizes and not 0 < min(sizes) <= max(sizes) <= hi:
+            i, size = next((i, n) for i, n in enumerate(sizes) if not 0 < n <= hi)
+            raise InvalidPackage(f"chunk {i} of the index is {size} bytes (max {hi})")
         if sum(sizes) != total:
             raise InvalidPackage(f"chunk index sizes add up to {sum(sizes)}, not {total}")
         return cls(lo, avg, hi, tuple(digests), tuple(sizes))

@@ -2,23 +2,28 @@
 
 ``verify_package`` + ``PackageReader.digest`` + ``extract_package`` read an archive four times
 (structure, member digests, whole-file digest, extraction with digests again). An agent pays that
-on every install, for every MiB. ``unpack_verified`` reads the file once, sequentially:
+on every install, for every MiB. ``unpack_verified`` reads the file once, front to back:
 
-- every byte read feeds the whole-file sha256 (the package's name) as it passes;
-- the tar is parsed as a stream; the manifest and signature are kept in memory, every other
-  member is written to a staging folder while its own sha256 is computed;
+- every byte read feeds the whole-file sha256 (the package's name) exactly once, in file order
+  (``_HashingReader``: the tar headers as ``tarfile`` reads them, each member's bytes as they are
+  extracted, the padding between them);
+- the tar's headers are parsed by ``tarfile``; a member's bytes are read by position into one
+  reused buffer, hashed and written from it (no copy through ``tarfile``'s stream buffers: those
+  took three extra copies and allocations of every MiB); the manifest and signature are kept in
+  memory, every other member is written to a staging folder while its own sha256 is computed;
 - the signature is checked once, through the caller's ``verify`` (so an agent can keep
   ``cryptography`` out of its own memory), in a thread started as soon as the manifest and
-  signature have streamed past (``write_archive`` puts them first): the check (a child process,
-  for an agent) runs beside the hashing of the files instead of after it, and a refused
-  signature stops the pass at the next chunk instead of after the whole file;
+  signature have been read (``write_archive`` puts them first): the check runs beside the
+  hashing of the files instead of after it, and a refused signature stops the pass at the next
+  buffer instead of after the whole file;
 - at the end of the file, every pinned digest and size is compared, and anything the manifest
   does not pin fails the package.
 
 Nothing is read twice and nothing is trusted before every check passed: the staging folder is a
 hidden temporary sibling, removed on any failure; the caller renames it into place (the install's
-``stage`` step). The structural limits are those of ``archive.py`` (paths, links, devices, member
-and size bounds), applied to each member as it arrives, before its bytes are written.
+``stage`` step). The structural limits are those of ``archive.py`` (paths, links, devices, sparse
+files, member and size bounds), applied to each member as it arrives, before its bytes are
+written.
 """
 
 from __future__ import annotations
@@ -57,25 +62,72 @@ class UnpackedPackage:
 
 
 class _HashingReader(io.RawIOBase):
-    """A file read front to back, every byte fed to one sha256 as it passes (unless the caller
-    already knows the file's digest: ``hash_bytes`` False only counts them)."""
+    """The package file read by position, every byte fed to one sha256 exactly once and in file
+    order whatever the order of the reads (bytes skipped over, such as the padding after a
+    member, are read and fed when a later read passes them; ``finish`` feeds the rest). With
+    ``hash_bytes`` False (the caller already knows the file's digest) nothing is hashed."""
 
-    def __init__(self, f: io.BufferedReader, hash_bytes: bool = True) -> None:
-        self._f = f
+    def __init__(self, f: io.FileIO, hash_bytes: bool = True) -> None:
+        self._fd = f.fileno()
         self.sha256 = hashlib.sha256()
-        self.size = 0
+        self.size = os.fstat(self._fd).st_size
         self._hash = hash_bytes
+        self._pos = 0
+        self._hashed = 0  # bytes [0, _hashed) fed to sha256
 
     def readable(self) -> bool:
         return True
 
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        n = self._f.readinto(buffer)
-        if n:
-            if self._hash:
-                self.sha256.update(memoryview(buffer)[:n])
-            self.size += n
-        return n or 0
+        n = os.preadv(self._fd, [buffer], self._pos)
+        if n and self._hash:
+            self._feed(self._pos, memoryview(buffer)[:n])
+        self._pos += n
+        return n
+
+    def _feed(self, at: int, data: memoryview) -> None:
+        if at > self._hashed:
+            self._catch_up(at)
+        end = at + len(data)
+        if end > self._hashed:
+            self.sha256.update(data[self._hashed - at :])
+            self._hashed = end
+
+    def _catch_up(self, upto: int) -> None:
+        while self._hashed < upto:
+            data = os.pread(self._fd, min(_CHUNK, upto - self._hashed), self._hashed)
+            if not data:
+                break
+            self.sha256.update(data)
+            self._hashed += len(data)
+
+    def finish(self) -> None:
+        """Feed what no read reached (the end-of-archive blocks) up to the end of the file."""
+        if self._hash:
+            self._catch_up(self.size)
+
+    def read_exactly(self, offset: int, size: int, into: memoryview) -> memoryview:
+        """``size`` bytes from ``offset`` into ``into`` (at most its length); a short file is an
+        ``EOFError``."""
+        self._pos = offset
+        got = 0
+        while got < size:
+            n = self.readinto(into[got:size])
+            if n == 0:
+                raise EOFError(f"file ends {size - got} bytes early")
+            got += n
+        return into[:size]
 
 
 def unpack_verified(
@@ -97,21 +149,20 @@ def unpack_verified(
     staging_parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=".unpack-", suffix=".partial", dir=staging_parent))
     try:
-        with open(path, "rb") as raw, _Signature(verify) as signature:
+        with open(path, "rb", buffering=0) as raw, _Signature(verify) as signature:
             reader = _HashingReader(raw, known_digest is None)  # type: ignore[arg-type]
             try:
-                manifest_bytes, signature_bytes, written = _stream(
+                manifest_bytes, signature_bytes, written = _extract(
                     reader, staged, limits, signature
                 )
             except (tarfile.TarError, EOFError) as exc:
                 raise InvalidPackage(
                     f"{path.name}: not a readable package archive ({exc})"
                 ) from exc
-            while reader.read(_CHUNK):  # the end-of-archive padding is part of the digest
-                pass
+            reader.finish()  # the end-of-archive padding is part of the digest
             if manifest_bytes is None:
                 raise InvalidPackage(f"{path.name}: no {MANIFEST_NAME} in the archive")
-            signature.start(manifest_bytes, signature_bytes)  # unless started while streaming
+            signature.start(manifest_bytes, signature_bytes)  # unless started while extracting
             manifest, key_id = signature.result()
         _check_pins(manifest, written)
         (staged / MANIFEST_NAME).write_bytes(manifest_bytes)
@@ -165,7 +216,7 @@ class _Signature:
             self._pool.shutdown(wait=True)
 
 
-def _stream(
+def _extract(
     reader: _HashingReader, staged: Path, limits: ArchiveLimits, signature: _Signature
 ) -> tuple[bytes | None, bytes | None, dict[str, tuple[int, str]]]:
     """The tar's members in order: manifest and signature kept, the rest written with their
@@ -175,7 +226,8 @@ def _stream(
     seen: set[str] = set()
     total = 0
     root = staged.resolve()
-    with tarfile.open(fileobj=reader, mode="r|", bufsize=_CHUNK) as tar:
+    buffer = memoryview(bytearray(_CHUNK))
+    with tarfile.open(fileobj=reader, mode="r:") as tar:
         for count, m in enumerate(tar, start=1):
             if count > limits.max_members:
                 raise UnsafeArchive(f"archive has more than {limits.max_members} members")
@@ -186,19 +238,15 @@ def _stream(
             total += m.size
             if total > limits.max_total_bytes:
                 raise UnsafeArchive(f"archive content exceeds {limits.max_total_bytes} bytes")
-            src = tar.extractfile(m)
-            if src is None:
-                raise InvalidPackage(f"cannot read {m.name!r}")
             if m.name in (MANIFEST_NAME, SIGNATURE_NAME):
                 if m.size > limits.max_manifest_bytes:
                     raise UnsafeArchive(f"{m.name} is too large ({m.size} bytes)")
-                data = src.read()
-                if len(data) != m.size:
-                    raise InvalidPackage(f"{m.name!r} is truncated")
+                data = bytearray(m.size)
+                reader.read_exactly(m.offset_data, m.size, memoryview(data))
                 if m.name == MANIFEST_NAME:
-                    manifest = data
+                    manifest = bytes(data)
                 else:
-                    sig_bytes = data
+                    sig_bytes = bytes(data)
                 continue
             if manifest is not None and sig_bytes is not None:
                 signature.start(manifest, sig_bytes)  # the files hash while it runs
@@ -206,20 +254,33 @@ def _stream(
             if not target.resolve().is_relative_to(root):
                 raise UnsafeArchive(f"{m.name!r} escapes the package folder")
             target.parent.mkdir(parents=True, exist_ok=True)
-            h = hashlib.sha256()
-            size = 0
-            with open(target, "xb") as out:
-                while chunk := src.read(_CHUNK):
-                    h.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                    signature.raise_if_refused()
-                out.flush()
-                os.fsync(out.fileno())
-            if size != m.size:
-                raise InvalidPackage(f"{m.name!r} is truncated")
-            written[m.name] = (size, h.hexdigest())
+            written[m.name] = (m.size, _write_member(reader, m, target, buffer, signature))
     return manifest, sig_bytes, written
+
+
+def _write_member(
+    reader: _HashingReader,
+    m: tarfile.TarInfo,
+    target: Path,
+    buffer: memoryview,
+    signature: _Signature,
+) -> str:
+    """Copy the member's bytes to ``target`` through ``buffer``, hashing them on the way; their
+    sha256. A member cut short by the end of the file is an ``EOFError``."""
+    h = hashlib.sha256()
+    offset, left = m.offset_data, m.size
+    with open(target, "xb", buffering=0) as out:
+        while left:
+            step = min(left, len(buffer))
+            data = reader.read_exactly(offset, step, buffer)
+            h.update(data)
+            while data:
+                data = data[out.write(data) or 0 :]
+            offset += step
+            left -= step
+            signature.raise_if_refused()
+        os.fsync(out.fileno())
+    return h.hexdigest()
 
 
 def _check_pins(manifest: Manifest, written: dict[str, tuple[int, str]]) -> None:
