@@ -43,7 +43,10 @@ from model_packager.archive import ArchiveLimits, _check_member
 from model_packager.errors import DigestMismatch, InvalidPackage, UnsafeArchive
 from model_packager.manifest import MANIFEST_NAME, SIGNATURE_NAME, Manifest
 
-_CHUNK = 1 << 20
+#: Bytes read and written at a time. Not more: on the development VM's Linux 6.18 ext4, 1 MiB
+#: writes into a new file cost up to 12x the kernel CPU of 256 KiB ones (45 against 3.7 ms for
+#: 20 MiB), and 512 KiB saved nothing more.
+_CHUNK = 256 << 10
 
 #: ``verify(manifest_bytes, signature_bytes) -> key id``; raises ``SignatureError``.
 SignatureCheck = Callable[[bytes, bytes | None], str]

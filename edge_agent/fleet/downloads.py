@@ -301,12 +301,18 @@ class ChunkPuller:
                     await asyncio.wait_for(self._connected.wait(), 0.5)
                 continue
             self._ask(loop.time())
-            wake = min((d for _, d in self._outstanding.values()), default=loop.time() + 0.5)
             try:
-                answer = await asyncio.wait_for(self._answers.get(), max(0.01, wake - loop.time()))
-            except TimeoutError:
-                self._expire(loop.time())
-                continue
+                # Answers come in bursts: take what is queued without a timer and a task each.
+                answer = self._answers.get_nowait()
+            except asyncio.QueueEmpty:
+                wake = min((d for _, d in self._outstanding.values()), default=loop.time() + 0.5)
+                try:
+                    answer = await asyncio.wait_for(
+                        self._answers.get(), max(0.01, wake - loop.time())
+                    )
+                except TimeoutError:
+                    self._expire(loop.time())
+                    continue
             if answer.error:
                 await self._refused(answer)
                 continue
