@@ -474,7 +474,10 @@ class Machine:
 
 
 class Sampler:
-    """CPU and RSS of groups of processes (summed per group), sampled every ``interval``."""
+    """CPU and RSS of groups of processes (summed per group), sampled every ``interval``.
+
+    A process's CPU includes its children that it has waited for (an agent's short-lived
+    signature-check child, where it runs one): they do the process's work."""
 
     def __init__(self, groups: dict[str, list[int]], interval: float = 0.5) -> None:
         self.groups = {
@@ -496,7 +499,7 @@ class Sampler:
         for p in procs:
             try:
                 t = p.cpu_times()
-                total += t.user + t.system
+                total += t.user + t.system + t.children_user + t.children_system
             except psutil.Error:
                 pass
         return total

@@ -195,7 +195,8 @@ class Installer:
         file (a fleet download); the one pass then skips hashing the whole file again."""
         async with self._lock:
             outcome, served = await self._install(Path(archive), activate, known_digest)
-            self.store.save_last_install(outcome.to_json())
+            if outcome.outcome != "COMMITTED":  # a commit recorded it before its journal went
+                self.store.save_last_install(outcome.to_json())
             METRICS.installs.labels(outcome.outcome).inc()
             # Reading, hashing and loading a package leave freed heap behind (a few MB for a
             # small model): hand it back now, as start-up does (memory.py).
