@@ -5,9 +5,12 @@ In one run on this machine:
 1. **Verification CPU per MiB**, in this process, on a generated ~20 MiB package (an ONNX
    model with one large weight; nothing downloaded): the path the agent used before (open and
    check the archive, verify the signature and every member digest, digest the whole file,
-   extract with digests again: four reads) against the one pass (``model_packager.unpack``, with
-   the signature checked in a child process as the agent does now). CPU is this process's plus
-   its children's (the signature check), the median of interleaved repetitions.
+   extract with digests again: four reads) against the one pass (``model_packager.unpack``),
+   with the signature checked three ways: through OpenSSL in process as the agent does now
+   (``signature_check.verify_without_cryptography``), with ``cryptography`` in process
+   (``signature_check_in_child: false``), and in a child process (the fallback where the
+   process's libcrypto cannot check Ed25519). CPU is this process's plus its children's (the
+   signature check), the median of interleaved repetitions.
 2. **The agent itself**: a real ``edge-agent run`` installs the same package through
    ``InstallPackage``; its CPU seconds (children included) for the whole install (verify, stage,
    load, self-test, activate, commit) and its RSS right after. Then an agent installs the MLP and
@@ -51,7 +54,10 @@ from script_support import console_script  # noqa: E402
 
 from model_packager.archive import extract_package, verify_package  # noqa: E402
 from model_packager.build import ArtifactInput, BuildSpec, build_package  # noqa: E402
-from model_packager.signature_check import verify_in_child  # noqa: E402
+from model_packager.signature_check import (  # noqa: E402
+    verify_in_child,
+    verify_without_cryptography,
+)
 from model_packager.signing import (  # noqa: E402
     TrustStore,
     generate_keypair,
@@ -110,11 +116,19 @@ def after_path(pkg: Path, check: Callable[[bytes, bytes | None], str], dest: Pat
 def measure_paths(pkg: Path, pub: Path, workdir: Path, reps: int) -> dict[str, Any]:
     trust = TrustStore.from_paths([pub])  # loaded once: the agent held it once too
     size_mib = pkg.stat().st_size / MIB
-    runs: dict[str, list[float]] = {"before": [], "after": [], "after_in_process": []}
+    runs: dict[str, list[float]] = {
+        "before": [],
+        "after": [],
+        "after_in_process": [],
+        "after_openssl": [],
+    }
     paths: dict[str, Callable[[Path], None]] = {
         "before": lambda d: before_path(pkg, trust, d),
         "after": lambda d: after_path(pkg, lambda m, s: verify_in_child(m, s, [pub]), d),
         "after_in_process": lambda d: after_path(pkg, lambda m, s: verify_manifest(m, s, trust), d),
+        "after_openssl": lambda d: after_path(
+            pkg, lambda m, s: verify_without_cryptography(m, s, [pub]), d
+        ),
     }
     for r in range(reps + 1):  # the first round warms the page cache and imports
         order = list(paths) if r % 2 == 0 else list(reversed(paths))
@@ -136,6 +150,9 @@ def measure_paths(pkg: Path, pub: Path, workdir: Path, reps: int) -> dict[str, A
         "cpu_s_after": med["after"],
         "cpu_s_after_in_process": med["after_in_process"],
         "cpu_s_per_mib_after_in_process": med["after_in_process"] / size_mib,
+        "cpu_s_after_openssl": med["after_openssl"],
+        "cpu_s_per_mib_after_openssl": med["after_openssl"] / size_mib,
+        "ratio_openssl_before": med["after_openssl"] / med["before"],
         "ratio_after_before": med["after"] / med["before"],
         "ratio_in_process_before": med["after_in_process"] / med["before"],
         "runs": runs,
@@ -306,18 +323,24 @@ def report(r: dict[str, Any]) -> None:
         p = r["paths"]
         print(f"\n  verify + extract a {p['package_mib']:.1f} MiB package (median CPU s)")
         print(
-            f"    before (4 reads):             {p['cpu_s_before']:.3f} s = "
+            f"    before (4 reads):                             {p['cpu_s_before']:.3f} s = "
             f"{p['cpu_s_per_mib_before'] * 1000:.2f} ms/MiB"
         )
         print(
-            f"    one pass, signature here:     {p['cpu_s_after_in_process']:.3f} s = "
-            f"{p['cpu_s_per_mib_after_in_process'] * 1000:.2f} ms/MiB  "
-            f"({p['ratio_in_process_before']:.2f}x)"
+            f"    one pass, signature through OpenSSL (ctypes): {p['cpu_s_after_openssl']:.3f} s = "
+            f"{p['cpu_s_per_mib_after_openssl'] * 1000:.2f} ms/MiB  "
+            f"({p['ratio_openssl_before']:.2f}x; the agent's default)"
         )
         print(
-            f"    one pass, signature in child: {p['cpu_s_after']:.3f} s = "
+            f"    one pass, signature with cryptography here:   "
+            f"{p['cpu_s_after_in_process']:.3f} s = "
+            f"{p['cpu_s_per_mib_after_in_process'] * 1000:.2f} ms/MiB  "
+            f"({p['ratio_in_process_before']:.2f}x; signature_check_in_child: false)"
+        )
+        print(
+            f"    one pass, signature in a child process:       {p['cpu_s_after']:.3f} s = "
             f"{p['cpu_s_per_mib_after'] * 1000:.2f} ms/MiB  ({p['ratio_after_before']:.2f}x; "
-            "the agent's default)"
+            "the fallback without a usable libcrypto)"
         )
     for key in [k for k in r if k.startswith("agent ")]:
         g = r[key]
