@@ -332,6 +332,8 @@ class ChunkPuller:
     def _ask(self, now: float) -> None:
         """Fill the window with requests for chunks neither on disk nor already asked for."""
         fs = self.settings
+        if len(self._outstanding) >= fs.chunk_window:
+            return  # the window is full (the usual case, once per chunk: skip the scan)
         asked = set().union(*(s for s, _ in self._outstanding.values()))
         todo = [i for i in self.download.missing() if i not in asked]
         while len(self._outstanding) < fs.chunk_window and todo:

@@ -10,8 +10,9 @@ Why a hand-written connection loop instead of paho's ``loop_start`` auto-reconne
   the old client.
 
 Threads: one daemon thread owns the socket (connect, ``loop``, reconnect). Callbacks run on it and
-hand ``LinkEvent``s to the agent's asyncio loop through ``call_soon_threadsafe``; nothing else of
-the agent runs on this thread. ``publish`` is called from the event loop (paho's publish is
+hand ``LinkEvent``s to the agent's asyncio loop, in order, through a queue that the loop drains
+(one ``call_soon_threadsafe`` per burst, not per message); nothing else of the agent runs on
+this thread. ``publish`` is called from the event loop (paho's publish is
 thread-safe) and returns an id that a later ``PubAck`` event confirms.
 """
 
@@ -85,6 +86,9 @@ class MqttLink:
         self.offline_payload = offline_payload
         self._loop = loop
         self._on_event = on_event
+        self._events: list[LinkEvent] = []  # emitted, not yet handed to the loop
+        self._events_lock = threading.Lock()
+        self._drain_scheduled = False
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
@@ -149,8 +153,30 @@ class MqttLink:
     # --- connection thread ------------------------------------------------------------------
 
     def _emit(self, event: LinkEvent) -> None:
+        """Queue the event for the loop; only the first of a burst wakes it (a wake-up per
+        256 KiB chunk was a self-pipe write, a loop iteration and a handle each)."""
+        with self._events_lock:
+            self._events.append(event)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
         with contextlib.suppress(RuntimeError):  # a closed loop: the agent is going away
-            self._loop.call_soon_threadsafe(self._on_event, event)
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: hand every queued event over, in the order they happened."""
+        while True:
+            with self._events_lock:
+                if not self._events:
+                    self._drain_scheduled = False
+                    return
+                events = list(self._events)
+                self._events.clear()
+            for event in events:
+                try:
+                    self._on_event(event)
+                except Exception:  # as the loop would for its own callback: log, go on
+                    log.exception("handling %s failed", type(event).__name__)
 
     def _new_client(self, epoch: int) -> mqtt.Client:
         s = self.settings

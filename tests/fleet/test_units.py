@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from edge_agent.config import FleetSettings
 from edge_agent.fleet.backoff import Backoff
 from edge_agent.fleet.domain import ChunkAnswer, Result
 from edge_agent.fleet.downloads import ChunkDownload, ChunkPuller, DownloadError
+from edge_agent.fleet.link import LinkEvent, Message, MqttLink
 from edge_agent.fleet.outbox import Outbox
 from model_packager.signing import key_id
 from protos.fleet_state import DesiredModel
@@ -167,6 +169,44 @@ def test_chunk_puller_gives_up_after_repeated_refusals(tmp_path: Path) -> None:
     puller = _puller(tmp_path, control, _model(blob), max_chunk_rejects=2, chunk_timeout_s=0.05)
     with pytest.raises(DownloadError, match="refused"):
         asyncio.run(puller.run())
+
+
+def test_link_hands_every_event_to_the_loop_in_order_despite_a_failing_handler() -> None:
+    """Events from the network thread reach the loop in order, a burst with one wake-up, and
+    a handler that raises loses neither the events behind it nor later ones."""
+    got: list[str] = []
+
+    def on_event(event: LinkEvent) -> None:
+        assert isinstance(event, Message)
+        got.append(event.topic)
+        if event.topic == "t13":
+            raise RuntimeError("a broken handler")
+
+    async def main() -> None:
+        link = MqttLink(
+            FleetSettings(url="mqtt://localhost"),
+            "dev",
+            [],
+            "edge/dev/status",
+            b"on",
+            b"off",
+            asyncio.get_running_loop(),
+            on_event,
+        )
+        sender = threading.Thread(
+            target=lambda: [link._emit(Message(f"t{i}", b"")) for i in range(500)]
+        )
+        sender.start()
+        await asyncio.to_thread(sender.join)
+        for _ in range(100):
+            if len(got) == 500:
+                break
+            await asyncio.sleep(0.01)
+        link._emit(Message("after", b""))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(main())
+    assert got == [f"t{i}" for i in range(500)] + ["after"]
 
 
 def test_result_constructors_fill_the_deployment_fields() -> None:
