@@ -151,6 +151,30 @@ def test_review_mode_with_the_keyboard(
     admin.click("#improve-service button[type=submit]")
     expect(admin.locator("#improve-service .form-error")).to_contain_text("mlp version 1")
     shot(admin, "22-edge-flywheel")
+
+    # The capture policy form: the block as it is, changed in place (PATCH, no new rollout).
+    form = admin.locator("#capture-form")
+    expect(form.locator('[name="capture.below_confidence"]')).to_have_value("0.6")
+    expect(form.locator('[name="capture.dataset"]')).to_have_value("mlp-captures")
+    form.locator('[name="capture.below_confidence"]').fill("0.35")
+    form.locator('[name="capture.on_request"]').check()
+    with admin.expect_navigation():
+        form.locator("button[type=submit]").click()
+    expect(admin.locator("#flywheel")).to_contain_text("below 0.35 confidence, on request")
+    svc = rest.get("/services/mlp-edge").json()
+    assert svc["capture"] == {
+        "enabled": True,
+        "below_confidence": 0.35,
+        "sample_fraction": 0.0,
+        "on_disagreement": False,
+        "on_request": True,
+        "top_k": 0,
+        "dataset": "mlp-captures",
+    }
+    assert svc["rollout"]["number"] == 1
+    form.locator('[name="capture.below_confidence"]').fill("2")  # out of range: the API says so
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".form-error")).to_contain_text("less than or equal to 1")
     admin.close()
 
     # A viewer sees the queue but cannot act on it.
