@@ -175,6 +175,25 @@ def test_review_mode_with_the_keyboard(
     form.locator('[name="capture.below_confidence"]').fill("2")  # out of range: the API says so
     form.locator("button[type=submit]").click()
     expect(form.locator(".form-error")).to_contain_text("less than or equal to 1")
+
+    # The device's page: its capture store as it reported it, and a purge order for it.
+    status = wire.CaptureStatus(
+        DEVICE, stored_records=7, stored_bytes=3 << 20, captured_total=11, uploaded_total=4,
+        dropped_total=2,
+    )  # fmt: skip
+    CaptureReceiver(served.app.state.ctx).on_status(DEVICE, status)
+    admin.goto(f"/ui/devices/{DEVICE}")
+    store = admin.locator("#device-captures")
+    expect(store.locator('[data-field="stored"]')).to_have_text("7 (3.0 MiB)")
+    expect(store.locator('[data-field="dropped"]')).to_have_text("2")
+    expect(store.locator('[data-field="received"]')).to_have_text("4")
+    expect(admin.locator("#purge-state")).to_have_text("No purge asked.")
+    with admin.expect_navigation():
+        admin.click("#purge-captures button[type=submit]")
+    expect(admin.locator("#purge-state")).to_contain_text("not applied yet")
+    asked = rest.get(f"/captures/devices/{DEVICE}").json()
+    assert asked["purge_id"] and asked["purge_id"] in admin.locator("#purge-state").inner_text()
+    shot(admin, "23-device-captures")
     admin.close()
 
     # A viewer sees the queue but cannot act on it.
