@@ -1,7 +1,9 @@
 """Review mode of the labelling pages in a real Chromium: a labeller goes through the captures
 devices sent back, lowest confidence first, with the keyboard only: Enter accepts the model's
 label, a number corrects it, n skips, d drops the sample. Each key press lands in the API as the
-action it names, by her. Screenshots: test-artifacts/dashboard/20-*.png."""
+action it names, by her. Then an admin uses the flywheel's other pages: the edge service's
+capture policy, a device's capture store and purge, the registry's signing keys.
+Screenshots: test-artifacts/dashboard/20-*.png."""
 
 from __future__ import annotations
 
@@ -194,6 +196,20 @@ def test_review_mode_with_the_keyboard(
     asked = rest.get(f"/captures/devices/{DEVICE}").json()
     assert asked["purge_id"] and asked["purge_id"] in admin.locator("#purge-state").inner_text()
     shot(admin, "23-device-captures")
+
+    # The registry's signing keys on the models page; an admin rotates from there.
+    admin.goto("/ui/models")
+    keys = admin.locator("#signing-keys tr[data-key]")
+    expect(keys).to_have_count(1)
+    first = keys.first.get_attribute("data-key")
+    with admin.expect_navigation():
+        admin.click("#rotate-key button[type=submit]")
+    expect(keys).to_have_count(2)
+    expect(admin.locator(f'#signing-keys tr[data-key="{first}"]')).to_have_attribute(
+        "data-state", "retired"
+    )
+    listed = rest.get("/registry/keys").json()
+    assert [(k["generation"], k["state"]) for k in listed] == [(2, "current"), (1, "retired")]
     admin.close()
 
     # A viewer sees the queue but cannot act on it.
@@ -203,6 +219,8 @@ def test_review_mode_with_the_keyboard(
     viewer.fill("input[name=username]", "vic")
     viewer.fill("input[name=password]", "vic-pass1")
     viewer.click("button[type=submit]")
+    viewer.goto("/ui/models")
+    expect(viewer.locator("#rotate-key button[type=submit]")).to_be_disabled()
     viewer.goto(f"/ui/datasets/{ds}/review")
     expect(viewer.locator("#accept-capture")).to_be_disabled()
     viewer.keyboard.press("Enter")
