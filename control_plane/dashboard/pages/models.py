@@ -12,7 +12,7 @@ from control_plane.dashboard.deps import PageUser
 from control_plane.dashboard.pages.base import page_router
 from control_plane.dashboard.render import page
 from control_plane.deployments.service import DeploymentService
-from control_plane.registry.keys import service as keys
+from control_plane.registry.keys.service import list_keys
 from control_plane.registry.service import ModelService
 from control_plane.training.service import TrainingService
 
@@ -28,7 +28,7 @@ def models(request: Request, user: PageUser, session: SessionDep, ctx: ContextDe
         user,
         versions=ModelService(session, ctx).list_versions(),
         jobs=jobs,
-        signing_keys=keys.list_keys(ctx),
+        signing_keys=list_keys(ctx),
     )
 
 
