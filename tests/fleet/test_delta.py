@@ -84,6 +84,8 @@ def test_delta_update_fetches_only_missing_chunks(
     size1 = pkgs[0].stat().st_size
     assert sum(first.fixed.values()) == size1 and not first.cdc and not first.errors
     assert first.indexes == 1
+    prefix = topics.device_prefix("delta-0")
+    assert f"topics under {prefix}\n" in agent.log()
 
     # 2. Head retrained: only the chunks version 1 lacks, none of the fixed chunks.
     deploy_and_wait(fleet, reports, "delta-0", pkgs[1])
