@@ -290,6 +290,23 @@ def cmd_models_download(client: Client, args: argparse.Namespace) -> Any:
     return {"path": str(path), "size": path.stat().st_size}
 
 
+def cmd_packages_list(client: Client, args: argparse.Namespace) -> Any:
+    return client.packages.list()
+
+
+def cmd_packages_get(client: Client, args: argparse.Namespace) -> Any:
+    return client.packages.get(args.digest)
+
+
+def cmd_packages_upload(client: Client, args: argparse.Namespace) -> Any:
+    """A package signed outside the registry (``model-packager build --key``), so that
+    ``eictl deploy --package`` can send it to devices."""
+    path = Path(args.path)
+    if not path.is_file():
+        raise SystemExit(_usage(f"{args.path}: no such file"))
+    return client.packages.upload(path, progress=_bar(args, "upload"))
+
+
 def cmd_keys_list(client: Client, args: argparse.Namespace) -> Any:
     return client.keys.list()
 
@@ -499,6 +516,9 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_models_wait: ("name", "version", "state", "package_digest"),
     cmd_models_download: ("path", "size"),
     cmd_models_list: ("name", "latest", "versions"),
+    cmd_packages_list: ("digest", "name", "version", "size", "key_id"),
+    cmd_packages_get: ("digest", "name", "version", "size", "key_id", "chunk_count"),
+    cmd_packages_upload: ("digest", "name", "version", "size", "key_id"),
     cmd_keys_list: ("key_id", "generation", "state", "not_after"),
     cmd_keys_rotate: ("key_id", "generation", "state"),
     cmd_devices_list: ("id", "name", "status", "labels"),
@@ -672,6 +692,20 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", help="file or folder (ending in /: made if missing); default: here"
     )
     p.set_defaults(func=cmd_models_download)
+
+    pkgs = top.add_parser(
+        "packages", parents=[common], help="signed packages the control plane holds"
+    ).add_subparsers(required=True)
+    p = pkgs.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_packages_list)
+    p = pkgs.add_parser("get", parents=[common])
+    p.add_argument("digest")
+    p.set_defaults(func=cmd_packages_get)
+    p = pkgs.add_parser(
+        "upload", parents=[common], help="upload a signed .edgepkg (then: eictl deploy --package)"
+    )
+    p.add_argument("path")
+    p.set_defaults(func=cmd_packages_upload)
 
     keys = top.add_parser(
         "keys", parents=[common], help="the registry's signing keys"

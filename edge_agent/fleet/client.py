@@ -111,6 +111,7 @@ class FleetClient:
         self.store, self.repo, self.installer = store, repo, installer
         self.agent_version = agent_version
         prefix = self.fs.topic_prefix or topics.device_prefix(self.device_id)
+        self.topic_prefix = prefix
         self.topic = {
             leaf: f"{prefix}/{leaf}"
             for leaf in (
@@ -189,7 +190,7 @@ class FleetClient:
             self._outbox_wakeup.set()
         if self.captures is not None:
             self.captures.start()
-        log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic[topics.STATUS])
+        log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic_prefix)
 
     async def stop(self) -> None:
         if self.batches is not None:
