@@ -347,6 +347,17 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> Any:
         target["selector"] = {k: str(v) for k, v in _kv(args.selector, "--selector").items()}
     else:
         raise SystemExit(_usage("give --device or --selector"))
+    if args.action != "install":
+        target["action"] = args.action
+    if args.standby:
+        target["standby"] = True
+    if args.weight is not None:
+        target["weight"] = args.weight
+    if args.guard is not None:
+        try:
+            target["guard"] = json.loads(args.guard)
+        except ValueError as exc:
+            raise SystemExit(_usage(f"--guard is JSON: {exc}")) from None
     deployment = client.deployments.create(**target)
     if not args.wait:
         return deployment
@@ -738,6 +749,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="model_version")
     p.add_argument("--device")
     p.add_argument("--selector", action="append", help="key=value (repeat)")
+    p.add_argument(
+        "--action", choices=("install", "remove"), default="install",
+        help="remove: uninstall that version from the devices",
+    )  # fmt: skip
+    p.add_argument("--standby", action="store_true", help="install without activating")
+    p.add_argument("--weight", type=float, help="percent of requests for a standby version")
+    p.add_argument("--guard", help='the local guard, JSON (e.g. {"bake_s": 60})')
     p.add_argument("--wait", action="store_true", help="wait until no target is pending")
     _wait_options(p)
     p.set_defaults(func=cmd_deploy)

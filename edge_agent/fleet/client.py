@@ -346,13 +346,13 @@ class FleetClient:
         crash_point("after_result_write")
         log_fn = log.info if result.outcome == INSTALLED else log.warning
         log_fn(
-            "deployment %s of %s:%s: %s %s %s",
+            "deployment %s of %s:%s: %s at %s%s",
             m.deployment_id,
             m.name,
             m.version,
             result.outcome,
-            result.step,
-            result.reason,
+            result.step or "-",
+            f": {result.reason}" if result.reason else "",
         )
         self._event(m, result)
         self._publish_reported()
@@ -497,7 +497,9 @@ class FleetClient:
         result = Result.removed(r, "" if held else "was not installed")
         self.state.set_result(r.key, result)
         self.state.save()
-        log.info("removal %s of %s:%s: %s", r.deployment_id, r.name, r.version, result.reason)
+        log.info(
+            "removal %s of %s:%s: %s", r.deployment_id, r.name, r.version, result.reason or "done"
+        )
         self.record(
             "deployment_event",
             {"deployment_id": r.deployment_id, "name": r.name, "version": r.version}

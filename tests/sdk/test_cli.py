@@ -176,6 +176,20 @@ def test_models_devices_deploy(
     deployment = json.loads(out)
     assert deployment["package_digest"] == mv["package_digest"]
     assert [t["device_id"] for t in deployment["targets"]] == ["cli-dev"]
+    digest = mv["package_digest"]
+    code, out, _ = run(capsys, "--json", "deploy", "--package", digest, "--device", "cli-dev",
+                       "--guard", '{"bake_s": 5}')  # fmt: skip
+    assert code == EXIT_OK and json.loads(out)["guard"]["bake_s"] == 5
+    code, out, _ = run(capsys, "--json", "deploy", "--package", digest, "--device", "cli-dev",
+                       "--standby", "--weight", "10")  # fmt: skip
+    assert code == EXIT_OK
+    got = json.loads(out)
+    assert (got["standby"], got["weight"]) == (True, 10.0)
+    code, out, _ = run(capsys, "--json", "deploy", "--package", mv["package_digest"], "--device",
+                       "cli-dev", "--action", "remove")  # fmt: skip
+    assert code == EXIT_OK and json.loads(out)["action"] == "remove"
+    assert run(capsys, "deploy", "--package", mv["package_digest"], "--device", "cli-dev",
+               "--guard", "{bad")[0] == EXIT_USAGE  # fmt: skip
     assert run(capsys, "models", "wait", "cli-mlp", "99")[0] == EXIT_REFUSED
 
 
