@@ -67,8 +67,8 @@ def test_importing_the_agent_loads_nothing_heavy() -> None:
 #: dataclasses, 12-15 MB less RSS), pydantic-settings and dotenv (edge_agent/config_sources.py
 #: reads the settings instead, 1.3 MB less RSS), prometheus_client and the http.server /
 #: wsgiref / urllib.request chain it imports (edge_agent/metrics.py, 2.3 MB less), cryptography
-#: (signatures are checked in a child process), the fleet client and MQTT (only with a ``fleet`` section), the runtimes (loaded
-#: with the first model), Pillow (first image input).
+#: (signatures are checked in a child process), the fleet client and MQTT (only with a
+#: ``fleet`` section), the runtimes (loaded with the first model), Pillow (first image input).
 LAZY = (
     "pydantic",
     "pydantic_core",
