@@ -315,8 +315,10 @@ def test_light_install_in_a_fresh_venv(
         import importlib.util, json, sys
         heavy = [m for m in {list(HEAVY)!r} if importlib.util.find_spec(m) is not None]
         runtimes = [m for m in ("onnxruntime", "ai_edge_litert") if importlib.util.find_spec(m)]
+        pydantic = importlib.util.find_spec("pydantic") is not None
         import edge_agent.app, edge_agent.cli, edge_agent.install.installer
-        print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes}}))
+        print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes,
+                           "pydantic": pydantic}}))
         """
     )
     done = subprocess.run(
@@ -326,6 +328,7 @@ def test_light_install_in_a_fresh_venv(
     assert Path(info["prefix"]).resolve() == venv.resolve()
     assert info["importable"] == [], f"the light install pulled in {info['importable']}"
     assert info["runtimes"] == ["onnxruntime", "ai_edge_litert"]
+    assert not info["pydantic"], "the agent's install needs no pydantic (model_packager.records)"
 
     version = subprocess.run(
         [str(venv / "bin" / "edge-agent"), "--version"], capture_output=True, text=True, env=env
