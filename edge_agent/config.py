@@ -370,6 +370,9 @@ class AgentSettings(Record):
         "`fleet.*` below.",
     )
 
+    #: Resolved by ``_check`` from ``auth_token`` or ``auth_token_file`` (not a setting itself).
+    _token: ClassVar[str | None] = None
+
     def for_model(self, name: str) -> ModelSettings:
         return self.models.get(name, self.default_model)
 
