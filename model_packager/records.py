@@ -15,8 +15,13 @@ across the agent and the control plane):
   1.0 for a ``float``, ``"true"`` / ``"on"`` / ``"1"`` for a ``bool``, a string for a ``Path``,
   a mapping for a nested record; anything else is refused with the field's dotted location.
 - Constraints (``ge``, ``gt``, ``le``, ``min_length``) and per-field ``check`` functions come
-  from ``field(...)``, whole-record rules from ``_check``; every problem found is reported.
+  from ``field(...)``, whole-record rules from ``_check`` (once every field is valid). Every bad
+  field is reported; unknown or missing keys are reported alone, before any value is looked at.
 - ``to_dict(json=True)`` is the JSON-ready form (paths as strings, secrets masked).
+
+Field types: ``str``, ``int``, ``float``, ``bool``, ``Path``, ``FilePath``, ``Secret``,
+``Literal[...]``, ``list[X]``, ``tuple[X, Y]``, ``dict[str, X]``, ``X | None``, other records and
+``Any``; another type is a ``TypeError`` the first time a record holding it is built.
 """
 
 from __future__ import annotations
