@@ -16,7 +16,7 @@ import ipaddress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import SecretStr
+from model_packager.records import Secret
 
 if TYPE_CHECKING:
     from edge_agent.config import AgentSettings
@@ -54,7 +54,7 @@ def socket_peer_is_local(peer: object) -> bool:
     return isinstance(peer, str | bytes)
 
 
-def resolve_token(token: SecretStr | None, token_file: Path | None) -> str | None:
+def resolve_token(token: Secret | None, token_file: Path | None) -> str | None:
     """The configured token, from the setting or the file; ``ValueError`` names the problem."""
     if token is not None and token_file is not None:
         raise ValueError("set auth_token or auth_token_file, not both")

@@ -16,10 +16,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from edge_agent import __version__
 from edge_agent.config import AgentSettings, ClientTlsSettings, ConfigFileError, load_settings
+from model_packager.records import SchemaError
 
 if TYPE_CHECKING:
     from edge_agent.grpc.client import AgentClient
@@ -51,7 +50,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         from edge_agent.tls import load_server_tls
 
         load_server_tls(settings.tls)  # what `run` checks before binding
-    print(settings.model_dump_json(indent=2))
+    print(json.dumps(settings.to_dict(json=True), indent=2))
     if not settings.trusted_keys:
         print("warning: no trusted_keys: the agent will refuse every package", file=sys.stderr)
     return 0
@@ -75,7 +74,7 @@ def _client_tls(args: argparse.Namespace) -> ClientTlsSettings | None:
     flags = {k: v for k in _TLS_FLAGS if (v := getattr(args, k, None)) is not None}
     if s.cli_tls is None and s.tls is None and not flags:
         return None
-    base = s.cli_tls.model_dump(exclude_none=True) if s.cli_tls is not None else {}
+    base = s.cli_tls.to_dict(exclude_none=True) if s.cli_tls is not None else {}
     return ClientTlsSettings(**{**base, **flags})
 
 
@@ -269,12 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ValidationError as exc:
+    except SchemaError as exc:
         # Without the input values: they may hold the token or the broker password.
-        lines = [
-            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}"
-            for e in exc.errors(include_url=False, include_input=False)
-        ]
+        lines = [f"  {p.where or 'settings'}: {p.msg}" for p in exc.problems]
         print("error: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
         return 1
     except (FileNotFoundError, ConfigFileError) as exc:

@@ -24,7 +24,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel
+from model_packager.records import Record, field_types
 
 ENV_PREFIX = "edge_agent_"
 NESTING = "__"
@@ -46,11 +46,15 @@ def _unwrap(annotation: Any) -> Any:
     return annotation
 
 
+def _record(annotation: Any) -> type[Record] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Record) else None
+
+
 def _is_structured(annotation: Any) -> bool:
     """Whether a value for this annotation is given as JSON (a model, list, mapping ...)."""
     target = _unwrap(annotation)
     origin = typing.get_origin(target) or target
-    if isinstance(origin, type) and issubclass(origin, BaseModel):
+    if _record(origin) is not None:
         return True
     return origin in (list, tuple, set, frozenset, dict)
 
@@ -58,15 +62,15 @@ def _is_structured(annotation: Any) -> bool:
 def _child(annotation: Any, key: str) -> Any:
     """The annotation one level below ``annotation`` at ``key``; None when unknown."""
     target = _unwrap(annotation)
-    if isinstance(target, type) and issubclass(target, BaseModel):
-        field = target.model_fields.get(key)
-        return field.annotation if field is not None else None
+    record = _record(target)
+    if record is not None:
+        return field_types(record).get(key)
     if typing.get_origin(target) is dict:
         return typing.get_args(target)[1]
     return None
 
 
-def env_values(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+def env_values(model: type[Record], environ: Mapping[str, str]) -> dict[str, Any]:
     """The settings the ``EDGE_AGENT_*`` variables of ``environ`` give, as nested dicts."""
     out: dict[str, Any] = {}
     for name in sorted(environ):
@@ -74,10 +78,9 @@ def env_values(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, 
         if not lowered.startswith(ENV_PREFIX):
             continue
         path = lowered[len(ENV_PREFIX) :].split(NESTING)
-        field = model.model_fields.get(path[0])
-        if field is None or any(not part for part in path):
+        annotation: Any = field_types(model).get(path[0])
+        if annotation is None or any(not part for part in path):
             continue
-        annotation: Any = field.annotation
         for key in path[1:]:
             annotation = _child(annotation, key) if annotation is not None else None
         value: Any = environ[name]

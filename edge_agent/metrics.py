@@ -335,6 +335,29 @@ class AgentMetrics:
             ["outcome"],
             registry=r,
         )
+        self.delta_updates = Counter(
+            "edge_agent_delta_updates",
+            "Packages from the fleet made by a delta update: from chunks installed packages hold "
+            "plus chunks fetched by digest, instead of a whole download.",
+            registry=r,
+        )
+        self.delta_reused_bytes = Counter(
+            "edge_agent_delta_reused_bytes",
+            "Package bytes delta updates took from chunks installed packages hold (not fetched).",
+            registry=r,
+        )
+        self.delta_fetched_bytes = Counter(
+            "edge_agent_delta_fetched_bytes",
+            "Package bytes delta updates fetched by digest from the control plane (also those of "
+            "a delta abandoned later).",
+            registry=r,
+        )
+        self.delta_fallbacks = Counter(
+            "edge_agent_delta_fallbacks",
+            "Delta updates tried and not used, the package then pulled whole: too little of it "
+            "held, or abandoned (index or chunk refused, a held chunk damaged on disk).",
+            registry=r,
+        )
 
 
 METRICS = AgentMetrics()

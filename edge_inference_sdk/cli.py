@@ -290,6 +290,23 @@ def cmd_models_download(client: Client, args: argparse.Namespace) -> Any:
     return {"path": str(path), "size": path.stat().st_size}
 
 
+def cmd_packages_list(client: Client, args: argparse.Namespace) -> Any:
+    return client.packages.list()
+
+
+def cmd_packages_get(client: Client, args: argparse.Namespace) -> Any:
+    return client.packages.get(args.digest)
+
+
+def cmd_packages_upload(client: Client, args: argparse.Namespace) -> Any:
+    """A package signed outside the registry (``model-packager build --key``), so that
+    ``eictl deploy --package`` can send it to devices."""
+    path = Path(args.path)
+    if not path.is_file():
+        raise SystemExit(_usage(f"{args.path}: no such file"))
+    return client.packages.upload(path, progress=_bar(args, "upload"))
+
+
 def cmd_keys_list(client: Client, args: argparse.Namespace) -> Any:
     return client.keys.list()
 
@@ -330,6 +347,17 @@ def cmd_deploy(client: Client, args: argparse.Namespace) -> Any:
         target["selector"] = {k: str(v) for k, v in _kv(args.selector, "--selector").items()}
     else:
         raise SystemExit(_usage("give --device or --selector"))
+    if args.action != "install":
+        target["action"] = args.action
+    if args.standby:
+        target["standby"] = True
+    if args.weight is not None:
+        target["weight"] = args.weight
+    if args.guard is not None:
+        try:
+            target["guard"] = json.loads(args.guard)
+        except ValueError as exc:
+            raise SystemExit(_usage(f"--guard is JSON: {exc}")) from None
     deployment = client.deployments.create(**target)
     if not args.wait:
         return deployment
@@ -499,6 +527,9 @@ _COLUMNS: dict[Callable[..., Any], tuple[str, ...]] = {
     cmd_models_wait: ("name", "version", "state", "package_digest"),
     cmd_models_download: ("path", "size"),
     cmd_models_list: ("name", "latest", "versions"),
+    cmd_packages_list: ("digest", "name", "version", "size", "key_id"),
+    cmd_packages_get: ("digest", "name", "version", "size", "key_id", "chunk_count"),
+    cmd_packages_upload: ("digest", "name", "version", "size", "key_id"),
     cmd_keys_list: ("key_id", "generation", "state", "not_after"),
     cmd_keys_rotate: ("key_id", "generation", "state"),
     cmd_devices_list: ("id", "name", "status", "labels"),
@@ -673,6 +704,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_models_download)
 
+    pkgs = top.add_parser(
+        "packages", parents=[common], help="signed packages the control plane holds"
+    ).add_subparsers(required=True)
+    p = pkgs.add_parser("list", parents=[common])
+    p.set_defaults(func=cmd_packages_list)
+    p = pkgs.add_parser("get", parents=[common])
+    p.add_argument("digest")
+    p.set_defaults(func=cmd_packages_get)
+    p = pkgs.add_parser(
+        "upload", parents=[common], help="upload a signed .edgepkg (then: eictl deploy --package)"
+    )
+    p.add_argument("path")
+    p.set_defaults(func=cmd_packages_upload)
+
     keys = top.add_parser(
         "keys", parents=[common], help="the registry's signing keys"
     ).add_subparsers(required=True)
@@ -704,6 +749,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="model_version")
     p.add_argument("--device")
     p.add_argument("--selector", action="append", help="key=value (repeat)")
+    p.add_argument(
+        "--action", choices=("install", "remove"), default="install",
+        help="remove: uninstall that version from the devices",
+    )  # fmt: skip
+    p.add_argument("--standby", action="store_true", help="install without activating")
+    p.add_argument("--weight", type=float, help="percent of requests for a standby version")
+    p.add_argument("--guard", help='the local guard, JSON (e.g. {"bake_s": 60})')
     p.add_argument("--wait", action="store_true", help="wait until no target is pending")
     _wait_options(p)
     p.set_defaults(func=cmd_deploy)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import ValidationError
 
 from model_packager import __version__, golden
 from model_packager.archive import open_package, sha256_bytes, sha256_file, write_archive
@@ -31,6 +30,7 @@ from model_packager.manifest import (
     Variant,
     first_error,
 )
+from model_packager.records import SchemaError
 from model_packager.runtimes import LoadedModel, RuntimeOptions, get_runtime
 from model_packager.signing import sign_manifest
 from model_packager.tensors import TensorSpec
@@ -142,7 +142,7 @@ def build_package(
             loaded.append((art, model))
         try:
             return _build(spec, loaded, Path(out_dir), signing_key, progress)
-        except ValidationError as exc:
+        except SchemaError as exc:
             # Names and versions are checked by the manifest model; say so as a build error.
             raise BuildError(f"invalid package metadata: {first_error(exc)}") from exc
     finally:

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ValidationError
-
 from model_packager import processing
+from model_packager.records import SchemaError
 
 
 class InputFileError(Exception):
@@ -36,13 +35,9 @@ def read_labels(path: str, option: str = "--labels") -> list[str]:
     return [ln.strip() for ln in lines if ln.strip()]
 
 
-def _validation_reason(exc: ValidationError) -> str:
-    """Pydantic's findings as ``field: message`` pairs, without its URLs and input echoes."""
-    found = []
-    for err in exc.errors():
-        where = ".".join(str(part) for part in err["loc"])
-        found.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(found)
+def _validation_reason(exc: SchemaError) -> str:
+    """The findings as ``field: message`` pairs on one line."""
+    return "; ".join(p.line(with_input=False) for p in exc.problems)
 
 
 def read_processing(path: str, kind: Literal["preprocessing", "postprocessing"]) -> dict[str, Any]:
@@ -66,6 +61,6 @@ def read_processing(path: str, kind: Literal["preprocessing", "postprocessing"])
             processing.parse(doc, None)
         else:
             processing.parse(None, doc)
-    except ValidationError as exc:
+    except SchemaError as exc:
         raise InputFileError(f"{option} {path}: {_validation_reason(exc)}") from exc
     return doc

@@ -29,12 +29,13 @@ Decoding needs Pillow (part of the agent's install); it is imported only when an
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model_packager.errors import PackageError
+from model_packager.records import Record, field
 from model_packager.tensors import TensorSpec, datatype_to_dtype
 
 TOPK_SUFFIX = "_topk"
@@ -44,13 +45,12 @@ class ProcessingError(PackageError):
     """An input could not be pre-processed (undecodable image, wrong element count, ...)."""
 
 
-class Preprocessing(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    input: str = Field(description="Model input the decoded images feed.")
+@dataclass(frozen=True, kw_only=True)
+class Preprocessing(Record):
+    input: str = field(description="Model input the decoded images feed.")
     decode: Literal["image"] = "image"
     color: Literal["RGB", "BGR", "L"] = "RGB"
-    resize: tuple[int, int] | None = Field(
+    resize: tuple[int, int] | None = field(
         default=None, description="Height, width; None keeps the image's own size."
     )
     scale: float = 1.0
@@ -59,8 +59,7 @@ class Preprocessing(BaseModel):
     layout: Literal["NHWC", "NCHW"] = "NHWC"
     dtype: str = "FP32"
 
-    @model_validator(mode="after")
-    def _check(self) -> Preprocessing:
+    def _check(self) -> None:
         channels = 1 if self.color == "L" else 3
         for name in ("mean", "std"):
             values = getattr(self, name)
@@ -68,8 +67,10 @@ class Preprocessing(BaseModel):
                 raise ValueError(f"{name} needs 1 or {channels} values, got {len(values)}")
         if self.std is not None and any(s == 0 for s in self.std):
             raise ValueError("std values must not be 0")
-        datatype_to_dtype(self.dtype)
-        return self
+        try:
+            datatype_to_dtype(self.dtype)
+        except KeyError as exc:
+            raise ValueError(f"dtype: {exc.args[0]}") from None
 
     @property
     def channels(self) -> int:
@@ -123,12 +124,11 @@ class Preprocessing(BaseModel):
         return np.ascontiguousarray(arr.astype(datatype_to_dtype(self.dtype)))
 
 
-class Postprocessing(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    output: str = Field(description="Model output holding class scores, [batch, classes].")
+@dataclass(frozen=True, kw_only=True)
+class Postprocessing(Record):
+    output: str = field(description="Model output holding class scores, [batch, classes].")
     softmax: bool = False
-    top_k: int = Field(default=0, ge=0)
+    top_k: int = field(default=0, ge=0)
 
     @property
     def topk_name(self) -> str:
@@ -165,7 +165,8 @@ def top_k(scores: np.ndarray, k: int, labels: list[str] | None) -> np.ndarray:
     return out
 
 
-class PythonHandler(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class PythonHandler(Record):
     """A ModelArts ``customize_service.py`` carried in the (signed) manifest.
 
     Its ``_preprocess`` / ``_postprocess`` are arbitrary Python, so an agent runs them only when
@@ -173,13 +174,11 @@ class PythonHandler(BaseModel):
     the manifest, so the package signature covers it like every pinned file.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     handler: Literal["modelarts"] = "modelarts"
-    module: str = Field(description="File name of the handler, e.g. customize_service.py.")
-    source: str = Field(description="The handler's Python source.")
+    module: str = field(description="File name of the handler, e.g. customize_service.py.")
+    source: str = field(description="The handler's Python source.")
     sha256: str
-    config: dict[str, object] = Field(
+    config: dict[str, object] = field(
         default_factory=dict, description="The model directory's config.json, as imported."
     )
 
@@ -187,12 +186,13 @@ class PythonHandler(BaseModel):
 def parse(
     pre: dict[str, object] | None, post: dict[str, object] | None
 ) -> tuple[Preprocessing | PythonHandler | None, Postprocessing | None]:
-    """Manifest dicts -> validated models (pydantic ``ValidationError`` on bad declarations)."""
+    """Manifest dicts -> checked declarations (``SchemaError``, a ``ValueError``, names the
+    problem)."""
     if pre and "handler" in pre:
-        return PythonHandler.model_validate(pre), None
+        return PythonHandler.from_dict(pre), None
     return (
-        Preprocessing.model_validate(pre) if pre else None,
-        Postprocessing.model_validate(post) if post else None,
+        Preprocessing.from_dict(pre) if pre else None,
+        Postprocessing.from_dict(post) if post else None,
     )
 
 

@@ -256,8 +256,15 @@ def import_cost(src: Path, reps: int) -> dict[str, float]:
     cpu, rss = [], []
     for _ in range(reps):
         env = {**os.environ, "PYTHONPATH": str(src)}
+        # cwd too: ``python -c`` puts the working directory first on sys.path, which would
+        # shadow PYTHONPATH and measure whatever tree the benchmark was started from.
         done = subprocess.run(
-            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=src,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         c, r = done.stdout.split()
         cpu.append(float(c))

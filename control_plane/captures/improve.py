@@ -13,8 +13,11 @@ together as one improvement that an engine thread walks through:
    the service's health gates (``services/rollouts/``).
 
 An improvement's whole state is its row (``steps``), written with each step, so it resumes after
-a restart. Several replicas may tick at once: each step is guarded by the row's step, and a
-PostgreSQL row lock (``FOR UPDATE SKIP LOCKED``) keeps two from working on one row.
+a restart. With several replicas, one walks each improvement: its *owner*, the replica that
+started it. A step commits along the way (a dataset version, a job), so a row lock alone could
+not keep a second replica from repeating it; ownership does. When the owner's heartbeat stops
+(``core/replicas.py``), the first survivor to claim the row carries on from the recorded step
+(one conditional ``UPDATE``: two survivors cannot both win).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import flag_modified
 
@@ -35,6 +38,7 @@ from control_plane.captures.schemas import PublishResult
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, ControlPlaneError, InvalidRequest
+from control_plane.core.replicas import live_replicas
 from control_plane.datasets.schemas import AnnotationIn, VersionCreate
 from control_plane.datasets.service import DatasetService
 from control_plane.datasets.versions.service import VersionService
@@ -250,6 +254,7 @@ class Improver:
             steps={},
             error="",
             created_by=user,
+            owner=self.ctx.settings.replicas.id,
         )
         self.session.add(imp)
         self.session.commit()
@@ -339,10 +344,14 @@ class ImprovementEngine:
             self._wake.clear()
 
     def tick(self) -> None:
+        me = self.ctx.settings.replicas.id
         with self.ctx.sessions() as session:
-            ids = session.scalars(
-                select(Improvement.id).where(Improvement.state == "running")
-            ).all()
+            if me is not None:
+                claim_improvements(session, me, self.ctx.settings.replicas.lease_s)
+            query = select(Improvement.id).where(Improvement.state == "running")
+            if me is not None:
+                query = query.where(Improvement.owner == me)
+            ids = session.scalars(query).all()
         for imp_id in ids:
             with self.ctx.sessions() as session:
                 imp = session.scalars(
@@ -352,3 +361,29 @@ class ImprovementEngine:
                 ).first()
                 if imp is not None:
                     self.improver(session).tick(imp)
+
+
+def claim_improvements(session: Session, me: str, lease_s: float) -> list[str]:
+    """Claim every running improvement without a live owner; the ids won. Each claim is one
+    conditional ``UPDATE`` naming the owner read, so two survivors cannot both win a row."""
+    alive = live_replicas(session, lease_s) | {me}
+    rows = session.execute(
+        select(Improvement.id, Improvement.owner).where(
+            Improvement.state == "running",
+            or_(Improvement.owner.is_(None), Improvement.owner.not_in(alive)),
+        )
+    ).all()
+    won = []
+    for imp_id, owner in rows:
+        condition = Improvement.owner.is_(None) if owner is None else Improvement.owner == owner
+        result = session.execute(
+            update(Improvement)
+            .where(Improvement.id == imp_id, condition)
+            .values(owner=me)
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        if result.rowcount == 1:
+            won.append(imp_id)
+            logger.info("improvement %s claimed (previous owner: %s)", imp_id, owner)
+    return won

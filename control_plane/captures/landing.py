@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.captures.models import Capture
@@ -158,6 +159,25 @@ def _predictions(preds: tuple[fleet_capture.Prediction, ...], labels: list[str])
         label = p.label or (labels[p.index] if 0 <= p.index < len(labels) else str(p.index))
         out.append({"index": p.index, "label": label, "score": p.score})
     return out
+
+
+def add_shadow(session: Session, digest: str, meta: fleet_capture.CaptureMeta) -> bool:
+    """A record already held comes again with a shadow version's answer it lacked (the device
+    captured it first for another reason, then the shadow disagreed on it): keep the answer, so
+    the review queue's disagreement order finds it. True when the row changed; not committed."""
+    capture = session.scalar(select(Capture).where(Capture.digest == digest))
+    if capture is None or capture.shadow_version or not meta.shadow_version:
+        return False
+    labels = {p["index"]: p["label"] for p in capture.top_k or []}
+    shadow = [
+        {"index": p.index, "label": p.label or labels.get(p.index, str(p.index)), "score": p.score}
+        for p in meta.shadow_top_k
+    ]
+    capture.shadow_version = meta.shadow_version[:128]
+    capture.shadow_top_k = shadow
+    top = capture.top_k or []
+    capture.disagreement = bool(shadow and top and shadow[0]["index"] != top[0]["index"])
+    return True
 
 
 def land(

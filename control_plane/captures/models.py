@@ -140,5 +140,8 @@ class Improvement(Base):
     steps: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str] = mapped_column(Text, default="")
     created_by: Mapped[str] = mapped_column(String(200), default="")
+    # The replica (``replicas.id``) that walks it; None without replicas. A survivor claims it
+    # when that replica's heartbeat stops (``improve.claim_improvements``).
+    owner: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -5,7 +5,8 @@ device's store as it reports it.
 The answers follow ``protos/fleet_capture.proto``:
 
 - a chunk of a record already held (by digest, from any device): STORED at once, whatever the
-  chunk; the device deletes its copy (exactly once by digest);
+  chunk; the device deletes its copy (exactly once by digest). A shadow version's answer the
+  held row lacks is kept (``landing.add_shadow``);
 - the last chunk of a record with chunks still missing: PARTIAL, ``next_index`` the first one
   missing; a chunk that makes a record whole: STORED once it is verified and filed;
 - REJECTED, the staged chunks dropped: a device id that is not the topic's, a device the
@@ -91,6 +92,8 @@ class CaptureReceiver:
             if DeviceService(session, self.ctx).find(device_id) is None:
                 return reject(f"unknown device {device_id}")
             if self._held(session, chunk.digest):
+                if chunk.meta is not None and landing.add_shadow(session, chunk.digest, chunk.meta):
+                    session.commit()
                 self._unstage(session, device_id, chunk.digest)
                 return wire.CaptureAck(chunk.digest, wire.STORED)
             if chunk.count == 1 and chunk.meta is not None:

@@ -29,6 +29,13 @@ def _when(value: dt.datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _ms_when(ms: int | None) -> str:
+    """Milliseconds since the epoch (the fleet wire's times), as ``when`` shows a datetime."""
+    if not ms:
+        return ""
+    return _when(dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC))
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return ""
@@ -42,6 +49,7 @@ def _size(n: int | None) -> str:
 
 templates.env.filters["when"] = _when
 templates.env.filters["size"] = _size
+templates.env.filters["ms_when"] = _ms_when
 
 
 def page(

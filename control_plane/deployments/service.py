@@ -250,6 +250,40 @@ class DeploymentService:
             self.ctx.publisher.publish_desired([d.id for d in devices])
         return deployment
 
+    def set_capture(
+        self, device_ids: list[str], model_name: str, capture: dict[str, Any] | None
+    ) -> list[str]:
+        """Give the live install deployments of ``model_name`` on these devices a new capture
+        policy; the devices whose desired state changed (generation bumped, not published).
+
+        Only deployments whose live targets all lie among ``device_ids`` change: one that also
+        serves other devices is not this caller's to edit.
+        """
+        wanted = set(device_ids)
+        touched: set[str] = set()
+        deps: dict[str, Deployment] = {}
+        for ids in _batches(sorted(wanted)):
+            for t in self.session.scalars(
+                select(DeploymentTarget).where(
+                    DeploymentTarget.device_id.in_(ids),
+                    DeploymentTarget.model_name == model_name,
+                    DeploymentTarget.state != "superseded",
+                )
+            ):
+                deps[t.deployment_id] = t.deployment
+        for dep in deps.values():
+            live = {t.device_id for t in dep.targets if t.state != "superseded"}
+            if dep.action != "install" or not live <= wanted or dep.capture == capture:
+                continue
+            dep.capture = capture
+            touched |= live
+        devices = DeviceService(self.session, self.ctx)
+        for device_id in sorted(touched):
+            device = devices.find(device_id)
+            if device is not None:
+                devices.bump_desired_generation(device)
+        return sorted(touched)
+
     def publish(self, device_ids: list[str]) -> None:
         """Publish the devices' desired states (after ``create(..., publish=False)``)."""
         if device_ids:

@@ -219,6 +219,35 @@ class _AdmittingBroker(Broker):
     async def _topic_filtering(self, session: Session, topic: str, action: Action) -> bool:
         return self._identities.may(session.username, topic, action)
 
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        """Retained messages for one of the session's own subscriptions, within its rights.
+
+        amqtt (0.12) calls this after a SUBACK and, at every CONNECT, for every filter that any
+        client holds, and sends what matches without asking ``_topic_filtering``: a device
+        connecting would receive every other device's retained desired and reported state.
+        Here a filter the session did not subscribe to yields nothing, and each retained
+        message must be one the session may receive.
+        """
+        topic_filter, qos = subscription
+        holders = self._subscriptions.get(topic_filter, [])
+        if not any(held.client_id == session.client_id for held, _ in holders):
+            return
+        handler = self._get_handler(session)
+        if handler is None:
+            return
+        sends = [
+            asyncio.ensure_future(
+                handler.mqtt_publish(topic, kept.data, min(qos, kept.qos or qos), retain=True)
+            )
+            for topic, kept in list(self._retained_messages.items())
+            if self._matches(topic, topic_filter)
+            and self._identities.may(session.username, topic, Action.RECEIVE)
+        ]
+        if sends:
+            await asyncio.wait(sends)
+
 
 class EmbeddedBroker:
     """amqtt running on its own event loop in a daemon thread."""

@@ -1,5 +1,6 @@
-"""Typed dependency for the registry's conversion executor, for routes of domains above the
-registry that register model versions (the captures domain's "improve" steps)."""
+"""Typed dependency for the registry's conversion executor: the registry's own routes, and routes
+of domains above the registry that register model versions (the captures domain's "improve"
+steps)."""
 
 from __future__ import annotations
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from control_plane.core.errors import InvalidRequest
 from control_plane.registry.schemas import ModelRegister
 from control_plane.registry.worker import ONNX_ONLY_KINDS, ONNX_ONLY_TARGETS
 from model_packager import processing
 from model_packager.convert.base import DEFAULT_TARGETS, TARGETS
+from model_packager.records import SchemaError
 
 # As many validation images as the converter uses samples (``ConvertSpec.num_samples``).
 MAX_VALIDATION_IMAGES = 64
@@ -73,7 +72,7 @@ def validation_images(version_dir: Path, limit: int = MAX_VALIDATION_IMAGES) -> 
 def _check_processing(pre: dict[str, Any] | None, post: dict[str, Any] | None) -> None:
     try:
         processing.parse(pre, post)
-    except ValidationError as exc:
+    except SchemaError as exc:
         raise InvalidRequest(f"invalid preprocessing/postprocessing: {exc}") from None
 
 

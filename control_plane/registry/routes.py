@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request, UploadFile, status
+from fastapi import APIRouter, Form, UploadFile, status
 from fastapi.responses import StreamingResponse
 
 from control_plane.core.auth import Role, needs_role
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.core.errors import InvalidRequest
-from control_plane.registry.conversions import Conversions, conversions_for
+from control_plane.registry.deps import ConversionsDep
 from control_plane.registry.keys import service as keys
 from control_plane.registry.schemas import (
     Lineage,
@@ -27,13 +27,6 @@ from control_plane.registry.service import ModelService
 from control_plane.training.schemas import JobPublic
 
 router = APIRouter(tags=["models"])
-
-
-def get_conversions(request: Request) -> Conversions:
-    return conversions_for(request.app)
-
-
-ConversionsDep = Annotated[Conversions, Depends(get_conversions)]
 
 
 def _json_field(text: str | None, what: str) -> Any:

@@ -40,7 +40,7 @@ def validation_samples(spec: dict[str, Any], out: Path) -> Path:
 
     from model_packager.processing import Preprocessing, ProcessingError
 
-    pre = Preprocessing.model_validate(spec["preprocessing"])
+    pre = Preprocessing.from_dict(spec["preprocessing"])
     rows = []
     for image in spec["validation_images"]:
         try:

@@ -328,13 +328,23 @@ class ServiceCreate(BaseModel):
 
 
 class ServiceUpdate(BaseModel):
-    """A new set of model versions or weights: rolled out one replica at a time."""
+    """A new set of model versions or weights (rolled out one replica at a time), and for an
+    edge service a new ``capture`` block (sent to its devices at once); at least one."""
 
-    models: list[ServiceModel] = Field(min_length=1, max_length=16)
+    models: list[ServiceModel] | None = Field(None, min_length=1, max_length=16)
+    capture: CaptureSpec | None = Field(
+        None,
+        description="Edge services only: the new capture block, replacing the old one whole "
+        '(`{"enabled": false}` turns capture off). Sent to the devices with the versions they '
+        "run, without a new rollout.",
+    )
 
     @model_validator(mode="after")
     def _versions(self) -> Self:
-        check_versions(self.models)
+        if self.models is None and self.capture is None:
+            raise ValueError("give models, capture, or both")
+        if self.models is not None:
+            check_versions(self.models)
         return self
 
 

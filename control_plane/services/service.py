@@ -27,6 +27,7 @@ from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
 from control_plane.core.errors import Conflict, InvalidRequest, NotFound
 from control_plane.datasets.versions.service import VersionService
+from control_plane.deployments.service import DeploymentService
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import TelemetryService
 from control_plane.registry.service import ModelService
@@ -296,16 +297,10 @@ class ServiceManager:
         if service.type == "batch":
             raise InvalidRequest("a batch service runs one model version; create another one")
         if service.type == "edge":
-            if len(change.models) != 1:
-                raise InvalidRequest("an edge service rolls out one model version")
-            m = change.models[0]
-            RolloutService(self.session, self.ctx).package_of(m.model, m.version)
-            service.spec = {**service.spec, "models": [{"model": m.model, "version": m.version}]}
-            service.generation += 1
-            service.updated_at = utcnow()
-            RolloutService(self.session, self.ctx).start(service)
-            self.session.commit()
-            return service
+            return self._update_edge(service, change)
+        if change.capture is not None:
+            raise InvalidRequest("capture is for edge services (their devices capture)")
+        assert change.models is not None  # the schema asks for models or capture
         self._check_models(change.models)
         service.spec = {**service.spec, "models": [m.model_dump() for m in change.models]}
         service.generation += 1
@@ -313,6 +308,29 @@ class ServiceManager:
         service.updated_at = utcnow()
         self.session.commit()
         self.supervisor.wake()
+        return service
+
+    def _update_edge(self, service: Service, change: ServiceUpdate) -> Service:
+        """A new version starts a staged rollout; a new capture block goes to the devices with
+        the versions they run (and to the rest of a running rollout)."""
+        rollouts = RolloutService(self.session, self.ctx)
+        if change.models is not None:
+            if len(change.models) != 1:
+                raise InvalidRequest("an edge service rolls out one model version")
+            m = change.models[0]
+            rollouts.package_of(m.model, m.version)
+        touched: list[str] = []
+        if change.capture is not None:
+            touched = rollouts.change_capture(service, change.capture.model_dump())
+        if change.models is not None:
+            m = change.models[0]
+            service.spec = {**service.spec, "models": [{"model": m.model, "version": m.version}]}
+            service.generation += 1
+            rollouts.start(service)
+        service.updated_at = utcnow()
+        self.session.commit()
+        if touched:
+            DeploymentService(self.session, self.ctx).publish(touched)
         return service
 
     def delete(self, name: str) -> None:

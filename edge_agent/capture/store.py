@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edge_agent.crash_points import crash_point
@@ -177,6 +177,45 @@ class CaptureStore:
         if dropped:
             log.info("capture store full: dropped the %d oldest record(s)", len(dropped))
         self._changed()
+        return True
+
+    def add_shadow(self, digest: str, meta: fc.CaptureMeta) -> bool:
+        """Give a record already held a shadow version's answer it lacks (it was captured first
+        for another reason); False when the record is gone (uploaded, dropped) or has one.
+
+        The file is rewritten whole (temp, fsync, rename) under the same name; an upload that
+        already read it sends the old meta, and the control plane takes the answer from a later
+        copy of the record instead (``captures/receiver.py``)."""
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or not meta.shadow_version:
+            return False
+        try:
+            raw_meta, data = decode_file(entry.path.read_bytes())
+            held = fc.decode_meta(raw_meta)
+        except (OSError, ValueError):
+            return False
+        if held.shadow_version:
+            return False
+        merged = replace(held, shadow_version=meta.shadow_version, shadow_top_k=meta.shadow_top_k)
+        raw = encode_file(fc.encode_meta(merged), data)
+        tmp = self.folder / f"{TMP_PREFIX}{digest}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._lock:
+                current = self._entries.get(digest)
+                if current is None:  # uploaded or dropped meanwhile
+                    tmp.unlink(missing_ok=True)
+                    return False
+                os.replace(tmp, entry.path)
+                self._entries[digest] = Entry(digest, entry.captured_at_ms, len(raw), entry.path)
+                self._bytes += len(raw) - current.size
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return True
 
     # --- reading and removing (the event loop) ----------------------------------------------

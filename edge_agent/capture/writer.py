@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from edge_agent.capture.record import NotCapturable, Pending, build
 from edge_agent.capture.store import CaptureStore
+from protos import fleet_capture as fc
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class CaptureWriter:
                 data, meta = build(item)
                 if not self.store.put(data, meta):
                     self.duplicates += 1
+                    if meta.shadow_version:  # held for another reason: add the shadow's answer
+                        self.store.add_shadow(fc.digest_of(data), meta)
                 self.store.save_if_due()
             except NotCapturable as exc:
                 self.skipped_not_capturable += 1

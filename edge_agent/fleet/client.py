@@ -111,6 +111,7 @@ class FleetClient:
         self.store, self.repo, self.installer = store, repo, installer
         self.agent_version = agent_version
         prefix = self.fs.topic_prefix or topics.device_prefix(self.device_id)
+        self.topic_prefix = prefix
         self.topic = {
             leaf: f"{prefix}/{leaf}"
             for leaf in (
@@ -189,7 +190,7 @@ class FleetClient:
             self._outbox_wakeup.set()
         if self.captures is not None:
             self.captures.start()
-        log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic[topics.STATUS])
+        log.info("fleet channel: %s, topics under %s", self.fs.url, self.topic_prefix)
 
     async def stop(self) -> None:
         if self.batches is not None:
@@ -345,13 +346,13 @@ class FleetClient:
         crash_point("after_result_write")
         log_fn = log.info if result.outcome == INSTALLED else log.warning
         log_fn(
-            "deployment %s of %s:%s: %s %s %s",
+            "deployment %s of %s:%s: %s at %s%s",
             m.deployment_id,
             m.name,
             m.version,
             result.outcome,
-            result.step,
-            result.reason,
+            result.step or "-",
+            f": {result.reason}" if result.reason else "",
         )
         self._event(m, result)
         self._publish_reported()
@@ -496,7 +497,9 @@ class FleetClient:
         result = Result.removed(r, "" if held else "was not installed")
         self.state.set_result(r.key, result)
         self.state.save()
-        log.info("removal %s of %s:%s: %s", r.deployment_id, r.name, r.version, result.reason)
+        log.info(
+            "removal %s of %s:%s: %s", r.deployment_id, r.name, r.version, result.reason or "done"
+        )
         self.record(
             "deployment_event",
             {"deployment_id": r.deployment_id, "name": r.name, "version": r.version}

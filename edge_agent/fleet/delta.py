@@ -46,6 +46,7 @@ from edge_agent.fleet.downloads import ChunkDownload
 from edge_agent.fleet.held_chunks import ChunkSource, HeldChunks, LocalChunkMismatch
 from edge_agent.fleet.link import new_request_id
 from edge_agent.fsutil import replace_bytes
+from edge_agent.metrics import METRICS
 from model_packager.chunk_index import ChunkIndex
 from model_packager.errors import InvalidPackage
 from protos import fleet_topics as topics
@@ -148,6 +149,7 @@ class DeltaUpdates:
                     m.package_digest[:12],
                     plan.reused_bytes,
                 )
+                METRICS.delta_fallbacks.inc()
                 return None
             stats.reused_chunks, stats.reused_bytes = len(plan.local), plan.reused_bytes
             await self._fetch(dl, plan.remote, send, connected, still_wanted, stats)
@@ -157,15 +159,18 @@ class DeltaUpdates:
             log.warning(
                 "delta of %s abandoned (%s); pulling the rest whole", m.package_digest[:12], exc
             )
+            METRICS.delta_fallbacks.inc()
             return None
         except LocalChunkMismatch as exc:
             log.warning(
                 "delta of %s abandoned: %s; pulling the rest whole", m.package_digest[:12], exc
             )
             self._forget_damaged(exc)
+            METRICS.delta_fallbacks.inc()
             return None
         finally:
             self._answers = None
+            METRICS.delta_fetched_bytes.inc(stats.fetched_bytes)  # transferred, used or not
         log.info(
             "delta of %s: %d fixed chunks of %d made locally; %d chunks (%d bytes) reused, "
             "%d chunks (%d bytes) fetched by digest",
@@ -177,6 +182,8 @@ class DeltaUpdates:
             stats.fetched_chunks,
             stats.fetched_bytes,
         )
+        METRICS.delta_updates.inc()
+        METRICS.delta_reused_bytes.inc(stats.reused_bytes)
         self.last = stats
         return stats
 

@@ -51,7 +51,7 @@ class ModelProcessing:
                 pre.check_against(specs[pre.input])
             if post is not None and post.output not in {s.name for s in outputs}:
                 raise ValueError(f"postprocessing reads unknown output {post.output!r}")
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        except ValueError as exc:  # a declaration's SchemaError is a ValueError
             raise InstallFailed("load", f"invalid pre/post-processing: {exc}") from exc
         return cls(pre, post)
 

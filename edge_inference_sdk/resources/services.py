@@ -33,10 +33,21 @@ class Services(ResourceBase):
         return self._one(Service, self._t.call("GET", f"/services/{seg(name)}"))
 
     @route("PATCH", "/services/{name}")
-    def update(self, name: str, models: list[dict[str, Any]]) -> Service:
+    def update(
+        self,
+        name: str,
+        models: list[dict[str, Any]] | None = None,
+        *,
+        capture: dict[str, Any] | None = None,
+    ) -> Service:
         """New versions or weights (same shape as ``create``'s ``models``), rolled out one
-        replica at a time without a failed request."""
-        body = {"models": models}
+        replica at a time without a failed request; for an edge service, a new ``capture``
+        block, sent to its devices at once (docs/flywheel.md)."""
+        body: dict[str, Any] = {}
+        if models is not None:
+            body["models"] = models
+        if capture is not None:
+            body["capture"] = capture
         return self._one(Service, self._t.call("PATCH", f"/services/{seg(name)}", json=body))
 
     @route("DELETE", "/services/{name}")

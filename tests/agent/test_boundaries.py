@@ -63,12 +63,15 @@ def test_importing_the_agent_loads_nothing_heavy() -> None:
 
 
 #: Modules the agent's memory budget keeps out of a serving process until something needs them:
-#: pydantic-settings and dotenv (edge_agent/config_sources.py reads the settings instead, 1.3 MB
-#: less RSS), prometheus_client and the http.server / wsgiref / urllib.request chain it imports
-#: (edge_agent/metrics.py, 2.3 MB less), cryptography (signatures are checked in a child
-#: process), the fleet client and MQTT (only with a ``fleet`` section), the runtimes (loaded
-#: with the first model), Pillow (first image input).
+#: pydantic and pydantic_core, never (settings and manifests are model_packager.records
+#: dataclasses, 12-15 MB less RSS), pydantic-settings and dotenv (edge_agent/config_sources.py
+#: reads the settings instead, 1.3 MB less RSS), prometheus_client and the http.server /
+#: wsgiref / urllib.request chain it imports (edge_agent/metrics.py, 2.3 MB less), cryptography
+#: (signatures are checked in a child process), the fleet client and MQTT (only with a
+#: ``fleet`` section), the runtimes (loaded with the first model), Pillow (first image input).
 LAZY = (
+    "pydantic",
+    "pydantic_core",
     "pydantic_settings",
     "dotenv",
     "prometheus_client",
@@ -312,8 +315,10 @@ def test_light_install_in_a_fresh_venv(
         import importlib.util, json, sys
         heavy = [m for m in {list(HEAVY)!r} if importlib.util.find_spec(m) is not None]
         runtimes = [m for m in ("onnxruntime", "ai_edge_litert") if importlib.util.find_spec(m)]
+        pydantic = importlib.util.find_spec("pydantic") is not None
         import edge_agent.app, edge_agent.cli, edge_agent.install.installer
-        print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes}}))
+        print(json.dumps({{"importable": heavy, "prefix": sys.prefix, "runtimes": runtimes,
+                           "pydantic": pydantic}}))
         """
     )
     done = subprocess.run(
@@ -323,6 +328,7 @@ def test_light_install_in_a_fresh_venv(
     assert Path(info["prefix"]).resolve() == venv.resolve()
     assert info["importable"] == [], f"the light install pulled in {info['importable']}"
     assert info["runtimes"] == ["onnxruntime", "ai_edge_litert"]
+    assert not info["pydantic"], "the agent's install needs no pydantic (model_packager.records)"
 
     version = subprocess.run(
         [str(venv / "bin" / "edge-agent"), "--version"], capture_output=True, text=True, env=env

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from edge_agent.config import ConfigFileError, load_settings
+from model_packager.records import SchemaError
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_bad_environment_values_are_refused_by_name(env: pytest.MonkeyPatch) -> 
         load_settings()
     env.delenv("EDGE_AGENT_TRUSTED_KEYS")
     env.setenv("EDGE_AGENT_CAPTURE__MAX_RECORDS", "many")
-    with pytest.raises(ValidationError, match=r"capture\.max_records"):
+    with pytest.raises(SchemaError, match=r"capture\.max_records"):
         load_settings()
 
 

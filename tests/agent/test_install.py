@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -231,9 +232,7 @@ def _golden_mismatch(out: Path, keys: dict[str, Path], models_dir: Path) -> Path
     artifact = FileRef(
         path=variant.artifact.path, sha256=sha256_file(swapped), size=swapped.stat().st_size
     )
-    manifest = reader.manifest.model_copy(
-        update={"variants": [variant.model_copy(update={"artifact": artifact})]}
-    )
+    manifest = replace(reader.manifest, variants=[replace(variant, artifact=artifact)])
     manifest_bytes = manifest.to_bytes()
     with tarfile.open(base, "r:") as tar:
         golden_bytes = tar.extractfile(variant.golden.path).read()  # type: ignore[union-attr]

@@ -21,11 +21,11 @@ import pytest
 import tritonclient.grpc as tc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pydantic import ValidationError
 from tritonclient.utils import InferenceServerException
 
 from edge_agent.config import AgentSettings, ClientTlsSettings
 from edge_agent.tls import TlsError, load_server_tls
+from model_packager.records import SchemaError
 from protos.gen import agent_pb2, agent_pb2_grpc
 from tests.agent.agent_process import AgentProcess
 from tests.agent.test_cli import assert_clean_error, edge_agent
@@ -248,11 +248,11 @@ def test_cli_over_mtls(mtls_agent: AgentProcess, pki: Pki, tmp_path: Path) -> No
 
 
 def test_tls_settings_are_validated(pki: Pki, tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match=r"tls\.key_file"):
+    with pytest.raises(SchemaError, match=r"tls\.key_file"):
         AgentSettings(tls={"cert_file": pki.server.cert})  # a certificate without its key
-    with pytest.raises(ValidationError, match="does not point to a file"):
+    with pytest.raises(SchemaError, match="does not point to a file"):
         AgentSettings(tls={"cert_file": pki.server.cert, "key_file": tmp_path / "missing.key"})
-    with pytest.raises(ValidationError, match="set both or neither"):
+    with pytest.raises(SchemaError, match="set both or neither"):
         ClientTlsSettings(cert_file=pki.client.cert)
     settings = AgentSettings(
         tls={

@@ -97,6 +97,16 @@ def test_records_are_filed_once_with_their_pre_label(fleet: Fleet, packages: Pac
     assert dev.ack(digest).state == wire.STORED
     assert len(_captures(fleet)) == 1
     assert fleet.api.get(f"{API}/datasets/{ds['id']}").json()["sample_count"] == 1
+    assert not cap["disagreement"] and cap["shadow_version"] == ""
+    # Sent again with a shadow's answer it lacked (the shadow disagreed after the device had
+    # captured it for low confidence): the row keeps the answer, the review queue's
+    # disagreement order finds it; still one capture, one sample.
+    dev.send(big, meta(score=0.31, shadow="3"))
+    assert dev.ack(digest).state == wire.STORED
+    (cap,) = _captures(fleet)
+    assert cap["disagreement"] and cap["reason"] == "low_confidence"
+    assert cap["shadow_top_k"][0]["label"] == "3"
+    assert fleet.api.get(f"{API}/datasets/{ds['id']}").json()["sample_count"] == 1
 
     # A gap: the last chunk arrives with chunk 1 missing -> PARTIAL from 1; chunk 1 completes it.
     other = png(2, (640, 320), noise=True)

@@ -198,6 +198,30 @@ def test_embedded_broker_applies_the_acl(embedded: Embedded) -> None:
     assert a.drain(0.3) == []  # its forged desired state was not taken either
 
 
+def test_embedded_broker_sends_no_other_device_retained_messages_at_connect(
+    embedded: Embedded,
+) -> None:
+    """amqtt replays, at every CONNECT, the retained messages matching any filter any client
+    holds: cam-b's desired state (cam-b subscribed to it) and its reported state (the control
+    plane subscribes to ``edge/+/reported``) would reach cam-a without it asking."""
+    desired_b = topics.device_topic("cam-b", topics.DESIRED)
+    b = embedded.probe("cam-b")
+    assert b.connect()
+    assert b.subscribe(desired_b) == [1]
+    b.expect_on(desired_b)
+    reported = fleet_pb2.ReportedState(device_id="cam-b", agent_version="1.0")
+    b.publish(topics.device_topic("cam-b", topics.REPORTED), reported.SerializeToString(), True)
+    # Positive control: the retained report is at the broker (the control plane stored it).
+    wait_for(lambda: embedded.api.get("/api/v1/devices/cam-b").json()["reported"])
+
+    a = embedded.probe("cam-a")
+    assert a.connect()
+    assert a.drain(WINDOW) == []
+    own = topics.device_topic("cam-a", topics.DESIRED)
+    assert a.subscribe(own) == [1]
+    assert {m.topic for m in a.drain(WINDOW)} == {own}
+
+
 def test_embedded_broker_refuses_a_will_outside_the_device_subtree(embedded: Embedded) -> None:
     offline = fleet_pb2.DeviceStatus(state=fleet_pb2.DeviceStatus.OFFLINE).SerializeToString()
     foreign = embedded.probe("cam-a")

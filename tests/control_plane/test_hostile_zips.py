@@ -32,9 +32,9 @@ from sqlalchemy import func, select
 
 from control_plane.core.context import AppContext
 from control_plane.datasets.models import Annotation, Label, Sample
+from control_plane.registry.deps import get_conversions
 from control_plane.registry.keys.service import signing_key_path
 from control_plane.registry.models import ModelVersion
-from control_plane.registry.routes import get_conversions
 from control_plane.training.runtime import runtime_for
 from tests.datasets.conftest import API, API_TOKEN, brokerless_app, digit_png, make_settings
 

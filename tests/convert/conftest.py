@@ -122,7 +122,7 @@ def mobilenet_package(
     path = Path(done.stdout.strip().splitlines()[-1])
     manifest = open_package(path).manifest
     (out / "report.txt").write_text(done.stdout)
-    (out / "manifest.json").write_text(json.dumps(manifest.model_dump(mode="json"), indent=1))
+    (out / "manifest.json").write_text(json.dumps(manifest.to_dict(json=True), indent=1))
     return ConvertedPackage(path, manifest, done.stdout, done.stderr)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -38,15 +39,14 @@ def corrupt_variant(package: Path, variant: str, key: Path, out_dir: Path) -> Pa
     for v in manifest.variants:
         if v.name == variant:
             files[v.artifact.path] = garbage
-            v = v.model_copy(
-                update={
-                    "artifact": FileRef(
-                        path=v.artifact.path, sha256=sha256_bytes(garbage), size=len(garbage)
-                    )
-                }
+            v = replace(
+                v,
+                artifact=FileRef(
+                    path=v.artifact.path, sha256=sha256_bytes(garbage), size=len(garbage)
+                ),
             )
         variants.append(v)
-    new = manifest.model_copy(update={"variants": variants})
+    new = replace(manifest, variants=variants)
     raw = new.to_bytes()
     return write_archive(out_dir, raw, files, sign_manifest(raw, load_private_key(key)))
 

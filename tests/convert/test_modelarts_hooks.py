@@ -290,7 +290,7 @@ def test_handler_that_does_not_import_refuses_the_install(
             name="ma-broken",
             version="1",
             artifacts=[ArtifactInput(onnx_model)],
-            preprocessing=_handler("import not_a_module_anywhere\n").model_dump(),
+            preprocessing=_handler("import not_a_module_anywhere\n").to_dict(),
         ),
         tmp_path,
         load_private_key(convert_keys["private"]),

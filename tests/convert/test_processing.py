@@ -87,12 +87,12 @@ def pictures() -> list[bytes]:
 
 
 def test_preprocessing_matches_the_manual_pipeline(pictures: list[bytes]) -> None:
-    pre = Preprocessing.model_validate(PRE)
+    pre = Preprocessing.from_dict(PRE)
     got = pre.apply(np.array(pictures, dtype=object))
     want = np.stack([by_hand(p) for p in pictures])
     assert got.shape == (3, 8, 8, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-    nchw = Preprocessing.model_validate({**PRE, "layout": "NCHW"}).apply(
+    nchw = Preprocessing.from_dict({**PRE, "layout": "NCHW"}).apply(
         np.array(pictures[:1], dtype=object)
     )
     np.testing.assert_allclose(nchw[0], want[0].transpose(2, 0, 1), rtol=1e-6, atol=1e-6)
@@ -100,7 +100,7 @@ def test_preprocessing_matches_the_manual_pipeline(pictures: list[bytes]) -> Non
 
 def test_postprocessing_softmax_and_topk() -> None:
     logits = np.array([[1.0, 3.0, 2.0, 0.0]], np.float32)
-    out = Postprocessing.model_validate(POST).apply({"logits": logits}, LABELS)
+    out = Postprocessing.from_dict(POST).apply({"logits": logits}, LABELS)
     np.testing.assert_allclose(out["logits"], softmax(logits), rtol=1e-6)
     p = softmax(logits)[0]
     assert list(out["logits_topk"][0]) == [f"{p[1]:f}:1:dog".encode(), f"{p[2]:f}:2:fish".encode()]
@@ -109,7 +109,7 @@ def test_postprocessing_softmax_and_topk() -> None:
 
 def test_bad_declaration_is_refused() -> None:
     with pytest.raises(ValueError, match="mean needs 1 or 3 values"):
-        Preprocessing.model_validate({**PRE, "mean": [0.1, 0.2]})
+        Preprocessing.from_dict({**PRE, "mean": [0.1, 0.2]})
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
 """Review mode of the labelling pages in a real Chromium: a labeller goes through the captures
 devices sent back, lowest confidence first, with the keyboard only: Enter accepts the model's
 label, a number corrects it, n skips, d drops the sample. Each key press lands in the API as the
-action it names, by her. Screenshots: test-artifacts/dashboard/20-*.png."""
+action it names, by her. Then an admin uses the flywheel's other pages: the edge service's
+capture policy, a device's capture store and purge, the registry's signing keys.
+Screenshots: test-artifacts/dashboard/20-*.png."""
 
 from __future__ import annotations
 
@@ -151,6 +153,63 @@ def test_review_mode_with_the_keyboard(
     admin.click("#improve-service button[type=submit]")
     expect(admin.locator("#improve-service .form-error")).to_contain_text("mlp version 1")
     shot(admin, "22-edge-flywheel")
+
+    # The capture policy form: the block as it is, changed in place (PATCH, no new rollout).
+    form = admin.locator("#capture-form")
+    expect(form.locator('[name="capture.below_confidence"]')).to_have_value("0.6")
+    expect(form.locator('[name="capture.dataset"]')).to_have_value("mlp-captures")
+    form.locator('[name="capture.below_confidence"]').fill("0.35")
+    form.locator('[name="capture.on_request"]').check()
+    with admin.expect_navigation():
+        form.locator("button[type=submit]").click()
+    expect(admin.locator("#flywheel")).to_contain_text("below 0.35 confidence, on request")
+    svc = rest.get("/services/mlp-edge").json()
+    assert svc["capture"] == {
+        "enabled": True,
+        "below_confidence": 0.35,
+        "sample_fraction": 0.0,
+        "on_disagreement": False,
+        "on_request": True,
+        "top_k": 0,
+        "dataset": "mlp-captures",
+    }
+    assert svc["rollout"]["number"] == 1
+    form.locator('[name="capture.below_confidence"]').fill("2")  # out of range: the API says so
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".form-error")).to_contain_text("less than or equal to 1")
+
+    # The device's page: its capture store as it reported it, and a purge order for it.
+    status = wire.CaptureStatus(
+        DEVICE, stored_records=7, stored_bytes=3 << 20, captured_total=11, uploaded_total=4,
+        dropped_total=2,
+    )  # fmt: skip
+    CaptureReceiver(served.app.state.ctx).on_status(DEVICE, status)
+    admin.goto(f"/ui/devices/{DEVICE}")
+    store = admin.locator("#device-captures")
+    expect(store.locator('[data-field="stored"]')).to_have_text("7 (3.0 MiB)")
+    expect(store.locator('[data-field="dropped"]')).to_have_text("2")
+    expect(store.locator('[data-field="received"]')).to_have_text("4")
+    expect(admin.locator("#purge-state")).to_have_text("No purge asked.")
+    with admin.expect_navigation():
+        admin.click("#purge-captures button[type=submit]")
+    expect(admin.locator("#purge-state")).to_contain_text("not applied yet")
+    asked = rest.get(f"/captures/devices/{DEVICE}").json()
+    assert asked["purge_id"] and asked["purge_id"] in admin.locator("#purge-state").inner_text()
+    shot(admin, "23-device-captures")
+
+    # The registry's signing keys on the models page; an admin rotates from there.
+    admin.goto("/ui/models")
+    keys = admin.locator("#signing-keys tr[data-key]")
+    expect(keys).to_have_count(1)
+    first = keys.first.get_attribute("data-key")
+    with admin.expect_navigation():
+        admin.click("#rotate-key button[type=submit]")
+    expect(keys).to_have_count(2)
+    expect(admin.locator(f'#signing-keys tr[data-key="{first}"]')).to_have_attribute(
+        "data-state", "retired"
+    )
+    listed = rest.get("/registry/keys").json()
+    assert [(k["generation"], k["state"]) for k in listed] == [(2, "current"), (1, "retired")]
     admin.close()
 
     # A viewer sees the queue but cannot act on it.
@@ -160,6 +219,8 @@ def test_review_mode_with_the_keyboard(
     viewer.fill("input[name=username]", "vic")
     viewer.fill("input[name=password]", "vic-pass1")
     viewer.click("button[type=submit]")
+    viewer.goto("/ui/models")
+    expect(viewer.locator("#rotate-key button[type=submit]")).to_be_disabled()
     viewer.goto(f"/ui/datasets/{ds}/review")
     expect(viewer.locator("#accept-capture")).to_be_disabled()
     viewer.keyboard.press("Enter")

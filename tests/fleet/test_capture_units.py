@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +40,49 @@ def test_store_keeps_quotas_dedups_and_survives_a_restart(tmp_path: Path) -> Non
     assert not (tmp_path / ".tmp-abc-123").exists()
     meta, data = again.read(again.oldest(1)[0]) or (b"", b"")
     assert data == bytes([2]) * 100 and fc.decode_meta(meta).captured_at_ms == 1002
+
+
+def test_a_shadow_answer_joins_a_record_held_for_another_reason(tmp_path: Path) -> None:
+    from edge_agent.capture.writer import CaptureWriter
+
+    store = CaptureStore(tmp_path, max_records=10, max_bytes=1 << 20)
+    data = b"x" * 64
+    assert store.put(data, _meta(1000))
+    digest = fc.digest_of(data)
+    answer = (fc.Prediction(3, "3", 0.8),)
+    shadowed = fc.CaptureMeta(
+        "m", "1", fc.DISAGREEMENT, 1001, "input", fc.TENSOR, fc.NPY_MEDIA_TYPE,
+        shadow_version="2", shadow_top_k=answer,
+    )  # fmt: skip
+    assert store.add_shadow(digest, shadowed)
+    assert not store.add_shadow(digest, shadowed)  # once
+    assert not store.add_shadow(fc.digest_of(b"other"), shadowed)  # not held
+    raw, held = store.read(store.oldest(1)[0]) or (b"", b"")
+    meta = fc.decode_meta(raw)
+    assert held == data and meta.reason == fc.LOW_CONFIDENCE  # the first trigger stays
+    assert (meta.shadow_version, meta.shadow_top_k) == ("2", answer)
+    assert store.counters().stored_records == 1 and not list(tmp_path.glob(".tmp-*"))
+
+    # The writer does it when a shadow disagrees on an input held for low confidence.
+    from edge_agent.capture.record import Pending
+
+    writer = CaptureWriter(store, 4)
+    written = threading.Semaphore(0)
+    writer.on_written = written.release
+    writer.start()
+    x = np.arange(12, dtype=np.float32).reshape(1, 12)
+    setup = _setup(below_confidence=0.9, on_disagreement=True)
+    live, other = np.array([1.0, 0.9, 0.8], np.float32), np.array([0.0, 0.0, 5.0], np.float32)
+    common = (setup, "m", "1")
+    writer.offer(Pending(*common, fc.LOW_CONFIDENCE, 5, "FP32", (1, 12), x, 0, live))
+    writer.offer(Pending(*common, fc.DISAGREEMENT, 6, "FP32", (1, 12), x, 0, live, "2", other))
+    assert written.acquire(timeout=10) and written.acquire(timeout=10)
+    writer.stop()
+    entry = next(e for e in store.oldest(10) if e.digest != digest)
+    meta = fc.decode_meta((store.read(entry) or (b"", b""))[0])
+    assert (meta.reason, meta.captured_at_ms, meta.shadow_version) == (fc.LOW_CONFIDENCE, 5, "2")
+    assert meta.shadow_top_k[0].index == 2 and meta.top_k[0].index == 0
+    assert writer.duplicates == 1
 
 
 def test_store_byte_quota_and_a_purge_once_per_id(tmp_path: Path) -> None:

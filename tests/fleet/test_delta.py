@@ -15,12 +15,14 @@ What the device asked for is read off the broker by an observer on its ``chunks/
 
 from __future__ import annotations
 
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model_packager import cdc
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
+from tests.agent.agent_process import AgentProcess
 from tests.control_plane.conftest import Keys
 from tests.control_plane.mqtt_probe import MqttProbe
 from tests.fleet.conftest import Fleet
@@ -51,6 +53,14 @@ def served(observer: MqttProbe) -> Served:
         else:
             out.fixed[data.index] = len(data.data)
     return out
+
+
+def delta_metrics(agent: AgentProcess) -> dict[str, float]:
+    """The agent's ``edge_agent_delta_*`` counters, read off its metrics port as a user would."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics") as r:
+        lines = r.read().decode().splitlines()
+    pairs = (line.split(" ") for line in lines if line.startswith("edge_agent_delta_"))
+    return {name.removeprefix("edge_agent_delta_"): float(value) for name, value in pairs}
 
 
 def deploy_and_wait(fleet: Fleet, observer: MqttProbe, device: str, package: Path) -> str:
@@ -84,6 +94,14 @@ def test_delta_update_fetches_only_missing_chunks(
     size1 = pkgs[0].stat().st_size
     assert sum(first.fixed.values()) == size1 and not first.cdc and not first.errors
     assert first.indexes == 1
+    assert delta_metrics(agent) == {
+        "updates_total": 0,
+        "reused_bytes_total": 0,
+        "fetched_bytes_total": 0,
+        "fallbacks_total": 0,
+    }
+    prefix = topics.device_prefix("delta-0")
+    assert f"topics under {prefix}\n" in agent.log()
 
     # 2. Head retrained: only the chunks version 1 lacks, none of the fixed chunks.
     deploy_and_wait(fleet, reports, "delta-0", pkgs[1])
@@ -97,6 +115,11 @@ def test_delta_update_fetches_only_missing_chunks(
     size2 = pkgs[1].stat().st_size
     assert want_bytes < 0.25 * size2, (want_bytes, size2)  # the point of it all
     assert "delta of" in agent.log() and "fetched by digest" in agent.log()
+    # What the device reports on its metrics port (and in its telemetry snapshots).
+    after2 = delta_metrics(agent)
+    assert after2["updates_total"] == 1 and after2["fallbacks_total"] == 0
+    assert after2["fetched_bytes_total"] == want_bytes
+    assert after2["reused_bytes_total"] == size2 - want_bytes  # the rest came from version 1
 
     # 3. The shared layer changed on disk in every installed copy: the delta is abandoned.
     packages = agent.workdir / "data" / "packages"
@@ -113,6 +136,8 @@ def test_delta_update_fetches_only_missing_chunks(
     third = served(chunks)
     assert third.fixed, "the rest of the package came as fixed chunks"
     assert "abandoned" in agent.log() and "does not match its digest" in agent.log()
+    after3 = delta_metrics(agent)
+    assert after3["updates_total"] == 1 and after3["fallbacks_total"] == 1
     state = wait_reported(reports, "delta-0", lambda s: s.last_result.outcome == 2)
     assert [m.version for m in state.models if m.name == "deltamlp" and m.active] == ["3"]
     assert any(m.package_digest == digest3 for m in state.models)

@@ -13,7 +13,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from control_plane.fleet.codec import telemetry_refusal
 from edge_agent.config import FleetSettings
@@ -21,6 +20,7 @@ from edge_agent.fleet import codec
 from edge_agent.fleet.domain import OutboxRecord, TelemetryOut
 from edge_agent.fleet.outbox import Outbox
 from edge_agent.metrics import METRICS
+from model_packager.records import SchemaError
 from protos import fleet_topics as topics
 from protos.gen import fleet_pb2
 from tests.control_plane.conftest import wait_for
@@ -137,7 +137,7 @@ def test_record_stored_too_large_is_shrunk_in_place(tmp_path: Path) -> None:
 
 def test_outbox_batch_size_is_capped_at_the_protocol_limit() -> None:
     assert FleetSettings(url="mqtt://h", outbox_batch_size=MAX_RECORDS).outbox_batch_size == 500
-    with pytest.raises(ValidationError, match="less than or equal to 500"):
+    with pytest.raises(SchemaError, match="less than or equal to 500"):
         FleetSettings(url="mqtt://h", outbox_batch_size=MAX_RECORDS + 1)
 
 

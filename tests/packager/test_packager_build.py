@@ -260,17 +260,17 @@ def test_golden_decode_rejects_garbage(tmp_path: Path, both_dir: Path) -> None:
 
 def test_load_variant_rejects_an_artifact_that_disagrees_with_the_manifest(both_dir: Path) -> None:
     m = open_package_manifest(both_dir)
-    data = m.model_dump()
+    data = m.to_dict()
     data["inputs"][0]["datatype"] = "FP64"
     with pytest.raises(ModelLoadError, match="input 'input' is FP32"):
-        load_variant(both_dir, Manifest.model_validate(data), m.variants[0], RuntimeOptions())
-    data = m.model_dump()
+        load_variant(both_dir, Manifest.from_dict(data), m.variants[0], RuntimeOptions())
+    data = m.to_dict()
     data["outputs"][0]["shape"] = [-1, 11]
     with pytest.raises(ModelLoadError, match="output"):
-        load_variant(both_dir, Manifest.model_validate(data), m.variants[0], RuntimeOptions())
-    data = m.model_dump()
+        load_variant(both_dir, Manifest.from_dict(data), m.variants[0], RuntimeOptions())
+    data = m.to_dict()
     data["variants"][1]["tensor_names"] = {"input": "nope", "logits": "nope2"}
-    bad = Manifest.model_validate(data)
+    bad = Manifest.from_dict(data)
     with pytest.raises(ModelLoadError, match="no input 'nope'"):
         load_variant(both_dir, bad, bad.variants[1], RuntimeOptions())
 

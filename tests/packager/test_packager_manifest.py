@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -73,6 +74,28 @@ def test_valid_manifest_round_trips_canonically() -> None:
     with pytest.raises(KeyError):
         m.variant("nope")
     assert m.input_specs() == [TensorSpec("input", "FP32", (-1, 784))]
+
+
+#: Manifests written by the pydantic models the package format had before
+#: ``model_packager.records`` (floats given as ints, nulls, a capture block, non-ASCII text).
+#: Signatures cover these exact bytes: reading one and writing it again gives them back.
+BEFORE = sorted((Path(__file__).parent / "data").glob("manifest-before-records*.json"))
+
+
+@pytest.mark.parametrize("path", BEFORE, ids=lambda p: p.name)
+def test_manifests_written_before_records_read_and_write_the_same_bytes(path: Path) -> None:
+    raw = path.read_bytes()
+    m = Manifest.from_bytes(raw)
+    assert m.to_bytes() == raw
+    assert m.variants[0].rtol == 0.0 and isinstance(m.variants[0].rtol, float)
+    assert m.variants[0].artifact.size == 1234
+
+
+def test_both_manifests_written_before_records_are_here() -> None:
+    assert [p.name for p in BEFORE] == [
+        "manifest-before-records-capture.json",
+        "manifest-before-records.json",
+    ]
 
 
 def _set(path: str, value: object) -> Callable[[dict[str, Any]], None]:

@@ -145,6 +145,19 @@ def test_models_devices_deploy(
                        "-o", f"{tmp_path}/packages/")  # fmt: skip
     assert code == EXIT_OK  # a trailing slash names a folder, made when missing
     assert Path(json.loads(out)["path"]) == tmp_path / "packages" / path.name
+    # A signed package from elsewhere goes in with `packages upload` (here: the same bytes).
+    code, out, err = run(capsys, "--json", "packages", "upload", str(path))
+    assert code == EXIT_OK and json.loads(out)["digest"] == mv["package_digest"]
+    assert "upload: 100%" in err
+    code, out, _ = run(capsys, "packages", "list")
+    assert code == EXIT_OK and out.split()[:3] == ["DIGEST", "NAME", "VERSION"]
+    assert mv["package_digest"] in out
+    code, out, _ = run(capsys, "packages", "get", mv["package_digest"])
+    assert code == EXIT_OK and "cli-mlp" in out
+    assert run(capsys, "packages", "upload", str(tmp_path / "missing.edgepkg"))[0] == EXIT_USAGE
+    not_a_package = tmp_path / "junk.edgepkg"
+    not_a_package.write_bytes(b"not a package")
+    assert run(capsys, "packages", "upload", str(not_a_package))[0] == EXIT_REFUSED
     code, out, _ = run(capsys, "models", "list")
     assert code == EXIT_OK and out.split()[:3] == ["NAME", "LATEST", "VERSIONS"]  # a table
     assert "cli-mlp" in out
@@ -163,6 +176,20 @@ def test_models_devices_deploy(
     deployment = json.loads(out)
     assert deployment["package_digest"] == mv["package_digest"]
     assert [t["device_id"] for t in deployment["targets"]] == ["cli-dev"]
+    digest = mv["package_digest"]
+    code, out, _ = run(capsys, "--json", "deploy", "--package", digest, "--device", "cli-dev",
+                       "--guard", '{"bake_s": 5}')  # fmt: skip
+    assert code == EXIT_OK and json.loads(out)["guard"]["bake_s"] == 5
+    code, out, _ = run(capsys, "--json", "deploy", "--package", digest, "--device", "cli-dev",
+                       "--standby", "--weight", "10")  # fmt: skip
+    assert code == EXIT_OK
+    got = json.loads(out)
+    assert (got["standby"], got["weight"]) == (True, 10.0)
+    code, out, _ = run(capsys, "--json", "deploy", "--package", mv["package_digest"], "--device",
+                       "cli-dev", "--action", "remove")  # fmt: skip
+    assert code == EXIT_OK and json.loads(out)["action"] == "remove"
+    assert run(capsys, "deploy", "--package", mv["package_digest"], "--device", "cli-dev",
+               "--guard", "{bad")[0] == EXIT_USAGE  # fmt: skip
     assert run(capsys, "models", "wait", "cli-mlp", "99")[0] == EXIT_REFUSED
 
 

@@ -1,5 +1,5 @@
-"""Devices (table, register, a device's telemetry and the models it holds) and deployments
-(create, per-device progress)."""
+"""Devices (table, register, a device's telemetry, the models it holds and its capture store) and
+deployments (create, per-device progress)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 from fastapi import Request
 from fastapi.responses import HTMLResponse
 
+from control_plane.captures.service import CaptureService
 from control_plane.core.deps import ContextDep, SessionDep
 from control_plane.dashboard.charts import line_chart
 from control_plane.dashboard.deps import PageUser
@@ -61,6 +62,7 @@ def device(
         charts=charts,
         targets=deployments.device_targets(device_id),
         held=deployments.device_models(device_id),
+        captures=CaptureService(session, ctx).device(device_id),
     )
 
 

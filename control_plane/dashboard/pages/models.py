@@ -1,4 +1,5 @@
-"""Models: versions with tags and state, a version's page (conversion report, lineage)."""
+"""Models: versions with tags and state, the registry's signing keys, a version's page (conversion
+report, lineage)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from control_plane.dashboard.deps import PageUser
 from control_plane.dashboard.pages.base import page_router
 from control_plane.dashboard.render import page
 from control_plane.deployments.service import DeploymentService
+from control_plane.registry.keys.service import list_keys
 from control_plane.registry.service import ModelService
 from control_plane.training.service import TrainingService
 
@@ -26,6 +28,7 @@ def models(request: Request, user: PageUser, session: SessionDep, ctx: ContextDe
         user,
         versions=ModelService(session, ctx).list_versions(),
         jobs=jobs,
+        signing_keys=list_keys(ctx),
     )
 
 

@@ -79,7 +79,7 @@ class PackageService:
                 version=manifest.version,
                 size=staged.stat().st_size,
                 key_id=key_id,
-                manifest=manifest.model_dump(mode="json"),
+                manifest=manifest.to_dict(json=True),
                 chunk_size=settings.mqtt.chunk_size,
                 chunk_digests=chunk_digests(staged, settings.mqtt.chunk_size),
                 cdc_index=index,

@@ -83,8 +83,10 @@ def rollback(
 ) -> list[str]:
     """Put each device back on the version it had before the stage; the deployment ids.
 
-    Grouped by previous package, one deployment each; devices that had none (or one the control
-    plane does not have) get a removal of the rollout's version. Published together at the end.
+    Grouped by previous package, one deployment each, with the service's capture policy (the
+    version a device goes back to keeps capturing what the service asks); devices that had none
+    (or one the control plane does not have) get a removal of the rollout's version. Published
+    together at the end.
     """
     deployments = DeploymentService(session, ctx)
     groups: dict[str, list[str]] = {}
@@ -105,6 +107,7 @@ def rollback(
                     package_version=None,
                     device_ids=group,
                     publish=False,
+                    capture=rollout.plan.get("capture"),
                 )
             except ControlPlaneError as exc:
                 # A previous version the control plane does not have (installed out of band):

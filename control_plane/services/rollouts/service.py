@@ -120,6 +120,22 @@ class RolloutService:
         )
         return rollout
 
+    def change_capture(self, service: Service, capture: dict[str, Any] | None) -> list[str]:
+        """A new ``capture`` block for an edge service: kept in its spec, given to the rest of a
+        running rollout, and sent at once to its devices with the versions they already run (no
+        new rollout, no download); the devices given it."""
+        service.spec = {**service.spec, "capture": capture}
+        policy = capture_policy(capture)
+        current = engine.latest_rollout(self.session, service.name)
+        if current is not None:
+            p = copy.deepcopy(current.plan)
+            p["capture"] = policy
+            engine.save(current, p)
+        model = service.spec["models"][0]
+        package_name = current.plan["package_name"] if current is not None else model["model"]
+        devices = self.targets(EdgeTargets(**service.spec["targets"]))
+        return DeploymentService(self.session, self.ctx).set_capture(devices, package_name, policy)
+
     def history(self, service_name: str) -> list[Rollout]:
         return list(
             self.session.scalars(
