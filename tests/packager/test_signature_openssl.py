@@ -150,6 +150,11 @@ def test_a_library_without_the_symbols_is_not_used() -> None:
     """``OpenSslEd25519`` over a C library lacking the EVP calls cannot be built (``load``
     then tries the next candidate, and at worst returns None)."""
     import ctypes
+    import ctypes.util
 
+    # The maths library (and what it depends on) has no EVP calls; the process's global
+    # namespace would not do: another test's import may have put libcrypto's symbols there.
+    libm = ctypes.util.find_library("m")
+    assert libm is not None
     with pytest.raises(AttributeError):
-        openssl_ed25519.OpenSslEd25519(ctypes.CDLL(None))
+        openssl_ed25519.OpenSslEd25519(ctypes.CDLL(libm))
