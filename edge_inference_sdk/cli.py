@@ -329,6 +329,8 @@ def cmd_devices_register(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_deploy(client: Client, args: argparse.Namespace) -> Any:
+    if args.weight is not None and not args.standby:
+        raise SystemExit(_usage("--weight is a standby version's share: give it with --standby"))
     target: dict[str, Any] = {}
     if args.package:
         target["package_digest"] = args.package

@@ -5,14 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.core.schemas import OrmModel
 from control_plane.deployments.models import Deployment, DeploymentTarget
 
 
 class GuardSpec(BaseModel):
-    """The device's local guard after it activates the version (works with the broker down)."""
+    """The device's local guard after it activates the version (works with the broker down).
+    Unknown fields are refused: a misspelt limit taken as absent would leave the guard looser."""
+
+    model_config = ConfigDict(extra="forbid")
 
     bake_s: float = Field(gt=0, le=86400, description="How long the device watches the version.")
     max_error_rate: float = Field(
@@ -24,7 +27,9 @@ class GuardSpec(BaseModel):
 
 class WarmupSpec(BaseModel):
     """Shadow warm-up: the device activates the version only if its answers on mirrored live
-    requests agree with the active version's."""
+    requests agree with the active version's. Unknown fields are refused, as in ``GuardSpec``."""
+
+    model_config = ConfigDict(extra="forbid")
 
     fraction: float = Field(1.0, gt=0, le=1, description="Share of requests mirrored to it.")
     min_requests: int = Field(20, ge=1, le=100000, description="Requests compared before deciding.")

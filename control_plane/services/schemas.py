@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from control_plane.core.schemas import OrmModel
 from control_plane.deployments.schemas import GuardSpec, WarmupSpec
@@ -151,7 +151,10 @@ class RolloutStrategy(BaseModel):
 
 
 class HealthGates(BaseModel):
-    """Checked on a stage's devices from their per-version telemetry while it bakes."""
+    """Checked on a stage's devices from their per-version telemetry while it bakes. Unknown
+    fields are refused: a misspelt limit taken as absent would leave its default in force."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_error_rate: float = Field(0.01, ge=0, le=1, description="errors / requests at most.")
     max_p99_ms: float | None = Field(None, gt=0, description="p99 latency at most (ms).")
@@ -167,7 +170,12 @@ class HealthGates(BaseModel):
 class CaptureSpec(BaseModel):
     """What the service's devices keep of their inputs for review (the data flywheel), and the
     dataset the captures land in. Sent to each device with the version (``DesiredModel.capture``,
-    protos/fleet_capture.proto), over the package's own ``capture`` block."""
+    protos/fleet_capture.proto), over the package's own ``capture`` block.
+
+    Unknown fields are refused: the block replaces the previous one whole, so a misspelt field
+    taken as absent would quietly turn its trigger off."""
+
+    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     below_confidence: float = Field(

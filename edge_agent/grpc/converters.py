@@ -21,6 +21,7 @@ from edge_agent.serving.requests import (
     ModelConfig,
     ModelMetadata,
     RepositoryEntry,
+    classification_refused,
 )
 from edge_agent.serving.shared_memory import RegionStatus, ShmRef, require_local
 from edge_agent.serving.stats import Duration, ModelStats
@@ -52,6 +53,8 @@ _CONTENTS_FIELD = {
 
 
 _SHM_REGION = "shared_memory_region"
+#: Triton's classification extension (``InferRequestedOutput(class_count=k)``): refused.
+_CLASSIFICATION = "classification"
 _SHM_SIZE = "shared_memory_byte_size"
 _SHM_OFFSET = "shared_memory_offset"
 
@@ -87,6 +90,12 @@ def _shm_int(
     if value < 0:
         raise InvalidInput(f"{what}: {key} must not be negative")
     return value
+
+
+def _param_value(p: pb.InferParameter) -> object:
+    """A parameter's value, whichever of its kinds is set (None when none is)."""
+    kind = p.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(p, kind)
 
 
 def _always() -> bool:
@@ -160,6 +169,9 @@ def request_from_proto(
     for o in req.outputs:
         outputs.append(o.name)
         if o.parameters:
+            cls = o.parameters.get(_CLASSIFICATION)
+            if cls is not None and _param_value(cls):
+                raise classification_refused(o.name)
             ref = _shm_ref(o.parameters, f"output {o.name!r}")
             if ref is not None:
                 if not output_shm:

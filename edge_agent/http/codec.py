@@ -40,6 +40,7 @@ from edge_agent.serving.requests import (
     ModelConfig,
     ModelMetadata,
     RepositoryEntry,
+    classification_refused,
 )
 from edge_agent.serving.shared_memory import RegionStatus, ShmRef, require_local
 from edge_agent.serving.stats import Duration, ModelStats
@@ -146,10 +147,7 @@ def decode(wire: InferWire) -> InferenceRequest:
             raise InvalidInput('each requested output must be an object with a "name"')
         out_params = _params(out, f"output {out['name']!r}")
         if out_params.get("classification"):
-            raise InvalidInput(
-                f"output {out['name']!r}: the classification parameter is not supported; the "
-                "package's postprocessing declares top-k outputs (<output>_topk)"
-            )
+            raise classification_refused(out["name"])
         binary_data = out_params.get("binary_data")
         if binary_data is not None:
             if not isinstance(binary_data, bool):

@@ -336,7 +336,10 @@ class Installer:
             # The replaced version stays loaded for a guard or a rollback, unless the cap is 1.
             keep_replaced = self.repo.max_versions > 1 and activate and previous != version
             spare = (previous,) if keep_replaced and previous is not None else ()
-            evicted = self.repo.evict_extra(name, spare)
+            # Never the version being installed: when the active version and a traffic split
+            # pin the rest, a standby install would otherwise evict itself and still report
+            # COMMITTED. The cap gives way instead.
+            evicted = self.repo.evict_extra(name, (*spare, version))
             if replaced is not None:
                 evicted.append(replaced)
             for old in evicted:

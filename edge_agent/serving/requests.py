@@ -10,8 +10,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edge_agent.errors import InvalidInput
 from edge_agent.serving.shared_memory import ShmRef
 from model_packager.tensors import TensorSpec
+
+
+def classification_refused(output: str) -> InvalidInput:
+    """The error both transports give for Triton's ``classification`` output parameter.
+
+    Packages declare top-k in their postprocessing instead; answering the plain tensor would hand
+    a client that asked for class strings numbers of another shape, so the request is refused.
+    """
+    return InvalidInput(
+        f"output {output!r}: the classification parameter is not supported; the "
+        "package's postprocessing declares top-k outputs (<output>_topk)"
+    )
+
 
 #: The data of an input whose bytes are in shared memory until the data plane reads them.
 NO_DATA = np.empty(0, dtype=np.uint8)

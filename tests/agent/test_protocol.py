@@ -573,6 +573,21 @@ def test_bad_request_via_tritonclient_reports_status(
     assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
 
 
+def test_classification_output_refused_as_over_http(
+    client: tc.InferenceServerClient, still_serving: None
+) -> None:
+    """``class_count`` asks for class strings; answering plain scores would be a silent lie."""
+    from tritonclient.utils import InferenceServerException
+
+    x = infer_input("input", np.ones((1, 784), np.float32), "FP32")
+    with pytest.raises(InferenceServerException) as err:
+        client.infer("mlp", [x], outputs=[tc.InferRequestedOutput("logits", class_count=3)])
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "classification parameter is not supported" in err.value.message()
+    plain = client.infer("mlp", [x], outputs=[tc.InferRequestedOutput("logits", class_count=0)])
+    assert plain.as_numpy("logits").shape == (1, 10)
+
+
 def test_oversized_message_is_resource_exhausted(
     client: tc.InferenceServerClient, still_serving: None
 ) -> None:

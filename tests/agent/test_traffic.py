@@ -354,3 +354,26 @@ def test_split_survives_a_restart_and_the_cli_drives_it(
     agent.stop()
     agent.start()
     assert dict(get_traffic(agent).weights) == {}
+
+
+def test_standby_install_is_kept_when_the_split_pins_every_other_version(
+    start_agent: Callable[..., AgentProcess],
+    make_package: Callable[..., Path],
+    mlp_pkgs: dict[str, Path],
+    models_dir: Path,
+    probe: dict[str, np.ndarray],
+) -> None:
+    """With the cap (2) taken by the active version and a shadow, a standby install goes over the
+    cap rather than evicting itself while reporting COMMITTED."""
+    agent = two_versions(start_agent, mlp_pkgs, "pinned")
+    set_traffic(agent, {}, shadow_version="2", shadow_fraction=0.5)
+    v3 = make_package("mlp", "3", [models_dir / "mlp_v2.onnx"])
+    assert agent.install(v3, activate=False).result.outcome == "COMMITTED"
+    client = tc.InferenceServerClient(agent.address)
+    version, out = infer_mlp(client, probe["x"], "3")
+    assert version == "3"
+    np.testing.assert_allclose(out, probe["2"], rtol=RTOL, atol=ATOL)
+    assert infer_mlp(client, probe["x"])[0] == "1"  # still the active version
+    info = set_traffic(agent, {"1": 50, "3": 50})  # the standby can take a share
+    assert dict(info.weights) == {"1": 50, "3": 50}
+    client.close()

@@ -139,6 +139,10 @@ def test_patch_needs_models_or_capture(control_plane: ControlPlane, package_fact
     assert r.status_code == 422 and "models, capture, or both" in r.text
     r = cp.api.patch("/api/v1/services/cams", json={"capture": {"below_confidence": 2}})
     assert r.status_code == 422, r.text
+    # A misspelt field is refused: taken as absent, it would reset the whole block to defaults.
+    r = cp.api.patch("/api/v1/services/cams", json={"capture": {"below_confidnce": 0.5}})
+    assert r.status_code == 422 and "below_confidnce" in r.text, r.text
+    assert _service(cp, "cams")["capture"] is None
     # Turning capture on for a service created without it works the same way.
     first = cam.desired(1)
     assert not first.models[0].HasField("capture")

@@ -66,7 +66,7 @@ def _captures(served: Served, models_dir: Path, tmp: Path) -> tuple[str, list[st
         "type": "edge",
         "models": [{"model": "mlp", "version": "1"}],
         "targets": {"device_ids": [DEVICE]},
-        "capture": {"below_confidence": 0.6, "dataset": "mlp-captures"},
+        "capture": {"below_confidence": 0.6, "top_k": 3, "dataset": "mlp-captures"},
     }
     r = rest.post("/services", json=edge)
     assert r.status_code == 201, r.text
@@ -158,6 +158,7 @@ def test_review_mode_with_the_keyboard(
     form = admin.locator("#capture-form")
     expect(form.locator('[name="capture.below_confidence"]')).to_have_value("0.6")
     expect(form.locator('[name="capture.dataset"]')).to_have_value("mlp-captures")
+    expect(form.locator('[name="capture.top_k"]')).to_have_value("3")  # kept through a save
     form.locator('[name="capture.below_confidence"]').fill("0.35")
     form.locator('[name="capture.on_request"]').check()
     with admin.expect_navigation():
@@ -170,7 +171,7 @@ def test_review_mode_with_the_keyboard(
         "sample_fraction": 0.0,
         "on_disagreement": False,
         "on_request": True,
-        "top_k": 0,
+        "top_k": 3,
         "dataset": "mlp-captures",
     }
     assert svc["rollout"]["number"] == 1

@@ -190,6 +190,12 @@ def test_models_devices_deploy(
     assert code == EXIT_OK and json.loads(out)["action"] == "remove"
     assert run(capsys, "deploy", "--package", mv["package_digest"], "--device", "cli-dev",
                "--guard", "{bad")[0] == EXIT_USAGE  # fmt: skip
+    code, _, err = run(capsys, "deploy", "--package", digest, "--device", "cli-dev",
+                       "--weight", "10")  # fmt: skip
+    assert code == EXIT_USAGE and "--standby" in err
+    code, _, err = run(capsys, "deploy", "--package", digest, "--device", "cli-dev",
+                       "--guard", '{"bake_s": 5, "max_p99": 9}')  # fmt: skip
+    assert code == EXIT_REFUSED and "max_p99" in err  # a misspelt limit is not dropped
     assert run(capsys, "models", "wait", "cli-mlp", "99")[0] == EXIT_REFUSED
 
 
