@@ -37,7 +37,7 @@ from control_plane.captures.models import Capture, Improvement
 from control_plane.captures.schemas import PublishResult
 from control_plane.core.context import AppContext
 from control_plane.core.database import utcnow
-from control_plane.core.errors import Conflict, ControlPlaneError, InvalidRequest
+from control_plane.core.errors import Conflict, ControlPlaneError, InvalidRequest, NotFound
 from control_plane.core.replicas import live_replicas
 from control_plane.datasets.schemas import AnnotationIn, VersionCreate
 from control_plane.datasets.service import DatasetService
@@ -91,7 +91,14 @@ class Improver:
         if service.type != "edge":
             raise InvalidRequest(f"service {service_name} is not an edge service")
         m = service.spec["models"][0]
-        mv = self.models.get(m["model"], m["version"])
+        version = self.services.edge_version(service)
+        try:
+            mv = self.models.get(m["model"], version)
+        except NotFound:
+            raise InvalidRequest(
+                f"{m['model']} version {version} is not in the model registry (an uploaded "
+                "package): an improvement re-runs the training job that made the model"
+            ) from None
         if not mv.job_id:
             raise InvalidRequest(
                 f"model {mv.name} version {mv.version} was not made by a training job"

@@ -310,6 +310,16 @@ class ServiceManager:
         self.supervisor.wake()
         return service
 
+    def edge_version(self, service: Service) -> str:
+        """The version an edge service's devices run: the one it names, or after a rollout that
+        failed or was rolled back, the stable version they went back to."""
+        version = str(service.spec["models"][0]["version"])
+        latest = latest_rollout(self.session, service.name)
+        stable = service.spec.get("stable")
+        if latest is not None and latest.state in ("failed", "rolled_back") and stable:
+            return str(stable["version"])
+        return version
+
     def _update_edge(self, service: Service, change: ServiceUpdate) -> Service:
         """A new version starts a staged rollout; a new capture block goes to the devices with
         the versions they run (and to the rest of a running rollout)."""
