@@ -161,23 +161,31 @@ def _predictions(preds: tuple[fleet_capture.Prediction, ...], labels: list[str])
     return out
 
 
-def add_shadow(session: Session, digest: str, meta: fleet_capture.CaptureMeta) -> bool:
+def add_shadow(
+    session: Session, ctx: AppContext, digest: str, meta: fleet_capture.CaptureMeta
+) -> bool:
     """A record already held comes again with a shadow version's answer it lacked (the device
     captured it first for another reason, then the shadow disagreed on it): keep the answer, so
     the review queue's disagreement order finds it. True when the row changed; not committed."""
-    capture = session.scalar(select(Capture).where(Capture.digest == digest))
-    if capture is None or capture.shadow_version or not meta.shadow_version:
+    if not meta.shadow_version:
         return False
-    labels = {p["index"]: p["label"] for p in capture.top_k or []}
-    shadow = [
-        {"index": p.index, "label": p.label or labels.get(p.index, str(p.index)), "score": p.score}
-        for p in meta.shadow_top_k
-    ]
+    capture = session.scalar(select(Capture).where(Capture.digest == digest))
+    if capture is None or capture.shadow_version:
+        return False
+    try:
+        labels = _model_labels(session, ctx, capture.model, meta)
+    except Refused:  # the version is gone from the registry since: indexes stand for labels
+        labels = []
+    shadow = _predictions(meta.shadow_top_k, labels)
     capture.shadow_version = meta.shadow_version[:128]
     capture.shadow_top_k = shadow
-    top = capture.top_k or []
-    capture.disagreement = bool(shadow and top and shadow[0]["index"] != top[0]["index"])
+    capture.disagreement = _disagree(capture.top_k or [], shadow)
     return True
+
+
+def _disagree(top_k: list[Any], shadow: list[Any]) -> bool:
+    """The shadow version's top-1 is not the live version's."""
+    return bool(shadow and top_k and shadow[0]["index"] != top_k[0]["index"])
 
 
 def land(
@@ -232,7 +240,7 @@ def land(
         confidence=float(best["score"]) if best else 0.0,
         shadow_version=meta.shadow_version[:128],
         shadow_top_k=shadow,
-        disagreement=bool(shadow and top_k and shadow[0]["index"] != top_k[0]["index"]),
+        disagreement=_disagree(top_k, shadow),
         dataset_id=dataset_id,
         sample_id=sample.id,
     )

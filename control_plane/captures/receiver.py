@@ -92,7 +92,8 @@ class CaptureReceiver:
             if DeviceService(session, self.ctx).find(device_id) is None:
                 return reject(f"unknown device {device_id}")
             if self._held(session, chunk.digest):
-                if chunk.meta is not None and landing.add_shadow(session, chunk.digest, chunk.meta):
+                meta = chunk.meta
+                if meta is not None and landing.add_shadow(session, self.ctx, chunk.digest, meta):
                     session.commit()
                 self._unstage(session, device_id, chunk.digest)
                 return wire.CaptureAck(chunk.digest, wire.STORED)

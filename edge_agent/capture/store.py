@@ -148,12 +148,8 @@ class CaptureStore:
             self._changed()
             return False
         path = self.folder / f"{meta.captured_at_ms:013d}-{digest}{SUFFIX}"
-        tmp = self.folder / f"{TMP_PREFIX}{digest}-{uuid.uuid4().hex[:8]}"
+        tmp = self._write_temp(digest, raw)
         try:
-            with open(tmp, "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
             crash_point("capture_before_rename")
             os.replace(tmp, path)
         except BaseException:
@@ -179,6 +175,20 @@ class CaptureStore:
         self._changed()
         return True
 
+    def _write_temp(self, digest: str, raw: bytes) -> Path:
+        """``raw`` in a fsynced temporary file of this folder, for the caller to rename into
+        place (removed again if writing fails)."""
+        tmp = self.folder / f"{TMP_PREFIX}{digest}-{uuid.uuid4().hex[:8]}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(raw)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
     def add_shadow(self, digest: str, meta: fc.CaptureMeta) -> bool:
         """Give a record already held a shadow version's answer it lacks (it was captured first
         for another reason); False when the record is gone (uploaded, dropped) or has one.
@@ -199,12 +209,8 @@ class CaptureStore:
             return False
         merged = replace(held, shadow_version=meta.shadow_version, shadow_top_k=meta.shadow_top_k)
         raw = encode_file(fc.encode_meta(merged), data)
-        tmp = self.folder / f"{TMP_PREFIX}{digest}-{uuid.uuid4().hex[:8]}"
+        tmp = self._write_temp(digest, raw)
         try:
-            with open(tmp, "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
             with self._lock:
                 current = self._entries.get(digest)
                 if current is None:  # uploaded or dropped meanwhile
