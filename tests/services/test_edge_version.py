@@ -3,28 +3,13 @@ one the service names, unless its latest rollout failed or was rolled back (real
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from control_plane.core.context import AppContext
-from control_plane.core.database import upgrade
-from control_plane.core.settings import Settings
 from control_plane.services.models import Rollout, Service
 from control_plane.services.service import ServiceManager
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[AppContext]:
-    settings = Settings(
-        api_token="t" * 32, mqtt_password="p" * 32, data_dir=tmp_path, dev_mode=True
-    )
-    c = AppContext.from_settings(settings)
-    upgrade(c.engine)
-    yield c
-    c.close()
 
 
 @pytest.mark.parametrize(

@@ -8,30 +8,13 @@ sequence number 2 on each device; the previous version's p99 comes from the reco
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from control_plane.core.context import AppContext
-from control_plane.core.database import upgrade
-from control_plane.core.settings import Settings
 from control_plane.devices.service import DeviceService
 from control_plane.devices.telemetry.service import IncomingRecord, TelemetryService
 from control_plane.services.rollouts import gates
 from control_plane.services.schemas import HealthGates
-
-
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[AppContext]:
-    settings = Settings(
-        api_token="t" * 32, mqtt_password="p" * 32, data_dir=tmp_path, dev_mode=True
-    )
-    c = AppContext.from_settings(settings)
-    upgrade(c.engine)
-    yield c
-    c.close()
 
 
 def _metrics(versions: dict[str, dict[str, Any]]) -> str:
